@@ -1,0 +1,61 @@
+"""Shared pytest fixtures: the two embedded models (loaded once per session) and tiny random models.
+
+Tiny models use the real tokenizers' vocabularies so that tokenised text fits them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from idlora_core.catalog import LoadedModel, load_model
+
+
+@pytest.fixture(scope="session")
+def minilm() -> LoadedModel:
+    """The real all-MiniLM-L6-v2 encoder (AutoModel), float32, eval mode. Do not modify it."""
+    return load_model("minilm")
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> LoadedModel:
+    """The real SmolLM2-135M-Instruct (causal LM), float32, eval mode. Do not modify it."""
+    return load_model("smollm2-135m", head="causal-lm")
+
+
+def make_tiny_bert(num_labels: int | None = None, seed: int = 0) -> torch.nn.Module:
+    """A 2-layer BERT (hidden 32, vocab of MiniLM's tokenizer), randomly initialised with `seed`."""
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    if num_labels is None:
+        return BertModel(config).eval()
+    config.num_labels = num_labels
+    return BertForSequenceClassification(config).eval()
+
+
+def make_tiny_llama(seed: int = 0) -> torch.nn.Module:
+    """A 2-layer Llama causal LM (hidden 32, vocab of SmolLM2's tokenizer), randomly initialised."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def tiny_bert() -> torch.nn.Module:
+    return make_tiny_bert()
+
+
+@pytest.fixture
+def tiny_llama() -> torch.nn.Module:
+    return make_tiny_llama()
