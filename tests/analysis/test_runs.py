@@ -1,0 +1,127 @@
+"""Tests for analysis.runs: path safety, incremental metrics reading, run summaries, start/cancel."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis import runs
+from idlora_core.config import RunConfig, load_config
+
+
+def _write_fake_run(root: Path, name: str, method: str, losses: list[float], state="finished"):
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(
+        "adapter:\n  method: " + method + "\n", encoding="utf-8"
+    )
+    with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
+        for i, loss in enumerate(losses, start=1):
+            fh.write(json.dumps({"step": i, "loss": loss, "trainable_params": 1000,
+                                 "total_params": 5000, "step_seconds": 0.1 * i}) + "\n")
+        fh.write(json.dumps({"step": len(losses), "eval_accuracy": 0.75}) + "\n")
+    (run_dir / "status.json").write_text(json.dumps({"state": state, "step": len(losses)}))
+    return run_dir
+
+
+@pytest.mark.parametrize("bad", ["../x", "/tmp/x", "a/../../x", "", "."])
+def test_safe_run_dir_rejects_escapes(tmp_path, bad):
+    with pytest.raises(runs.RunPathError):
+        runs.safe_run_dir(tmp_path, bad)
+
+
+def test_safe_run_dir_rejects_symlink_escape(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link").symlink_to(outside)
+    with pytest.raises(runs.RunPathError):
+        runs.safe_run_dir(root, "link/run")
+
+
+def test_safe_run_dir_accepts_nested_names(tmp_path):
+    assert runs.safe_run_dir(tmp_path, "a/b") == (tmp_path / "a" / "b").resolve()
+
+
+def test_new_run_names_are_distinct():
+    names = {runs.new_run_name("lora") for _ in range(50)}
+    assert len(names) == 50 and all("-lora-" in n for n in names)
+
+
+def test_metrics_tail_reads_only_new_complete_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    tail = runs.MetricsTail(tmp_path)
+    assert tail.read() == 0 and tail.frame.empty  # no file yet
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo', encoding="utf-8")
+    assert tail.read() == 1
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write('ss": 1.5}\n{"step": 3, "loss": 1.25}\n')
+    assert tail.read() == 2
+    assert tail.read() == 0
+    assert tail.frame["step"].tolist() == [1, 2, 3]
+    assert tail.frame["loss"].tolist() == [2.0, 1.5, 1.25]
+    assert tail.offset == path.stat().st_size
+
+
+def test_run_summary_and_table_from_fake_runs(tmp_path):
+    a = _write_fake_run(tmp_path, "a", "idlora", [3.0, 2.0, 1.5])
+    b = _write_fake_run(tmp_path, "b", "lora", [3.0, 2.5], state="cancelled")
+    table = runs.runs_table([a, b])
+    assert table["run"].tolist() == ["a", "b"]
+    assert table["method"].tolist() == ["idlora", "lora"]
+    assert table["state"].tolist() == ["finished", "cancelled"]
+    assert table["step"].tolist() == [3, 2]
+    assert table["loss"].tolist() == [1.5, 2.5]
+    assert table["trainable_params"].tolist() == [1000, 1000]
+    # mean of 0.1, 0.2, 0.3 and of 0.1, 0.2
+    assert table["step_seconds"].tolist() == pytest.approx([0.2, 0.15])
+    assert table["eval_accuracy"].tolist() == [0.75, 0.75]
+
+
+def test_list_runs_skips_other_folders(tmp_path):
+    _write_fake_run(tmp_path, "a", "idlora", [1.0])
+    (tmp_path / "not-a-run").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    assert [p.name for p in runs.list_runs(tmp_path)] == ["a"]
+    assert runs.list_runs(tmp_path / "missing") == []
+
+
+def test_read_metrics_missing_is_empty(tmp_path):
+    assert isinstance(runs.read_metrics(tmp_path), pd.DataFrame)
+    assert runs.read_metrics(tmp_path).empty
+    assert runs.read_status(tmp_path) == {} and runs.read_run_json(tmp_path) == {}
+
+
+def test_train_command_is_an_argument_list(tmp_path):
+    cmd = runs.train_command(tmp_path / "c.yaml", ["train.steps=3"])
+    assert cmd == [sys.executable, "-m", "idlora_core.train", str(tmp_path / "c.yaml"),
+                   "--set", "train.steps=3"]
+
+
+def test_start_run_writes_config_in_own_folder(tmp_path, monkeypatch):
+    started = []
+
+    class FakePopen:
+        def __init__(self, cmd, **kwargs):
+            started.append((cmd, kwargs))
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(runs.subprocess, "Popen", FakePopen)
+    h1 = runs.start_run(RunConfig(), tmp_path)
+    h2 = runs.start_run(RunConfig(), tmp_path)
+    assert h1.run_dir != h2.run_dir and h1.run_dir.parent == tmp_path.resolve()
+    cfg = load_config(h1.run_dir / "config.yaml")
+    assert Path(cfg.output_dir) == h1.run_dir
+    cmd, kwargs = started[0]
+    assert cmd[1:4] == ["-m", "idlora_core.train", str(h1.run_dir / "config.yaml")]
+    assert "shell" not in kwargs and kwargs["start_new_session"] is True
+    assert runs.read_status(h1.run_dir)["state"] == "starting"
+    with pytest.raises(runs.RunPathError):
+        runs.start_run(RunConfig(), tmp_path, name="../evil")
