@@ -1,0 +1,192 @@
+"""Shared state of the ID-LoRA Lab pages: session-state keys, defaults, the cached model loader.
+
+Every page calls `init_state()` first and gets the model with `get_model()` (never through
+state that `main.py` set), so each page file also runs on its own. This file holds no maths.
+
+Session-state keys (the contract between pages; Export/Import reads and restores them).
+Widgets use these keys directly, so setting a key before its widget renders changes the widget.
+
+  key                 type                    default            page / meaning
+  ------------------  ----------------------  -----------------  ---------------------------------
+  model_choice        str                     "minilm"           sidebar: "minilm" | "smollm2-135m" | "local"
+  model_path          str                     ""                 sidebar: local model directory (when "local")
+  trust_remote_code   bool                    False              sidebar: only for a local directory
+  layer_kinds         list[str]               ["q", "v"]         Model & layers: layer types (q/k/v/o/up/...)
+  block_range         tuple[int, int] | None  None (= all)       Model & layers: first and last block, inclusive
+  lab_layers          list[str]               []  (= first selected layer)   Decomposition lab: layers swept
+  lab_ks              list[int]               [1, 2, 4, 8]       Decomposition lab: cluster counts k
+  lab_ranks           list[int]               [4, 8, 16, 32]     Decomposition lab: ranks r
+  lab_strategies      list[str]               ["id", "centroid", "random"]   skeleton strategies
+  normalize_rows      bool                    False              cluster L2-normalised rows (cosine)
+  seed                int                     0                  clustering / random-selection seed
+  explorer_layer      str | None              None (= first selected layer)  Cluster explorer layer
+  explorer_k          int                     8                  Cluster explorer: clusters
+  explorer_r          int                     8                  Cluster explorer: skeleton rows per cluster
+  explorer_projection str                     "PCA"              "PCA" | "UMAP"
+  adapter_k           int                     4                  default k for export (every layer)
+  adapter_r           int                     8                  default r for export
+  adapter_strategy    str                     "centroid"         default skeleton strategy for export
+  adapter_rb          int                     1                  default rank-boosting splits p for export
+  layer_choices       dict[str, dict]         {}                 per-layer overrides for export:
+                                                                 {layer: {"k", "r", "strategy", "rb_splits"}}
+
+Getters/setters: `model_name()` / `set_model_name(name)`, `selected_layers(loaded)`,
+`layer_choice(layer)` (per-layer k/r/strategy/rb with the defaults filled in),
+`apply_settings(values)` (restore many keys at once, safe from any page and any point of a run).
+
+Keys starting with `ft_` or `ex_` (Fine-tune and Export/Import pages) are kept across page
+switches too; do not use those prefixes for buttons, file uploaders, download buttons or forms.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import streamlit as st
+
+from idlora_core.catalog import LoadedModel, ModelNotFoundError, available_models, load_model
+
+MODEL_CHOICES: dict[str, str] = {
+    "minilm": "all-MiniLM-L6-v2 (BERT encoder, 22.7 M)",
+    "smollm2-135m": "SmolLM2-135M-Instruct (Llama, 135 M, 4-bit origin)",
+    "local": "Local model directory ...",
+}
+STRATEGIES: tuple[str, ...] = ("id", "centroid", "random")
+KEEP_PREFIXES: tuple[str, ...] = ("ft_", "ex_")
+_PENDING = "_pending_settings"
+
+DEFAULTS: dict[str, Any] = {
+    "model_choice": "minilm",
+    "model_path": "",
+    "trust_remote_code": False,
+    "layer_kinds": ["q", "v"],
+    "block_range": None,
+    "lab_layers": [],
+    "lab_ks": [1, 2, 4, 8],
+    "lab_ranks": [4, 8, 16, 32],
+    "lab_strategies": list(STRATEGIES),
+    "normalize_rows": False,
+    "seed": 0,
+    "explorer_layer": None,
+    "explorer_k": 8,
+    "explorer_r": 8,
+    "explorer_projection": "PCA",
+    "adapter_k": 4,
+    "adapter_r": 8,
+    "adapter_strategy": "centroid",
+    "adapter_rb": 1,
+    "layer_choices": {},
+}
+
+
+def init_state() -> None:
+    """Fill missing keys with their defaults and keep every page's settings across page switches.
+
+    Streamlit drops the state of widgets that a run did not draw; re-assigning each key at the
+    top of every run turns it into plain session state, so it survives a visit to another page.
+    """
+    state = st.session_state
+    pending = state.pop(_PENDING, None)
+    if pending:
+        for key, value in pending.items():
+            state[key] = value
+    for key, value in DEFAULTS.items():
+        if key not in state:
+            state[key] = copy.deepcopy(value)
+    for key in list(state.keys()):
+        if key in DEFAULTS or key.startswith(KEEP_PREFIXES):
+            state[key] = state[key]
+
+
+def apply_settings(values: dict[str, Any]) -> None:
+    """Restore many settings at once (e.g. from an imported YAML) and rerun so widgets show them.
+
+    Works from a callback or from a page body: the values are applied by `init_state()` at the
+    start of the next run, before any widget is drawn. Calls `st.rerun()` unless in a callback.
+    """
+    st.session_state[_PENDING] = dict(values)
+    st.rerun()  # inside a callback this is a no-op: the run after the callback applies them
+
+
+def model_name() -> str:
+    """Return the model name to load: "minilm", "smollm2-135m" or the local directory path."""
+    state = st.session_state
+    choice = state.get("model_choice", DEFAULTS["model_choice"])
+    if choice == "local":
+        return str(state.get("model_path", "")).strip()
+    return choice
+
+
+def set_model_name(name: str) -> dict[str, Any]:
+    """Return the settings (model_choice, model_path) that select `name`; pass them to apply_settings."""
+    if name in available_models():
+        return {"model_choice": name, "model_path": ""}
+    aliases = {"all-minilm-l6-v2": "minilm", "smollm2-135m-instruct": "smollm2-135m"}
+    short = aliases.get(name.strip().lower().rsplit("/", 1)[-1])
+    if short:
+        return {"model_choice": short, "model_path": ""}
+    return {"model_choice": "local", "model_path": name}
+
+
+@st.cache_resource(show_spinner=False, max_entries=3)
+def _load(name: str, trust_remote_code: bool) -> LoadedModel:
+    return load_model(name, trust_remote_code=trust_remote_code)
+
+
+def get_model() -> LoadedModel | None:
+    """Return the shared (cached, read-only) model chosen in the sidebar, or None after an st.error.
+
+    The model object is shared by every session: deep-copy it before adapting or training.
+    """
+    name = model_name()
+    if not name:
+        st.error("No model directory given. Type the path of a local Hugging Face model folder "
+                 "(one that holds config.json) in the sidebar, or pick an embedded model.")
+        return None
+    trust = bool(st.session_state.get("trust_remote_code", False)) and model_name_is_local()
+    try:
+        with st.spinner(f"Loading {name} ... (first load only; later pages reuse it)"):
+            return _load(name, trust)
+    except ModelNotFoundError as exc:
+        st.error(f"{exc}\n\nPick an embedded model in the sidebar, or give an existing local "
+                 "model directory.")
+    except Exception as exc:  # a broken model folder can fail in many ways inside transformers
+        st.error(f"Could not load {name!r}: {type(exc).__name__}: {exc}\n\nCheck that the folder "
+                 "holds a complete Hugging Face model, or pick an embedded model in the sidebar.")
+    return None
+
+
+def model_name_is_local() -> bool:
+    """Return True when the sidebar points at a local model directory."""
+    return st.session_state.get("model_choice") == "local"
+
+
+def selected_layers(loaded: LoadedModel) -> list[str]:
+    """Return the names of the linear layers matching the chosen layer kinds and block range."""
+    from analysis.layers import filter_layers, layer_table
+
+    table = filter_layers(
+        layer_table(loaded.model),
+        kinds=st.session_state.get("layer_kinds") or None,
+        blocks=st.session_state.get("block_range"),
+    )
+    return list(table["name"])
+
+
+def layer_choice(layer: str) -> dict[str, Any]:
+    """Return {"k", "r", "strategy", "rb_splits"} for `layer`: its override or the export defaults."""
+    state = st.session_state
+    choice = {
+        "k": int(state.get("adapter_k", DEFAULTS["adapter_k"])),
+        "r": int(state.get("adapter_r", DEFAULTS["adapter_r"])),
+        "strategy": str(state.get("adapter_strategy", DEFAULTS["adapter_strategy"])),
+        "rb_splits": int(state.get("adapter_rb", DEFAULTS["adapter_rb"])),
+    }
+    choice.update((state.get("layer_choices") or {}).get(layer, {}))
+    return choice
+
+
+def valid(values: list, options: list) -> list:
+    """Return the items of `values` that are among `options`, in order (for multiselect state)."""
+    return [v for v in values if v in options]
