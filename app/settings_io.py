@@ -1,0 +1,257 @@
+"""Page settings <-> RunConfig: what the Fine-tune and Export/Import pages build and restore.
+
+Works on any mapping of session-state values (st.session_state in the app, a dict in tests):
+no Streamlit calls, no maths. Keys of the Model/Decomposition pages are defined in
+`app/common.py`; the training keys below (prefix `ft_`) and export keys (prefix `ex_`) are
+kept across page switches by `common.init_state()`.
+
+  key                 default            meaning
+  ------------------  -----------------  ----------------------------------------------------
+  ft_methods          ["idlora","lora"]  Fine-tune: methods to run side by side
+  ft_ranks            [8]                Fine-tune: ranks r (one run per method x r x k)
+  ft_ks               [4]                Fine-tune: clusters k (ID-LoRA) / heads N (HydraLoRA)
+  ft_selection        "centroid"         Fine-tune: ID-LoRA skeleton strategy
+  ft_rb_splits        1                  Fine-tune: rank-boosting splits p
+  ft_alpha, ft_dropout 16.0, 0.0         adapter scaling numerator and input dropout
+  ft_tasks            [] (= by model)    task names; [] picks the model's default task
+  ft_num_train        512                generated training examples per task
+  ft_<train field>    TrainConfig        every field of idlora_core.config.TrainConfig
+                                         (ft_steps, ft_batch_size, ft_learning_rate, ...)
+  ft_runs_root        "runs"             runs folder (relative to the repo root)
+  ft_max_parallel     2                  Fine-tune: runs training at the same time
+  ex_method           "idlora"           Export: the method written to the YAML
+  ex_run_name         "my-run"           Export: output folder name inside the runs folder
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from idlora_core.catalog import layer_kind
+from idlora_core.config import (
+    METHODS,
+    AdapterConfig,
+    ModelConfig,
+    RunConfig,
+    TargetConfig,
+    TaskConfig,
+    TrainConfig,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENCODER_TASKS: tuple[str, ...] = ("sentiment",)
+CAUSAL_TASKS: tuple[str, ...] = ("arithmetic", "code", "knowledge", "refusal")
+METHOD_LABELS: dict[str, str] = {
+    "idlora": "ID-LoRA",
+    "lora": "LoRA",
+    "dora": "DoRA",
+    "hydralora": "HydraLoRA",
+    "full": "Full fine-tuning",
+}
+TRAIN_FIELDS: tuple[str, ...] = tuple(TrainConfig.model_fields)
+# Short demo-sized training by default (the schema's defaults are sized for real runs).
+_TRAIN_DEFAULTS = TrainConfig().model_dump() | {
+    "steps": 30, "batch_size": 8, "seq_len": 64, "learning_rate": 1e-3, "eval_interval": 0,
+}
+DEFAULTS: dict[str, Any] = {
+    "ft_methods": ["idlora", "lora"],
+    "ft_ranks": [8],
+    "ft_ks": [4],
+    "ft_selection": "centroid",
+    "ft_rb_splits": 1,
+    "ft_alpha": 16.0,
+    "ft_dropout": 0.0,
+    "ft_tasks": [],
+    "ft_num_train": 512,
+    "ft_runs_root": "runs",
+    "ft_max_parallel": 2,
+    "ex_method": "idlora",
+    "ex_run_name": "my-run",
+} | {f"ft_{name}": value for name, value in _TRAIN_DEFAULTS.items()}
+
+
+def init_defaults(state: Any) -> None:
+    """Fill the Fine-tune/Export keys missing from `state` (a MutableMapping) with defaults."""
+    for key, value in DEFAULTS.items():
+        if key not in state:
+            state[key] = list(value) if isinstance(value, list) else value
+
+
+def _get(state: Mapping[str, Any], key: str) -> Any:
+    return state.get(key, DEFAULTS[key])
+
+
+def task_options(model_kind: str) -> tuple[str, ...]:
+    """Return the built-in task names that fit a model kind ("encoder" or "causal-lm")."""
+    return ENCODER_TASKS if model_kind == "encoder" else CAUSAL_TASKS
+
+
+def chosen_tasks(state: Mapping[str, Any], model_kind: str) -> list[str]:
+    """Return the chosen task names valid for `model_kind`, or the model's default task."""
+    options = task_options(model_kind)
+    tasks = [t for t in _get(state, "ft_tasks") or [] if t in options]
+    return tasks or [options[0]]
+
+
+def train_config(state: Mapping[str, Any]) -> TrainConfig:
+    """Return the TrainConfig held in the `ft_<field>` keys (raises pydantic errors if invalid)."""
+    return TrainConfig(**{name: _get(state, f"ft_{name}") for name in TRAIN_FIELDS})
+
+
+def task_configs(state: Mapping[str, Any], model_kind: str) -> list[TaskConfig]:
+    """Return one TaskConfig per chosen task (equal weights, `ft_num_train` examples each)."""
+    n = int(_get(state, "ft_num_train"))
+    return [TaskConfig(name=t, num_train=n) for t in chosen_tasks(state, model_kind)]
+
+
+def finetune_targets(layers: list[str], state: Mapping[str, Any], r: int, k: int) -> list[TargetConfig]:
+    """Return one target per layer name with the Fine-tune page's r, k, strategy, RB, alpha."""
+    return [
+        TargetConfig(
+            pattern=name, r=r, k=k, selection=_get(state, "ft_selection"),
+            rb_splits=int(_get(state, "ft_rb_splits")), alpha=float(_get(state, "ft_alpha")),
+            dropout=float(_get(state, "ft_dropout")),
+            normalize_rows=bool(state.get("normalize_rows", False)),
+        )
+        for name in layers
+    ]
+
+
+def finetune_configs(
+    state: Mapping[str, Any], model_name: str, model_kind: str, layers: list[str]
+) -> list[tuple[str, RunConfig]]:
+    """Return (label, RunConfig) for every run the Fine-tune page would start.
+
+    One run per method x r x k; k only varies for methods that use it (ID-LoRA, HydraLoRA),
+    and full fine-tuning ignores r and k. `output_dir` is filled in by `analysis.runs.start_run`.
+    """
+    if not layers:
+        raise ValueError("no target layers: pick layer types on the Model & layers page")
+    ranks = sorted({int(r) for r in _get(state, "ft_ranks")}) or [8]
+    ks = sorted({int(k) for k in _get(state, "ft_ks")}) or [4]
+    train = train_config(state)
+    tasks = task_configs(state, model_kind)
+    model = ModelConfig(name=model_name, trust_remote_code=bool(state.get("trust_remote_code")))
+    out = []
+    for method in [m for m in METHODS if m in _get(state, "ft_methods")]:
+        grid = [(ranks[0], ks[0])] if method == "full" else [
+            (r, k) for r in ranks for k in (ks if method in ("idlora", "hydralora") else ks[:1])
+        ]
+        for r, k in grid:
+            label = METHOD_LABELS[method] + ("" if method == "full" else f" r={r}")
+            label += f" k={k}" if method in ("idlora", "hydralora") else ""
+            adapter = AdapterConfig(
+                method=method, targets=finetune_targets(layers, state, r, k),
+                seed=int(state.get("seed", 0)),
+            )
+            out.append((label, RunConfig(model=model, adapter=adapter, tasks=tasks, train=train)))
+    return out
+
+
+def export_config(
+    state: Mapping[str, Any],
+    model_name: str,
+    model_kind: str,
+    layers: list[str],
+    choices: Mapping[str, Mapping[str, Any]],
+    skeletons: dict[str, list[list[int]]] | None = None,
+    output_dir: str = "runs/my-run",
+) -> RunConfig:
+    """Return the RunConfig of the current choices: one target per layer with its own
+    k, r, strategy and RB (`choices[layer]`), the training keys, and resolved skeletons."""
+    if not layers:
+        raise ValueError("no layers selected: pick layer types on the Model & layers page")
+    method = _get(state, "ex_method")
+    targets = [
+        TargetConfig(
+            pattern=name, r=int(choices[name]["r"]), k=int(choices[name]["k"]),
+            selection=choices[name]["strategy"], rb_splits=int(choices[name]["rb_splits"]),
+            alpha=float(_get(state, "ft_alpha")), dropout=float(_get(state, "ft_dropout")),
+            normalize_rows=bool(state.get("normalize_rows", False)),
+        )
+        for name in layers
+    ]
+    adapter = AdapterConfig(
+        method=method, targets=targets, seed=int(state.get("seed", 0)),
+        skeletons=skeletons if method == "idlora" and skeletons else None,
+    )
+    return RunConfig(
+        model=ModelConfig(name=model_name, trust_remote_code=bool(state.get("trust_remote_code"))),
+        adapter=adapter,
+        tasks=task_configs(state, model_kind),
+        train=train_config(state),
+        output_dir=output_dir,
+    )
+
+
+def _block_of(name: str) -> int | None:
+    match = re.search(r"(?:^|\.)(\d+)\.", name)
+    return int(match.group(1)) if match else None
+
+
+def _blocks(cfg: RunConfig) -> tuple[int, int] | None:
+    blocks: list[int] = []
+    for target in cfg.adapter.targets:
+        if target.layers:
+            blocks += target.layers
+        elif (b := _block_of(target.pattern)) is not None:
+            blocks.append(b)
+        else:
+            return None  # a target on every block
+    return (min(blocks), max(blocks)) if blocks else None
+
+
+def settings_from_config(cfg: RunConfig, model_settings: dict[str, Any]) -> dict[str, Any]:
+    """Return the session-state values that show `cfg` on every page.
+
+    `model_settings` is `common.set_model_name(cfg.model.name)` (model_choice, model_path).
+    Layer kinds and block range come from the target patterns; per-layer k/r/strategy/RB
+    become `layer_choices` keyed by the pattern (a full layer name for exported files).
+    """
+    first = cfg.adapter.targets[0]
+    kinds = []
+    for target in cfg.adapter.targets:
+        kind = layer_kind(target.pattern)
+        if kind not in kinds and kind != "other":
+            kinds.append(kind)
+    values: dict[str, Any] = dict(model_settings) | {
+        "trust_remote_code": cfg.model.trust_remote_code,
+        "seed": cfg.adapter.seed,
+        "normalize_rows": first.normalize_rows,
+        "adapter_k": first.k,
+        "adapter_r": first.r,
+        "adapter_strategy": first.selection,
+        "adapter_rb": first.rb_splits,
+        "layer_choices": {
+            t.pattern: {"k": t.k, "r": t.r, "strategy": t.selection, "rb_splits": t.rb_splits}
+            for t in cfg.adapter.targets
+        },
+        "ex_method": cfg.adapter.method,
+        "ft_methods": [cfg.adapter.method],
+        "ft_ranks": [first.r],
+        "ft_ks": [first.k],
+        "ft_selection": first.selection,
+        "ft_rb_splits": first.rb_splits,
+        "ft_alpha": first.alpha,
+        "ft_dropout": first.dropout,
+        "ft_tasks": [t.name for t in cfg.tasks],
+        "ft_num_train": cfg.tasks[0].num_train,
+    }
+    if kinds:
+        values["layer_kinds"] = kinds
+    values["block_range"] = _blocks(cfg)
+    values |= {f"ft_{name}": value for name, value in cfg.train.model_dump().items()}
+    out = Path(cfg.output_dir)
+    if out.name and not out.is_absolute() and ".." not in out.parts:
+        values["ex_run_name"] = out.name
+        values["ft_runs_root"] = str(out.parent) if str(out.parent) != "." else "runs"
+    return values
+
+
+def resolve_runs_root(root: str) -> Path:
+    """Return the runs folder as an absolute path (relative paths are taken from the repo root)."""
+    path = Path(str(root).strip() or "runs").expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path

@@ -1,0 +1,91 @@
+"""AppTest of the Fine-tune page on its own: controls, past-run reload, compare table, run plan."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app import settings_io as sio
+from idlora_core.config import RunConfig, save_config
+
+PAGE = str(Path(__file__).resolve().parents[2] / "app" / "pages" / "fine_tune.py")
+
+
+def _fake_run(root: Path, name: str, method: str, losses: list[float], trainable: int) -> Path:
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    cfg = RunConfig()
+    cfg.adapter.method = method
+    save_config(cfg, run_dir / "config.yaml")
+    with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
+        for step, loss in enumerate(losses, start=1):
+            fh.write(json.dumps({"step": step, "loss": loss, "trainable_params": trainable,
+                                 "total_params": 22_700_000, "step_seconds": 0.05}) + "\n")
+    (run_dir / "status.json").write_text(json.dumps({"state": "finished", "step": len(losses)}))
+    return run_dir
+
+
+def plotly_array(value) -> np.ndarray:
+    """Decode a plotly JSON array (plain list or plotly 6's {"dtype", "bdata"} binary form)."""
+    if isinstance(value, dict) and "bdata" in value:
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+    return np.asarray(value)
+
+
+@pytest.fixture
+def app() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    return at
+
+
+def test_page_renders_alone_with_controls(app):
+    app.run()
+    assert not app.exception
+    assert app.multiselect(key="ft_methods").value == ["idlora", "lora"]
+    assert app.multiselect(key="ft_tasks").value == ["sentiment"]  # MiniLM: the encoder task
+    assert app.multiselect(key="ft_ranks").value == [8]
+    assert app.number_input(key="ft_steps").value == 30
+    assert app.button(key="start_runs") is not None and app.button(key="cancel_runs") is not None
+    assert any("No runs yet" in i.value for i in app.info)
+
+
+def test_past_runs_reload_into_charts_and_compare_table(app, tmp_path):
+    _fake_run(tmp_path, "run-a", "idlora", [0.9, 0.7, 0.5], trainable=9_000)
+    _fake_run(tmp_path, "run-b", "lora", [0.9, 0.6, 0.45], trainable=18_000)
+    app.session_state["ft_runs_root"] = str(tmp_path)
+    app.run()
+    assert set(app.multiselect(key="ft_past").options) == {"run-a", "run-b"}
+    app.multiselect(key="ft_past").set_value(["run-a", "run-b"]).run()
+    assert not app.exception
+    charts = app.get("plotly_chart")
+    assert len(charts) == 2  # loss curves + the trade-off scatter
+    loss = json.loads(charts[0].proto.spec)
+    assert sorted(t["name"] for t in loss["data"]) == ["run-a", "run-b"]
+    ys = {t["name"]: plotly_array(t["y"]).tolist() for t in loss["data"]}
+    assert ys["run-b"] == [0.9, 0.6, 0.45]
+    assert loss["layout"]["uirevision"] == "ft-loss"
+    scatter = json.loads(charts[1].proto.spec)
+    points = {(float(x), float(y)) for t in scatter["data"]
+              for x, y in zip(plotly_array(t["x"]), plotly_array(t["y"]), strict=True)}
+    assert points == {(9_000.0, 0.5), (18_000.0, 0.45)}  # final loss vs trainable params
+    table = app.dataframe[-1].value  # the comparison table comes last
+    assert sorted(table["method"]) == ["idlora", "lora"]
+    assert app.get("download_button")
+
+
+def test_run_plan_matches_the_choices():
+    state = dict(sio.DEFAULTS) | {"ft_methods": ["full", "lora", "idlora"], "ft_ranks": [4, 8],
+                                  "ft_ks": [2, 4]}
+    plan = sio.finetune_configs(state, "minilm", "encoder", ["encoder.layer.0.attention.self.query"])
+    labels = [label for label, _ in plan]
+    # idlora: 2 ranks x 2 ks, lora: 2 ranks, full: one run; in METHODS order
+    assert labels == ["ID-LoRA r=4 k=2", "ID-LoRA r=4 k=4", "ID-LoRA r=8 k=2", "ID-LoRA r=8 k=4",
+                      "LoRA r=4", "LoRA r=8", "Full fine-tuning"]
+    cfg = plan[2][1]
+    assert cfg.adapter.targets[0].r == 8 and cfg.adapter.targets[0].k == 2
+    assert cfg.train.steps == 30 and cfg.tasks[0].name == "sentiment"
