@@ -44,6 +44,7 @@ import copy
 from typing import Any
 
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from idlora_core.catalog import LoadedModel, ModelNotFoundError, available_models, load_model
 
@@ -87,16 +88,24 @@ def init_state() -> None:
     top of every run turns it into plain session state, so it survives a visit to another page.
     """
     state = st.session_state
-    pending = state.pop(_PENDING, None)
-    if pending:
-        for key, value in pending.items():
-            state[key] = value
+    pending = state.pop(_PENDING, None) or {}
+    for key, value in pending.items():
+        _assign(key, value)
     for key, value in DEFAULTS.items():
         if key not in state:
             state[key] = copy.deepcopy(value)
     for key in list(state.keys()):
         if key in DEFAULTS or key.startswith(KEEP_PREFIXES):
-            state[key] = state[key]
+            _assign(key, state[key])
+
+
+def _assign(key: str, value: Any) -> None:
+    # A widget already drawn in this run (the sidebar picker when a page calls init_state
+    # after main.py did) keeps its value; read-only widget keys are skipped too.
+    try:
+        st.session_state[key] = value
+    except StreamlitAPIException:
+        pass
 
 
 def apply_settings(values: dict[str, Any]) -> None:

@@ -1,17 +1,57 @@
-"""ID-LoRA Lab entry point (placeholder page until the Streamlit lab lands): lists the default model's linear layers."""
+"""ID-LoRA Lab entry point: `streamlit run app/main.py`.
 
-import pandas as pd
+Builds the navigation of the five pages and the model picker in the sidebar. The picker only
+writes session-state keys (see `app/common.py`); every page loads the model itself through
+the shared cached loader, so each page file also runs on its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
 import streamlit as st
 
-from idlora_core.catalog import DEFAULT_MODEL, list_linear_layers, load_model
+from app.common import MODEL_CHOICES, init_state
+
+HERE = Path(__file__).resolve().parent
+PAGES = [
+    ("pages/model_layers.py", "Model & layers", ":material/memory:"),
+    ("pages/decomposition_lab.py", "Decomposition lab", ":material/grid_on:"),
+    ("pages/cluster_explorer.py", "Cluster explorer", ":material/scatter_plot:"),
+    ("pages/fine_tune.py", "Fine-tune", ":material/model_training:"),
+    ("pages/export_import.py", "Export / import", ":material/download:"),
+]
 
 
-@st.cache_resource(show_spinner="Loading all-MiniLM-L6-v2 ...")
-def _model():
-    return load_model(DEFAULT_MODEL)
+def model_picker() -> None:
+    """Draw the sidebar model picker (writes model_choice / model_path / trust_remote_code)."""
+    with st.sidebar:
+        st.markdown("### Model")
+        st.selectbox(
+            "Model", list(MODEL_CHOICES), format_func=MODEL_CHOICES.get, key="model_choice",
+            help="The model every page analyses and fine-tunes. Loaded once and shared.",
+        )
+        if st.session_state.get("model_choice") == "local":
+            st.text_input(
+                "Local model directory", key="model_path", placeholder="/path/to/hf-model",
+                help="A Hugging Face model folder (config.json + weights). It is only read.",
+            )
+            st.checkbox(
+                "Trust remote code", key="trust_remote_code",
+                help="Runs Python code shipped with the model. Only tick it for models you trust.",
+            )
+        elif st.session_state.get("model_choice") == "smollm2-135m":
+            st.caption("SmolLM2's weights passed through 4-bit (Q4_1) quantisation: expect a "
+                       "noise floor in the spectra.")
 
 
-st.title("ID-LoRA Lab")
-loaded = _model()
-rows = [vars(layer) | {"params": layer.params} for layer in list_linear_layers(loaded.model)]
-st.dataframe(pd.DataFrame(rows), key="layer_table")
+st.set_page_config(page_title="ID-LoRA Lab", page_icon=":material/hub:", layout="wide")
+init_state()
+pages = [
+    st.Page(str(HERE / path), title=title, icon=icon, default=(i == 0))
+    for i, (path, title, icon) in enumerate(PAGES)
+    if (HERE / path).is_file()
+]
+navigation = st.navigation(pages, position="sidebar")
+model_picker()
+navigation.run()

@@ -1,0 +1,148 @@
+"""2-D projections of a weight matrix's rows for the Cluster explorer: PCA now, UMAP soon after.
+
+PCA is one thin SVD (milliseconds). UMAP (umap-learn) is imported only when first asked for,
+its numba kernels are compiled once per process by `warm_umap()`, and the exact
+nearest-neighbour graph is computed up front with scikit-learn and handed to UMAP as
+`precomputed_knn`, so a 1536-row layer projects in seconds. No Streamlit here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+
+_WARM_LOCK = threading.Lock()
+_warm = False
+_JOBS_LOCK = threading.Lock()
+_JOBS: dict[str, Future] = {}
+_MAX_JOBS = 16
+_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="umap")
+
+
+def _rows(W: np.ndarray, normalize_rows: bool) -> np.ndarray:
+    W = np.asarray(W, dtype=np.float64)
+    if W.ndim != 2 or W.shape[0] < 3:
+        raise ValueError(f"need a 2-D matrix with at least 3 rows, got shape {W.shape}")
+    if not np.all(np.isfinite(W)):
+        raise ValueError("the matrix holds NaN or infinite values")
+    if normalize_rows:
+        norms = np.linalg.norm(W, axis=1, keepdims=True)
+        W = W / np.where(norms > 0, norms, 1.0)
+    return W
+
+
+def _frame(xy: np.ndarray, method: str) -> pd.DataFrame:
+    return pd.DataFrame({"row": np.arange(len(xy)), "x": xy[:, 0], "y": xy[:, 1], "method": method})
+
+
+def pca_2d(W: np.ndarray, *, normalize_rows: bool = False) -> pd.DataFrame:
+    """Return the rows of `W` on their first two principal axes.
+
+    Columns: row (row index of W), x, y (coordinates in the units of W's entries, centred),
+    method ("PCA"). The sign of each axis is fixed so the largest |coordinate| is positive.
+    """
+    X = _rows(W, normalize_rows)
+    X = X - X.mean(axis=0)
+    U, s, _ = np.linalg.svd(X, full_matrices=False)
+    xy = U[:, :2] * s[:2]
+    signs = np.sign(xy[np.abs(xy).argmax(axis=0), [0, 1]])
+    return _frame(xy * np.where(signs == 0, 1.0, signs), "PCA")
+
+
+def pca_explained(W: np.ndarray, *, normalize_rows: bool = False) -> tuple[float, float]:
+    """Return the fractions (0..1) of the rows' variance on the first and second principal axes."""
+    X = _rows(W, normalize_rows)
+    s = np.linalg.svd(X - X.mean(axis=0), compute_uv=False)
+    var = s**2 / max(float(np.sum(s**2)), np.finfo(float).tiny)
+    return float(var[0]), float(var[1])
+
+
+def knn_graph(X: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (indices, distances), each (rows, n_neighbors): exact Euclidean neighbours, self first."""
+    from sklearn.neighbors import NearestNeighbors
+
+    nn = NearestNeighbors(n_neighbors=n_neighbors, algorithm="brute").fit(X)
+    dist, idx = nn.kneighbors(X)
+    return idx.astype(np.int64), dist.astype(np.float32)
+
+
+def warm_umap() -> None:
+    """Compile UMAP's numba kernels once per process (a few seconds the first time, then free)."""
+    global _warm
+    with _WARM_LOCK:
+        if _warm:
+            return
+        rng = np.random.default_rng(0)
+        _umap_xy(rng.normal(size=(40, 4)), n_neighbors=5, seed=0, n_epochs=10)
+        _warm = True
+
+
+def _umap_xy(X: np.ndarray, *, n_neighbors: int, seed: int, n_epochs: int | None) -> np.ndarray:
+    import umap  # heavy (numba, pynndescent): imported only here
+
+    k = int(min(n_neighbors, len(X) - 1))
+    idx, dist = knn_graph(X, k)
+    reducer = umap.UMAP(
+        n_neighbors=k, n_components=2, random_state=seed, n_epochs=n_epochs,
+        precomputed_knn=(idx, dist, None), init="spectral" if len(X) > k + 2 else "random",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no search index (we never call transform); n_jobs=1
+        return np.asarray(reducer.fit_transform(X), dtype=np.float64)
+
+
+def umap_2d(
+    W: np.ndarray,
+    *,
+    normalize_rows: bool = False,
+    n_neighbors: int = 15,
+    seed: int = 0,
+    n_epochs: int | None = None,
+) -> pd.DataFrame:
+    """Return the rows of `W` embedded in 2-D by UMAP (seeded, so repeatable).
+
+    Columns: row, x, y (UMAP coordinates, no units), method ("UMAP"). The exact kNN graph
+    (`n_neighbors`, self included) is computed first with scikit-learn.
+    """
+    X = _rows(W, normalize_rows)
+    warm_umap()
+    return _frame(_umap_xy(X, n_neighbors=n_neighbors, seed=seed, n_epochs=n_epochs), "UMAP")
+
+
+def umap_async(
+    W: np.ndarray, *, normalize_rows: bool = False, n_neighbors: int = 15, seed: int = 0
+) -> Future:
+    """Return a Future of `umap_2d(W, ...)` computed on a background thread (one at a time).
+
+    The same matrix and parameters return the same Future, so callers can poll it on every
+    rerun; a failed job is retried on the next call. Keeps the last 16 results per process.
+    """
+    X = np.ascontiguousarray(W, dtype=np.float64)
+    key = hashlib.sha1(
+        X.tobytes() + repr((X.shape, normalize_rows, n_neighbors, seed)).encode()
+    ).hexdigest()
+    with _JOBS_LOCK:
+        job = _JOBS.get(key)
+        if job is None or (job.done() and job.exception() is not None):
+            job = _EXECUTOR.submit(
+                umap_2d, X, normalize_rows=normalize_rows, n_neighbors=n_neighbors, seed=seed
+            )
+            _JOBS[key] = job
+            while len(_JOBS) > _MAX_JOBS:
+                _JOBS.pop(next(iter(_JOBS)))
+        return job
+
+
+def warm_umap_async() -> Future:
+    """Start compiling UMAP's kernels on the background thread; returns its Future."""
+    return _EXECUTOR.submit(warm_umap)
+
+
+def umap_is_warm() -> bool:
+    """Return True once UMAP's kernels are compiled in this process."""
+    return _warm
