@@ -132,6 +132,9 @@ class TrainConfig(_Strict):
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
     eval_interval: int = Field(50, ge=0, description="evaluate every N steps (0 = only at end)")
     log_interval: int = Field(1, ge=1, description="write a metrics line every N steps")
+    save_interval: int = Field(
+        50, ge=0, description="save a checkpoint every N steps (0 = only when stopped early)"
+    )
     seed: int = 0
     precision: Precision = "auto"
     device: Device = "auto"

@@ -59,3 +59,28 @@ def tiny_bert() -> torch.nn.Module:
 @pytest.fixture
 def tiny_llama() -> torch.nn.Module:
     return make_tiny_llama()
+
+
+def _save_tiny(model: torch.nn.Module, tokenizer_source: str, folder) -> str:
+    from transformers import AutoTokenizer
+
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> str:
+    """A local model directory: make_tiny_llama() with SmolLM2's tokenizer (and chat template)."""
+    from idlora_core.catalog import resolve_source
+
+    return _save_tiny(make_tiny_llama(), resolve_source("smollm2-135m")[1],
+                      tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> str:
+    """A local model directory: make_tiny_bert(num_labels=2) with MiniLM's tokenizer."""
+    from idlora_core.catalog import minilm_dir
+
+    return _save_tiny(make_tiny_bert(num_labels=2), str(minilm_dir()), tmp_path_factory.mktemp("tiny-bert"))

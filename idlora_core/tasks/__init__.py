@@ -1,0 +1,61 @@
+"""Built-in offline tasks and user data files, each with a held-out eval split and a metric.
+
+`load_task(task_config, seed)` returns a TaskData; `load_tasks(run_config)` returns all the
+tasks of a run and checks that they agree on the model head they need.
+Causal-LM tasks: arithmetic, code, knowledge, refusal. Classification: sentiment, or a
+user file with text/label. User files: name 'jsonl' or 'csv' with a path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..config import TaskConfig
+from . import arithmetic, code_reading, knowledge, refusal, sentiment, user_data
+from .base import Example, TaskData, TaskKind
+from .user_data import DataFileError
+
+BUILTIN: dict[str, Callable[[int, int, int], TaskData]] = {
+    "arithmetic": arithmetic.build,
+    "code": code_reading.build,
+    "knowledge": knowledge.build,
+    "refusal": refusal.build,
+    "sentiment": sentiment.build,
+}
+CAUSAL_LM_TASKS = ("arithmetic", "code", "knowledge", "refusal")
+CLASSIFICATION_TASKS = ("sentiment",)
+
+__all__ = [
+    "BUILTIN", "CAUSAL_LM_TASKS", "CLASSIFICATION_TASKS", "DataFileError", "Example", "TaskData",
+    "TaskKind", "load_task", "load_tasks",
+]
+
+
+def load_task(task: TaskConfig, seed: int = 0) -> TaskData:
+    """Return the TaskData for one task configuration; raises ValueError / DataFileError."""
+    if task.name in ("jsonl", "csv"):
+        return user_data.build(task.path or "", task.num_train, task.num_eval, seed,
+                               name=_stem(task.path or "") or task.name)
+    if task.name not in BUILTIN:
+        raise ValueError(f"unknown task {task.name!r}; built-in: {', '.join(BUILTIN)}, or jsonl / csv with a path")
+    return BUILTIN[task.name](task.num_train, task.num_eval, seed)
+
+
+def load_tasks(tasks: list[TaskConfig], seed: int = 0) -> list[TaskData]:
+    """Return the TaskData of every task; raises ValueError when they need different model heads."""
+    loaded = [load_task(t, seed) for t in tasks]
+    kinds = {t.kind for t in loaded}
+    if len(kinds) > 1:
+        listing = ", ".join(f"{t.name} ({t.kind})" for t in loaded)
+        raise ValueError(f"tasks mix causal-LM and classification tasks ({listing}); use one kind per run")
+    if kinds == {"classification"} and len({t.num_labels for t in loaded}) > 1:
+        raise ValueError("classification tasks in one run must have the same number of labels")
+    return loaded
+
+
+def _stem(path: str) -> str:
+    """Return the file's stem as a metric-key-safe name ('my-data.jsonl' -> 'my_data')."""
+    import re
+    from pathlib import Path
+
+    return re.sub(r"\W+", "_", Path(path).stem).strip("_")
