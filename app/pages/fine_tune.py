@@ -54,8 +54,8 @@ def _controls(loaded) -> list[str]:
                        _options((1, 2, 4, 8, 16), "ft_ks"), key="ft_ks")
         st.selectbox("Skeleton strategy (ID-LoRA)", ["centroid", "id", "random"],
                      key="ft_selection")
-        st.selectbox("Rank-boosting splits p (our reading of the paper's RB)", [1, 2, 4],
-                     key="ft_rb_splits")
+        st.number_input("Rank-boosting splits p (our reading of the paper's RB)", 1, 64,
+                        key="ft_rb_splits", help="p must divide r; 1 = plain ID-LoRA.")
     with right:
         st.number_input("Steps", 1, 100_000, key="ft_steps")
         st.number_input("Batch size", 1, 1024, key="ft_batch_size")
