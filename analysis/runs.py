@@ -73,7 +73,7 @@ class RunHandle:
 
 def train_command(config_path: Path, overrides: list[str] | None = None) -> list[str]:
     """Return the argument list that trains `config_path` in a fresh Python process."""
-    cmd = [sys.executable, "-m", "idlora_core.train", str(config_path)]
+    cmd = [sys.executable, "-m", "idlora_core.train", str(config_path), "--no-progress"]
     for item in overrides or []:
         cmd += ["--set", item]
     return cmd

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -100,7 +101,7 @@ def test_read_metrics_missing_is_empty(tmp_path):
 def test_train_command_is_an_argument_list(tmp_path):
     cmd = runs.train_command(tmp_path / "c.yaml", ["train.steps=3"])
     assert cmd == [sys.executable, "-m", "idlora_core.train", str(tmp_path / "c.yaml"),
-                   "--set", "train.steps=3"]
+                   "--no-progress", "--set", "train.steps=3"]
 
 
 def test_start_run_writes_config_in_own_folder(tmp_path, monkeypatch):
@@ -125,3 +126,47 @@ def test_start_run_writes_config_in_own_folder(tmp_path, monkeypatch):
     assert runs.read_status(h1.run_dir)["state"] == "starting"
     with pytest.raises(runs.RunPathError):
         runs.start_run(RunConfig(), tmp_path, name="../evil")
+
+
+def _wait(predicate, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_real_run_streams_metrics_and_cancel_keeps_them(tmp_path, tiny_bert_dir):
+    """A real `python -m idlora_core.train` subprocess on a tiny BERT: tail it, then SIGTERM it."""
+    cfg = RunConfig.model_validate({
+        "model": {"name": tiny_bert_dir},
+        "adapter": {"method": "idlora", "targets": [{"pattern": "query", "r": 2, "k": 2}]},
+        "tasks": [{"name": "sentiment", "num_train": 64, "num_eval": 8}],
+        "train": {"steps": 10_000, "batch_size": 4, "seq_len": 16, "eval_interval": 0},
+    })
+    handle = runs.start_run(cfg, tmp_path)
+    try:
+        tail = runs.MetricsTail(handle.run_dir)
+        assert _wait(lambda: tail.read() >= 0 and len(tail.rows) >= 3, 90), runs.log_tail(
+            handle.run_dir)
+        assert runs.run_state(handle) == "running"
+        assert runs.cancel_run(handle)
+        assert runs.wait_run(handle, 60) is not None
+    finally:
+        if handle.process.poll() is None:
+            handle.process.kill()
+    assert runs.run_state(handle) == "cancelled"
+    assert runs.read_status(handle.run_dir)["state"] == "cancelled"
+    tail.read()
+    frame = tail.frame
+    steps = frame.loc[frame["loss"].notna(), "step"].tolist()
+    assert steps[:3] == [1, 2, 3] and 3 <= len(steps) < 10_000
+    assert runs.read_metrics(handle.run_dir)["step"].tolist() == frame["step"].tolist()
+    # trainable = ID-LoRA on the 2 query layers (32 x 32): m*r + k*r each (DESIGN §1)
+    summary = runs.run_summary(handle.run_dir)
+    assert summary["method"] == "idlora" and summary["state"] == "cancelled"
+    assert summary["step"] == steps[-1]
+    report = runs.read_run_json(handle.run_dir)["adapter_report"]
+    assert [row["trainable"] for row in report["rows"]] == [32 * 2 + 2 * 2] * 2
+    assert summary["trainable_params"] > 2 * (32 * 2 + 2 * 2)  # + the classification head
