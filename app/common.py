@@ -41,12 +41,21 @@ switches too; do not use those prefixes for buttons, file uploaders, download bu
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from idlora_core.catalog import LoadedModel, ModelNotFoundError, available_models, load_model
+from idlora_core.catalog import (
+    LoadedModel,
+    ModelNotFoundError,
+    available_models,
+    get_weight,
+    load_model,
+)
 
 MODEL_CHOICES: dict[str, str] = {
     "minilm": "all-MiniLM-L6-v2 (BERT encoder, 22.7 M)",
@@ -199,3 +208,80 @@ def layer_choice(layer: str) -> dict[str, Any]:
 def valid(values: list, options: list) -> list:
     """Return the items of `values` that are among `options`, in order (for multiselect state)."""
     return [v for v in values if v in options]
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _weight(model: str, layer: str, _module: object) -> np.ndarray:
+    return get_weight(_module, layer)
+
+
+def layer_weight(loaded: LoadedModel, layer: str) -> np.ndarray:
+    """Return the float64 weight (m, n) of `layer` in the shared model (cached per model and layer)."""
+    return _weight(loaded.name, layer, loaded.model)
+
+
+def layer_names(loaded: LoadedModel) -> list[str]:
+    """Return the names of every linear layer of the shared model, in module order."""
+    from analysis.layers import layer_table
+
+    return list(layer_table(loaded.model)["name"])
+
+
+def ensure_layer(key: str, loaded: LoadedModel) -> list[str]:
+    """Make session key `key` name an existing layer (default: the first selected layer).
+
+    Call before drawing the selectbox with that key; returns the options (all layer names).
+    """
+    names = layer_names(loaded)
+    if st.session_state.get(key) not in names:
+        chosen = selected_layers(loaded)
+        st.session_state[key] = chosen[0] if chosen else names[0]
+    return names
+
+
+@st.cache_resource(show_spinner=False)
+def _sweep_store() -> dict[tuple, pd.DataFrame]:
+    # Process-wide: a sweep computed in one tab is shown at once in another.
+    return {}
+
+
+def _sweep_key(loaded: LoadedModel, layer: str, params: dict[str, Any]) -> tuple:
+    return (loaded.name, layer, *(
+        tuple(v) if isinstance(v, list) else v for _, v in sorted(params.items())))
+
+
+def stored_sweeps(loaded: LoadedModel, layers: list[str], **params: Any) -> pd.DataFrame | None:
+    """Return the sweep table of `layers` when every layer was already swept with `params`, else None."""
+    store = _sweep_store()
+    keys = [_sweep_key(loaded, layer, params) for layer in layers]
+    if not all(key in store for key in keys):
+        return None
+    return pd.concat([store[key] for key in keys], ignore_index=True)
+
+
+def run_sweeps(
+    loaded: LoadedModel,
+    layers: list[str],
+    *,
+    progress: Callable[[float, str], None] | None = None,
+    **params: Any,
+) -> pd.DataFrame:
+    """Return the sweep table of `layers` (analysis.sweep), computing only what is not stored yet.
+
+    params: ks, ranks, strategies, seed, normalize_rows. progress(fraction 0..1, message).
+    """
+    from analysis.sweep import sweep_layer
+
+    store = _sweep_store()
+    for i, layer in enumerate(layers):
+        key = _sweep_key(loaded, layer, params)
+        if key in store:
+            continue
+
+        def tick(done: int, total: int, message: str, i: int = i, layer: str = layer) -> None:
+            if progress is not None:
+                progress((i + done / max(total, 1)) / len(layers),
+                         f"{layer} ({i + 1}/{len(layers)}): {message}")
+
+        store[key] = sweep_layer(layer_weight(loaded, layer), layer=layer, progress=tick, **params)
+    return stored_sweeps(loaded, layers, **params)

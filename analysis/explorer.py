@@ -1,0 +1,107 @@
+"""What the Cluster explorer shows for one layer: clusters, skeleton rows, per-cluster errors.
+
+Assembles `idlora_core` results into DataFrames for plotting; the maths (min-size k-means,
+skeleton selection, ID and SVD errors) lives in `idlora_core`. No Streamlit here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from idlora_core.clustering import MinSizeKMeans
+from idlora_core.decomposition import id_fro_error, spectrum, svd_tail_errors
+from idlora_core.selection import select_skeleton
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """One clustering of a layer's rows and its skeletons.
+
+    labels: int64 (m,) cluster of each row; skeletons: strategy -> one int64 array of r
+    global row indices per cluster; sizes: DataFrame (cluster, rows);
+    errors: DataFrame (cluster, rows, strategy, rel_fro_error, svd_same_r) — the cluster's
+    rank-r ID error and its best rank-r (SVD) error, both relative to ||W_c||_F.
+    """
+
+    k: int
+    r: int
+    labels: np.ndarray
+    skeletons: dict[str, list[np.ndarray]]
+    sizes: pd.DataFrame
+    errors: pd.DataFrame
+
+
+def cluster_view(
+    W: np.ndarray,
+    k: int,
+    r: int,
+    strategies: list[str] | tuple[str, ...] = ("id", "centroid", "random"),
+    *,
+    normalize_rows: bool = False,
+    seed: int = 0,
+) -> ClusterView:
+    """Return the clustering of W's rows into k clusters of >= r rows and each strategy's skeletons.
+
+    Raises ValueError (from idlora_core) when k*r exceeds the rows or r the columns.
+    """
+    W = np.asarray(W, dtype=np.float64)
+    labels = MinSizeKMeans(k, min_size=r, normalize_rows=normalize_rows, random_state=seed).fit(W).labels_
+    skeletons = {
+        s: select_skeleton(W, labels, r, s, normalize_rows=normalize_rows, seed=seed)
+        for s in strategies
+    }
+    counts = np.bincount(labels, minlength=k)
+    sizes = pd.DataFrame({"cluster": np.arange(k), "rows": counts})
+    rows = []
+    for c in range(k):
+        members = np.flatnonzero(labels == c)
+        Wc = W[members]
+        norm = float(np.linalg.norm(Wc)) or 1.0
+        svd_r = float(svd_tail_errors(spectrum(Wc))[min(r, min(Wc.shape))])
+        for s, skel in skeletons.items():
+            local = np.searchsorted(members, skel[c])
+            rows.append({
+                "cluster": c, "rows": int(counts[c]), "strategy": s,
+                "rel_fro_error": id_fro_error(Wc, local) / norm, "svd_same_r": svd_r,
+            })
+    return ClusterView(k, r, labels, skeletons, sizes, pd.DataFrame(rows))
+
+
+def points_frame(xy: pd.DataFrame, view: ClusterView) -> pd.DataFrame:
+    """Return `xy` (columns row, x, y, ...) with `cluster` (str, for discrete colours) and one bool
+    column `skeleton_<strategy>` per strategy marking the selected skeleton rows."""
+    out = xy.copy()
+    out["cluster"] = view.labels[out["row"].to_numpy()].astype(str)
+    for s, skel in view.skeletons.items():
+        chosen = np.zeros(len(view.labels), dtype=bool)
+        chosen[np.concatenate(skel)] = True
+        out[f"skeleton_{s}"] = chosen[out["row"].to_numpy()]
+    return out
+
+
+def spectra_frame(
+    W: np.ndarray, k: int, *, min_size: int = 1, normalize_rows: bool = False, seed: int = 0
+) -> pd.DataFrame:
+    """Return the singular values of W and of each of its k row clusters (min-size k-means).
+
+    Columns: part ("layer" or "cluster <c>"), rows (rows in that part), index (j = 1, 2, ...),
+    sigma (singular value, units of W's entries), relative (sigma / sigma_1 of the whole layer).
+    """
+    W = np.asarray(W, dtype=np.float64)
+    s = spectrum(W)
+    s1 = float(s[0]) if len(s) and s[0] > 0 else 1.0
+    parts = [("layer", W.shape[0], s)]
+    if k > 1:
+        labels = MinSizeKMeans(k, min_size=min_size, normalize_rows=normalize_rows,
+                               random_state=seed).fit(W).labels_
+        for c in range(k):
+            block = W[labels == c]
+            parts.append((f"cluster {c}", block.shape[0], spectrum(block)))
+    return pd.concat(
+        [pd.DataFrame({"part": name, "rows": rows, "index": np.arange(1, len(sv) + 1),
+                       "sigma": sv, "relative": sv / s1}) for name, rows, sv in parts],
+        ignore_index=True,
+    )

@@ -1,0 +1,93 @@
+"""Views of a sweep table for the Decomposition lab: heatmap grids, error-vs-rank curves,
+per-layer summaries and the best (k, strategy) per layer.
+
+Input is the DataFrame of `analysis.sweep.sweep_layer` (one row per layer, k, r, strategy;
+its columns are documented there). Only reshaping and picking; no new maths, no Streamlit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+# error-vs-rank curves: (column, label, kind); "bound" curves are spectral-norm bounds / sigma_1
+REFERENCE_CURVES: list[tuple[str, str, str]] = [
+    ("svd_same_r", "global SVD, same r", "measured"),
+    ("svd_same_total", "global SVD, same total rank k·r", "measured"),
+    ("global_id_same_r", "global ID, same r", "measured"),
+    ("bound_cluster", "BOUND: cluster-wise ID (spectral, /σ₁)", "bound"),
+    ("bound_global", "BOUND: global ID (spectral, /σ₁)", "bound"),
+]
+
+
+def feasible(table: pd.DataFrame) -> pd.DataFrame:
+    """Return the rows of a sweep table whose (k, r) pair could be computed."""
+    return table[table["feasible"].astype(bool)]
+
+
+def heatmap_grid(table: pd.DataFrame, strategy: str, value: str = "rel_fro_error") -> pd.DataFrame:
+    """Return a k x r grid of `value` for one layer and `strategy` (index k, columns r; NaN = infeasible)."""
+    part = table[table["strategy"] == strategy]
+    grid = part.pivot_table(index="k", columns="r", values=value, aggfunc="first", dropna=False)
+    ks = sorted(table["k"].unique())
+    rs = sorted(table["r"].unique())
+    return grid.reindex(index=ks, columns=rs)
+
+
+def error_vs_rank(table: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Return the long-form curves of one layer at cluster count `k`, for plotting against r.
+
+    Columns: r, curve (label), kind ("measured" | "bound"), error (relative: Frobenius errors
+    divided by ||W||_F, bounds are spectral-norm bounds divided by sigma_1(W)).
+    One "cluster-wise ID (<strategy>)" curve per strategy, then the references of REFERENCE_CURVES.
+    """
+    part = feasible(table[table["k"] == k]).sort_values(["strategy", "r"])
+    frames = [
+        pd.DataFrame({"r": g["r"], "curve": f"cluster-wise ID ({s})", "kind": "measured",
+                      "error": g["rel_fro_error"]})
+        for s, g in part.groupby("strategy", sort=False)
+    ]
+    one = part.drop_duplicates("r").sort_values("r")
+    frames += [
+        pd.DataFrame({"r": one["r"], "curve": label, "kind": kind, "error": one[col]})
+        for col, label, kind in REFERENCE_CURVES
+    ]
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["r", "curve", "kind", "error"])
+    return out.astype({"r": int, "error": float})
+
+
+def best_per_rank(table: pd.DataFrame) -> pd.DataFrame:
+    """Return, per (layer, r), the feasible (k, strategy) with the smallest cluster-wise error.
+
+    Columns: layer, m, n, r, k, strategy, rel_fro_error, svd_same_r, global_id_same_r,
+    svd_same_total, gain_vs_svd (svd_same_r / rel_fro_error: > 1 means clustering beats the best
+    global rank-r factorisation at the same r), gap_vs_total (rel_fro_error - svd_same_total,
+    never < 0 by Eckart-Young), trainable_idlora, trainable_lora (counts for one layer).
+    """
+    ok = feasible(table).dropna(subset=["rel_fro_error"])
+    if ok.empty:
+        return pd.DataFrame(columns=["layer", "m", "n", "r", "k", "strategy", "rel_fro_error"])
+    idx = ok.groupby(["layer", "r"])["rel_fro_error"].idxmin()
+    best = ok.loc[idx].sort_values(["layer", "r"]).reset_index(drop=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        best["gain_vs_svd"] = best["svd_same_r"] / best["rel_fro_error"]
+    best["gap_vs_total"] = best["rel_fro_error"] - best["svd_same_total"]
+    cols = ["layer", "m", "n", "r", "k", "strategy", "rel_fro_error", "svd_same_r",
+            "global_id_same_r", "svd_same_total", "gain_vs_svd", "gap_vs_total",
+            "trainable_idlora", "trainable_lora"]
+    return best[cols]
+
+
+def layer_summary(table: pd.DataFrame, r: int) -> pd.DataFrame:
+    """Return one row per layer at rank `r`: its best (k, strategy) and the references (see best_per_rank)."""
+    best = best_per_rank(table)
+    return best[best["r"] == r].reset_index(drop=True)
+
+
+def choices_for_export(table: pd.DataFrame, r: int) -> dict[str, dict]:
+    """Return {layer: {"k", "r", "strategy", "rb_splits": 1}}: the best clustering of each layer at rank r."""
+    return {
+        row.layer: {"k": int(row.k), "r": int(row.r), "strategy": str(row.strategy), "rb_splits": 1}
+        for row in layer_summary(table, r).itertuples()
+    }

@@ -1,0 +1,85 @@
+"""Cluster explorer on its own: the projection with clusters and skeletons, hover text,
+cluster sizes and per-cluster errors checked against least squares, bad (k, r) errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from idlora_core.catalog import get_weight
+
+PAGE = str(Path(__file__).resolve().parents[2] / "app" / "pages" / "cluster_explorer.py")
+LAYER = "encoder.layer.0.attention.self.query"
+
+
+@pytest.fixture(autouse=True)
+def _no_umap_warmup(monkeypatch):
+    monkeypatch.setenv("IDLORA_NO_UMAP_WARM", "1")
+
+
+def _values(v) -> np.ndarray:
+    # plotly writes numeric arrays as {"dtype", "bdata": base64}
+    if isinstance(v, dict):
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+    return np.asarray(v)
+
+
+def _charts(at: AppTest) -> dict[str, dict]:
+    return {c.proto.id.rsplit("-", 1)[-1]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+
+
+def test_projection_clusters_skeletons_and_errors(minilm):
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["explorer_k"] = 4
+    at.session_state["explorer_r"] = 8
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="explorer_layer").value == LAYER
+    assert at.radio(key="explorer_projection").value == "PCA"
+    charts = _charts(at)
+    scatter = charts["explorer_scatter"]
+    clusters = [t for t in scatter["data"] if not t["name"].startswith("skeleton")]
+    skeletons = {t["name"]: t for t in scatter["data"] if t["name"].startswith("skeleton")}
+    assert sorted(t["name"] for t in clusters) == ["0", "1", "2", "3"]
+    assert sum(len(t["customdata"]) for t in clusters) == 384
+    assert set(skeletons) == {"skeleton: id", "skeleton: centroid", "skeleton: random"}
+    assert all(len(t["customdata"]) == 4 * 8 for t in skeletons.values())
+    assert "row %{customdata[0]}" in clusters[0]["hovertemplate"]
+    assert "cluster %{customdata[1]}" in clusters[0]["hovertemplate"]
+
+    sizes = _values(charts["explorer_sizes"]["data"][0]["y"])
+    assert sizes.tolist() == [len(t["customdata"]) for t in sorted(clusters, key=lambda t: t["name"])]
+    assert sizes.sum() == 384 and sizes.min() >= 8
+
+    # per-cluster error of the id skeleton, recomputed with least squares from the plotted points
+    W = get_weight(minilm.model, LAYER)
+    table = at.dataframe[0].value
+    labels = np.empty(384, dtype=int)
+    for trace in clusters:
+        labels[[row for row, _ in trace["customdata"]]] = int(trace["name"])
+    skel = [row for row, _ in skeletons["skeleton: id"]["customdata"]]
+    for c in range(4):
+        Wc = W[labels == c]
+        J = W[[i for i in skel if labels[i] == c]]
+        X = np.linalg.lstsq(J.T, Wc.T, rcond=None)[0].T
+        expected = np.linalg.norm(Wc - X @ J) / np.linalg.norm(Wc)
+        got = table[(table["cluster"] == c) & (table["strategy"] == "id")]["rel_fro_error"].item()
+        assert np.isclose(got, expected, rtol=1e-6, atol=1e-12)
+        s = np.linalg.svd(Wc, compute_uv=False)
+        svd = table[(table["cluster"] == c) & (table["strategy"] == "id")]["svd_same_r"].item()
+        assert np.isclose(svd, np.sqrt(np.sum(s[8:] ** 2) / np.sum(s**2)))
+        assert got >= svd - 1e-12
+
+
+def test_too_many_clusters_shows_error():
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["explorer_k"] = 100
+    at.session_state["explorer_r"] = 8
+    at.run()
+    assert not at.exception
+    assert "k * r <= 384" in at.error[0].value

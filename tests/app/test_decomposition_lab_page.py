@@ -1,0 +1,77 @@
+"""Decomposition lab on its own: controls, a small sweep run from the page, its numbers
+against numpy, cached results shown at once, per-layer choices handed to the export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from streamlit.testing.v1 import AppTest
+
+from idlora_core.catalog import get_weight
+
+PAGE = str(Path(__file__).resolve().parents[2] / "app" / "pages" / "decomposition_lab.py")
+LAYER = "encoder.layer.0.attention.self.query"
+
+
+def _page(**state) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def test_controls_exist_and_nothing_runs_before_the_button():
+    at = _page(lab_ks=[1, 2], lab_ranks=[4, 8])
+    assert not at.exception
+    assert at.multiselect(key="lab_layers").value == [LAYER]
+    assert at.multiselect(key="lab_ks").value == [1, 2]
+    assert at.multiselect(key="lab_ranks").value == [4, 8]
+    assert at.multiselect(key="lab_strategies").value == ["id", "centroid", "random"]
+    assert at.checkbox(key="normalize_rows").value is False
+    assert at.number_input(key="seed").value == 0
+    assert "once per k" in " ".join(c.value for c in at.caption)
+    assert "Run sweep" in at.info[0].value
+    assert len(at.get("plotly_chart")) == 0
+
+
+def test_run_small_sweep_shows_plots_and_true_numbers(minilm):
+    at = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_strategies=["id", "centroid"])
+    at.button(key="lab_run").click().run()
+    assert not at.exception, at.exception
+    assert "configurations over 1 layer" in at.success[0].value
+    charts = {c.proto.id.rsplit("-", 1)[-1]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+    assert {"lab_heatmap_id", "lab_heatmap_centroid", "lab_error_vs_rank", "lab_spectra"} <= set(charts)
+    curve = charts["lab_error_vs_rank"]
+    assert curve["layout"]["yaxis"]["type"] == "log"
+    names = {trace["name"] for trace in curve["data"]}
+    assert any(name.startswith("BOUND: cluster-wise ID") for name in names)
+    assert any(name.startswith("global SVD, same total rank") for name in names)
+
+    summary = at.dataframe[0].value  # per-layer summary at the middle rank (r = 16)
+    row = summary.iloc[0]
+    assert (row["layer"], row["r"]) == (LAYER, 16)
+    s = np.linalg.svd(get_weight(minilm.model, LAYER), compute_uv=False)
+    assert np.isclose(row["svd_same_r"], np.sqrt(np.sum(s[16:] ** 2) / np.sum(s**2)), rtol=1e-9)
+    assert np.isclose(row["svd_same_total"], np.sqrt(np.sum(s[16 * row["k"]:] ** 2) / np.sum(s**2)))
+    assert row["rel_fro_error"] >= row["svd_same_total"] - 1e-12  # Eckart-Young
+    assert row["trainable_idlora"] == 384 * 16 + int(row["k"]) * 16
+    assert row["trainable_lora"] == 16 * (384 + 384)
+
+    # the same settings in a fresh session: results appear at once, without pressing Run
+    again = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_strategies=["id", "centroid"])
+    assert not again.exception
+    assert len(again.success) == 1 and len(again.info) == 0
+    assert again.dataframe[0].value.equals(summary)
+
+    at.button(key="lab_use_for_export").click().run()
+    choice = at.session_state["layer_choices"][LAYER]
+    assert choice == {"k": int(row["k"]), "r": 16, "strategy": row["strategy"], "rb_splits": 1}
+
+
+def test_infeasible_grid_reports_blank_cells_not_a_crash():
+    at = _page(lab_ks=[64], lab_ranks=[8, 16], lab_strategies=["random"])
+    at.button(key="lab_run").click().run()
+    assert not at.exception
+    assert any("No feasible rank" in w.value for w in at.warning)  # 64 * 8 > 384 rows

@@ -1,0 +1,52 @@
+"""The app entry point: navigation of the five pages, the sidebar model picker, bad model paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+APP = Path(__file__).resolve().parents[2] / "app"
+MAIN = str(APP / "main.py")
+
+
+def test_main_renders_first_page_with_model_picker():
+    at = AppTest.from_file(MAIN, default_timeout=120).run()
+    assert not at.exception
+    picker = at.sidebar.selectbox(key="model_choice")
+    assert picker.value == "minilm"
+    assert picker.options[:2] == [
+        "all-MiniLM-L6-v2 (BERT encoder, 22.7 M)", "SmolLM2-135M-Instruct (Llama, 135 M, 4-bit origin)"]
+    assert at.title[0].value == "Model & layers"  # the default page, with the model loaded
+    assert at.dataframe[0].value["name"].tolist()[0] == (
+        "encoder.layer.0.attention.self.query")
+
+
+def test_every_page_file_exists_and_switching_keeps_settings():
+    for page in ("model_layers", "decomposition_lab", "cluster_explorer", "fine_tune",
+                 "export_import"):
+        assert (APP / "pages" / f"{page}.py").is_file()
+        assert f'"pages/{page}.py"' in (APP / "main.py").read_text()
+    at = AppTest.from_file(MAIN, default_timeout=120)
+    at.session_state["lab_ranks"] = [2, 4]
+    at.run()
+    at.switch_page("pages/decomposition_lab.py").run()
+    assert not at.exception
+    assert at.title[0].value == "Decomposition lab"
+    assert at.multiselect(key="lab_ranks").value == [2, 4]
+    at.switch_page("pages/model_layers.py").run()
+    at.switch_page("pages/decomposition_lab.py").run()
+    assert at.multiselect(key="lab_ranks").value == [2, 4]
+
+
+def test_bad_local_path_shows_error_with_next_step(tmp_path):
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.session_state["model_choice"] = "local"
+    at.session_state["model_path"] = str(tmp_path / "no-such-model")
+    at.run()
+    assert not at.exception
+    assert at.sidebar.text_input(key="model_path").value.endswith("no-such-model")
+    assert len(at.error) == 1
+    message = at.error[0].value
+    assert "does not exist" in message and "Pick an embedded model" in message
+    assert len(at.dataframe) == 0

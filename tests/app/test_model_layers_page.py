@@ -1,0 +1,60 @@
+"""Model & layers page on its own: model facts, layer filters, the 4-bit note, bad paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+PAGE = str(Path(__file__).resolve().parents[2] / "app" / "pages" / "model_layers.py")
+
+
+def test_page_renders_alone_with_model_facts(minilm):
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    total = sum(p.numel() for p in minilm.model.parameters())
+    assert metrics["Parameters"] == f"{total / 1e6:,.1f} M"
+    assert (metrics["Architecture"], metrics["dtype"], metrics["Device"]) == ("BertModel", "float32", "cpu")
+    assert at.multiselect(key="layer_kinds").value == ["q", "v"]
+    assert at.slider(key="block_range").value == (0, 5)
+    table = at.dataframe[0].value
+    expected = [f"encoder.layer.{b}.attention.self.{p}" for b in range(6) for p in ("query", "value")]
+    assert table["name"].tolist() == expected
+    assert (table["params"] == 384 * 384 + 384).all()
+
+
+def test_filter_by_type_and_block_range():
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.multiselect(key="layer_kinds").set_value(["ffn_in", "ffn_out"]).run()
+    at.slider(key="block_range").set_value((2, 3)).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert table["name"].tolist() == [
+        "encoder.layer.2.intermediate.dense", "encoder.layer.2.output.dense",
+        "encoder.layer.3.intermediate.dense", "encoder.layer.3.output.dense",
+    ]
+    assert table["shape"].tolist() == ["1536 x 384", "384 x 1536"] * 2
+    assert table["params"].tolist() == [1536 * 384 + 1536, 384 * 1536 + 384] * 2
+
+
+def test_smollm2_shows_quantisation_note():
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["model_choice"] = "smollm2-135m"
+    at.run()
+    assert not at.exception
+    assert any("4-bit" in w.value for w in at.warning)
+    assert at.slider(key="block_range").value == (0, 29)
+    names = at.dataframe[0].value["name"].tolist()
+    assert names[:2] == ["layers.0.self_attn.q_proj", "layers.0.self_attn.v_proj"]
+    assert len(names) == 60
+
+
+def test_folder_without_config_shows_error(tmp_path):
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["model_choice"] = "local"
+    at.session_state["model_path"] = str(tmp_path)
+    at.run()
+    assert not at.exception
+    assert "no config.json" in at.error[0].value
+    assert len(at.metric) == 0
