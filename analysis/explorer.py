@@ -23,7 +23,8 @@ class ClusterView:
     labels: int64 (m,) cluster of each row; skeletons: strategy -> one int64 array of r
     global row indices per cluster; sizes: DataFrame (cluster, rows);
     errors: DataFrame (cluster, rows, strategy, rel_fro_error, svd_same_r) — the cluster's
-    rank-r ID error and its best rank-r (SVD) error, both relative to ||W_c||_F.
+    rank-r ID error and its best rank-r (SVD) error, both relative to ||W_c||_F (values
+    below 1e-12, round-off of an exact reconstruction, are reported as 0).
     """
 
     k: int
@@ -65,9 +66,15 @@ def cluster_view(
             local = np.searchsorted(members, skel[c])
             rows.append({
                 "cluster": c, "rows": int(counts[c]), "strategy": s,
-                "rel_fro_error": id_fro_error(Wc, local) / norm, "svd_same_r": svd_r,
+                "rel_fro_error": _exact_zero(id_fro_error(Wc, local) / norm),
+                "svd_same_r": _exact_zero(svd_r),
             })
     return ClusterView(k, r, labels, skeletons, sizes, pd.DataFrame(rows))
+
+
+def _exact_zero(error: float, tol: float = 1e-12) -> float:
+    # Round-off (~1e-16) on exactly reconstructed clusters would dominate a log axis.
+    return 0.0 if error < tol else float(error)
 
 
 def points_frame(xy: pd.DataFrame, view: ClusterView) -> pd.DataFrame:

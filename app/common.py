@@ -268,9 +268,11 @@ def run_sweeps(
 ) -> pd.DataFrame:
     """Return the sweep table of `layers` (analysis.sweep), computing only what is not stored yet.
 
+    Each layer comes from this process's store, else from the on-disk cache of
+    `analysis.layer_sweep` (a repeated request costs nothing), else is computed.
     params: ks, ranks, strategies, seed, normalize_rows. progress(fraction 0..1, message).
     """
-    from analysis.sweep import sweep_layer
+    from analysis.layer_sweep import sweep_layer_cached
 
     store = _sweep_store()
     for i, layer in enumerate(layers):
@@ -283,5 +285,6 @@ def run_sweeps(
                 progress((i + done / max(total, 1)) / len(layers),
                          f"{layer} ({i + 1}/{len(layers)}): {message}")
 
-        store[key] = sweep_layer(layer_weight(loaded, layer), layer=layer, progress=tick, **params)
+        result = sweep_layer_cached(layer_weight(loaded, layer), layer=layer, progress=tick, **params)
+        store[key] = result.table
     return stored_sweeps(loaded, layers, **params)

@@ -73,17 +73,18 @@ def scatter(points, title: str) -> go.Figure:
     """Return the projection scatter with the skeleton rows of each strategy drawn on top."""
     fig = px.scatter(
         points, x="x", y="y", color="cluster", custom_data=["row", "cluster"], title=title,
-        category_orders={"cluster": [str(c) for c in range(k)]}, opacity=0.6,
+        category_orders={"cluster": [str(c) for c in range(k)]}, opacity=0.85,
+        color_discrete_sequence=px.colors.qualitative.Dark24,
     )
-    fig.update_traces(marker={"size": 5},
+    fig.update_traces(marker={"size": 6},
                       hovertemplate="row %{customdata[0]}<br>cluster %{customdata[1]}<extra></extra>")
     for strategy in STRATEGIES:
         chosen = points[points[f"skeleton_{strategy}"]]
         fig.add_trace(go.Scatter(
             x=chosen["x"], y=chosen["y"], mode="markers", name=f"skeleton: {strategy}",
             customdata=chosen[["row", "cluster"]].to_numpy(),
-            marker={"symbol": SYMBOLS[strategy], "size": 11, "color": LINE_COLORS[strategy],
-                    "line": {"width": 1.5}},
+            marker={"symbol": SYMBOLS[strategy], "size": 9, "color": LINE_COLORS[strategy],
+                    "line": {"width": 1.2}},
             hovertemplate=f"{strategy} skeleton<br>row %{{customdata[0]}}<br>"
                           "cluster %{customdata[1]}<extra></extra>",
         ))
@@ -127,7 +128,8 @@ with right:
         "**What you see.** Each dot is one row of the weight (one output neuron's input "
         "weights), placed so that similar rows sit close together. Colours are the k-means "
         "clusters; the open symbols are the r skeleton rows each strategy keeps per cluster. "
-        "ID-LoRA's frozen projections A_c are exactly these rows.\n\n"
+        "ID-LoRA's frozen projections A_c are exactly these rows. Notice where each strategy "
+        "looks: `id` (pivoted QR) favours large, spread-out rows, `centroid` the typical ones.\n\n"
         "**Why clusters help.** A cluster's rows are reconstructed from its own skeleton, "
         "so the error is governed by each cluster's spectrum: "
         "‖W − Ŵ‖₂² ≤ Σ_c (1 + r(m_c − r)) σ_{r+1}(W_c)², "
@@ -156,7 +158,8 @@ fig.update_layout(xaxis_title="cluster",
                   height=380)
 b.plotly_chart(fig, key="explorer_errors")
 b.caption("The grey mark is the best any rank-r approximation of that cluster can do "
-          "(Eckart–Young): no skeleton gets below it.")
+          "(Eckart–Young): no skeleton gets below it. A cluster of at most r rows is rebuilt "
+          "exactly (error 0, no bar on the log axis).")
 st.dataframe(
     view.errors, key="explorer_error_table", hide_index=True,
     column_config={

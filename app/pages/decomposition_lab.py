@@ -114,6 +114,8 @@ with plot:
             labels={"x": "rank r (rows per cluster)", "y": "clusters k", "color": "rel. error"},
             title=f"strategy: {strategy}",
         )
+        fig.update_xaxes(type="category")
+        fig.update_yaxes(type="category")
         fig.update_layout(height=360, margin={"l": 10, "r": 10, "t": 40, "b": 10})
         col.plotly_chart(fig, key=f"lab_heatmap_{strategy}")
 with text:
@@ -139,6 +141,7 @@ else:
         yaxis_title="relative error (log): ‖·‖_F/‖W‖_F measured, ‖·‖₂/σ₁ bounds",
         legend_title_text="curve · kind",
     )
+    fig.update_xaxes(tickvals=sorted(curves["r"].unique()))
     plot.plotly_chart(fig, key="lab_error_vs_rank")
 with text:
     st.markdown(

@@ -69,6 +69,7 @@ column_config = {
     "params": st.column_config.NumberColumn("Parameters", format="localized"),
     "bias": "Bias",
 }
-st.dataframe(selected, key="selected_layer_table", hide_index=True, column_config=column_config)
+with st.container(key="layer_table"):  # CSS class st-key-layer_table for browser tests
+    st.dataframe(selected, key="selected_layer_table", hide_index=True, column_config=column_config)
 with st.expander(f"All {len(table)} linear layers"):
-    st.dataframe(table, key="layer_table", hide_index=True, column_config=column_config)
+    st.dataframe(table, key="all_layer_table", hide_index=True, column_config=column_config)
