@@ -65,6 +65,7 @@ MODEL_CHOICES: dict[str, str] = {
 STRATEGIES: tuple[str, ...] = ("id", "centroid", "random")
 KEEP_PREFIXES: tuple[str, ...] = ("ft_", "ex_")
 _PENDING = "_pending_settings"
+RANGE_OWNER = "_block_range_model"  # model the block range was chosen for (reset on a new model)
 
 DEFAULTS: dict[str, Any] = {
     "model_choice": "minilm",
@@ -100,6 +101,8 @@ def init_state() -> None:
     pending = state.pop(_PENDING, None) or {}
     for key, value in pending.items():
         _assign(key, value)
+    if "block_range" in pending:
+        state.pop(RANGE_OWNER, None)  # an imported range is kept even if the model changed too
     for key, value in DEFAULTS.items():
         if key not in state:
             state[key] = copy.deepcopy(value)

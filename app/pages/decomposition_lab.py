@@ -14,6 +14,7 @@ from app.common import (
     init_state,
     layer_weight,
     run_sweeps,
+    selected_layers,
     stored_sweeps,
     valid,
 )
@@ -37,9 +38,18 @@ for key, options in (("lab_ks", K_OPTIONS), ("lab_ranks", R_OPTIONS)):
     state[key] = sorted(set(valid(state[key], options))) or [options[0]]
 state["lab_strategies"] = valid(state["lab_strategies"], list(STRATEGIES)) or ["id"]
 
+def _use_selected(chosen: list[str]) -> None:
+    st.session_state["lab_layers"] = chosen
+
+
+chosen = selected_layers(loaded)
 with st.container(border=True):
-    st.multiselect("Layers", names, key="lab_layers",
-                   help="Defaults to the first layer selected on the Model & layers page.")
+    pick, use = st.columns([5, 1.4], vertical_alignment="bottom")
+    pick.multiselect("Layers", names, key="lab_layers",
+                     help="Defaults to the first layer selected on the Model & layers page.")
+    use.button(f"Use the {len(chosen)} selected layers", key="lab_use_selected",
+               on_click=_use_selected, args=(chosen,), disabled=not chosen,
+               help="The layers chosen by type and block range on the Model & layers page.")
     c1, c2, c3, c4, c5 = st.columns([2, 3, 2, 1.2, 1])
     c1.multiselect("Clusters k", K_OPTIONS, key="lab_ks")
     c2.multiselect("Ranks r", R_OPTIONS, key="lab_ranks")
@@ -198,6 +208,16 @@ st.dataframe(
         "trainable_lora": st.column_config.NumberColumn("LoRA trainable", format="localized"),
     },
 )
+if len(summary) > 1:
+    long = summary.melt(id_vars=["layer"], value_vars=["rel_fro_error", "svd_same_r", "svd_same_total"],
+                        var_name="measure", value_name="error")
+    long["measure"] = long["measure"].map({
+        "rel_fro_error": "best cluster-wise ID", "svd_same_r": f"global SVD, rank {r_sum}",
+        "svd_same_total": "global SVD, rank k·r"})
+    fig = px.bar(long, x="layer", y="error", color="measure", barmode="group", log_y=True)
+    fig.update_layout(height=420, xaxis_title="layer", yaxis_title="relative Frobenius error (log)",
+                      legend_title_text="")
+    st.plotly_chart(fig, key="lab_summary_chart")
 st.caption("For each layer: the (k, strategy) with the lowest error at this r. A ratio above "
            "1× means clustering beats the best global rank-r factorisation at the same r; the "
            "gap to SVD at rank k·r is never negative.")

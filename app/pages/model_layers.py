@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from analysis.layers import block_span, filter_layers, layer_table, model_summary
-from app.common import get_model, init_state, valid
+from app.common import RANGE_OWNER, get_model, init_state, valid
 
 init_state()
 st.title("Model & layers")
@@ -46,8 +46,11 @@ left.multiselect(
 blocks = None
 if span is not None:
     current = st.session_state.get("block_range")
-    if not current or not (span[0] <= current[0] <= current[1] <= span[1]):
+    owner = st.session_state.get(RANGE_OWNER)
+    if (not current or not (span[0] <= current[0] <= current[1] <= span[1])
+            or owner not in (None, loaded.name)):
         st.session_state["block_range"] = span
+    st.session_state[RANGE_OWNER] = loaded.name
     if span[0] < span[1]:
         blocks = right.slider("Blocks (first, last)", span[0], span[1], key="block_range",
                               help="Transformer blocks to include, both ends included.")

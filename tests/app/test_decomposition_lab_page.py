@@ -75,3 +75,20 @@ def test_infeasible_grid_reports_blank_cells_not_a_crash():
     at.button(key="lab_run").click().run()
     assert not at.exception
     assert any("No feasible rank" in w.value for w in at.warning)  # 64 * 8 > 384 rows
+
+
+def test_use_selected_layers_then_multi_layer_summary():
+    at = _page()
+    at.button(key="lab_use_selected").click().run()
+    expected = [f"encoder.layer.{b}.attention.self.{p}" for b in range(6) for p in ("query", "value")]
+    assert at.multiselect(key="lab_layers").value == expected
+    two = expected[:2]
+    at = _page(lab_layers=two, lab_ks=[2], lab_ranks=[8], lab_strategies=["id"])
+    at.button(key="lab_run").click().run()
+    assert not at.exception
+    summary = at.dataframe[0].value
+    assert summary["layer"].tolist() == two and (summary["k"] == 2).all()
+    chart = [c for c in at.get("plotly_chart") if c.proto.id.endswith("lab_summary_chart")]
+    assert len(chart) == 1
+    assert {t["name"] for t in json.loads(chart[0].proto.spec)["data"]} == {
+        "best cluster-wise ID", "global SVD, rank 8", "global SVD, rank k·r"}

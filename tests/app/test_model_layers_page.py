@@ -38,9 +38,11 @@ def test_filter_by_type_and_block_range():
     assert table["params"].tolist() == [1536 * 384 + 1536, 384 * 1536 + 384] * 2
 
 
-def test_smollm2_shows_quantisation_note():
-    at = AppTest.from_file(PAGE, default_timeout=180)
-    at.session_state["model_choice"] = "smollm2-135m"
+def test_smollm2_shows_quantisation_note_and_resets_block_range():
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
+    at.slider(key="block_range").set_value((1, 2)).run()
+    assert len(at.dataframe[0].value) == 4
+    at.session_state["model_choice"] = "smollm2-135m"  # a new model: all its blocks again
     at.run()
     assert not at.exception
     assert any("4-bit" in w.value for w in at.warning)
