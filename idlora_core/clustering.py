@@ -10,12 +10,12 @@ Algorithm (deterministic for a given `random_state`):
      cosine geometry; an all-zero row stays zero).
   2. scikit-learn `KMeans` (Lloyd, k-means++ seeding, `n_init` restarts, seeded).
   3. If some cluster has fewer than `min_size` rows, a constrained Lloyd loop follows:
-     a greedy repair moves rows into the smallest deficient cluster, one at a time, always
-     the row (from a cluster that can spare one) whose squared distance to the deficient
-     cluster's centre grows least over its distance to its current centre (ties: the
-     lowest row index); then the centres are recomputed as cluster means, every row is
-     reassigned to its nearest centre and repaired again, until the labels stop changing
-     (at most `max_repair_iter` rounds). The result always satisfies the minimum size.
+     a greedy repair fills the smallest deficient cluster (lowest id on ties) with the rows
+     whose squared distance to its centre grows least over the distance to their current
+     centre (ties: lowest row index), taking a row only while its own cluster keeps at
+     least `min_size` rows, and repeats for the next deficient cluster; then the centres
+     are recomputed as cluster means, every row is reassigned to its nearest centre and
+     repaired again, until the labels stop changing (at most `max_repair_iter` rounds). The result always satisfies the minimum size.
 `cluster_centers_` are the means of the final clusters in the clustering geometry.
 
 k-means-constrained (an exact min-cost-flow formulation) is not used: it needs ortools.
@@ -40,9 +40,9 @@ def row_geometry(W: np.ndarray, normalize_rows: bool = False) -> np.ndarray:
 
 def cluster_means(Z: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Return the (k, n) means of the rows of Z in each cluster (clusters must be non-empty)."""
-    sums = np.zeros((k, Z.shape[1]))
-    np.add.at(sums, labels, Z)
-    return sums / np.bincount(labels, minlength=k)[:, None]
+    onehot = np.zeros((k, Z.shape[0]))
+    onehot[labels, np.arange(Z.shape[0])] = 1.0
+    return (onehot @ Z) / onehot.sum(axis=1, keepdims=True)
 
 
 def squared_distances(Z: np.ndarray, centers: np.ndarray) -> np.ndarray:
@@ -64,12 +64,14 @@ def repair_min_size(d2: np.ndarray, labels: np.ndarray, min_size: int) -> np.nda
     while (sizes < min_size).any():
         target = int(np.argmin(sizes))  # smallest cluster first, lowest id on ties
         cost = d2[:, target] - d2[rows, labels]
-        movable = (sizes[labels] > min_size) & (labels != target)
-        cost = np.where(movable, cost, np.inf)
-        i = int(np.argmin(cost))
-        sizes[labels[i]] -= 1
-        labels[i] = target
-        sizes[target] += 1
+        cost = np.where((sizes[labels] > min_size) & (labels != target), cost, np.inf)
+        for i in np.argsort(cost, kind="stable"):  # cheapest first, lowest row on ties
+            if sizes[target] >= min_size or not np.isfinite(cost[i]):
+                break
+            if sizes[labels[i]] > min_size:  # its cluster can still spare a row
+                sizes[labels[i]] -= 1
+                labels[i] = target
+                sizes[target] += 1
     return labels
 
 

@@ -149,3 +149,15 @@ def cluster_id_bound(spectra: list[np.ndarray], sizes: list[int], r: int) -> flo
     spectra: singular values of each cluster's rows W_c; sizes: each cluster's row count m_c.
     """
     return float(np.sqrt(sum(id_bound(s, r, p) ** 2 for s, p in zip(spectra, sizes, strict=True))))
+
+
+def clusterwise_residual(W: np.ndarray, labels: np.ndarray, skeletons: list[np.ndarray]) -> np.ndarray:
+    """Return W - W_hat for cluster-wise ID: each cluster's rows projected off the span of its
+    skeleton rows. labels: (m,) cluster ids; skeletons[c]: GLOBAL row indices chosen in cluster c."""
+    W = check_weight(W)
+    labels = np.asarray(labels)
+    residual = np.empty_like(W)
+    for c, skel in enumerate(skeletons):
+        members = np.flatnonzero(labels == c)
+        residual[members] = id_residual(W[members], np.searchsorted(members, skel))
+    return residual

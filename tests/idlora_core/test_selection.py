@@ -5,9 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.linalg as sla
+from threadpoolctl import threadpool_limits
 
 from idlora_core.clustering import MinSizeKMeans
 from idlora_core.selection import select_skeleton
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    # Many small LAPACK calls: threads only contend on the shared 2-core machine.
+    with threadpool_limits(limits=1):
+        yield
 
 
 @pytest.fixture(scope="module")
