@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -114,6 +114,35 @@ def _check_skeleton(name: str, skeleton: list[list[int]], target: TargetConfig, 
         raise ValueError(f"saved skeleton for {name!r} has row indices outside [0, {m})")
 
 
+def resolve_skeletons(
+    model: nn.Module,
+    targets: list[tuple[str, TargetConfig]],
+    adapter_config: AdapterConfig,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> dict[str, list[list[int]]]:
+    """Return the skeleton row indices (k lists of r) of every ID-LoRA target: the saved ones in
+    `adapter_config.skeletons` where present, else freshly clustered and selected. Also checks
+    that rank boosting divides each layer (m % p == 0)."""
+    saved = adapter_config.skeletons or {}
+    skeletons = {}
+    for done, (name, target) in enumerate(targets, start=1):
+        base = model.get_submodule(name)
+        m = base.out_features
+        if m % target.rb_splits:
+            raise ValueError(
+                f"rank boosting needs p to divide m and r: m={m} (out_features of {name!r}), "
+                f"r={target.r}, p={target.rb_splits}"
+            )
+        skeleton = saved.get(name)
+        if skeleton is None:
+            skeleton = compute_skeleton(base.weight, target, adapter_config.seed)
+        _check_skeleton(name, skeleton, target, m)
+        skeletons[name] = skeleton
+        if progress is not None:
+            progress(done, len(targets), name)
+    return skeletons
+
+
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -163,37 +192,37 @@ def apply_adapters(
     *,
     adapter_name: str = "default",
     extra_trainable: Sequence[str] = ("classifier", "score"),
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> tuple[nn.Module, AdapterReport]:
     """Adapt `model` IN PLACE (deep-copy it first to keep the original) and return
     (adapted model, AdapterReport). For lora/dora the returned model is a `peft.PeftModel`.
 
     Every parameter is frozen except the adapters (or, for `full`, the target layers) and the
     head modules whose names end with one of `extra_trainable`; the head is reported apart as
-    `head_trainable`. `adapter_name` is used by PEFT methods only.
+    `head_trainable`. `adapter_name` is used by PEFT methods only. `progress(done, total,
+    message)` is called after each ID-LoRA layer's skeleton is resolved. Configuration errors
+    are raised before the model is touched.
     """
     base_params = sum(p.numel() for p in model.parameters())
     targets = resolve_targets(model, adapter_config)
     names = {name for name, _ in targets}
     heads = _head_names(model, extra_trainable, names)
-    model.requires_grad_(False)
     method = adapter_config.method
     skeletons: dict[str, list[list[int]]] = {}
+    if method == "idlora":
+        skeletons = resolve_skeletons(model, targets, adapter_config, progress)
+    model.requires_grad_(False)
     if method in ("lora", "dora"):
         model = _apply_peft(model, targets, adapter_config, adapter_name, heads)
     else:
-        saved = adapter_config.skeletons or {}
         for i, (name, target) in enumerate(targets):
             base = model.get_submodule(name)
             if method == "full":
                 base.requires_grad_(True)
             elif method == "idlora":
-                skeleton = saved.get(name)
-                if skeleton is None:
-                    skeleton = compute_skeleton(base.weight, target, adapter_config.seed)
-                _check_skeleton(name, skeleton, target, base.out_features)
-                skeletons[name] = skeleton
                 new = IDLoRALinear(
-                    base, skeleton, alpha=target.alpha, dropout=target.dropout, rb_splits=target.rb_splits
+                    base, skeletons[name], alpha=target.alpha, dropout=target.dropout,
+                    rb_splits=target.rb_splits,
                 )
                 _replace(model, name, new)
             elif method == "hydralora":

@@ -267,3 +267,19 @@ def test_real_strategies_differ_and_seeds_repeat(minilm):
         members = np.flatnonzero(labels == c)
         dist = np.linalg.norm(w[members] - w[members].mean(0), axis=1)
         assert set(rows) == set(members[np.argsort(dist)[:8]])
+
+
+def test_config_error_leaves_model_untouched_and_progress_is_reported():
+    model = make_tiny_llama()
+    state = {n: t.clone() for n, t in model.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    bad = AdapterConfig(method="idlora", targets=[TargetConfig(pattern="q_proj", r=4, k=2),
+                                                  TargetConfig(pattern="k_proj", r=8, k=4)])
+    with pytest.raises(ValueError, match="k\\*r <= m"):
+        apply_adapters(model, bad)
+    assert not any(isinstance(m, IDLoRALinear) for m in model.modules())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all(torch.equal(t, state[n]) for n, t in model.state_dict().items())
+    calls = []
+    apply_adapters(model, _config("idlora", ["q_proj"]), progress=lambda d, t, msg: calls.append((d, t, msg)))
+    assert calls == [(1, 2, "model.layers.0.self_attn.q_proj"), (2, 2, "model.layers.1.self_attn.q_proj")]
