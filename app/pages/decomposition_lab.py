@@ -169,13 +169,12 @@ with text:
 st.markdown(f"#### 3 · Singular values of the layer and of its {k} clusters")
 plot, text = st.columns([3, 1])
 feasible_r = one[(one["k"] == k) & one["feasible"]]["r"]
-min_size = int(feasible_r.max()) if len(feasible_r) else 1
-try:
-    spectra = spectra_frame(layer_weight(loaded, layer), k, min_size=min_size,
+spectra = None
+if len(feasible_r):  # the sweep's clusters: minimum size = largest feasible r at this k
+    spectra = spectra_frame(layer_weight(loaded, layer), k, min_size=int(feasible_r.max()),
                             normalize_rows=params["normalize_rows"], seed=params["seed"])
-except ValueError as exc:
-    spectra = None
-    plot.error(f"No spectrum for k = {k}: {exc}. Pick a smaller k.")
+else:
+    plot.warning(f"The sweep has no clusters at k = {k} (no feasible r); pick a smaller k.")
 if spectra is not None:
     fig = px.line(spectra, x="index", y="relative", color="part", log_y=True,
                   hover_data={"rows": True, "sigma": ":.4g"})

@@ -83,3 +83,22 @@ def test_too_many_clusters_shows_error():
     at.run()
     assert not at.exception
     assert "k * r <= 384" in at.error[0].value
+
+
+@pytest.mark.slow
+def test_umap_replaces_pca_when_ready():
+    from analysis.projection import umap_async
+
+    at = AppTest.from_file(PAGE, default_timeout=240)
+    at.session_state["explorer_projection"] = "UMAP"
+    at.run()
+    assert not at.exception
+    first = _charts(at)["explorer_scatter"]["layout"]["title"]["text"]
+    if first.startswith("PCA"):  # UMAP still computing: PCA is shown meanwhile, with a note
+        assert "UMAP is computing" in at.info[0].value
+    from idlora_core.catalog import load_model
+
+    W = get_weight(load_model("minilm").model, LAYER)
+    umap_async(W, normalize_rows=False, seed=0).result(timeout=240)
+    at.run()
+    assert _charts(at)["explorer_scatter"]["layout"]["title"]["text"].startswith("UMAP")
