@@ -36,12 +36,13 @@ def use_randomized(m: int, n: int, randomized: bool | None = None) -> bool:
 
 
 def randomized_spectrum(
-    W: np.ndarray, rank: int, *, oversample: int = 10, power_iters: int = 2, seed: int = 0
+    W: np.ndarray, rank: int, *, oversample: int | None = None, power_iters: int = 2, seed: int = 0
 ) -> np.ndarray:
     """Return estimates of the top `rank` singular values of W, descending (float64).
 
     Randomized range finder (Halko, Martinsson & Tropp 2011): Gaussian sketch of width
-    rank + oversample, `power_iters` power iterations (LU-normalised, as scikit-learn does),
+    rank + oversample (default max(10, rank // 2): a slowly decaying spectrum needs the
+    margin for its tail sums to be within 1-2 %), `power_iters` power iterations (LU-normalised, as scikit-learn does),
     orthonormal basis Q, then the singular values of Q.T A from the eigenvalues of its small
     Gram matrix. Only matrix products and thin factorisations: cost O(m n (rank + oversample)).
     Falls back to the exact spectrum when the sketch would reach half of min(m, n).
@@ -50,7 +51,7 @@ def randomized_spectrum(
     A = W if W.shape[0] >= W.shape[1] else W.T  # tall (p, q), same singular values
     full = min(W.shape)
     rank = min(int(rank), full)
-    width = rank + oversample
+    width = rank + (max(10, rank // 2) if oversample is None else int(oversample))
     if 2 * width >= full:
         return sla.svdvals(W, check_finite=False)[:rank]
     Y = A @ np.random.default_rng(seed).standard_normal((A.shape[1], width))
