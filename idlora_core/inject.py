@@ -134,6 +134,8 @@ def resolve_skeletons(
                 f"r={target.r}, p={target.rb_splits}"
             )
         skeleton = saved.get(name)
+        if skeleton is None:  # saved on the base model: "encoder.x" names "bert.encoder.x" here
+            skeleton = next((v for k, v in saved.items() if name.endswith("." + k)), None)
         if skeleton is None:
             skeleton = compute_skeleton(base.weight, target, adapter_config.seed)
         _check_skeleton(name, skeleton, target, m)

@@ -126,3 +126,18 @@ def test_settings_round_trip_without_streamlit():
     values = sio.settings_from_config(cfg, {"model_choice": "minilm", "model_path": ""})
     cfg2 = sio.export_config(state | values, "minilm", "encoder", [Q0], values["layer_choices"])
     assert cfg2 == cfg
+
+
+def test_exported_skeletons_are_used_by_the_training_model():
+    """Skeletons keyed by base-model names (as exported) are honoured on the classification
+    model, whose modules are named `bert.encoder...`: no re-clustering happens."""
+    from idlora_core.catalog import load_model
+    from idlora_core.config import AdapterConfig
+    from idlora_core.inject import apply_adapters
+
+    chosen = [[0, 1, 2, 3], [10, 11, 12, 13]]  # deliberately not what clustering would pick
+    cfg = AdapterConfig(method="idlora", targets=[TargetConfig(pattern=Q0, r=4, k=2)],
+                        skeletons={Q0: chosen})
+    model = load_model("minilm", head="classification").model
+    _, report = apply_adapters(model, cfg)
+    assert report.resolved_skeletons == {"bert." + Q0: chosen}
