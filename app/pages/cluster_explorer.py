@@ -132,8 +132,8 @@ with right:
         "looks: `id` (pivoted QR) favours large, spread-out rows, `centroid` the typical ones.\n\n"
         "**Why clusters help.** A cluster's rows are reconstructed from its own skeleton, "
         "so the error is governed by each cluster's spectrum: "
-        "‖W − Ŵ‖₂² ≤ Σ_c (1 + r(m_c − r)) σ_{r+1}(W_c)², "
-        "against (1 + r(m − r)) σ_{r+1}(W)² for one global skeleton (DESIGN §2)."
+        r"$\|W-\hat W\|_2^2\le\sum_c(1+r(m_c-r))\,\sigma_{r+1}(W_c)^2$, "
+        r"against $(1+r(m-r))\,\sigma_{r+1}(W)^2$ for one global skeleton (DESIGN §2)."
     )
 
 st.markdown("#### Cluster sizes and per-cluster error")
@@ -154,7 +154,7 @@ fig.add_trace(go.Scatter(x=best["cluster"], y=best["svd_same_r"], mode="markers"
                          marker={"symbol": "line-ew-open", "size": 22, "color": "gray",
                                  "line": {"width": 3}}))
 fig.update_layout(xaxis_title="cluster",
-                  yaxis_title="relative Frobenius error ‖W_c − Ŵ_c‖_F / ‖W_c‖_F (log)",
+                  yaxis_title="‖W_c − Ŵ_c‖_F / ‖W_c‖_F (log)",
                   height=380)
 b.plotly_chart(fig, key="explorer_errors")
 b.caption("The grey mark is the best any rank-r approximation of that cluster can do "

@@ -130,10 +130,10 @@ with plot:
         col.plotly_chart(fig, key=f"lab_heatmap_{strategy}")
 with text:
     st.markdown(
-        "Each cell is the relative Frobenius error ‖W − Ŵ‖_F / ‖W‖_F of cluster-wise ID: the "
-        "rows of each of k clusters are rebuilt from r skeleton rows of that cluster, "
-        "‖W − Ŵ‖_F² = Σ_c ‖W_c − X_c W_c[J_c,:]‖_F². Down a column (more clusters at fixed r) "
-        "the capacity k·r grows while ID-LoRA's trainable B (m·r) stays the same."
+        r"Each cell is the relative Frobenius error $\|W-\hat W\|_F/\|W\|_F$ of cluster-wise "
+        r"ID: the rows of each of k clusters are rebuilt from r skeleton rows of that cluster, "
+        r"$\|W-\hat W\|_F^2=\sum_c\|W_c-X_cW_c[J_c,:]\|_F^2$. Down a column (more clusters at "
+        r"fixed r) the capacity $k r$ grows while ID-LoRA's trainable $B$ ($m r$) stays the same."
     )
 
 # --- 2. error vs rank --------------------------------------------------------------------------
@@ -157,12 +157,14 @@ with text:
     st.markdown(
         "**Same r** (same trainable B): cluster-wise ID against global SVD and global ID at "
         "rank r. Beating them is the paper's claim.\n\n"
-        "**Same total rank k·r**: global SVD is optimal (Eckart–Young, "
-        "‖W − W_R‖_F = √Σ_{j>R} σ_j²); no cluster-wise scheme can go below it — the gap is real.\n\n"
-        "**Dotted = bounds, not measurements**: a rank-r ID can reach "
-        "‖M − X M[J,:]‖₂ ≤ √(1 + r(p − r)) σ_{r+1}(M); clusters give "
-        "√Σ_c (1 + r(m_c − r)) σ_{r+1}(W_c)², the paper's tighter bound. Pivoted QR does not "
-        "guarantee it; compare the measured lines with the bounds."
+        r"**Same total rank k·r**: global SVD is optimal (Eckart–Young, "
+        r"$\|W-W_R\|_F=\sqrt{\sum_{j>R}\sigma_j^2}$); no cluster-wise scheme can go below it — "
+        "the gap is real.\n\n"
+        r"**Dotted = bounds, not measurements**: a rank-r ID of a p-row matrix can reach "
+        r"$\|M-XM[J,:]\|_2\le\sqrt{1+r(p-r)}\,\sigma_{r+1}(M)$; clusters give "
+        r"$\sqrt{\sum_c(1+r(m_c-r))\,\sigma_{r+1}(W_c)^2}$, the paper's tighter bound "
+        "(both divided by σ₁ here). Pivoted QR does not guarantee them: compare the measured "
+        "lines with the bounds."
     )
 
 # --- 3. spectra ---------------------------------------------------------------------------------
@@ -184,7 +186,7 @@ if spectra is not None:
     plot.plotly_chart(fig, key="lab_spectra")
 with text:
     st.markdown(
-        "The error of any rank-r approximation is governed by the tail σ_{r+1}, σ_{r+2}, …: "
+        r"The error of any rank-r approximation is governed by the tail $\sigma_{r+1},\sigma_{r+2},\dots$: "
         "a cluster whose spectrum falls faster than the layer's is easier to approximate at "
         "rank r. SmolLM2's 4-bit origin shows as a flat noise floor at the end."
     )
