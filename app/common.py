@@ -253,12 +253,32 @@ def _sweep_key(loaded: LoadedModel, layer: str, params: dict[str, Any]) -> tuple
         tuple(v) if isinstance(v, list) else v for _, v in sorted(params.items())))
 
 
+class _NotCached(Exception):
+    pass
+
+
+def _abort(done: int, total: int, message: str) -> None:
+    raise _NotCached  # the sweep started computing: the request was not in the disk cache
+
+
 def stored_sweeps(loaded: LoadedModel, layers: list[str], **params: Any) -> pd.DataFrame | None:
-    """Return the sweep table of `layers` when every layer was already swept with `params`, else None."""
+    """Return the sweep table of `layers` when every layer was already swept with `params`
+    (in this process, or in the on-disk cache of `analysis.layer_sweep`), else None.
+
+    Never computes: a cache miss is detected when the sweep's first progress call arrives.
+    """
+    from analysis.layer_sweep import sweep_layer_cached
+
     store = _sweep_store()
     keys = [_sweep_key(loaded, layer, params) for layer in layers]
-    if not all(key in store for key in keys):
-        return None
+    for layer, key in zip(layers, keys, strict=True):
+        if key in store:
+            continue
+        try:
+            W = layer_weight(loaded, layer)
+            store[key] = sweep_layer_cached(W, layer=layer, progress=_abort, **params).table
+        except (_NotCached, ValueError):
+            return None
     return pd.concat([store[key] for key in keys], ignore_index=True)
 
 

@@ -23,14 +23,14 @@ def _page(**state) -> AppTest:
 
 
 def test_controls_exist_and_nothing_runs_before_the_button():
-    at = _page(lab_ks=[1, 2], lab_ranks=[4, 8])
+    at = _page(lab_ks=[1, 2], lab_ranks=[4, 8], seed=987_654)  # a grid this test never runs
     assert not at.exception
     assert at.multiselect(key="lab_layers").value == [LAYER]
     assert at.multiselect(key="lab_ks").value == [1, 2]
     assert at.multiselect(key="lab_ranks").value == [4, 8]
     assert at.multiselect(key="lab_strategies").value == ["id", "centroid", "random"]
     assert at.checkbox(key="normalize_rows").value is False
-    assert at.number_input(key="seed").value == 0
+    assert at.number_input(key="seed").value == 987_654
     assert "once per k" in " ".join(c.value for c in at.caption)
     assert "Run sweep" in at.info[0].value
     assert len(at.get("plotly_chart")) == 0
@@ -64,6 +64,14 @@ def test_run_small_sweep_shows_plots_and_true_numbers(minilm):
     assert not again.exception
     assert len(again.success) == 1 and len(again.info) == 0
     assert again.dataframe[0].value.equals(summary)
+
+    # a new app process (empty in-memory store) is served from the on-disk sweep cache
+    from app.common import _sweep_store
+
+    _sweep_store.clear()
+    fresh = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_strategies=["id", "centroid"])
+    assert len(fresh.success) == 1 and len(fresh.info) == 0
+    assert np.allclose(fresh.dataframe[0].value["rel_fro_error"], summary["rel_fro_error"])
 
     at.button(key="lab_use_for_export").click().run()
     choice = at.session_state["layer_choices"][LAYER]
