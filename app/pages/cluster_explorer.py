@@ -136,6 +136,15 @@ with right:
         r"against $(1+r(m-r))\,\sigma_{r+1}(W)^2$ for one global skeleton (DESIGN §2)."
     )
 
+def _use_for_export(k: int, r: int) -> None:
+    st.session_state["adapter_k"], st.session_state["adapter_r"] = k, r
+
+
+st.button(f"Use k = {k}, r = {r} as the export defaults", key="explorer_use_for_export",
+          on_click=_use_for_export, args=(k, r),
+          help="The Export page adapts every selected layer with these, unless the Decomposition "
+          "lab set a per-layer choice.")
+
 st.markdown("#### Cluster sizes and per-cluster error")
 a, b = st.columns(2)
 sizes = px.bar(view.sizes.assign(cluster=view.sizes["cluster"].astype(str)), x="cluster", y="rows",

@@ -16,7 +16,9 @@ if loaded is None:
 info = model_summary(loaded.model)
 table = layer_table(loaded.model)
 st.subheader(loaded.name)
-st.caption(f"{loaded.kind} · read from `{loaded.source}`")
+blocks_text = f" · {info['blocks']} blocks" if info["blocks"] else ""
+st.caption(f"{loaded.kind} · model type `{info['model_type']}`{blocks_text} · "
+           f"read from `{loaded.source}`")
 if "4-bit" in loaded.note:
     st.warning(
         "SmolLM2-135M-Instruct ships as a 4-bit (Q4_1) GGUF file, dequantised to float32 here. "

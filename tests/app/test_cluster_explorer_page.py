@@ -75,6 +75,9 @@ def test_projection_clusters_skeletons_and_errors(minilm):
         assert np.isclose(svd, np.sqrt(np.sum(s[8:] ** 2) / np.sum(s**2)))
         assert got >= svd - 1e-12
 
+    at.button(key="explorer_use_for_export").click().run()
+    assert (at.session_state["adapter_k"], at.session_state["adapter_r"]) == (4, 8)
+
 
 def test_too_many_clusters_shows_error():
     at = AppTest.from_file(PAGE, default_timeout=120)
