@@ -33,6 +33,7 @@ from idlora_core.decomposition import (
     spectrum,
     svd_spectral_errors,
     svd_tail_errors,
+    top_spectrum,
 )
 from idlora_core.randomized import (
     RANDOMIZED_MIN_ELEMENTS,
@@ -223,7 +224,8 @@ def _sweep(W, ks, ranks, strategies, seed, layer, normalize_rows, randomized, pr
         members = [np.flatnonzero(labels == c) for c in range(k)]
         blocks = [W[idx] for idx in members]
         sizes = [len(idx) for idx in members]
-        spectra = [randomized_spectrum(b, r_max + 1, seed=seed) if rand else spectrum(b) for b in blocks]
+        spectra = [randomized_spectrum(b, r_max + 1, seed=seed) if rand
+                   else top_spectrum(b, r_max + 1) for b in blocks]  # for bound_cluster
         shared = (time.perf_counter() - t_k) / len(strategies)
         selections: list[dict] = []
         Z = row_geometry(W, normalize_rows)

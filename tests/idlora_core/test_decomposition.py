@@ -20,6 +20,7 @@ from idlora_core.decomposition import (
     spectrum,
     svd_spectral_errors,
     svd_tail_errors,
+    top_spectrum,
 )
 from idlora_core.selection import select_skeleton
 
@@ -148,3 +149,11 @@ def test_bad_inputs():
         ordered_row_errors(np.eye(3), [0, 0, 1])
     with pytest.raises(ValueError, match="exceeds"):
         row_id(np.eye(3)).skeleton(4)
+
+
+@pytest.mark.parametrize("shape", [(40, 15), (12, 30)])
+def test_top_spectrum_equals_svd(shape):
+    M = np.random.default_rng(4).standard_normal(shape)
+    s = np.linalg.svd(M, compute_uv=False)
+    np.testing.assert_allclose(top_spectrum(M, 5), s[:5], rtol=1e-10)
+    np.testing.assert_allclose(top_spectrum(M, 100), s, rtol=1e-8)
