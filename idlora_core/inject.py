@@ -41,11 +41,24 @@ def _close_matches(pattern: str, names: list[str]) -> list[str]:
     return close or sorted({n.split(".")[-1] for n in names})[:8]
 
 
+def _more_specific(targets: list[TargetConfig], i: int, j: int, name: str) -> int:
+    """Of two suffix targets matching one layer, the longer suffix wins ('attention.output.dense'
+    over 'output.dense'); any other overlap is an error."""
+    a, b = targets[i], targets[j]
+    if not a.regex and not b.regex and len(a.pattern) != len(b.pattern):
+        return i if len(a.pattern) > len(b.pattern) else j
+    raise ValueError(
+        f"layer {name!r} is matched by targets {i} and {j} ({a.pattern!r} and {b.pattern!r}); "
+        "make the patterns disjoint"
+    )
+
+
 def resolve_targets(model: nn.Module, adapter_config: AdapterConfig) -> list[tuple[str, TargetConfig]]:
     """Return (layer name, its target) for every linear layer the config adapts, in model order.
 
     Raises ValueError naming the pattern (and close matches) when a target matches nothing,
-    matches a module that is not an nn.Linear, or when two targets claim the same layer.
+    matches a module that is not an nn.Linear, or when two targets claim the same layer (except
+    two suffixes, where the longer one wins: 'output.dense' then means BERT's FFN output only).
     """
     linears = {layer.name: layer for layer in list_linear_layers(model)}
     if not linears:
@@ -73,11 +86,9 @@ def resolve_targets(model: nn.Module, adapter_config: AdapterConfig) -> list[tup
             )
         for name in hits:
             if name in claimed:
-                raise ValueError(
-                    f"layer {name!r} is matched by targets {claimed[name]} and {i} "
-                    f"({adapter_config.targets[claimed[name]].pattern!r} and {target.pattern!r})"
-                )
-            claimed[name] = i
+                claimed[name] = _more_specific(adapter_config.targets, claimed[name], i, name)
+            else:
+                claimed[name] = i
     order = {name: j for j, name in enumerate(linears)}
     return [(name, adapter_config.targets[i]) for name, i in sorted(claimed.items(), key=lambda kv: order[kv[0]])]
 

@@ -155,6 +155,19 @@ def test_bad_targets_are_clear_errors(target, message):
         apply_adapters(make_tiny_llama(), AdapterConfig(method="lora", targets=[target]))
 
 
+def test_minilm_six_targets_longer_suffix_wins():
+    patterns = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+    cfg = AdapterConfig(method="lora", targets=[TargetConfig(pattern=p) for p in patterns])
+    got = resolve_targets(make_tiny_bert(), cfg)
+    assert len(got) == 12
+    by_pattern = {}
+    for name, target in got:
+        by_pattern.setdefault(target.pattern, []).append(name)
+    assert by_pattern["output.dense"] == ["encoder.layer.0.output.dense", "encoder.layer.1.output.dense"]
+    assert by_pattern["attention.output.dense"] == [
+        "encoder.layer.0.attention.output.dense", "encoder.layer.1.attention.output.dense"]
+
+
 def test_two_targets_claiming_one_layer():
     cfg = AdapterConfig(method="idlora", targets=[TargetConfig(pattern="q_proj"), TargetConfig(pattern="proj", regex=True)])
     with pytest.raises(ValueError, match="matched by targets 0 and 1"):
