@@ -62,15 +62,17 @@ class IDLoRALinear(nn.Module):
         self.idlora_B = nn.Parameter(torch.zeros(m // p, r // p, device=w.device, dtype=w.dtype))
 
     def adapter_delta(self, x: torch.Tensor) -> torch.Tensor:
-        """Return dy (..., m) for input x (..., n), in the adapter's dtype."""
+        """Return dy (..., m), scaling included, for input x (..., n), in the adapter's dtype."""
         x = self.idlora_dropout(x.to(self.idlora_A.dtype))
         k, r, n = self.idlora_A.shape
         zc = (x @ self.idlora_A.reshape(k * r, n).T).unflatten(-1, (k, r))  # (..., k, r)
-        a = torch.softmax((zc * self.idlora_T).sum(-1), dim=-1)  # (..., k)
-        z = (a.unsqueeze(-2) @ zc).squeeze(-2)  # (..., r)
+        # The scaling rides on the k router weights: cheaper than scaling the m outputs.
+        a = torch.softmax((zc * self.idlora_T).sum(-1), dim=-1) * self.scaling  # (..., k)
+        z = (a.unsqueeze(-1) * zc).sum(-2)  # (..., r)
         p = self.rb_splits
-        dy = z.unflatten(-1, (p, r // p)) @ self.idlora_B.T  # (..., p, m/p)
-        return self.scaling * dy.flatten(-2)
+        if p == 1:
+            return z @ self.idlora_B.T  # (..., m)
+        return (z.unflatten(-1, (p, r // p)) @ self.idlora_B.T).flatten(-2)  # (..., p, m/p) -> (..., m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
