@@ -22,6 +22,13 @@ from app.common import (
 K_OPTIONS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
 R_OPTIONS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256]
 
+
+
+@st.cache_data(max_entries=64, show_spinner="Clustering the rows for the spectra ...")
+def _spectra(model: str, layer: str, k: int, min_size: int, normalize: bool, seed: int, _W):
+    return spectra_frame(_W, k, min_size=min_size, normalize_rows=normalize, seed=seed)
+
+
 init_state()
 st.title("Decomposition lab")
 loaded = get_model()
@@ -173,8 +180,8 @@ plot, text = st.columns([3, 1])
 feasible_r = one[(one["k"] == k) & one["feasible"]]["r"]
 spectra = None
 if len(feasible_r):  # the sweep's clusters: minimum size = largest feasible r at this k
-    spectra = spectra_frame(layer_weight(loaded, layer), k, min_size=int(feasible_r.max()),
-                            normalize_rows=params["normalize_rows"], seed=params["seed"])
+    spectra = _spectra(loaded.name, layer, k, int(feasible_r.max()), params["normalize_rows"],
+                       params["seed"], layer_weight(loaded, layer))
 else:
     plot.warning(f"The sweep has no clusters at k = {k} (no feasible r); pick a smaller k.")
 if spectra is not None:
