@@ -31,6 +31,7 @@ Widgets use these keys directly, so setting a key before its widget renders chan
                                                                  {layer: {"k", "r", "strategy", "rb_splits"}}
 
 Getters/setters: `model_name()` / `set_model_name(name)`, `selected_layers(loaded)`,
+`layer_weight(loaded, layer)` (cached float64 weight), `ensure_layer(key, loaded)`,
 `layer_choice(layer)` (per-layer k/r/strategy/rb with the defaults filled in),
 `apply_settings(values)` (restore many keys at once, safe from any page and any point of a run).
 
@@ -41,11 +42,9 @@ switches too; do not use those prefixes for buttons, file uploaders, download bu
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
@@ -124,10 +123,10 @@ def apply_settings(values: dict[str, Any]) -> None:
     """Restore many settings at once (e.g. from an imported YAML) and rerun so widgets show them.
 
     Works from a callback or from a page body: the values are applied by `init_state()` at the
-    start of the next run, before any widget is drawn. Calls `st.rerun()` unless in a callback.
+    start of the next run, before any widget is drawn (this calls `st.rerun()`).
     """
     st.session_state[_PENDING] = dict(values)
-    st.rerun()  # inside a callback this is a no-op: the run after the callback applies them
+    st.rerun()
 
 
 def model_name() -> str:
@@ -241,73 +240,3 @@ def ensure_layer(key: str, loaded: LoadedModel) -> list[str]:
         st.session_state[key] = chosen[0] if chosen else names[0]
     return names
 
-
-@st.cache_resource(show_spinner=False)
-def _sweep_store() -> dict[tuple, pd.DataFrame]:
-    # Process-wide: a sweep computed in one tab is shown at once in another.
-    return {}
-
-
-def _sweep_key(loaded: LoadedModel, layer: str, params: dict[str, Any]) -> tuple:
-    return (loaded.name, layer, *(
-        tuple(v) if isinstance(v, list) else v for _, v in sorted(params.items())))
-
-
-class _NotCached(Exception):
-    pass
-
-
-def _abort(done: int, total: int, message: str) -> None:
-    raise _NotCached  # the sweep started computing: the request was not in the disk cache
-
-
-def stored_sweeps(loaded: LoadedModel, layers: list[str], **params: Any) -> pd.DataFrame | None:
-    """Return the sweep table of `layers` when every layer was already swept with `params`
-    (in this process, or in the on-disk cache of `analysis.layer_sweep`), else None.
-
-    Never computes: a cache miss is detected when the sweep's first progress call arrives.
-    """
-    from analysis.layer_sweep import sweep_layer_cached
-
-    store = _sweep_store()
-    keys = [_sweep_key(loaded, layer, params) for layer in layers]
-    for layer, key in zip(layers, keys, strict=True):
-        if key in store:
-            continue
-        try:
-            W = layer_weight(loaded, layer)
-            store[key] = sweep_layer_cached(W, layer=layer, progress=_abort, **params).table
-        except (_NotCached, ValueError):
-            return None
-    return pd.concat([store[key] for key in keys], ignore_index=True)
-
-
-def run_sweeps(
-    loaded: LoadedModel,
-    layers: list[str],
-    *,
-    progress: Callable[[float, str], None] | None = None,
-    **params: Any,
-) -> pd.DataFrame:
-    """Return the sweep table of `layers` (analysis.sweep), computing only what is not stored yet.
-
-    Each layer comes from this process's store, else from the on-disk cache of
-    `analysis.layer_sweep` (a repeated request costs nothing), else is computed.
-    params: ks, ranks, strategies, seed, normalize_rows. progress(fraction 0..1, message).
-    """
-    from analysis.layer_sweep import sweep_layer_cached
-
-    store = _sweep_store()
-    for i, layer in enumerate(layers):
-        key = _sweep_key(loaded, layer, params)
-        if key in store:
-            continue
-
-        def tick(done: int, total: int, message: str, i: int = i, layer: str = layer) -> None:
-            if progress is not None:
-                progress((i + done / max(total, 1)) / len(layers),
-                         f"{layer} ({i + 1}/{len(layers)}): {message}")
-
-        result = sweep_layer_cached(layer_weight(loaded, layer), layer=layer, progress=tick, **params)
-        store[key] = result.table
-    return stored_sweeps(loaded, layers, **params)

@@ -13,15 +13,13 @@ from app.common import (
     get_model,
     init_state,
     layer_weight,
-    run_sweeps,
     selected_layers,
-    stored_sweeps,
     valid,
 )
+from app.sweeps import run_sweeps, stored_sweeps
 
 K_OPTIONS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
 R_OPTIONS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256]
-
 
 
 @st.cache_data(max_entries=64, show_spinner="Clustering the rows for the spectra ...")

@@ -66,7 +66,7 @@ def test_run_small_sweep_shows_plots_and_true_numbers(minilm):
     assert again.dataframe[0].value.equals(summary)
 
     # a new app process (empty in-memory store) is served from the on-disk sweep cache
-    from app.common import _sweep_store
+    from app.sweeps import _sweep_store
 
     _sweep_store.clear()
     fresh = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_strategies=["id", "centroid"])

@@ -1,0 +1,88 @@
+"""The Decomposition lab's sweeps: computed once, then served from memory or the disk cache.
+
+`run_sweeps` computes what is missing with `analysis.layer_sweep.sweep_layer_cached` (which
+stores every layer's result in `cached/results/`); `stored_sweeps` only looks results up.
+The in-memory store is shared by every session of the app process (tables are read-only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from app.common import layer_weight
+from idlora_core.catalog import LoadedModel
+
+
+@st.cache_resource(show_spinner=False)
+def _sweep_store() -> dict[tuple, pd.DataFrame]:
+    # Process-wide: a sweep computed in one tab is shown at once in another.
+    return {}
+
+
+def _sweep_key(loaded: LoadedModel, layer: str, params: dict[str, Any]) -> tuple:
+    return (loaded.name, layer, *(
+        tuple(v) if isinstance(v, list) else v for _, v in sorted(params.items())))
+
+
+class _NotCached(Exception):
+    pass
+
+
+def _abort(done: int, total: int, message: str) -> None:
+    raise _NotCached  # the sweep started computing: the request was not in the disk cache
+
+
+def stored_sweeps(loaded: LoadedModel, layers: list[str], **params: Any) -> pd.DataFrame | None:
+    """Return the sweep table of `layers` when every layer was already swept with `params`
+    (in this process, or in the on-disk cache of `analysis.layer_sweep`), else None.
+
+    Never computes: a cache miss is detected when the sweep's first progress call arrives.
+    """
+    from analysis.layer_sweep import sweep_layer_cached
+
+    store = _sweep_store()
+    keys = [_sweep_key(loaded, layer, params) for layer in layers]
+    for layer, key in zip(layers, keys, strict=True):
+        if key in store:
+            continue
+        try:
+            W = layer_weight(loaded, layer)
+            store[key] = sweep_layer_cached(W, layer=layer, progress=_abort, **params).table
+        except (_NotCached, ValueError):
+            return None
+    return pd.concat([store[key] for key in keys], ignore_index=True)
+
+
+def run_sweeps(
+    loaded: LoadedModel,
+    layers: list[str],
+    *,
+    progress: Callable[[float, str], None] | None = None,
+    **params: Any,
+) -> pd.DataFrame:
+    """Return the sweep table of `layers` (analysis.sweep), computing only what is not stored yet.
+
+    Each layer comes from this process's store, else from the on-disk cache of
+    `analysis.layer_sweep` (a repeated request costs nothing), else is computed.
+    params: ks, ranks, strategies, seed, normalize_rows. progress(fraction 0..1, message).
+    """
+    from analysis.layer_sweep import sweep_layer_cached
+
+    store = _sweep_store()
+    for i, layer in enumerate(layers):
+        key = _sweep_key(loaded, layer, params)
+        if key in store:
+            continue
+
+        def tick(done: int, total: int, message: str, i: int = i, layer: str = layer) -> None:
+            if progress is not None:
+                progress((i + done / max(total, 1)) / len(layers),
+                         f"{layer} ({i + 1}/{len(layers)}): {message}")
+
+        result = sweep_layer_cached(layer_weight(loaded, layer), layer=layer, progress=tick, **params)
+        store[key] = result.table
+    return stored_sweeps(loaded, layers, **params)
