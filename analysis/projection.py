@@ -1,6 +1,6 @@
 """2-D projections of a weight matrix's rows for the Cluster explorer: PCA now, UMAP soon after.
 
-PCA is one thin SVD (milliseconds). UMAP (umap-learn) is imported only when first asked for,
+PCA takes the top two eigenvectors of the n x n Gram matrix (milliseconds). UMAP (umap-learn) is imported only when first asked for,
 its numba kernels are compiled once per process by `warm_umap()`, and the exact
 nearest-neighbour graph is computed up front with scikit-learn and handed to UMAP as
 `precomputed_knn`, so a 1536-row layer projects in seconds. No Streamlit here.
@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
+import scipy.linalg as sla
 
 _WARM_LOCK = threading.Lock()
 _warm = False
@@ -40,6 +41,21 @@ def _frame(xy: np.ndarray, method: str) -> pd.DataFrame:
     return pd.DataFrame({"row": np.arange(len(xy)), "x": xy[:, 0], "y": xy[:, 1], "method": method})
 
 
+def _top2(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # Top-2 eigenpairs of the n x n Gram matrix X^T X (descending): cheaper than a full SVD.
+    n = X.shape[1]
+    gram = X.T @ X
+    if n <= 2:
+        w, V = np.linalg.eigh(gram)
+    else:
+        w, V = sla.eigh(gram, subset_by_index=[n - 2, n - 1])
+    w, V = w[::-1][:2], V[:, ::-1][:, :2]
+    if V.shape[1] < 2:  # a single column: the second axis is all zeros
+        V = np.hstack([V, np.zeros((n, 1))])
+        w = np.append(w, 0.0)
+    return np.maximum(w, 0.0), V
+
+
 def pca_2d(W: np.ndarray, *, normalize_rows: bool = False) -> pd.DataFrame:
     """Return the rows of `W` on their first two principal axes.
 
@@ -48,8 +64,8 @@ def pca_2d(W: np.ndarray, *, normalize_rows: bool = False) -> pd.DataFrame:
     """
     X = _rows(W, normalize_rows)
     X = X - X.mean(axis=0)
-    U, s, _ = np.linalg.svd(X, full_matrices=False)
-    xy = U[:, :2] * s[:2]
+    _, V = _top2(X)
+    xy = X @ V
     signs = np.sign(xy[np.abs(xy).argmax(axis=0), [0, 1]])
     return _frame(xy * np.where(signs == 0, 1.0, signs), "PCA")
 
@@ -57,9 +73,10 @@ def pca_2d(W: np.ndarray, *, normalize_rows: bool = False) -> pd.DataFrame:
 def pca_explained(W: np.ndarray, *, normalize_rows: bool = False) -> tuple[float, float]:
     """Return the fractions (0..1) of the rows' variance on the first and second principal axes."""
     X = _rows(W, normalize_rows)
-    s = np.linalg.svd(X - X.mean(axis=0), compute_uv=False)
-    var = s**2 / max(float(np.sum(s**2)), np.finfo(float).tiny)
-    return float(var[0]), float(var[1])
+    X = X - X.mean(axis=0)
+    w, _ = _top2(X)
+    total = max(float(np.sum(X * X)), np.finfo(float).tiny)
+    return float(w[0] / total), float(w[1] / total)
 
 
 def knn_graph(X: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
