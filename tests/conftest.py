@@ -5,6 +5,10 @@ Tiny models use the real tokenizers' vocabularies so that tokenised text fits th
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import itertools
+
 import pytest
 import torch
 
@@ -84,3 +88,17 @@ def tiny_bert_dir(tmp_path_factory) -> str:
     from idlora_core.catalog import minilm_dir
 
     return _save_tiny(make_tiny_bert(num_labels=2), str(minilm_dir()), tmp_path_factory.mktemp("tiny-bert"))
+
+
+@contextlib.contextmanager
+def shared_weight_copy(model: torch.nn.Module):
+    """Yield a copy of `model` whose modules are new but whose parameters and buffers are the
+    original tensors (no memory copy), for adapting a session model cheaply. The requires_grad
+    flags, which adapters change, are restored on exit; the tensors' values must not be modified."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    memo = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    try:
+        yield copy.deepcopy(model, memo)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

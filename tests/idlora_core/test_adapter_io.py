@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import yaml
@@ -11,7 +9,17 @@ import yaml
 from idlora_core import inject
 from idlora_core.adapter_io import load_adapters, read_adapter_config, save_adapters
 from idlora_core.config import AdapterConfig, RunConfig, TargetConfig
-from tests.conftest import make_tiny_bert, make_tiny_llama
+from tests.conftest import make_tiny_bert, make_tiny_llama, shared_weight_copy
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small inputs: one thread is as fast, and far steadier when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 METHODS = ["idlora", "lora", "dora", "hydralora", "full"]
 
@@ -71,15 +79,17 @@ def test_run_config_is_saved_whole_with_skeletons(tmp_path):
 
 def test_real_minilm_roundtrip(minilm, tmp_path):
     cfg = AdapterConfig(method="idlora", targets=[TargetConfig(pattern="value", layers=[0, 3], r=8, k=4, rb_splits=2)])
-    model, _ = inject.apply_adapters(copy.deepcopy(minilm.model), cfg)
-    _perturb(model)
     ids = minilm.tokenizer("Low-rank adapters, reloaded.", return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        expected = model(input_ids=ids).last_hidden_state
-    save_adapters(model, cfg, tmp_path)
-    loaded, report = load_adapters(copy.deepcopy(minilm.model), tmp_path)
-    with torch.no_grad():
-        assert torch.equal(loaded(input_ids=ids).last_hidden_state, expected)
+    with shared_weight_copy(minilm.model) as copied:
+        model, _ = inject.apply_adapters(copied, cfg)
+        _perturb(model)  # adapter tensors only: the shared base weights stay as they are
+        with torch.no_grad():
+            expected = model(input_ids=ids).last_hidden_state
+        save_adapters(model, cfg, tmp_path)
+    with shared_weight_copy(minilm.model) as fresh:
+        loaded, report = load_adapters(fresh, tmp_path)
+        with torch.no_grad():
+            assert torch.equal(loaded(input_ids=ids).last_hidden_state, expected)
     assert report.totals["trainable"] == 2 * (384 * 8 // 4 + 4 * 8)
 
 
