@@ -46,7 +46,6 @@ from idlora_core.selection import centroid_order, random_order
 from idlora_core.validation import STRATEGIES, check_strategy, check_weight, rank_problem
 
 Progress = Callable[[int, int, str], None]
-SINGLE_THREAD_MAX_ELEMENTS = 1 << 20
 
 COLUMNS = [
     "layer", "m", "n", "k", "r", "strategy", "feasible", "total_rank", "min_cluster_size",
@@ -157,11 +156,13 @@ def sweep_layer_result(
     *,
     spectral: bool = False,
     n_init: int | None = None,
+    threads: int | None = 1,
 ) -> SweepResult:
     """Run the sweep and return the table together with the clusterings (see `sweep_layer`)."""
     W = check_weight(W)
-    # Small layers make many small LAPACK calls, where BLAS threads only add contention.
-    with threadpool_limits(limits=1 if W.size <= SINGLE_THREAD_MAX_ELEMENTS else None):
+    # Many small LAPACK calls: on a shared, busy machine BLAS threads spin and contend
+    # (measured 10-100x slower); one thread is the robust default.
+    with threadpool_limits(limits=threads):
         return _sweep(W, ks, ranks, strategies, seed, layer, normalize_rows, randomized,
                       progress, spectral, n_init)
 
@@ -291,6 +292,7 @@ def sweep_layer(
     *,
     spectral: bool = False,
     n_init: int | None = None,
+    threads: int | None = 1,
 ) -> pd.DataFrame:
     """Return the reconstruction-error sweep of W (m x n), one row per (k, r, strategy).
 
@@ -304,7 +306,8 @@ def sweep_layer(
     False force the randomized path (randomized.py), None picks it above
     RANDOMIZED_MIN_ELEMENTS weight entries; progress(done, total, message) is called as the
     work advances; spectral=True also measures the spectral error (one explicit residual per
-    row: slow); n_init: k-means restarts (default 4 exact, 1 randomized).
+    row: slow); n_init: k-means restarts (default 4 exact, 1 randomized); threads: BLAS/OpenMP
+    threads (default 1, robust on a busy machine; None = the libraries' default).
     Raises ValueError for ks/ranks < 1, unknown strategies, or a bad W.
 
     Columns (errors are RELATIVE: divided by ||W||_F for Frobenius, by s_1(W) for spectral):
@@ -335,7 +338,7 @@ def sweep_layer(
     """
     return sweep_layer_result(
         W, ks, ranks, strategies, seed, layer, normalize_rows, randomized, progress,
-        spectral=spectral, n_init=n_init,
+        spectral=spectral, n_init=n_init, threads=threads,
     ).table
 
 

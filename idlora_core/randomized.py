@@ -23,6 +23,7 @@ from idlora_core.decomposition import RowID
 from idlora_core.validation import check_weight
 
 RANDOMIZED_MIN_ELEMENTS = 4_000_000
+WIDE_SKETCH = 256  # sketch width above which randomized_spectrum does one power iteration
 
 
 def use_randomized(m: int, n: int, randomized: bool | None = None) -> bool:
@@ -55,7 +56,8 @@ def randomized_spectrum(
     if 2 * width >= full:
         return sla.svdvals(W, check_finite=False)[:rank]
     Y = A @ np.random.default_rng(seed).standard_normal((A.shape[1], width))
-    for _ in range(power_iters):
+    # A wide sketch already holds most of the energy: one power iteration is enough there.
+    for _ in range(min(power_iters, 1) if width > WIDE_SKETCH else power_iters):
         Y = sla.lu(Y, permute_l=True, check_finite=False)[0]
         Y = A @ (A.T @ Y)
     Q = sla.qr(Y, mode="economic", check_finite=False)[0]

@@ -27,7 +27,8 @@ from idlora_core.validation import check_labels, check_rank, check_strategy, che
 def centroid_order(Z: np.ndarray, members: np.ndarray) -> np.ndarray:
     """Return `members` sorted by squared distance of Z[members] to their mean (stable on ties)."""
     rows = Z[members]
-    d2 = ((rows - rows.mean(axis=0)) ** 2).sum(axis=1)
+    mean = rows.mean(axis=0)
+    d2 = np.einsum("ij,ij->i", rows, rows) - 2.0 * (rows @ mean) + mean @ mean  # no (p, n) temporaries
     return members[np.argsort(d2, kind="stable")]
 
 
