@@ -21,14 +21,13 @@ def trainable_params(
     """Return the number of trainable parameters (elements) of `method` on one `(m, n)` layer.
 
     `m` = out_features, `n` = in_features, `r` = rank, `k` = ID-LoRA clusters or HydraLoRA
-    heads N, `p` = ID-LoRA rank-boosting splits (needs `m % p == 0` and `r % p == 0`),
+    heads N, `p` = ID-LoRA rank-boosting splits (needs `m % p == 0` and `r % p == 0`; ignored by
+    the other methods, as `apply_adapters` ignores `rb_splits` for them),
     `bias` = the layer has a bias (only full fine-tuning trains it). Formulas:
     full `m*n (+m)`, lora `r*(m+n)`, dora `r*(m+n)+m`, hydralora `r*n + k*r*m + k*n`,
     idlora `m*r/p^2 + k*r`.
     """
     _check(m, n, r, k, p)
-    if p != 1 and method != "idlora":
-        raise ValueError(f"rank boosting (p={p}) applies to idlora only, not {method!r}")
     if method == "full":
         return m * n + (m if bias else 0)
     if method == "lora":
