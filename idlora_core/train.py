@@ -48,6 +48,23 @@ def install_signal_handlers(stop: StopFlag) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def warn_single_cpu_launch() -> None:
+    """Warn when `accelerate launch --cpu --num_processes N>1` started only this one process.
+
+    Without an MPI hostfile accelerate's CPU launcher runs a single process (it sets
+    MASTER_PORT but no WORLD_SIZE); the torchrun-based `--multi_gpu` launcher starts N
+    processes and, with no GPU present, they train on the CPU over gloo.
+    """
+    import os
+
+    env = os.environ
+    if env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in env and "WORLD_SIZE" not in env:
+        print("warning: `accelerate launch --cpu` started ONE process (several CPU processes need MPI); "
+              "for data-parallel CPU training use `accelerate launch --multi_gpu --num_processes N "
+              "-m idlora_core.train CONFIG.yaml` or `torchrun --nproc_per_node N -m idlora_core.train "
+              "CONFIG.yaml`", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
     args = parse_args(argv)
@@ -57,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {args.config}: {exc}", file=sys.stderr)
         return 1
+    warn_single_cpu_launch()
     stop = StopFlag()
     install_signal_handlers(stop)
     from .trainer import run_training

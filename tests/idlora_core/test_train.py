@@ -77,7 +77,8 @@ def test_lm_loss_decreases_on_every_task(method, tiny_llama_dir, tmp_path):
     assert len(losses) == 10 and sum(losses[-3:]) < sum(losses[:3])
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [
+    m if m in ("idlora", "lora") else pytest.param(m, marks=pytest.mark.slow) for m in METHODS])
 def test_classification_loss_decreases(method, tmp_path):
     # The real MiniLM: a random tiny encoder barely separates sentences in a few steps.
     cfg = parse_config(cls_config("minilm", tmp_path / method, method, steps=8, learning_rate=3e-3))
@@ -243,3 +244,16 @@ def test_sigterm_stops_cli_after_the_step_with_a_checkpoint(tiny_bert_dir, tmp_p
     assert (out / "checkpoints" / f"checkpoint-{step}" / "trainable.safetensors").is_file()
     assert read_metrics(out)[-1]["step"] == step
     assert json.loads((out / "run.json").read_text())["state"] == "cancelled"
+
+
+def test_warns_when_accelerate_cpu_launch_started_one_process(monkeypatch, capsys):
+    from idlora_core.train import warn_single_cpu_launch
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    warn_single_cpu_launch()
+    assert "--multi_gpu --num_processes N" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    warn_single_cpu_launch()
+    assert capsys.readouterr().err == ""
