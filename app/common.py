@@ -235,6 +235,10 @@ def ensure_layer(key: str, loaded: LoadedModel) -> list[str]:
     Call before drawing the selectbox with that key; returns the options (all layer names).
     """
     names = layer_names(loaded)
+    if not names:
+        st.error(f"{loaded.name} has no nn.Linear layers to analyse (GPT-2-style Conv1D layers "
+                 "are not supported). Pick another model in the sidebar.")
+        st.stop()
     if st.session_state.get(key) not in names:
         chosen = selected_layers(loaded)
         st.session_state[key] = chosen[0] if chosen else names[0]

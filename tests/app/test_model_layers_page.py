@@ -60,3 +60,16 @@ def test_folder_without_config_shows_error(tmp_path):
     assert not at.exception
     assert "no config.json" in at.error[0].value
     assert len(at.metric) == 0
+
+
+def test_local_model_directory_loads(tiny_bert_dir):
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["model_choice"] = "local"
+    at.session_state["model_path"] = tiny_bert_dir
+    at.run()
+    assert not at.exception and len(at.error) == 0
+    assert at.slider(key="block_range").value == (0, 1)
+    table = at.dataframe[0].value
+    assert table["name"].tolist() == [
+        f"encoder.layer.{b}.attention.self.{p}" for b in (0, 1) for p in ("query", "value")]
+    assert table["shape"].tolist() == ["32 x 32"] * 4
