@@ -231,6 +231,11 @@ if st.button("Use these (k, r, strategy) per layer for export", key="lab_use_for
     state["layer_choices"] = {**state["layer_choices"], **choices_for_export(table, int(r_sum))}
     st.toast(f"Export will use the best k and strategy of {len(summary)} layer(s) at r = {r_sum}.")
 with st.expander("Full sweep table"):
-    st.dataframe(table, key="lab_table", hide_index=True)
+    errors = ["rel_fro_error", "svd_same_r", "svd_same_total", "global_id_same_r",
+              "svd_spec_same_r", "bound_cluster", "bound_global", "rel_spec_error"]
+    st.dataframe(table, key="lab_table", hide_index=True, column_config={
+        **{c: st.column_config.NumberColumn(c, format="%.4f") for c in errors},
+        "seconds": st.column_config.NumberColumn("seconds", format="%.3f"),
+    })
     st.download_button("Download CSV", table.to_csv(index=False), "sweep.csv", "text/csv",
                        key="lab_download")
