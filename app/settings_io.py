@@ -15,9 +15,11 @@ kept across page switches by `common.init_state()`.
   ft_alpha, ft_dropout 16.0, 0.0         adapter scaling numerator and input dropout
   ft_tasks            [] (= by model)    task names; [] picks the model's default task
   ft_num_train        512                generated training examples per task
+  ft_num_eval         64                 held-out evaluation examples per task
   ft_<train field>    TrainConfig        every field of idlora_core.config.TrainConfig
                                          (ft_steps, ft_batch_size, ft_learning_rate, ...)
-  ft_runs_root        "runs"             runs folder (relative to the repo root)
+  ft_runs_root        "runs"             runs folder (relative to the repo root; the
+                                         environment variable IDLORA_RUNS_DIR overrides)
   ft_max_parallel     2                  Fine-tune: runs training at the same time
   ex_method           "idlora"           Export: the method written to the YAML
   ex_run_name         "my-run"           Export: output folder name inside the runs folder
@@ -25,6 +27,7 @@ kept across page switches by `common.init_state()`.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -66,7 +69,8 @@ DEFAULTS: dict[str, Any] = {
     "ft_dropout": 0.0,
     "ft_tasks": [],
     "ft_num_train": 512,
-    "ft_runs_root": "runs",
+    "ft_num_eval": 64,
+    "ft_runs_root": os.environ.get("IDLORA_RUNS_DIR", "runs"),
     "ft_max_parallel": 2,
     "ex_method": "idlora",
     "ex_run_name": "my-run",
@@ -102,9 +106,10 @@ def train_config(state: Mapping[str, Any]) -> TrainConfig:
 
 
 def task_configs(state: Mapping[str, Any], model_kind: str) -> list[TaskConfig]:
-    """Return one TaskConfig per chosen task (equal weights, `ft_num_train` examples each)."""
-    n = int(_get(state, "ft_num_train"))
-    return [TaskConfig(name=t, num_train=n) for t in chosen_tasks(state, model_kind)]
+    """Return one TaskConfig per chosen task (equal weights, `ft_num_train`/`ft_num_eval` each)."""
+    n, n_eval = int(_get(state, "ft_num_train")), int(_get(state, "ft_num_eval"))
+    return [TaskConfig(name=t, num_train=n, num_eval=n_eval)
+            for t in chosen_tasks(state, model_kind)]
 
 
 def finetune_targets(layers: list[str], state: Mapping[str, Any], r: int, k: int) -> list[TargetConfig]:
@@ -239,6 +244,7 @@ def settings_from_config(cfg: RunConfig, model_settings: dict[str, Any]) -> dict
         "ft_dropout": first.dropout,
         "ft_tasks": [t.name for t in cfg.tasks],
         "ft_num_train": cfg.tasks[0].num_train,
+        "ft_num_eval": cfg.tasks[0].num_eval,
     }
     if kinds:
         values["layer_kinds"] = kinds

@@ -31,6 +31,8 @@ from idlora_core.catalog import get_linear
 from idlora_core.config import METHODS, ConfigError, RunConfig, dumps_config, loads_config
 
 MAX_UPLOAD_BYTES = 256 * 1024
+# Widget values survive page switches (Streamlit >= 1.67).
+KEEP = {"persist_state": "session"}
 CONFIG_FILE = "idlora_config.yaml"
 
 
@@ -45,11 +47,12 @@ def _choices_editor(layers: list[str]) -> None:
     state = st.session_state
     st.markdown("**Adapter choices** — defaults for every layer, then per-layer overrides.")
     c1, c2, c3, c4, c5 = st.columns(5)
-    c1.selectbox("Method", list(METHODS), format_func=sio.METHOD_LABELS.get, key="ex_method")
-    c2.number_input("k (clusters / heads)", 1, 256, key="adapter_k")
-    c3.number_input("r (rank)", 1, 1024, key="adapter_r")
-    c4.selectbox("Strategy", list(STRATEGIES), key="adapter_strategy")
-    c5.number_input("RB splits p", 1, 64, key="adapter_rb",
+    c1.selectbox("Method", list(METHODS), format_func=sio.METHOD_LABELS.get, key="ex_method",
+                 **KEEP)
+    c2.number_input("k (clusters / heads)", 1, 256, key="adapter_k", **KEEP)
+    c3.number_input("r (rank)", 1, 1024, key="adapter_r", **KEEP)
+    c4.selectbox("Strategy", list(STRATEGIES), key="adapter_strategy", **KEEP)
+    c5.number_input("RB splits p", 1, 64, key="adapter_rb", **KEEP,
                  help="Rank boosting, our reading of the paper's RB: p must divide r.")
     with st.expander("Per-layer override"):
         o1, o2, o3, o4, o5 = st.columns(5)
@@ -82,7 +85,8 @@ def _layer_table(loaded, layers: list[str], choices: dict) -> pd.DataFrame:
         except ValueError:
             params = None
         rows.append({"layer": name, "shape": f"{m} x {n}", "k": c["k"], "r": c["r"],
-                     "strategy": c["strategy"], "RB p": c["rb_splits"], "trainable": params})
+                     "strategy": c["strategy"], "RB p": c["rb_splits"], "trainable": params,
+                     "LoRA at same r": trainable_params("lora", m, n, c["r"])})
     return pd.DataFrame(rows)
 
 
@@ -90,8 +94,8 @@ def _output_dir() -> str | None:
     """Return the output folder for the YAML, or None after an st.error."""
     state = st.session_state
     c1, c2 = st.columns(2)
-    c1.text_input("Runs folder", key="ft_runs_root", help="Relative to the repo root.")
-    c2.text_input("Run name (folder inside the runs folder)", key="ex_run_name")
+    c1.text_input("Runs folder", key="ft_runs_root", **KEEP, help="Relative to the repo root.")
+    c2.text_input("Run name (folder inside the runs folder)", key="ex_run_name", **KEEP)
     root = str(state["ft_runs_root"]).strip() or "runs"
     try:
         safe_run_dir(sio.resolve_runs_root(root), state["ex_run_name"])
@@ -107,8 +111,10 @@ def _export(loaded, layers: list[str]) -> None:
     table = _layer_table(loaded, layers, choices)
     st.dataframe(table, key="export_layers", hide_index=True, width="stretch")
     if table["trainable"].notna().all():
-        st.caption(f"Trainable parameters of the adapters: **{int(table['trainable'].sum()):,}** "
-                   "(heads trained alongside are counted separately by the training report).")
+        total, lora = int(table["trainable"].sum()), int(table["LoRA at same r"].sum())
+        st.caption(f"Trainable parameters of the adapters: **{total:,}** — "
+                   f"{100 * total / lora:.0f} % of LoRA's {lora:,} at the same ranks (heads "
+                   "trained alongside are counted separately by the training report).")
     out = _output_dir()
     if out is None:
         return
@@ -126,15 +132,17 @@ def _export(loaded, layers: list[str]) -> None:
     text = dumps_config(cfg)
     st.markdown("**YAML** (the schema `python -m idlora_core.train` reads"
                 + (", with resolved skeleton rows" if cfg.adapter.skeletons else "") + ")")
-    st.code(text, language="yaml", height=320)
+    with st.container(key="export_yaml"):  # CSS classes st-key-export_* for browser tests
+        st.code(text, language="yaml", height=320)
     st.download_button("Download YAML", text, file_name=CONFIG_FILE, mime="application/x-yaml",
                        key="download_yaml", type="primary")
-    st.markdown("**Run it** — one process (CPU, or the GPU when there is one):")
-    st.code(f"python -m idlora_core.train {CONFIG_FILE}", language="bash")
-    st.markdown("Several GPUs (data parallel) or, for a check, two CPU processes:")
-    st.code(f"accelerate launch --num_processes 2 -m idlora_core.train {CONFIG_FILE}\n"
-            f"accelerate launch --num_processes 2 --cpu -m idlora_core.train {CONFIG_FILE}",
-            language="bash")
+    with st.container(key="export_commands"):
+        st.markdown("**Run it** — one process (CPU, or the GPU when there is one):")
+        st.code(f"python -m idlora_core.train {CONFIG_FILE}", language="bash")
+        st.markdown("Several GPUs (data parallel) or, for a check, two CPU processes:")
+        st.code(f"accelerate launch --num_processes 2 -m idlora_core.train {CONFIG_FILE}\n"
+                f"accelerate launch --num_processes 2 --cpu -m idlora_core.train {CONFIG_FILE}",
+                language="bash")
 
 
 def _import_text(text: str, source: str, extra: dict | None = None) -> None:
@@ -169,7 +177,7 @@ def _import() -> None:
                 st.error(f"{upload.name} is not UTF-8 text. Upload a YAML file.")
             else:
                 _import_text(text, upload.name, {"ex_imported_digest": digest})
-    st.text_area("... or paste YAML here", key="ex_paste", height=120)
+    st.text_area("... or paste YAML here", key="ex_paste", **KEEP, height=120)
     if st.button("Import pasted YAML", key="import_pasted"):
         text = state.get("ex_paste") or ""
         if len(text.encode("utf-8")) > MAX_UPLOAD_BYTES:

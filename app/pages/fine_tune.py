@@ -18,9 +18,12 @@ import torch
 from analysis import runs
 from app import settings_io as sio
 from app.common import get_model, init_state, model_name, selected_layers, valid
+from idlora_core import compare
 from idlora_core.config import METHODS
 
 POLL_SECONDS = 1.0
+# Widget values survive page switches and fragment reruns (Streamlit >= 1.67).
+KEEP = {"persist_state": "session"}
 HANDLES = "ft_handles"  # list[RunHandle] started by this session
 QUEUE = "ft_queue"  # list[(label, RunConfig)] waiting for a free slot
 TAILS = "ft_tails"  # {run_dir: MetricsTail}
@@ -39,41 +42,44 @@ def _controls(loaded) -> list[str]:
     left, mid, right = st.columns(3)
     with left:
         st.multiselect(
-            "Methods", list(METHODS), format_func=sio.METHOD_LABELS.get, key="ft_methods",
+            "Methods", list(METHODS), format_func=sio.METHOD_LABELS.get, key="ft_methods", **KEEP,
             help="One run per method (and per rank / cluster count below), side by side.",
         )
         options = list(sio.task_options(loaded.kind))
         state["ft_tasks"] = valid(state.get("ft_tasks") or [], options) or [options[0]]
-        st.multiselect("Task(s)", options, key="ft_tasks",
+        st.multiselect("Task(s)", options, key="ft_tasks", **KEEP,
                        help="Built-in offline tasks; several are mixed with equal weights.")
         st.caption(f"Targets: **{len(layers)}** layers from the Model & layers page "
                    f"(types {', '.join(state.get('layer_kinds') or ['all'])}).")
     with mid:
-        st.multiselect("Ranks r", _options((1, 2, 4, 8, 16, 32, 64), "ft_ranks"), key="ft_ranks")
+        st.multiselect("Ranks r", _options((1, 2, 4, 8, 16, 32, 64), "ft_ranks"),
+                       key="ft_ranks", **KEEP)
         st.multiselect("Clusters k (ID-LoRA) / heads N (HydraLoRA)",
-                       _options((1, 2, 4, 8, 16), "ft_ks"), key="ft_ks")
+                       _options((1, 2, 4, 8, 16), "ft_ks"), key="ft_ks", **KEEP)
         st.selectbox("Skeleton strategy (ID-LoRA)", ["centroid", "id", "random"],
-                     key="ft_selection")
+                     key="ft_selection", **KEEP)
         st.number_input("Rank-boosting splits p (our reading of the paper's RB)", 1, 64,
-                        key="ft_rb_splits", help="p must divide r; 1 = plain ID-LoRA.")
+                        key="ft_rb_splits", **KEEP, help="p must divide r; 1 = plain ID-LoRA.")
     with right:
-        st.number_input("Steps", 1, 100_000, key="ft_steps")
-        st.number_input("Batch size", 1, 1024, key="ft_batch_size")
-        st.number_input("Learning rate", 1e-6, 1.0, key="ft_learning_rate", format="%.0e",
+        st.number_input("Steps", 1, 100_000, key="ft_steps", **KEEP)
+        st.number_input("Batch size", 1, 1024, key="ft_batch_size", **KEEP)
+        st.number_input("Learning rate", 1e-6, 1.0, key="ft_learning_rate", **KEEP, format="%.0e",
                         step=1e-4)
-        st.number_input("Runs at the same time", 1, 8, key="ft_max_parallel",
+        st.number_input("Runs at the same time", 1, 8, key="ft_max_parallel", **KEEP,
                         help="Further runs wait in a queue (the CPU is shared).")
     with st.expander("More training settings"):
         c1, c2, c3, c4 = st.columns(4)
-        c1.number_input("Max sequence length (tokens)", 8, 4096, key="ft_seq_len")
-        c2.number_input("Evaluate every N steps (0 = end)", 0, 100_000, key="ft_eval_interval")
-        c3.number_input("Training examples per task", 1, 1_000_000, key="ft_num_train")
-        c4.selectbox("Schedule", ["constant", "linear", "cosine"], key="ft_schedule")
-        c1.number_input("Warm-up steps", 0, 100_000, key="ft_warmup_steps")
-        c2.number_input("alpha (scale alpha/r)", 0.1, 1024.0, key="ft_alpha")
-        c3.selectbox("Precision", ["auto", "fp32", "bf16", "fp16"], key="ft_precision")
-        c4.selectbox("Device", ["auto", "cpu", "cuda"], key="ft_device")
-        st.text_input("Runs folder (relative to the repo root)", key="ft_runs_root")
+        c1.number_input("Max sequence length (tokens)", 8, 4096, key="ft_seq_len", **KEEP)
+        c2.number_input("Evaluate every N steps (0 = end)", 0, 100_000, key="ft_eval_interval",
+                        **KEEP)
+        c3.number_input("Training examples per task", 1, 1_000_000, key="ft_num_train", **KEEP)
+        c4.selectbox("Schedule", ["constant", "linear", "cosine"], key="ft_schedule", **KEEP)
+        c1.number_input("Evaluation examples per task", 1, 100_000, key="ft_num_eval", **KEEP)
+        c2.number_input("Warm-up steps", 0, 100_000, key="ft_warmup_steps", **KEEP)
+        c3.number_input("alpha (scale alpha/r)", 0.1, 1024.0, key="ft_alpha", **KEEP)
+        c4.selectbox("Precision", ["auto", "fp32", "bf16", "fp16"], key="ft_precision", **KEEP)
+        c1.selectbox("Device", ["auto", "cpu", "cuda"], key="ft_device", **KEEP)
+        st.text_input("Runs folder (relative to the repo root)", key="ft_runs_root", **KEEP)
     gpu = torch.cuda.is_available()
     st.caption(("A GPU is available: device 'auto' trains on CUDA (bf16 where supported)."
                 if gpu else "No GPU here: runs train on the CPU.")
@@ -137,7 +143,7 @@ def _loss_figure(frames: dict[str, pd.DataFrame]) -> go.Figure:
     fig.update_layout(
         uirevision="ft-loss", height=380, margin={"t": 30, "b": 40},
         xaxis_title="optimiser step", yaxis_title="training loss (cross-entropy, nats)",
-        legend_title="run",
+        legend_title="run", showlegend=True,
     )
     return fig
 
@@ -180,20 +186,28 @@ def _live_view(past: list) -> None:
     active = int(table["state"].isin(runs.ACTIVE_STATES).sum())
     st.caption(f"{active} running, {queued} queued, {len(table) - active} done · "
                + ("updating every second" if active or queued else "idle"))
-    st.plotly_chart(_loss_figure(frames), key="loss_chart", width="stretch")
+    with st.container(key="loss_chart"):  # CSS class st-key-loss_chart for browser tests
+        st.plotly_chart(_loss_figure(frames), key="loss_plot", width="stretch")
     shown = table.rename(columns={"step_seconds": "mean step (s)"})
     st.dataframe(shown, key="runs_table", hide_index=True, width="stretch",
                  column_config={"loss": st.column_config.NumberColumn(format="%.4f"),
                                 "mean step (s)": st.column_config.NumberColumn(format="%.3f"),
-                                "trainable_params": st.column_config.NumberColumn(format="%d")})
+                                "trainable_params": st.column_config.NumberColumn(
+                                    format="localized"),
+                                "total_params": st.column_config.NumberColumn(
+                                    format="localized")})
     fig = _scatter(table)
     if fig is not None:
         st.markdown("**The PEFT trade-off** — final loss against trainable parameters "
                     "(fills in as runs finish).")
-        st.plotly_chart(fig, key="tradeoff_chart", width="stretch")
+        with st.container(key="tradeoff_chart"):
+            st.plotly_chart(fig, key="tradeoff_plot", width="stretch")
+    _compare_section([d for d, state in zip(dirs, table["state"], strict=True)
+                      if state not in runs.ACTIVE_STATES])
     failed = table[table["state"] == "failed"]
     for d in [d for d in dirs if d.name in set(failed["run"])]:
-        st.error(f"Run {_label(d)} failed. Last lines of its log:\n\n```\n{runs.log_tail(d, 1500)}\n```")
+        st.error(f"Run {_label(d)} failed. Last lines of its log:\n\n"
+                 f"```\n{runs.log_tail(d, 1500)}\n```")
     if state.get("_ft_was_active") and not (active or queued):
         state["_ft_was_active"] = False
         st.rerun()  # all done: a full rerun redraws the page without the polling timer
@@ -203,7 +217,7 @@ def _live_view(past: list) -> None:
 def _compare_section(dirs: list) -> None:
     st.subheader("Comparison table")
     if not dirs:
-        st.caption("Finished runs of this session and reloaded past runs appear here.")
+        st.caption("Runs appear here when they finish (or are cancelled).")
         return
     table = _compare_table(dirs)
     st.dataframe(table, key="compare_table", hide_index=True, width="stretch")
@@ -212,12 +226,10 @@ def _compare_section(dirs: list) -> None:
 
 
 def _compare_table(dirs: list) -> pd.DataFrame:
-    """Return Eng. C's comparison table (idlora_core.compare) or our run summaries."""
-    try:
-        from idlora_core.compare import compare_table
-    except ImportError:
-        return runs.runs_table(dirs)
-    return compare_table([str(d) for d in dirs])
+    """Return the table of `python -m idlora_core.compare` (one row per run folder)."""
+    readable = [d for d in dirs if (d / "run.json").is_file() or not runs.read_metrics(d).empty]
+    rows = compare.compare_runs(readable)
+    return pd.DataFrame(rows, columns=compare.columns(rows) if rows else None)
 
 
 def main() -> None:
@@ -246,12 +258,11 @@ def main() -> None:
     mine = {h.run_dir for h in state[HANDLES]}
     past_names = [p.name for p in runs.list_runs(root) if p not in mine]
     state["ft_past"] = valid(state.get("ft_past") or [], past_names)
-    st.multiselect(f"Reload past runs from {root}", past_names, key="ft_past")
+    st.multiselect(f"Reload past runs from {root}", past_names, key="ft_past", **KEEP)
     past = [root / name for name in state["ft_past"]]
 
     active = any(runs.run_state(h) in runs.ACTIVE_STATES for h in state[HANDLES])
     st.fragment(run_every=POLL_SECONDS if active or state[QUEUE] else None)(_live_view)(past)
-    _compare_section([h.run_dir for h in state[HANDLES]] + past)
 
 
 main()

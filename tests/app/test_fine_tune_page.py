@@ -27,6 +27,11 @@ def _fake_run(root: Path, name: str, method: str, losses: list[float], trainable
             fh.write(json.dumps({"step": step, "loss": loss, "trainable_params": trainable,
                                  "total_params": 22_700_000, "step_seconds": 0.05}) + "\n")
     (run_dir / "status.json").write_text(json.dumps({"state": "finished", "step": len(losses)}))
+    (run_dir / "run.json").write_text(json.dumps({
+        "method": method, "state": "finished",
+        "final_metrics": {"steps": len(losses), "final_train_loss": losses[-1],
+                          "trainable_params": trainable, "train_seconds": 1.5},
+    }))
     return run_dir
 
 
@@ -73,8 +78,10 @@ def test_past_runs_reload_into_charts_and_compare_table(app, tmp_path):
     points = {(float(x), float(y)) for t in scatter["data"]
               for x, y in zip(plotly_array(t["x"]), plotly_array(t["y"]), strict=True)}
     assert points == {(9_000.0, 0.5), (18_000.0, 0.45)}  # final loss vs trainable params
-    table = app.dataframe[-1].value  # the comparison table comes last
-    assert sorted(table["method"]) == ["idlora", "lora"]
+    table = app.dataframe[-1].value.set_index("method")  # the comparison table comes last
+    assert table.loc["idlora", "trainable_params"] == 9_000
+    assert table.loc["idlora", "pct_of_lora"] == pytest.approx(50.0)  # 9000 / 18000
+    assert table.loc["lora", "final_train_loss"] == pytest.approx(0.45)
     assert app.get("download_button")
 
 
