@@ -68,9 +68,12 @@ class MetricsCallback(TrainerCallback):
         self._window_seconds = 0.0
         self._window_steps = 0
         self._window_tokens_start = 0
+        self.train_seconds = 0.0  # seconds inside optimiser steps (evaluation excluded), this session
+        self.tokens_start = 0
+        self.tokens_seen = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._window_tokens_start = state.num_input_tokens_seen
+        self._window_tokens_start = self.tokens_start = state.num_input_tokens_seen
         if state.is_world_process_zero:
             write_status(self.output_dir, "running", "training", step=state.global_step, max_steps=state.max_steps)
 
@@ -78,8 +81,11 @@ class MetricsCallback(TrainerCallback):
         self._step_start = time.perf_counter()
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        self._window_seconds += time.perf_counter() - self._step_start
+        elapsed = time.perf_counter() - self._step_start
+        self._window_seconds += elapsed
+        self.train_seconds += elapsed
         self._window_steps += 1
+        self.tokens_seen = state.num_input_tokens_seen - self.tokens_start
         bad = self.nonfinite()
         if bad is not None:
             self.nonfinite_step = bad

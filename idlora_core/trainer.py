@@ -243,21 +243,12 @@ def run_training(config: RunConfig, *, resume: bool = False, stop: StopFlag | No
     seconds = time.perf_counter() - start
     steps = trainer.state.global_step
     last_good = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    if metrics_cb.nonfinite_step is not None:
-        state = "failed"
-        where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was saved before it"
-        message = (f"loss became NaN/inf at step {metrics_cb.nonfinite_step}; training stopped "
-                   f"({where}). Lower train.learning_rate and run again" +
-                   (" with --resume" if last_good else ""))
-    elif stop.requested:
-        state = "cancelled"
-        message = f"stopped by {stop.reason} after step {steps}; checkpoint: {last_good} (continue with --resume)"
-    else:
-        state, message = "finished", f"finished {steps} steps in {seconds:.1f} s"
+    state, message = _outcome(metrics_cb.nonfinite_step, stop, steps, seconds, last_good)
     final = {
         "steps": steps, "train_seconds": seconds, "final_train_loss": metrics_cb.last_loss,
         "trainable_params": trainable, "total_params": total, "peak_memory_mb": peak_memory_mb(args.device),
-        "tokens_per_s": trainer.state.num_input_tokens_seen / seconds if seconds > 0 else None,
+        "tokens_per_s": (metrics_cb.tokens_seen / metrics_cb.train_seconds
+                         if metrics_cb.train_seconds > 0 else None),  # optimiser steps only
         **metrics_cb.last_eval,
     }
     if main:
@@ -269,6 +260,20 @@ def run_training(config: RunConfig, *, resume: bool = False, stop: StopFlag | No
                                                   "final_metrics": final, "checkpoint": last_good})
         write_status(output_dir, state, message, step=steps, max_steps=config.train.steps)
     return RunResult(state, message, output_dir, steps, final, summary["adapter_report"])
+
+
+def _outcome(nonfinite_step: int | None, stop: StopFlag, steps: int, seconds: float,
+             last_good: str | None) -> tuple[str, str]:
+    """Return (state, message) of a run that left the training loop."""
+    if nonfinite_step is not None:
+        where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was saved before it"
+        resume = " with --resume" if last_good else ""
+        return "failed", (f"loss became NaN/inf at step {nonfinite_step}; training stopped ({where}). "
+                          f"Lower train.learning_rate and run again{resume}")
+    if stop.requested:
+        return "cancelled", (f"stopped by {stop.reason} after step {steps}; checkpoint: {last_good} "
+                             "(continue with --resume)")
+    return "finished", f"finished {steps} steps in {seconds:.1f} s"
 
 
 def _summary(config: RunConfig, report, device: str, precision: str, world_size: int) -> dict[str, Any]:
