@@ -4,13 +4,17 @@ ID-LoRA (k=4, r=8, centroid), PEFT LoRA (r=8), PEFT DoRA (r=8) and HydraLoRA (N=
 q/k/v/o/gate/up/down of every block, batch 4 x 128 tokens, the methods interleaved round by
 round in one process so that machine noise hits them alike. Prints one table:
   step_ms       median wall time of a training step (ms)
+  step_cpu_ms   median CPU time this process spent in a step (ms; all its threads): on a
+                shared CPU machine the steadier figure, since other processes' load does not
+                count in it. The CPU targets use it; on CUDA the wall time is used
   infer_ms      median wall time of a no-grad forward (ms); the base model is the reference
+  infer_cpu_ms  the same in process CPU time
   trainable     trainable elements of the adapters
   frozen_buf    frozen adapter elements (ID-LoRA's A_c buffers)
-  adapter_MB    trainable weights + their gradients + AdamW state + frozen buffers (MB, measured
-                from the real tensors)
-  act_MB        activations saved for backward by one step (MB, unique storages, no weights)
-  peak_MB       peak device memory of a step (CUDA only)
+  adapter_MB    trainable weights + their gradients + AdamW state + frozen buffers (MiB,
+                measured from the real tensors)
+  act_MB        activations saved for backward by one step (MiB, unique storages, no weights)
+  peak_MB       peak device memory of a step (MiB, CUDA only)
 and the two target ratios: ID-LoRA step time / LoRA's (target <= 1.25) and ID-LoRA adapter
 memory / HydraLoRA's (target < 1).
 
@@ -131,23 +135,23 @@ def main(argv: list[str] | None = None) -> dict:
         prep[method], reports[method] = seconds, report
     base = base.to(device).eval()
 
-    def step(method: str) -> float:
+    def step(method: str) -> tuple[float, float]:
         model, opt = models[method], optims[method]
         _sync(device)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         model(**batch).loss.backward()
         opt.step()
         _sync(device)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
-    def infer(model: nn.Module) -> float:
+    def infer(model: nn.Module) -> tuple[float, float]:
         _sync(device)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with torch.no_grad():
             model(input_ids=ids)
         _sync(device)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
     step_times = {m: [] for m in args.methods}
     infer_times = {m: [] for m in ["base", *args.methods]}
@@ -166,12 +170,17 @@ def main(argv: list[str] | None = None) -> dict:
             infer_times[m].append(infer(models[m]))
             models[m].train()
 
+    def med(times: list[tuple[float, float]], which: int) -> float:
+        return 1e3 * statistics.median(t[which] for t in times)
+
     results = {}
     for m in args.methods:
         totals = reports[m].totals
         results[m] = {
-            "step_ms": 1e3 * statistics.median(step_times[m]),
-            "infer_ms": 1e3 * statistics.median(infer_times[m]),
+            "step_ms": med(step_times[m], 0),
+            "step_cpu_ms": med(step_times[m], 1),
+            "infer_ms": med(infer_times[m], 0),
+            "infer_cpu_ms": med(infer_times[m], 1),
             "trainable": totals["trainable"],
             "frozen_buf": totals["frozen_adapter_elements"],
             "adapter_MB": _mb(adapter_bytes(models[m], optims[m])),
@@ -179,22 +188,25 @@ def main(argv: list[str] | None = None) -> dict:
             "peak_MB": _mb(peaks[m]) if device.type == "cuda" else float("nan"),
             "prep_s": prep[m],
         }
-    base_ms = 1e3 * statistics.median(infer_times["base"])
+    timing = "_cpu_ms" if device.type == "cpu" else "_ms"
+    base_ms = med(infer_times["base"], 1 if device.type == "cpu" else 0)
     print(f"SmolLM2-135M, {len(reports[args.methods[0]].rows)} adapted layers, batch {args.batch} x "
           f"{args.seq} tokens, device {device}, {dtype}, {args.rounds} interleaved rounds, "
           f"torch threads {torch.get_num_threads()}")
-    cols = ["step_ms", "infer_ms", "trainable", "frozen_buf", "adapter_MB", "act_MB", "peak_MB", "prep_s"]
-    print(f"{'method':<10}" + "".join(f"{c:>12}" for c in cols))
-    print(f"{'base':<10}{'':>12}{base_ms:>12.1f}")
+    cols = ["step_ms", "step_cpu_ms", "infer_ms", "infer_cpu_ms", "trainable", "frozen_buf",
+            "adapter_MB", "act_MB", "peak_MB", "prep_s"]
+    print(f"{'method':<10}" + "".join(f"{c:>13}" for c in cols))
+    print(f"{'base':<10}{'':>26}{med(infer_times['base'], 0):>13.1f}{med(infer_times['base'], 1):>13.1f}")
     for m, row in results.items():
-        cells = "".join(f"{row[c]:>12,}" if isinstance(row[c], int) else f"{row[c]:>12.1f}" for c in cols)
+        cells = "".join(f"{row[c]:>13,}" if isinstance(row[c], int) else f"{row[c]:>13.1f}" for c in cols)
         print(f"{m:<10}" + cells)
     if "idlora" in results and "lora" in results:
-        ratio = results["idlora"]["step_ms"] / results["lora"]["step_ms"]
-        print(f"ID-LoRA step time / LoRA: {ratio:.3f}  (target <= 1.25) {'OK' if ratio <= 1.25 else 'MISSED'}")
-        over = results["idlora"]["infer_ms"] / base_ms - 1
-        print(f"ID-LoRA inference overhead vs base model: {100 * over:+.1f} %  "
-              f"(LoRA unmerged: {100 * (results['lora']['infer_ms'] / base_ms - 1):+.1f} %)")
+        ratio = results["idlora"]["step" + timing] / results["lora"]["step" + timing]
+        print(f"ID-LoRA step time / LoRA (step{timing}): {ratio:.3f}  (target <= 1.25) "
+              f"{'OK' if ratio <= 1.25 else 'MISSED'}")
+        over = results["idlora"]["infer" + timing] / base_ms - 1
+        print(f"inference overhead vs base model (infer{timing}): ID-LoRA {100 * over:+.1f} %, "
+              f"LoRA unmerged {100 * (results['lora']['infer' + timing] / base_ms - 1):+.1f} %")
     if "idlora" in results and "hydralora" in results:
         ratio = results["idlora"]["adapter_MB"] / results["hydralora"]["adapter_MB"]
         print(f"ID-LoRA adapter memory / HydraLoRA: {ratio:.3f}  ({100 * (1 - ratio):.0f} % less; "
