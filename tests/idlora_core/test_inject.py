@@ -4,6 +4,8 @@ target errors."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -307,3 +309,32 @@ def test_config_error_leaves_model_untouched_and_progress_is_reported():
     calls = []
     apply_adapters(model, _config("idlora", ["q_proj"]), progress=lambda d, t, msg: calls.append((d, t, msg)))
     assert calls == [(1, 2, "model.layers.0.self_attn.q_proj"), (2, 2, "model.layers.1.self_attn.q_proj")]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_per_target_hyperparameters_and_llama_score_head(method):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, num_labels=3, pad_token_id=0,
+    ))
+    cfg = AdapterConfig(method=method, targets=[
+        TargetConfig(pattern="q_proj", r=2, k=2, alpha=8.0), TargetConfig(pattern="up_proj", r=8, k=3, layers=[1]),
+    ])
+    adapted, report = apply_adapters(model, cfg)
+    by_name = {row.name: row for row in report.rows}
+    assert sorted(by_name) == ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.up_proj",
+                               "model.layers.1.self_attn.q_proj"]
+    up = by_name["model.layers.1.mlp.up_proj"]
+    assert up.trainable == trainable_params(method, 64, 32, 8, k=3)
+    assert by_name["model.layers.0.self_attn.q_proj"].trainable == trainable_params(method, 32, 32, 2, k=2)
+    assert report.head_trainable == 3 * 32  # the score head, no bias, counted apart
+    inner = adapted.base_model.model if method in ("lora", "dora") else adapted
+    if method != "full":
+        for name, scaling in [("model.layers.0.self_attn.q_proj", 4.0), ("model.layers.1.mlp.up_proj", 2.0)]:
+            got = inner.get_submodule(name).scaling
+            assert (got["default"] if isinstance(got, dict) else got) == scaling
+    assert report.totals["trainable_total"] == _requires_grad_total(adapted)
+    assert json.loads(json.dumps(report.to_dict()))["totals"] == report.totals
