@@ -14,7 +14,8 @@ round in one process so that machine noise hits them alike. Prints one table:
   adapter_MB    trainable weights + their gradients + AdamW state + frozen buffers (MiB,
                 measured from the real tensors)
   act_MB        activations saved for backward by one step (MiB, unique storages, no weights)
-  peak_MB       peak device memory of a step (MiB, CUDA only)
+  peak_MB       peak device memory a step allocates above what was resident before it (MiB,
+                CUDA only: activations, gradients, temporaries)
 and the two target ratios: ID-LoRA step time / LoRA's (target <= 1.25) and ID-LoRA adapter
 memory / HydraLoRA's (target < 1).
 
@@ -163,9 +164,10 @@ def main(argv: list[str] | None = None) -> dict:
         for m in args.methods:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
+                resident = torch.cuda.memory_allocated(device)  # all four models + optimiser state
             step_times[m].append(step(m))
             if device.type == "cuda":
-                peaks[m] = max(peaks[m], torch.cuda.max_memory_allocated(device))
+                peaks[m] = max(peaks[m], torch.cuda.max_memory_allocated(device) - resident)
             models[m].eval()
             infer_times[m].append(infer(models[m]))
             models[m].train()
