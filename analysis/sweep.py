@@ -209,6 +209,7 @@ def _sweep(W, ks, ranks, strategies, seed, layer, normalize_rows, randomized, pr
 
     rows: list[dict] = []
     clusterings: list[dict] = []
+    Z = row_geometry(W, normalize_rows)  # the clustering geometry (centroid distances)
     for k in ks:
         rs = feasible[k]
         base = dict(layer=layer, m=m, n=n, k=k, randomized=rand)
@@ -229,20 +230,12 @@ def _sweep(W, ks, ranks, strategies, seed, layer, normalize_rows, randomized, pr
                    else top_spectrum(b, r_max + 1) for b in blocks]  # for bound_cluster
         shared = (time.perf_counter() - t_k) / len(strategies)
         selections: list[dict] = []
-        Z = row_geometry(W, normalize_rows)
         for st in strategies:
             t_s = time.perf_counter()
             if st == "id" and k == 1 and global_id is not None:
                 fits = [global_id]  # one cluster: the global ID itself
             else:
-                fits = []
-                for c, idx in enumerate(members):
-                    order = None
-                    if st == "centroid":
-                        order = np.searchsorted(idx, centroid_order(Z, idx))
-                    elif st == "random":
-                        order = np.searchsorted(idx, random_order(idx, seed, c))
-                    fits.append(_order_errors(blocks[c], order, r_max, rand, seed + c))
+                fits = _strategy_fits(Z, members, blocks, st, r_max, rand, seed)
             total_sq = sum(_padded(f.sq_errors, r_max) for f in fits)
             seconds = (time.perf_counter() - t_s + shared) / len(rs)
             for r in ranks:
@@ -272,6 +265,20 @@ def _sweep(W, ks, ranks, strategies, seed, layer, normalize_rows, randomized, pr
     table.attrs.update(global_seconds=global_seconds, randomized=rand)
     tick("done")
     return SweepResult(table=table, layer=layer, clusterings=clusterings)
+
+
+def _strategy_fits(Z: np.ndarray, members: list[np.ndarray], blocks: list[np.ndarray],
+                   strategy: str, r_max: int, rand: bool, seed: int) -> list[RowID]:
+    # One order and its all-ranks errors per cluster (orders as in selection.cluster_orders).
+    fits = []
+    for c, idx in enumerate(members):
+        order = None  # "id": the pivoted-QR order, found by the factorisation itself
+        if strategy == "centroid":
+            order = np.searchsorted(idx, centroid_order(Z, idx))
+        elif strategy == "random":
+            order = np.searchsorted(idx, random_order(idx, seed, c))
+        fits.append(_order_errors(blocks[c], order, r_max, rand, seed + c))
+    return fits
 
 
 def _spectral(W: np.ndarray, labels: np.ndarray, skeleton: list[np.ndarray], s1: float) -> float:
