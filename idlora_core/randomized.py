@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as sla
 
-from idlora_core.decomposition import RowID
+from idlora_core.decomposition import RowID, top_spectrum
 from idlora_core.validation import check_weight
 
 RANDOMIZED_MIN_ELEMENTS = 4_000_000
@@ -46,18 +46,24 @@ def randomized_spectrum(
     margin for its tail sums to be within 1-2 %), `power_iters` power iterations (LU-normalised, as scikit-learn does),
     orthonormal basis Q, then the singular values of Q.T A from the eigenvalues of its small
     Gram matrix. Only matrix products and thin factorisations: cost O(m n (rank + oversample)).
-    Falls back to the exact spectrum when the sketch would reach half of min(m, n).
+    Uses the exact top values instead (`decomposition.top_spectrum`, a Gram eigensolve) when
+    that is cheaper: small clusters, or a sketch reaching half of min(m, n).
     """
     W = check_weight(W)
     A = W if W.shape[0] >= W.shape[1] else W.T  # tall (p, q), same singular values
     full = min(W.shape)
     rank = min(int(rank), full)
     width = rank + (max(10, rank // 2) if oversample is None else int(oversample))
-    if 2 * width >= full:
-        return sla.svdvals(W, check_finite=False)[:rank]
-    Y = A @ np.random.default_rng(seed).standard_normal((A.shape[1], width))
     # A wide sketch already holds most of the energy: one power iteration is enough there.
-    for _ in range(min(power_iters, 1) if width > WIDE_SKETCH else power_iters):
+    iters = min(power_iters, 1) if width > WIDE_SKETCH else power_iters
+    long, short = A.shape
+    # flops: Gram product + symmetric eigensolve (weighted x4: memory bound) vs sketch products
+    exact_cost = 2 * short**2 * long + 4 * (4 / 3) * short**3
+    sketch_cost = 2 * (2 * iters + 2) * long * short * width
+    if 2 * width >= full or exact_cost <= sketch_cost:
+        return top_spectrum(W, rank)
+    Y = A @ np.random.default_rng(seed).standard_normal((A.shape[1], width))
+    for _ in range(iters):
         Y = sla.lu(Y, permute_l=True, check_finite=False)[0]
         Y = A @ (A.T @ Y)
     Q = sla.qr(Y, mode="economic", check_finite=False)[0]
