@@ -84,6 +84,17 @@ def read_adapter_config(folder: str | Path) -> AdapterConfig:
     return RunConfig.model_validate(data).adapter
 
 
+def _peft_folder(folder: Path) -> tuple[Path, str]:
+    """Return (folder holding adapter_config.json, adapter name): PEFT saves an adapter not
+    named 'default' in a subfolder of that name."""
+    if (folder / "adapter_config.json").is_file():
+        return folder, "default"
+    subs = sorted(p.parent for p in folder.glob("*/adapter_config.json"))
+    if len(subs) != 1:
+        raise FileNotFoundError(f"no single PEFT adapter (adapter_config.json) in {folder}")
+    return subs[0], subs[0].name
+
+
 def load_adapters(
     base_model: nn.Module,
     folder: str | Path,
@@ -101,7 +112,8 @@ def load_adapters(
         base_params = sum(p.numel() for p in base_model.parameters())
         targets = resolve_targets(base_model, adapter)
         heads = _head_names(base_model, extra_trainable, {n for n, _ in targets})
-        model = PeftModel.from_pretrained(base_model, str(folder), is_trainable=is_trainable)
+        where, name = _peft_folder(folder)
+        model = PeftModel.from_pretrained(base_model, str(where), adapter_name=name, is_trainable=is_trainable)
         return model, build_report(model, adapter.method, targets, heads, base_params)
     model, report = apply_adapters(base_model, adapter, extra_trainable=extra_trainable)
     saved = load_file(str(folder / WEIGHTS_FILE))

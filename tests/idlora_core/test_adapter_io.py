@@ -103,3 +103,15 @@ def test_load_errors(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"adapter": other.model_dump(mode="json")}))
     with pytest.raises(ValueError, match="saved shape"):
         load_adapters(make_tiny_llama(), tmp_path)
+
+
+def test_peft_adapter_with_its_own_name(tmp_path):
+    cfg = AdapterConfig(method="lora", targets=[TargetConfig(pattern="v_proj", r=4)])
+    model, _ = inject.apply_adapters(make_tiny_llama(), cfg, adapter_name="mine")
+    _perturb(model)
+    ids = torch.randint(5, 1000, (1, 6), generator=torch.Generator().manual_seed(2))
+    expected = _out(model, ids)
+    save_adapters(model, cfg, tmp_path)
+    loaded, report = load_adapters(make_tiny_llama(), tmp_path)
+    assert torch.equal(_out(loaded, ids), expected)
+    assert loaded.active_adapter == "mine" and report.totals["trainable"] == 2 * 4 * (16 + 32)
