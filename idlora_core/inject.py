@@ -25,6 +25,7 @@ from idlora_core.config import AdapterConfig, TargetConfig
 from idlora_core.hydralora_layer import HydraLoRALinear
 from idlora_core.idlora_layer import IDLoRALinear
 from idlora_core.report import AdapterReport, LayerRow
+from idlora_core.skeleton_cache import cached_skeleton
 
 ADAPTER_PREFIXES = ("idlora_", "hydralora_")
 
@@ -130,10 +131,11 @@ def resolve_skeletons(
     targets: list[tuple[str, TargetConfig]],
     adapter_config: AdapterConfig,
     progress: Callable[[int, int, str], None] | None = None,
+    cache: bool = True,
 ) -> dict[str, list[list[int]]]:
     """Return the skeleton row indices (k lists of r) of every ID-LoRA target: the saved ones in
-    `adapter_config.skeletons` where present, else freshly clustered and selected. Also checks
-    that rank boosting divides each layer (m % p == 0)."""
+    `adapter_config.skeletons` where present, else clustered and selected (through the on-disk
+    `skeleton_cache` when `cache`). Also checks that rank boosting divides each layer."""
     saved = adapter_config.skeletons or {}
     skeletons = {}
     for done, (name, target) in enumerate(targets, start=1):
@@ -147,7 +149,14 @@ def resolve_skeletons(
         skeleton = saved.get(name)
         if skeleton is None:  # saved on the base model: "encoder.x" names "bert.encoder.x" here
             skeleton = next((v for k, v in saved.items() if name.endswith("." + k)), None)
-        if skeleton is None:
+        if skeleton is None and cache:
+            params = {"k": target.k, "r": target.r, "selection": target.selection,
+                      "normalize_rows": target.normalize_rows, "seed": adapter_config.seed}
+            w64 = base.weight.detach().to("cpu", torch.float64).numpy()
+            skeleton = cached_skeleton(
+                w64, params, lambda b=base, t=target: compute_skeleton(b.weight, t, adapter_config.seed)
+            )
+        elif skeleton is None:
             skeleton = compute_skeleton(base.weight, target, adapter_config.seed)
         _check_skeleton(name, skeleton, target, m)
         skeletons[name] = skeleton
@@ -206,6 +215,7 @@ def apply_adapters(
     adapter_name: str = "default",
     extra_trainable: Sequence[str] = ("classifier", "score"),
     progress: Callable[[int, int, str], None] | None = None,
+    cache: bool = True,
 ) -> tuple[nn.Module, AdapterReport]:
     """Adapt `model` IN PLACE (deep-copy it first to keep the original) and return
     (adapted model, AdapterReport). For lora/dora the returned model is a `peft.PeftModel`.
@@ -213,8 +223,9 @@ def apply_adapters(
     Every parameter is frozen except the adapters (or, for `full`, the target layers) and the
     head modules whose names end with one of `extra_trainable`; the head is reported apart as
     `head_trainable`. `adapter_name` is used by PEFT methods only. `progress(done, total,
-    message)` is called after each ID-LoRA layer's skeleton is resolved. Configuration errors
-    are raised before the model is touched.
+    message)` is called after each ID-LoRA layer's skeleton is resolved; `cache` reuses
+    skeletons clustered before for the same weight and parameters (`cached/skeletons/`).
+    Configuration errors are raised before the model is touched.
     """
     base_params = sum(p.numel() for p in model.parameters())
     targets = resolve_targets(model, adapter_config)
@@ -223,7 +234,7 @@ def apply_adapters(
     method = adapter_config.method
     skeletons: dict[str, list[list[int]]] = {}
     if method == "idlora":
-        skeletons = resolve_skeletons(model, targets, adapter_config, progress)
+        skeletons = resolve_skeletons(model, targets, adapter_config, progress, cache)
     model.requires_grad_(False)
     if method in ("lora", "dora"):
         model = _apply_peft(model, targets, adapter_config, adapter_name, heads)

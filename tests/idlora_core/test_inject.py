@@ -19,6 +19,17 @@ from tests.conftest import make_tiny_bert, make_tiny_llama, shared_weight_copy
 
 
 @pytest.fixture(autouse=True, scope="module")
+def _private_skeleton_cache(tmp_path_factory):
+    """Clustering runs for real here: skeletons are cached in a fresh folder, not in cached/."""
+    from idlora_core import catalog
+
+    saved = catalog.CACHE_DIR
+    catalog.CACHE_DIR = tmp_path_factory.mktemp("cache")
+    yield
+    catalog.CACHE_DIR = saved
+
+
+@pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     """Small inputs: one thread is as fast, and far steadier when the CPU is shared."""
     threads = torch.get_num_threads()
