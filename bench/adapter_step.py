@@ -16,6 +16,8 @@ round in one process so that machine noise hits them alike. Prints one table:
   act_MB        activations saved for backward by one step (MiB, unique storages, no weights)
   peak_MB       peak device memory a step allocates above what was resident before it (MiB,
                 CUDA only: activations, gradients, temporaries)
+  prep_s        seconds to adapt the model (ID-LoRA: k-means + selection on every layer, unless
+                the skeletons are in the on-disk cache; --no-skeleton-cache forces clustering)
 and the two target ratios: ID-LoRA step time / LoRA's (target <= 1.25) and ID-LoRA adapter
 memory / HydraLoRA's (target < 1).
 
@@ -88,7 +90,7 @@ def saved_activation_bytes(model: nn.Module, batch: dict) -> int:
     return sum(seen.values())
 
 
-def build(base: nn.Module, method: str, r: int, k: int) -> tuple[nn.Module, float, object]:
+def build(base: nn.Module, method: str, r: int, k: int, cache: bool = True) -> tuple[nn.Module, float, object]:
     """Return (adapted copy of base, preprocessing seconds, report)."""
     params = dict(METHODS[method])
     params["r"] = r
@@ -96,7 +98,7 @@ def build(base: nn.Module, method: str, r: int, k: int) -> tuple[nn.Module, floa
         params["k"] = k
     cfg = AdapterConfig(method=method, targets=[TargetConfig(pattern=p, **params) for p in PROJ])
     start = time.perf_counter()
-    model, report = apply_adapters(copy.deepcopy(base), cfg)
+    model, report = apply_adapters(copy.deepcopy(base), cfg, cache=cache)
     return model, time.perf_counter() - start, report
 
 
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
                     help="model dtype; auto = bf16 on CUDA, fp32 on CPU")
+    ap.add_argument("--no-skeleton-cache", action="store_true",
+                    help="cluster every layer afresh (prep_s then measures ID-LoRA preprocessing)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (0 = torch default); 1 is steadier on a busy machine")
     args = ap.parse_args(argv)
@@ -130,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     models, optims, prep, reports = {}, {}, {}, {}
     for method in args.methods:
-        model, seconds, report = build(base, method, args.r, args.k)
+        model, seconds, report = build(base, method, args.r, args.k, cache=not args.no_skeleton_cache)
         models[method] = model.to(device).train()
         optims[method] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         prep[method], reports[method] = seconds, report
