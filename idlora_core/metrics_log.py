@@ -87,6 +87,9 @@ class MetricsCallback(TrainerCallback):
         self._window_steps += 1
         self.tokens_seen = state.num_input_tokens_seen - self.tokens_start
         bad = self.nonfinite()
+        bad, stop_now = _agree_across_ranks(bad, self.stop.requested)
+        if stop_now and not self.stop.requested:
+            self.stop.request("another process")
         if bad is not None:
             self.nonfinite_step = bad
             control.should_training_stop = True
@@ -131,6 +134,24 @@ class MetricsCallback(TrainerCallback):
             append_metrics(self.output_dir, row)
             write_status(self.output_dir, "running", f"step {state.global_step}/{state.max_steps}",
                          step=state.global_step, max_steps=state.max_steps)
+
+
+def _agree_across_ranks(bad_step: int | None, stop: bool) -> tuple[int | None, bool]:
+    """Return (first non-finite step, stop) agreed by all processes (unchanged in one process).
+
+    One rank seeing a NaN or a signal must stop every rank at the same step, or the others
+    would wait forever in the next gradient all-reduce.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return bad_step, stop
+    flags = torch.tensor([-1 if bad_step is None else bad_step, int(stop)], dtype=torch.long)
+    if dist.get_backend() == "nccl":
+        flags = flags.cuda()
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    bad, agreed_stop = int(flags[0]), bool(flags[1])
+    return (None if bad < 0 else bad), agreed_stop
 
 
 class ProgressCallback(TrainerCallback):
