@@ -179,3 +179,18 @@ def test_bad_weights():
         sweep_layer(np.full((5, 3), np.nan), [1], [1])
     with pytest.raises(ValueError, match="must be 2-D"):
         sweep_layer(np.ones(5), [1], [1])
+
+
+def test_normalized_rows_cluster_in_cosine_geometry():
+    W = np.random.default_rng(6).standard_normal((48, 10))
+    scaled = W * np.random.default_rng(7).uniform(0.2, 5.0, size=(48, 1))
+    a = sweep_layer_result(W, [3], [2, 4], STRATS, normalize_rows=True)
+    b = sweep_layer_result(scaled, [3], [2, 4], STRATS, normalize_rows=True)
+    labels_a = a.clusters_json()["clusterings"][0]["labels"]
+    assert labels_a == b.clusters_json()["clusterings"][0]["labels"]  # row scale is ignored
+    sel_a = {(s["r"], s["strategy"]): s["skeleton"] for s in a.clusters_json()["clusterings"][0]["selections"]}
+    sel_b = {(s["r"], s["strategy"]): s["skeleton"] for s in b.clusters_json()["clusterings"][0]["selections"]}
+    assert sel_a[(4, "centroid")] == sel_b[(4, "centroid")]  # centroid distances are cosine too
+    recomputed = recompute_from_clusters(scaled, b.clusters_json())
+    for row in b.table.itertuples():
+        assert row.rel_fro_error == pytest.approx(recomputed[(row.k, row.r, row.strategy)], rel=1e-8)
