@@ -9,6 +9,8 @@ each other's runs.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -227,8 +229,30 @@ def _compare_section(dirs: list) -> None:
 
 def _compare_table(dirs: list) -> pd.DataFrame:
     """Return the table of `python -m idlora_core.compare` (one row per run folder)."""
-    readable = [d for d in dirs if (d / "run.json").is_file() or not runs.read_metrics(d).empty]
-    rows = compare.compare_runs(readable)
+    stamps = tuple((str(d), _mtime(d / "run.json"), _mtime(d / "metrics.jsonl")) for d in dirs)
+    return _compare_cached(stamps)
+
+
+def _mtime(path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _has_rows(run_dir: Path) -> bool:
+    try:
+        compare.run_row(run_dir)
+    except ValueError:  # started, but nothing written yet
+        return False
+    return True
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _compare_cached(stamps: tuple) -> pd.DataFrame:
+    """Cached on the run folders' file times, so the live view does not re-read finished runs."""
+    readable = [Path(d) for d, run_json, metrics in stamps if run_json or metrics]
+    rows = compare.compare_runs([d for d in readable if _has_rows(d)])
     return pd.DataFrame(rows, columns=compare.columns(rows) if rows else None)
 
 
