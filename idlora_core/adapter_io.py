@@ -21,13 +21,13 @@ from torch import nn
 
 from idlora_core.config import AdapterConfig, RunConfig, dumps_config
 from idlora_core.inject import (
-    _head_names,
-    _inner,
     adapter_state_dict,
     apply_adapters,
     build_report,
+    head_module_names,
     idlora_layers,
     resolve_targets,
+    unwrap_peft,
 )
 from idlora_core.report import AdapterReport
 
@@ -111,7 +111,7 @@ def load_adapters(
 
         base_params = sum(p.numel() for p in base_model.parameters())
         targets = resolve_targets(base_model, adapter)
-        heads = _head_names(base_model, extra_trainable, {n for n, _ in targets})
+        heads = head_module_names(base_model, extra_trainable, {n for n, _ in targets})
         where, name = _peft_folder(folder)
         model = PeftModel.from_pretrained(base_model, str(where), adapter_name=name, is_trainable=is_trainable)
         return model, build_report(model, adapter.method, targets, heads, base_params)
@@ -128,7 +128,7 @@ def load_adapters(
     for name, value in saved.items():
         if value.shape != expected[name].shape:
             raise ValueError(f"{name}: saved shape {tuple(value.shape)} != model {tuple(expected[name].shape)}")
-    _inner(model).load_state_dict(saved, strict=False)
+    unwrap_peft(model).load_state_dict(saved, strict=False)
     if not is_trainable:
         model.requires_grad_(False)
     return model, report

@@ -171,7 +171,9 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _head_names(model: nn.Module, extra_trainable: Sequence[str], targets: set[str]) -> list[str]:
+def head_module_names(model: nn.Module, extra_trainable: Sequence[str], targets: set[str]) -> list[str]:
+    """Return the names of the outermost modules named (or ending with) one of `extra_trainable`,
+    leaving out adapted target layers."""
     heads = []
     for name, _ in model.named_modules():
         if name and name not in targets and any(name == h or name.endswith("." + h) for h in extra_trainable):
@@ -180,8 +182,8 @@ def _head_names(model: nn.Module, extra_trainable: Sequence[str], targets: set[s
     return heads
 
 
-def _inner(model: nn.Module) -> nn.Module:
-    """The transformers model inside a PEFT wrapper (the model itself otherwise)."""
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """Return the transformers model inside a PEFT wrapper (the model itself otherwise)."""
     from peft import PeftModel
 
     return model.base_model.model if isinstance(model, PeftModel) else model
@@ -230,7 +232,7 @@ def apply_adapters(
     base_params = sum(p.numel() for p in model.parameters())
     targets = resolve_targets(model, adapter_config)
     names = {name for name, _ in targets}
-    heads = _head_names(model, extra_trainable, names)
+    heads = head_module_names(model, extra_trainable, names)
     method = adapter_config.method
     skeletons: dict[str, list[list[int]]] = {}
     if method == "idlora":
@@ -273,7 +275,7 @@ def build_report(
     base_params: int,
 ) -> AdapterReport:
     """Return the AdapterReport of an adapted `model`, counting from its modules."""
-    inner = _inner(model)
+    inner = unwrap_peft(model)
     rows = []
     for name, target in targets:
         module = inner.get_submodule(name)
@@ -319,4 +321,4 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def idlora_layers(model: nn.Module) -> dict[str, IDLoRALinear]:
     """Return every IDLoRALinear of `model` by module name."""
-    return {name: m for name, m in _inner(model).named_modules() if isinstance(m, IDLoRALinear)}
+    return {name: m for name, m in unwrap_peft(model).named_modules() if isinstance(m, IDLoRALinear)}
