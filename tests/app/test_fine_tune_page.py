@@ -96,3 +96,33 @@ def test_run_plan_matches_the_choices():
     cfg = plan[2][1]
     assert cfg.adapter.targets[0].r == 8 and cfg.adapter.targets[0].k == 2
     assert cfg.train.steps == 30 and cfg.tasks[0].name == "sentiment"
+
+
+def test_two_sessions_start_runs_in_their_own_folders(tmp_path, monkeypatch):
+    """Two browser tabs = two sessions: each sees only its own runs, in distinct folders."""
+    from analysis import runs
+
+    started = []
+
+    class FakePopen:  # a training process that is still running
+        def __init__(self, cmd, **kwargs):
+            started.append(cmd)
+
+        def poll(self):
+            return None
+
+    monkeypatch.setattr(runs.subprocess, "Popen", FakePopen)
+    tabs = [AppTest.from_file(PAGE, default_timeout=60) for _ in range(2)]
+    for at, methods in zip(tabs, (["idlora"], ["lora", "dora"]), strict=True):
+        at.session_state["ft_runs_root"] = str(tmp_path)
+        at.session_state["ft_methods"] = methods
+        at.run()
+        at.button(key="start_runs").click().run()
+        assert not at.exception
+    mine = [[h.run_dir for h in at.session_state["ft_handles"]] for at in tabs]
+    assert [len(m) for m in mine] == [1, 2]
+    assert len({d for m in mine for d in m}) == 3 and len(started) == 3
+    assert [h.method for h in tabs[1].session_state["ft_handles"]] == ["lora", "dora"]
+    # each tab's live table lists its own runs only
+    assert tabs[0].dataframe[0].value["method"].tolist() == ["idlora"]
+    assert tabs[1].dataframe[0].value["method"].tolist() == ["lora", "dora"]
