@@ -24,11 +24,15 @@ def _private_skeleton_cache(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small inputs: one thread is as fast, and far steadier when the CPU is shared."""
+def _one_thread():
+    """Small inputs: one thread (torch, and OpenMP/BLAS for k-means) is as fast, and far
+    steadier when the CPU is shared."""
+    from threadpoolctl import threadpool_limits
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(limits=1):
+        yield
     torch.set_num_threads(threads)
 
 
