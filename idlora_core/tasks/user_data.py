@@ -91,8 +91,8 @@ def build(path: str | Path, num_train: int, num_eval: int, seed: int, name: str 
     n_eval = min(num_eval, max(1, len(records) // 5)) if len(records) > 1 else 0
     eval_records, train_records = records[:n_eval], records[n_eval:][:num_train]
     if layout == _LM_KEYS:
-        to_ex = [Example(prompt=str(r["prompt"]), response=str(r["response"])) for r in records]
-        train, evaluation = to_ex[n_eval:][:num_train], to_ex[:n_eval]
+        train = [Example(prompt=str(r["prompt"]), response=str(r["response"])) for r in train_records]
+        evaluation = [Example(prompt=str(r["prompt"]), response=str(r["response"])) for r in eval_records]
 
         def score_lm(predictions: list[str], examples: list[Example]) -> dict[str, float]:
             return {"exact_match": mean([exact_match(p, e.response) for p, e in zip(predictions, examples, strict=True)])}
