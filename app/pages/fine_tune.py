@@ -67,9 +67,8 @@ def _controls(loaded) -> list[str]:
         st.number_input("Batch size", 1, 1024, key="ft_batch_size", **KEEP)
         st.number_input("Learning rate", 1e-6, 1.0, key="ft_learning_rate", **KEEP, format="%.0e",
                         step=1e-4)
-        st.number_input("Runs at the same time", 1, 8, key="ft_max_parallel", **KEEP,
-                        help="Further runs wait in a queue (the CPU is shared).")
-    with st.expander("More training settings"):
+    # Drawn only on demand: fewer widgets make the page appear faster in the browser.
+    if st.toggle("More training settings", key="ft_more", **KEEP):
         c1, c2, c3, c4 = st.columns(4)
         c1.number_input("Max sequence length (tokens)", 8, 4096, key="ft_seq_len", **KEEP)
         c2.number_input("Evaluate every N steps (0 = end)", 0, 100_000, key="ft_eval_interval",
@@ -81,6 +80,8 @@ def _controls(loaded) -> list[str]:
         c3.number_input("alpha (scale alpha/r)", 0.1, 1024.0, key="ft_alpha", **KEEP)
         c4.selectbox("Precision", ["auto", "fp32", "bf16", "fp16"], key="ft_precision", **KEEP)
         c1.selectbox("Device", ["auto", "cpu", "cuda"], key="ft_device", **KEEP)
+        c2.number_input("Runs at the same time", 1, 8, key="ft_max_parallel", **KEEP,
+                        help="Further runs wait in a queue (the CPU is shared).")
         st.text_input("Runs folder (relative to the repo root)", key="ft_runs_root", **KEEP)
     gpu = torch.cuda.is_available()
     st.caption(("A GPU is available: device 'auto' trains on CUDA (bf16 where supported)."
