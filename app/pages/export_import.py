@@ -54,7 +54,7 @@ def _choices_editor(layers: list[str]) -> None:
     c4.selectbox("Strategy", list(STRATEGIES), key="adapter_strategy", **KEEP)
     c5.number_input("RB splits p", 1, 64, key="adapter_rb", **KEEP,
                  help="Rank boosting, our reading of the paper's RB: p must divide r.")
-    with st.expander("Per-layer override"):
+    if st.toggle("Per-layer override", key="ex_override"):  # drawn on demand: a faster page
         o1, o2, o3, o4, o5 = st.columns(5)
         layer = o1.selectbox("Layer", layers, key="ov_layer")
         current = layer_choice(layer) if layer else {}

@@ -141,3 +141,20 @@ def test_exported_skeletons_are_used_by_the_training_model():
     model = load_model("minilm", head="classification").model
     _, report = apply_adapters(model, cfg)
     assert report.resolved_skeletons == {"bert." + Q0: chosen}
+
+
+def test_per_layer_override_reaches_the_yaml(app):
+    app.run()
+    app.toggle(key="ex_override").set_value(True).run()
+    layer = "encoder.layer.1.attention.self.value"
+    app.selectbox(key="ov_layer").set_value(layer).run()
+    app.number_input(key=f"ov_k_{layer}").set_value(2)
+    app.number_input(key=f"ov_r_{layer}").set_value(16)
+    app.button(key="set_layer_choice").click().run()
+    assert not app.exception
+    assert app.session_state["layer_choices"][layer]["k"] == 2
+    cfg = loads_config(_yaml_shown(app))
+    target = next(t for t in cfg.adapter.targets if t.pattern == layer)
+    assert (target.k, target.r) == (2, 16)
+    assert [len(rows) for rows in cfg.adapter.skeletons[layer]] == [16, 16]
+    assert next(t for t in cfg.adapter.targets if t.pattern == Q0).k == 4  # others keep k
