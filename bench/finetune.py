@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-eval", type=int, default=None,
                         help="eval examples per task (default: the config's on a GPU, 16 on the CPU)")
     parser.add_argument("--config", default=str(CONFIG))
+    parser.add_argument("--paired", type=int, default=5,
+                        help="also time N forward+backward passes of both models alternately on one "
+                             "batch (robust to other load on the machine); 0 = skip")
     return parser.parse_args(argv)
 
 
@@ -76,6 +79,43 @@ def step_seconds(run_dir: Path) -> float:
     return sum(timed) / len(timed)
 
 
+def paired_step_ratio(args: argparse.Namespace, repeats: int) -> dict[str, float]:
+    """Return median seconds of forward+backward for both methods, timed alternately on one batch."""
+    import statistics
+    import time
+
+    import torch
+
+    from idlora_core.data import PadCollator, build_train_dataset
+    from idlora_core.tasks import load_tasks
+    from idlora_core.trainer import build_model
+
+    models, batch = {}, None
+    for method in ("idlora", "lora"):
+        cfg = bench_config(args, method)
+        tasks = load_tasks(cfg.tasks, seed=cfg.train.seed)
+        model, tokenizer, _ = build_model(cfg, tasks)
+        device, _ = resolve_device(cfg.train)
+        models[method] = model.to(device).train()
+        if batch is None:
+            items = build_train_dataset(tokenizer, tasks, [t.weight for t in cfg.tasks], cfg.train.seq_len,
+                                        cfg.train.seed).items[: cfg.train.batch_size]
+            batch = {k: v.to(device) for k, v in PadCollator(tokenizer.pad_token_id)(items).items()}
+    times: dict[str, list[float]] = {m: [] for m in models}
+    for _ in range(repeats + 1):  # the first round warms up
+        for method, model in models.items():
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(**batch).loss.backward()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[method].append(time.perf_counter() - start)
+            model.zero_grad(set_to_none=True)
+    median = {m: statistics.median(t[1:]) for m, t in times.items()}
+    return {"idlora_s": median["idlora"], "lora_s": median["lora"], "ratio": median["idlora"] / median["lora"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
@@ -104,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ido, lora = results["methods"]["idlora"], results["methods"]["lora"]
     results["step_time_ratio"] = ido["step_seconds"] / lora["step_seconds"]
     results["trainable_ratio"] = ido["trainable_params"] / lora["trainable_params"]
+    if args.paired:
+        results["paired"] = paired_step_ratio(args, args.paired)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     table = [
         "| metric | ID-LoRA (k=4, r=8) | LoRA (r=8) |", "| --- | --- | --- |",
@@ -118,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{device['precision']}), {args.steps} steps\n\n" + "\n".join(table) + "\n\n"
             f"step-time ratio ID-LoRA / LoRA: **{results['step_time_ratio']:.2f}**; "
             f"trainable ratio: **{results['trainable_ratio']:.3f}** (expected about 0.5)\n\n"
+            + (f"paired timing (forward+backward on one batch, alternating, median of {args.paired}): "
+               f"ID-LoRA {results['paired']['idlora_s']:.3f} s, LoRA {results['paired']['lora_s']:.3f} s, "
+               f"ratio **{results['paired']['ratio']:.2f}**\n\n" if args.paired else "")
+            +
             "## compare\n\n" + to_markdown(compare_runs([out / "runs" / "idlora", out / "runs" / "lora"])))
     (out / "results.md").write_text(text)
     print(text)
