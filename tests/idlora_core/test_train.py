@@ -77,8 +77,7 @@ def test_lm_loss_decreases_on_every_task(method, tiny_llama_dir, tmp_path):
     assert len(losses) == 10 and sum(losses[-3:]) < sum(losses[:3])
 
 
-@pytest.mark.parametrize("method", [
-    m if m in ("idlora", "lora") else pytest.param(m, marks=pytest.mark.slow) for m in METHODS])
+@pytest.mark.parametrize("method", METHODS)
 def test_classification_loss_decreases(method, tmp_path):
     # The real MiniLM: a random tiny encoder barely separates sentences in a few steps.
     cfg = parse_config(cls_config("minilm", tmp_path / method, method, steps=8, learning_rate=3e-3))
