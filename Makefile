@@ -37,5 +37,9 @@ test-slow: install browser-deps
 lint: install
 	$(BIN)/ruff check .
 
+# The quick benchmarks; `bench/finetune.py --out DIR` (minutes on a CPU) is run by hand.
 bench: install
 	$(BIN)/python bench/sweep.py
+	$(BIN)/python bench/adapter_step.py
+	$(BIN)/python bench/projection.py
+	$(BIN)/python bench/app_start.py

@@ -139,9 +139,9 @@ def _export(loaded, layers: list[str]) -> None:
     with st.container(key="export_commands"):
         st.markdown("**Run it** — one process (CPU, or the GPU when there is one):")
         st.code(f"python -m idlora_core.train {CONFIG_FILE}", language="bash")
-        st.markdown("Several GPUs (data parallel) or, for a check, two CPU processes:")
-        st.code(f"accelerate launch --num_processes 2 -m idlora_core.train {CONFIG_FILE}\n"
-                f"accelerate launch --num_processes 2 --cpu -m idlora_core.train {CONFIG_FILE}",
+        st.markdown("Several GPUs, data parallel (with no GPU the same command runs N CPU "
+                    "processes over gloo):")
+        st.code(f"accelerate launch --multi_gpu --num_processes 8 -m idlora_core.train {CONFIG_FILE}",
                 language="bash")
 
 

@@ -50,7 +50,7 @@ def test_export_yaml_is_a_valid_config_with_skeletons(app, minilm):
     assert len({int(labels[rows[0]]) for rows in skeleton}) == 4
     commands = " ".join(c.value for c in app.code if c.language == "bash")
     assert "python -m idlora_core.train idlora_config.yaml" in commands
-    assert "accelerate launch --num_processes 2 -m idlora_core.train" in commands
+    assert "accelerate launch --multi_gpu --num_processes 8 -m idlora_core.train" in commands
 
 
 def test_export_rejects_output_escape(app):
