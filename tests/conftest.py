@@ -102,3 +102,27 @@ def shared_weight_copy(model: torch.nn.Module):
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+@pytest.fixture(scope="module")
+def private_skeleton_cache(tmp_path_factory):
+    """Point the library's cache at a fresh folder for one module (clustering runs for real)."""
+    from idlora_core import catalog
+
+    saved = catalog.CACHE_DIR
+    catalog.CACHE_DIR = tmp_path_factory.mktemp("cache")
+    yield catalog.CACHE_DIR
+    catalog.CACHE_DIR = saved
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run one module with one torch / OpenMP / BLAS thread: small inputs are as fast, and far
+    steadier when the CPU is shared."""
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(threads)

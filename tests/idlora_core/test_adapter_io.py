@@ -11,29 +11,7 @@ from idlora_core.adapter_io import load_adapters, read_adapter_config, save_adap
 from idlora_core.config import AdapterConfig, RunConfig, TargetConfig
 from tests.conftest import make_tiny_bert, make_tiny_llama, shared_weight_copy
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _private_skeleton_cache(tmp_path_factory):
-    """Clustering runs for real here: skeletons are cached in a fresh folder, not in cached/."""
-    from idlora_core import catalog
-
-    saved = catalog.CACHE_DIR
-    catalog.CACHE_DIR = tmp_path_factory.mktemp("cache")
-    yield
-    catalog.CACHE_DIR = saved
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small inputs: one thread (torch, and OpenMP/BLAS for k-means) is as fast, and far
-    steadier when the CPU is shared."""
-    from threadpoolctl import threadpool_limits
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("private_skeleton_cache", "one_thread")
 
 
 METHODS = ["idlora", "lora", "dora", "hydralora", "full"]
