@@ -9,6 +9,7 @@ nearest-neighbour graph is computed up front with scikit-learn and handed to UMA
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,7 +23,20 @@ _warm = False
 _JOBS_LOCK = threading.Lock()
 _JOBS: dict[str, Future] = {}
 _MAX_JOBS = 16
-_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="umap")
+
+
+def _lower_thread_priority() -> None:
+    # The background UMAP work (numba compile, projection) must not slow the page in front of
+    # the user on a small CPU: nice this worker thread (threads it starts inherit it).
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
+
+
+_EXECUTOR = ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="umap", initializer=_lower_thread_priority
+)
 
 
 def _rows(W: np.ndarray, normalize_rows: bool) -> np.ndarray:
