@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
+from idlora_core.atomic_io import write_text_atomic
 from idlora_core.catalog import CACHE_DIR
 
 FORMAT_VERSION = 1
@@ -69,18 +68,8 @@ class ResultCache:
 
     def save(self, key: str, payload: dict) -> Path:
         """Write `payload` (JSON-serialisable) under `key` atomically; returns the file path."""
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"key": key, "version": FORMAT_VERSION, "payload": payload})
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return write_text_atomic(self.path(key), text)
 
     def get_or_compute(self, key: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
         """Return (payload, served_from_cache): the stored payload, or compute(), saved, when missing."""

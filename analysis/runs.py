@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from idlora_core.atomic_io import write_text_atomic
 from idlora_core.config import RunConfig, save_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -144,9 +145,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data))
 
 
 def read_status(run_dir: str | Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from idlora_core.atomic_io import write_text_atomic
 from idlora_core.config import AdapterConfig, RunConfig, dumps_config
 from idlora_core.inject import (
     adapter_state_dict,
@@ -33,12 +34,6 @@ from idlora_core.report import AdapterReport
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "adapter_model.safetensors"
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _resolved(config: RunConfig | AdapterConfig, model: nn.Module) -> RunConfig | AdapterConfig:
@@ -68,7 +63,7 @@ def save_adapters(model: nn.Module, config: RunConfig | AdapterConfig, folder: s
         text = dumps_config(resolved)
     else:
         text = yaml.safe_dump({"adapter": resolved.model_dump(mode="json")}, sort_keys=False)
-    _write_text(folder / CONFIG_FILE, text)
+    write_text_atomic(folder / CONFIG_FILE, text)
     return folder
 
 

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from idlora_core.atomic_io import write_text_atomic
+
 Method = Literal["idlora", "lora", "dora", "hydralora", "full"]
 Selection = Literal["centroid", "id", "random"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -202,12 +204,7 @@ def dumps_config(config: RunConfig) -> str:
 
 def save_config(config: RunConfig, path: str | Path) -> Path:
     """Write `config` as YAML to `path` (atomically) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps_config(config), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, dumps_config(config))
 
 
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:

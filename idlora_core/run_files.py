@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from idlora_core.atomic_io import write_text_atomic
+
 METRICS_FILE = "metrics.jsonl"
 STATUS_FILE = "status.json"
 RUN_FILE = "run.json"
@@ -37,12 +39,7 @@ def clean_json(value: Any) -> Any:
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     """Write `data` as JSON to `path` through a temporary file and os.replace; return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(clean_json(data), indent=1, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(clean_json(data), indent=1, allow_nan=False))
 
 
 def write_status(output_dir: str | Path, state: str, message: str = "", *, step: int = 0,
@@ -84,9 +81,7 @@ def truncate_metrics(output_dir: str | Path, after_step: int) -> None:
     if not path.is_file():
         return
     kept = [r for r in read_metrics(output_dir) if int(r.get("step", 0)) <= after_step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def versions() -> dict[str, str]:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from idlora_core import catalog
+from idlora_core.atomic_io import write_text_atomic
 
 FORMAT_VERSION = 1
 
@@ -51,15 +50,7 @@ def _read(path: Path, key: str) -> list[list[int]] | None:
 
 
 def _write(path: Path, key: str, skeleton: list[list[int]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"key": key, "skeleton": skeleton}, fh)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(path, json.dumps({"key": key, "skeleton": skeleton}))
 
 
 def cached_skeleton(
