@@ -60,11 +60,13 @@ def sweep_layer_cached(
     cache: ResultCache | bool = True,
     spectral: bool = False,
     n_init: int | None = None,
-) -> SweepResult:
+    lookup_only: bool = False,
+) -> SweepResult | None:
     """Return `sweep_layer_result(...)` for W, from the cache when an identical request was made.
 
     cache: a ResultCache, True (the default cache in `cached/results/`) or False (no cache).
-    The result's `from_cache` says whether it was served from disk.
+    The result's `from_cache` says whether it was served from disk. With `lookup_only=True`
+    nothing is computed: a request that is not in the cache returns None.
     """
     W = check_weight(W)
     strategies = [check_strategy(s.strip()) for s in (
@@ -80,10 +82,17 @@ def sweep_layer_cached(
         ).to_payload()
 
     if cache is False:
-        result = SweepResult.from_payload(compute())
-        return result
+        return None if lookup_only else SweepResult.from_payload(compute())
     store = cache if isinstance(cache, ResultCache) else ResultCache()
-    payload, hit = store.get_or_compute(cache_key(CACHE_NAMESPACE, [W], params), compute)
+    key = cache_key(CACHE_NAMESPACE, [W], params)
+    if lookup_only:
+        payload = store.load(key)
+        if payload is None:
+            return None
+        result = SweepResult.from_payload(payload)
+        result.from_cache = True
+        return result
+    payload, hit = store.get_or_compute(key, compute)
     result = SweepResult.from_payload(payload)
     result.from_cache = hit
     return result

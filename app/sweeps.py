@@ -28,19 +28,11 @@ def _sweep_key(loaded: LoadedModel, layer: str, params: dict[str, Any]) -> tuple
         tuple(v) if isinstance(v, list) else v for _, v in sorted(params.items())))
 
 
-class _NotCached(Exception):
-    pass
-
-
-def _abort(done: int, total: int, message: str) -> None:
-    raise _NotCached  # the sweep started computing: the request was not in the disk cache
-
-
 def stored_sweeps(loaded: LoadedModel, layers: list[str], **params: Any) -> pd.DataFrame | None:
     """Return the sweep table of `layers` when every layer was already swept with `params`
     (in this process, or in the on-disk cache of `analysis.layer_sweep`), else None.
 
-    Never computes: a cache miss is detected when the sweep's first progress call arrives.
+    Never computes.
     """
     from analysis.layer_sweep import sweep_layer_cached
 
@@ -50,10 +42,13 @@ def stored_sweeps(loaded: LoadedModel, layers: list[str], **params: Any) -> pd.D
         if key in store:
             continue
         try:
-            W = layer_weight(loaded, layer)
-            store[key] = sweep_layer_cached(W, layer=layer, progress=_abort, **params).table
-        except (_NotCached, ValueError):
+            result = sweep_layer_cached(layer_weight(loaded, layer), layer=layer,
+                                        lookup_only=True, **params)
+        except ValueError:
             return None
+        if result is None:
+            return None
+        store[key] = result.table
     return pd.concat([store[key] for key in keys], ignore_index=True)
 
 

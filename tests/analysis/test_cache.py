@@ -73,6 +73,23 @@ def test_cached_sweep_is_identical_and_served_from_disk(tmp_path, monkeypatch):
     np.testing.assert_allclose(second.table["rel_fro_error"], direct["rel_fro_error"], rtol=1e-12)
 
 
+def test_lookup_only_never_computes(tmp_path, monkeypatch):
+    W = np.random.default_rng(1).standard_normal((30, 10))
+    cache = ResultCache(tmp_path)
+    real = layer_sweep.sweep_layer_result
+    monkeypatch.setattr(layer_sweep, "sweep_layer_result",
+                        lambda *a, **k: pytest.fail("lookup_only computed a sweep"))
+    assert sweep_layer_cached(W, [1, 2], [2, 4], layer="y", cache=cache, lookup_only=True) is None
+    assert list(tmp_path.rglob("*.json")) == []
+    monkeypatch.setattr(layer_sweep, "sweep_layer_result", real)
+    computed = sweep_layer_cached(W, [1, 2], [2, 4], layer="y", cache=cache)
+    monkeypatch.setattr(layer_sweep, "sweep_layer_result",
+                        lambda *a, **k: pytest.fail("lookup_only computed a sweep"))
+    found = sweep_layer_cached(W, [1, 2], [2, 4], layer="y", cache=cache, lookup_only=True)
+    assert found.from_cache
+    assert found.table.drop(columns="seconds").equals(computed.table.drop(columns="seconds"))
+
+
 def test_sweep_model_by_pattern_and_names(minilm, tmp_path):
     cache = ResultCache(tmp_path)
     pattern = r"layer\.[01]\.attention\.self\.(query|value)$"
