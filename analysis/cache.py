@@ -5,7 +5,7 @@ result depends on, and every parameter (JSON, sorted keys): change any weight en
 parameter and the key changes. Entries are JSON files written atomically (temporary file in
 the same folder, then `os.replace`), so readers never see half an entry; an entry that
 cannot be read or whose stored key does not match is treated as missing, deleted, and
-recomputed. The folder follows `idlora_core.catalog.CACHE_DIR` (env IDLORA_CACHE_DIR).
+recomputed. The folder follows `idlora_core.models.CACHE_DIR` (env IDLORA_CACHE_DIR).
 
 This file knows nothing about sweeps; `layer_sweep.py` decides what to store.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from idlora_core.atomic_io import write_text_atomic
-from idlora_core.catalog import CACHE_DIR
+from idlora_core.cache import write_text_atomic
+from idlora_core.models import CACHE_DIR
 
 FORMAT_VERSION = 1
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from idlora_core.clustering import MinSizeKMeans
-from idlora_core.decomposition import id_fro_error, spectrum, svd_tail_errors
-from idlora_core.selection import select_skeleton
+from idlora_core.linalg.clustering import MinSizeKMeans
+from idlora_core.linalg.decomposition import id_fro_error, spectrum, svd_tail_errors
+from idlora_core.linalg.selection import select_skeleton
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The linear-layer table of a model (Model & layers page, notebooks) and a model summary.
 
 Pure functions on a loaded torch model; no Streamlit. The table comes from
-`idlora_core.catalog.list_linear_layers`; this file only shapes and filters it.
+`idlora_core.layers.list_linear_layers`; this file only shapes and filters it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from idlora_core.catalog import list_linear_layers
+from idlora_core.layers import list_linear_layers
 
 COLUMNS = ["name", "block", "type", "m", "n", "shape", "params", "bias"]
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from idlora_core.atomic_io import write_text_atomic
+from idlora_core.cache import write_text_atomic
 from idlora_core.config import RunConfig, save_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

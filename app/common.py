@@ -48,13 +48,8 @@ import numpy as np
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from idlora_core.catalog import (
-    LoadedModel,
-    ModelNotFoundError,
-    available_models,
-    get_weight,
-    load_model,
-)
+from idlora_core.layers import get_weight
+from idlora_core.models import LoadedModel, ModelNotFoundError, available_models, load_model
 
 MODEL_CHOICES: dict[str, str] = {
     "minilm": "all-MiniLM-L6-v2 (BERT encoder, 22.7 M)",

@@ -15,11 +15,11 @@ from app.common import MODEL_CHOICES, init_state
 
 HERE = Path(__file__).resolve().parent
 PAGES = [
-    ("pages/model_layers.py", "Model & layers", ":material/memory:"),
-    ("pages/decomposition_lab.py", "Decomposition lab", ":material/grid_on:"),
-    ("pages/cluster_explorer.py", "Cluster explorer", ":material/scatter_plot:"),
-    ("pages/fine_tune.py", "Fine-tune", ":material/model_training:"),
-    ("pages/export_import.py", "Export / import", ":material/download:"),
+    ("views/model_layers.py", "Model & layers", ":material/memory:"),
+    ("views/decomposition_lab.py", "Decomposition lab", ":material/grid_on:"),
+    ("views/cluster_explorer.py", "Cluster explorer", ":material/scatter_plot:"),
+    ("views/fine_tune.py", "Fine-tune", ":material/model_training:"),
+    ("views/export_import.py", "Export / import", ":material/download:"),
 ]
 
 

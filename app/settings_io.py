@@ -33,7 +33,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from idlora_core.catalog import layer_kind
 from idlora_core.config import (
     METHODS,
     AdapterConfig,
@@ -43,6 +42,7 @@ from idlora_core.config import (
     TaskConfig,
     TrainConfig,
 )
+from idlora_core.layers import layer_kind
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENCODER_TASKS: tuple[str, ...] = ("sentiment",)

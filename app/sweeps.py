@@ -1,6 +1,6 @@
 """The Decomposition lab's sweeps: computed once, then served from memory or the disk cache.
 
-`run_sweeps` computes what is missing with `analysis.layer_sweep.sweep_layer_cached` (which
+`run_sweeps` computes what is missing with `analysis.sweep_model.sweep_layer_cached` (which
 stores every layer's result in `cached/results/`); `stored_sweeps` only looks results up.
 The in-memory store is shared by every session of the app process (tables are read-only).
 """
@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from app.common import layer_weight
-from idlora_core.catalog import LoadedModel
+from idlora_core.models import LoadedModel
 
 
 @st.cache_resource(show_spinner=False)
@@ -30,11 +30,11 @@ def _sweep_key(loaded: LoadedModel, layer: str, params: dict[str, Any]) -> tuple
 
 def stored_sweeps(loaded: LoadedModel, layers: list[str], **params: Any) -> pd.DataFrame | None:
     """Return the sweep table of `layers` when every layer was already swept with `params`
-    (in this process, or in the on-disk cache of `analysis.layer_sweep`), else None.
+    (in this process, or in the on-disk cache of `analysis.sweep_model`), else None.
 
     Never computes.
     """
-    from analysis.layer_sweep import sweep_layer_cached
+    from analysis.sweep_model import sweep_layer_cached
 
     store = _sweep_store()
     keys = [_sweep_key(loaded, layer, params) for layer in layers]
@@ -62,10 +62,10 @@ def run_sweeps(
     """Return the sweep table of `layers` (analysis.sweep), computing only what is not stored yet.
 
     Each layer comes from this process's store, else from the on-disk cache of
-    `analysis.layer_sweep` (a repeated request costs nothing), else is computed.
+    `analysis.sweep_model` (a repeated request costs nothing), else is computed.
     params: ks, ranks, strategies, seed, normalize_rows. progress(fraction 0..1, message).
     """
-    from analysis.layer_sweep import sweep_layer_cached
+    from analysis.sweep_model import sweep_layer_cached
 
     store = _sweep_store()
     for i, layer in enumerate(layers):

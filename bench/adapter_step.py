@@ -34,9 +34,9 @@ import time
 import torch
 from torch import nn
 
-from idlora_core.catalog import load_model
+from idlora_core.adapters.inject import apply_adapters
 from idlora_core.config import AdapterConfig, TargetConfig
-from idlora_core.inject import apply_adapters
+from idlora_core.models import load_model
 
 PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 METHODS = {

@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from idlora_core.compare import compare_runs, to_markdown  # noqa: E402
 from idlora_core.config import apply_overrides, load_config  # noqa: E402
-from idlora_core.run_files import read_metrics  # noqa: E402
-from idlora_core.trainer import resolve_device, run_training  # noqa: E402
+from idlora_core.training.compare import compare_runs, to_markdown  # noqa: E402
+from idlora_core.training.run_files import read_metrics  # noqa: E402
+from idlora_core.training.trainer import resolve_device, run_training  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smollm2_multitask_idlora.yaml"
 WARMUP_STEPS = 3
@@ -86,9 +86,9 @@ def paired_step_ratio(args: argparse.Namespace, repeats: int) -> dict[str, float
 
     import torch
 
-    from idlora_core.data import PadCollator, build_train_dataset
     from idlora_core.tasks import load_tasks
-    from idlora_core.trainer import build_model
+    from idlora_core.training.data import PadCollator, build_train_dataset
+    from idlora_core.training.trainer import build_model
 
     models, batch = {}, None
     for method in ("idlora", "lora"):

@@ -14,7 +14,8 @@ import time
 import warnings
 
 from analysis.projection import pca_2d, umap_2d, warm_umap
-from idlora_core.catalog import get_weight, load_model
+from idlora_core.layers import get_weight
+from idlora_core.models import load_model
 
 LAYER = "encoder.layer.0.intermediate.dense"
 

@@ -28,12 +28,13 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.sweep import sweep_layer_result  # noqa: E402
-from idlora_core.catalog import get_weight, load_model  # noqa: E402
-from idlora_core.clustering import MinSizeKMeans  # noqa: E402
-from idlora_core.decomposition import ordered_row_errors, row_id  # noqa: E402
-from idlora_core.selection import cluster_orders, select_skeleton  # noqa: E402
-from idlora_core.synthetic import decaying_spectrum, random_spectrum_matrix  # noqa: E402
-from idlora_core.validation import rank_problem  # noqa: E402
+from idlora_core.layers import get_weight
+from idlora_core.linalg.clustering import MinSizeKMeans  # noqa: E402
+from idlora_core.linalg.decomposition import ordered_row_errors, row_id  # noqa: E402
+from idlora_core.linalg.selection import cluster_orders, select_skeleton  # noqa: E402
+from idlora_core.linalg.synthetic import decaying_spectrum, random_spectrum_matrix  # noqa: E402
+from idlora_core.linalg.validation import rank_problem  # noqa: E402
+from idlora_core.models import load_model  # noqa: E402
 
 KS = [1, 2, 4, 8, 16]
 RANKS = [2, 4, 8, 16, 32, 64]

@@ -1,7 +1,7 @@
 """The one YAML configuration of ID-LoRA Lab: model, adapter, tasks, training, output.
 
 The Export page writes it, `python -m idlora_core.train CONFIG.yaml` reads it, and
-`idlora_core.inject.apply_adapters` takes its `adapter` part. Loading always uses
+`idlora_core.adapters.inject.apply_adapters` takes its `adapter` part. Loading always uses
 `yaml.safe_load`; unknown keys are errors; every validation error is reported at once,
 each naming the field path, the bad value and what is allowed.
 
@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from idlora_core.atomic_io import write_text_atomic
+from idlora_core.cache import write_text_atomic
 
 Method = Literal["idlora", "lora", "dora", "hydralora", "full"]
 Selection = Literal["centroid", "id", "random"]

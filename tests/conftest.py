@@ -12,7 +12,7 @@ import itertools
 import pytest
 import torch
 
-from idlora_core.catalog import LoadedModel, load_model
+from idlora_core.models import LoadedModel, load_model
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +76,7 @@ def _save_tiny(model: torch.nn.Module, tokenizer_source: str, folder) -> str:
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> str:
     """A local model directory: make_tiny_llama() with SmolLM2's tokenizer (and chat template)."""
-    from idlora_core.catalog import resolve_source
+    from idlora_core.models import resolve_source
 
     return _save_tiny(make_tiny_llama(), resolve_source("smollm2-135m")[1],
                       tmp_path_factory.mktemp("tiny-llama"))
@@ -85,7 +85,7 @@ def tiny_llama_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> str:
     """A local model directory: make_tiny_bert(num_labels=2) with MiniLM's tokenizer."""
-    from idlora_core.catalog import minilm_dir
+    from idlora_core.models import minilm_dir
 
     return _save_tiny(make_tiny_bert(num_labels=2), str(minilm_dir()), tmp_path_factory.mktemp("tiny-bert"))
 
@@ -107,7 +107,7 @@ def shared_weight_copy(model: torch.nn.Module):
 @pytest.fixture(scope="module")
 def private_skeleton_cache(tmp_path_factory):
     """Point the library's cache at a fresh folder for one module (clustering runs for real)."""
-    from idlora_core import catalog
+    from idlora_core import models as catalog
 
     saved = catalog.CACHE_DIR
     catalog.CACHE_DIR = tmp_path_factory.mktemp("cache")

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-import analysis.layer_sweep as layer_sweep
+import analysis.sweep_model as layer_sweep
 from analysis.cache import ResultCache, cache_key
-from analysis.layer_sweep import resolve_layers, sweep_layer_cached, sweep_model
 from analysis.sweep import COLUMNS, sweep_layer
-from idlora_core.catalog import get_weight
+from analysis.sweep_model import resolve_layers, sweep_layer_cached, sweep_model
+from idlora_core.layers import get_weight
 
 
 @pytest.fixture(autouse=True)

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
 from analysis.sweep import COLUMNS, sweep_layer, sweep_layer_result
-from idlora_core.catalog import get_weight
-from idlora_core.synthetic import decaying_spectrum, random_spectrum_matrix
+from idlora_core.layers import get_weight
+from idlora_core.linalg.synthetic import decaying_spectrum, random_spectrum_matrix
 
 STRATS = ["id", "centroid", "random"]
 

@@ -13,8 +13,9 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 import analysis.cache
-from analysis.sweep import COLUMNS, main
-from idlora_core.catalog import get_weight
+from analysis.sweep import COLUMNS
+from analysis.sweep_cli import main
+from idlora_core.layers import get_weight
 
 LAYER = "encoder.layer.0.attention.self.query"
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from idlora_core.catalog import get_weight
+from idlora_core.layers import get_weight
 
-PAGE = str(Path(__file__).resolve().parents[2] / "app" / "pages" / "cluster_explorer.py")
+PAGE = str(Path(__file__).resolve().parents[2] / "app" / "views" / "cluster_explorer.py")
 LAYER = "encoder.layer.0.attention.self.query"
 
 
@@ -99,7 +99,7 @@ def test_umap_replaces_pca_when_ready():
     first = _charts(at)["explorer_scatter"]["layout"]["title"]["text"]
     if first.startswith("PCA"):  # UMAP still computing: PCA is shown meanwhile, with a note
         assert "UMAP is computing" in at.info[0].value
-    from idlora_core.catalog import load_model
+    from idlora_core.models import load_model
 
     W = get_weight(load_model("minilm").model, LAYER)
     umap_async(W, normalize_rows=False, seed=0).result(timeout=240)

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
-from idlora_core.catalog import get_weight
+from idlora_core.layers import get_weight
 
-PAGE = str(Path(__file__).resolve().parents[2] / "app" / "pages" / "decomposition_lab.py")
+PAGE = str(Path(__file__).resolve().parents[2] / "app" / "views" / "decomposition_lab.py")
 LAYER = "encoder.layer.0.attention.self.query"
 
 

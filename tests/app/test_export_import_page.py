@@ -9,11 +9,11 @@ from streamlit.testing.v1 import AppTest
 
 from analysis.export import resolve_skeletons
 from app import settings_io as sio
-from idlora_core.catalog import get_weight
-from idlora_core.clustering import MinSizeKMeans
 from idlora_core.config import TargetConfig, dumps_config, loads_config
+from idlora_core.layers import get_weight
+from idlora_core.linalg.clustering import MinSizeKMeans
 
-PAGE = str(Path(__file__).resolve().parents[2] / "app" / "pages" / "export_import.py")
+PAGE = str(Path(__file__).resolve().parents[2] / "app" / "views" / "export_import.py")
 Q0 = "encoder.layer.0.attention.self.query"
 
 
@@ -131,9 +131,9 @@ def test_settings_round_trip_without_streamlit():
 def test_exported_skeletons_are_used_by_the_training_model():
     """Skeletons keyed by base-model names (as exported) are honoured on the classification
     model, whose modules are named `bert.encoder...`: no re-clustering happens."""
-    from idlora_core.catalog import load_model
+    from idlora_core.adapters.inject import apply_adapters
     from idlora_core.config import AdapterConfig
-    from idlora_core.inject import apply_adapters
+    from idlora_core.models import load_model
 
     chosen = [[0, 1, 2, 3], [10, 11, 12, 13]]  # deliberately not what clustering would pick
     cfg = AdapterConfig(method="idlora", targets=[TargetConfig(pattern=Q0, r=4, k=2)],

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from app import settings_io as sio
 from idlora_core.config import RunConfig, save_config
 
-PAGE = str(Path(__file__).resolve().parents[2] / "app" / "pages" / "fine_tune.py")
+PAGE = str(Path(__file__).resolve().parents[2] / "app" / "views" / "fine_tune.py")
 
 
 def _fake_run(root: Path, name: str, method: str, losses: list[float], trainable: int) -> Path:

@@ -25,17 +25,17 @@ def test_main_renders_first_page_with_model_picker():
 def test_every_page_file_exists_and_switching_keeps_settings():
     for page in ("model_layers", "decomposition_lab", "cluster_explorer", "fine_tune",
                  "export_import"):
-        assert (APP / "pages" / f"{page}.py").is_file()
-        assert f'"pages/{page}.py"' in (APP / "main.py").read_text()
+        assert (APP / "views" / f"{page}.py").is_file()
+        assert f'"views/{page}.py"' in (APP / "main.py").read_text()
     at = AppTest.from_file(MAIN, default_timeout=120)
     at.session_state["lab_ranks"] = [2, 4]
     at.run()
-    at.switch_page("pages/decomposition_lab.py").run()
+    at.switch_page("views/decomposition_lab.py").run()
     assert not at.exception
     assert at.title[0].value == "Decomposition lab"
     assert at.multiselect(key="lab_ranks").value == [2, 4]
-    at.switch_page("pages/model_layers.py").run()
-    at.switch_page("pages/decomposition_lab.py").run()
+    at.switch_page("views/model_layers.py").run()
+    at.switch_page("views/decomposition_lab.py").run()
     assert at.multiselect(key="lab_ranks").value == [2, 4]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-PAGE = str(Path(__file__).resolve().parents[2] / "app" / "pages" / "model_layers.py")
+PAGE = str(Path(__file__).resolve().parents[2] / "app" / "views" / "model_layers.py")
 
 
 def test_page_renders_alone_with_model_facts(minilm):

@@ -1,0 +1,212 @@
+"""Export / import page: the current choices as a `RunConfig` YAML, and back.
+
+Export: model, selected layers, method, per-layer k / r / strategy / RB, training settings and
+resolved skeleton rows, previewed, downloadable and as the exact CLI commands. Import: an
+uploaded or pasted YAML (size-capped, parsed in memory with `yaml.safe_load`) restores every
+page's settings; an invalid file shows its schema errors. No maths here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import streamlit as st
+
+from analysis.export import resolve_skeletons
+from analysis.runs import RunPathError, safe_run_dir
+from app import settings_io as sio
+from app.common import (
+    STRATEGIES,
+    apply_settings,
+    get_model,
+    init_state,
+    layer_choice,
+    model_name,
+    selected_layers,
+    set_model_name,
+)
+from idlora_core.adapters.budget import trainable_params
+from idlora_core.config import METHODS, ConfigError, RunConfig, dumps_config, loads_config
+from idlora_core.layers import get_linear
+
+MAX_UPLOAD_BYTES = 256 * 1024
+# Widget values survive page switches (Streamlit >= 1.67).
+KEEP = {"persist_state": "session"}
+CONFIG_FILE = "idlora_config.yaml"
+
+
+@st.cache_data(show_spinner="Clustering rows and picking skeletons ...", max_entries=32)
+def _skeletons(_model, model_key: str, targets_json: str, seed: int) -> dict:
+    """Cached skeleton resolution; `model_key` and `targets_json` are the cache key."""
+    targets = RunConfig.model_validate_json(targets_json).adapter.targets
+    return resolve_skeletons(_model, targets, seed)
+
+
+def _choices_editor(layers: list[str]) -> None:
+    state = st.session_state
+    st.markdown("**Adapter choices** — defaults for every layer, then per-layer overrides.")
+    c1, c2, c3, c4, c5 = st.columns(5)
+    c1.selectbox("Method", list(METHODS), format_func=sio.METHOD_LABELS.get, key="ex_method",
+                 **KEEP)
+    c2.number_input("k (clusters / heads)", 1, 256, key="adapter_k", **KEEP)
+    c3.number_input("r (rank)", 1, 1024, key="adapter_r", **KEEP)
+    c4.selectbox("Strategy", list(STRATEGIES), key="adapter_strategy", **KEEP)
+    c5.number_input("RB splits p", 1, 64, key="adapter_rb", **KEEP,
+                 help="Rank boosting, our reading of the paper's RB: p must divide r.")
+    if st.toggle("Per-layer override", key="ex_override"):  # drawn on demand: a faster page
+        o1, o2, o3, o4, o5 = st.columns(5)
+        layer = o1.selectbox("Layer", layers, key="ov_layer")
+        current = layer_choice(layer) if layer else {}
+        k = o2.number_input("k", 1, 256, value=int(current.get("k", 4)), key=f"ov_k_{layer}")
+        r = o3.number_input("r", 1, 1024, value=int(current.get("r", 8)), key=f"ov_r_{layer}")
+        strategy = o4.selectbox("strategy", list(STRATEGIES), key=f"ov_strategy_{layer}",
+                                index=list(STRATEGIES).index(current.get("strategy", "centroid")))
+        rb = o5.selectbox("p", [1, 2, 4, 8], key=f"ov_rb_{layer}",
+                          index=[1, 2, 4, 8].index(int(current.get("rb_splits", 1))))
+        b1, b2 = st.columns(2)
+        if b1.button("Set for this layer", key="set_layer_choice") and layer:
+            choices = dict(state.get("layer_choices") or {})
+            choices[layer] = {"k": int(k), "r": int(r), "strategy": strategy, "rb_splits": int(rb)}
+            apply_settings({"layer_choices": choices})
+        if b2.button("Clear all overrides", key="clear_layer_choices"):
+            apply_settings({"layer_choices": {}})
+
+
+def _layer_table(loaded, layers: list[str], choices: dict) -> pd.DataFrame:
+    method = st.session_state["ex_method"]
+    rows = []
+    for name in layers:
+        lin = get_linear(loaded.model, name)
+        c = choices[name]
+        m, n = lin.out_features, lin.in_features
+        try:
+            params = trainable_params(method, m, n, c["r"], k=c["k"], p=c["rb_splits"])
+        except ValueError:
+            params = None
+        rows.append({"layer": name, "shape": f"{m} x {n}", "k": c["k"], "r": c["r"],
+                     "strategy": c["strategy"], "RB p": c["rb_splits"], "trainable": params,
+                     "LoRA at same r": trainable_params("lora", m, n, c["r"])})
+    return pd.DataFrame(rows)
+
+
+def _output_dir() -> str | None:
+    """Return the output folder for the YAML, or None after an st.error."""
+    state = st.session_state
+    c1, c2 = st.columns(2)
+    c1.text_input("Runs folder", key="ft_runs_root", **KEEP, help="Relative to the repo root.")
+    c2.text_input("Run name (folder inside the runs folder)", key="ex_run_name", **KEEP)
+    root = str(state["ft_runs_root"]).strip() or "runs"
+    try:
+        safe_run_dir(sio.resolve_runs_root(root), state["ex_run_name"])
+    except RunPathError as exc:
+        st.error(f"{exc}. Choose a plain folder name such as `my-run`.")
+        return None
+    return f"{root.rstrip('/')}/{str(state['ex_run_name']).strip()}"
+
+
+def _export(loaded, layers: list[str]) -> None:
+    state = st.session_state
+    choices = {name: layer_choice(name) for name in layers}
+    table = _layer_table(loaded, layers, choices)
+    st.dataframe(table, key="export_layers", hide_index=True, width="stretch")
+    if table["trainable"].notna().all():
+        total, lora = int(table["trainable"].sum()), int(table["LoRA at same r"].sum())
+        st.caption(f"Trainable parameters of the adapters: **{total:,}** — "
+                   f"{100 * total / lora:.0f} % of LoRA's {lora:,} at the same ranks (heads "
+                   "trained alongside are counted separately by the training report).")
+    out = _output_dir()
+    if out is None:
+        return
+    try:
+        cfg = sio.export_config(state, model_name(), loaded.kind, layers, choices, output_dir=out)
+        if cfg.adapter.method == "idlora":
+            skeletons = _skeletons(loaded.model, model_name(), cfg.model_dump_json(),
+                                   cfg.adapter.seed)
+            cfg = sio.export_config(state, model_name(), loaded.kind, layers, choices,
+                                    skeletons=skeletons, output_dir=out)
+    except Exception as exc:  # noqa: BLE001 - invalid choices are shown, not raised
+        st.error(f"These choices do not make a valid configuration: {exc}\n\nAdjust k, r or "
+                 "RB above (ID-LoRA needs k*r <= rows of the layer and p dividing r).")
+        return
+    text = dumps_config(cfg)
+    st.markdown("**YAML** (the schema `python -m idlora_core.train` reads"
+                + (", with resolved skeleton rows" if cfg.adapter.skeletons else "") + ")")
+    with st.container(key="export_yaml"):  # CSS classes st-key-export_* for browser tests
+        st.code(text, language="yaml", height=320)
+    st.download_button("Download YAML", text, file_name=CONFIG_FILE, mime="application/x-yaml",
+                       key="download_yaml", type="primary")
+    with st.container(key="export_commands"):
+        st.markdown("**Run it** — one process (CPU, or the GPU when there is one):")
+        st.code(f"python -m idlora_core.train {CONFIG_FILE}", language="bash")
+        st.markdown("Several GPUs, data parallel (with no GPU the same command runs N CPU "
+                    "processes over gloo):")
+        st.code(f"accelerate launch --multi_gpu --num_processes 8 -m idlora_core.train {CONFIG_FILE}",
+                language="bash")
+
+
+def _import_text(text: str, source: str, extra: dict | None = None) -> None:
+    """Validate YAML `text`; show its errors, or restore its settings on every page."""
+    try:
+        cfg = loads_config(text)
+    except ConfigError as exc:
+        st.error(f"{source} is not a valid configuration:\n\n"
+                 + "\n".join(f"- `{e}`" for e in exc.errors)
+                 + "\n\nFix these fields (see the exported YAML above for the schema).")
+        return
+    values = sio.settings_from_config(cfg, set_model_name(cfg.model.name))
+    apply_settings(values | (extra or {})
+                   | {"ex_import_message": f"Restored the settings of {source}."})
+
+
+def _import() -> None:
+    state = st.session_state
+    st.markdown("Upload a YAML written by this page or by hand: every page's settings follow it.")
+    upload = st.file_uploader("YAML config", type=["yaml", "yml"], key="upload_yaml",
+                              max_upload_size=1)
+    if upload is not None:
+        data = upload.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) > MAX_UPLOAD_BYTES:
+            st.error(f"{upload.name} is {len(data):,} bytes; configs are limited to "
+                     f"{MAX_UPLOAD_BYTES // 1024} KiB. Upload the YAML config, not data.")
+        elif digest != state.get("ex_imported_digest"):  # each file is applied once
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                st.error(f"{upload.name} is not UTF-8 text. Upload a YAML file.")
+            else:
+                _import_text(text, upload.name, {"ex_imported_digest": digest})
+    st.text_area("... or paste YAML here", key="ex_paste", **KEEP, height=120)
+    if st.button("Import pasted YAML", key="import_pasted"):
+        text = state.get("ex_paste") or ""
+        if len(text.encode("utf-8")) > MAX_UPLOAD_BYTES:
+            st.error(f"The pasted text is over {MAX_UPLOAD_BYTES // 1024} KiB.")
+        else:
+            _import_text(text, "the pasted YAML")
+
+
+def main() -> None:
+    """Draw the Export / import page."""
+    init_state()
+    sio.init_defaults(st.session_state)
+    st.header("Export / import")
+    message = st.session_state.pop("ex_import_message", None)
+    if message:
+        st.success(message)
+    loaded = get_model()
+    if loaded is None:
+        return
+    layers = selected_layers(loaded)
+    export_tab, import_tab = st.tabs(["Export", "Import"])
+    with export_tab:
+        if not layers:
+            st.error("No layers selected: pick layer types and blocks on the Model & layers page.")
+        else:
+            _choices_editor(layers)
+            _export(loaded, layers)
+    with import_tab:
+        _import()
+
+
+main()

@@ -1,0 +1,293 @@
+"""Fine-tune page: start short runs of several PEFT methods, watch them live, compare them.
+
+Runs are `python -m idlora_core.train` subprocesses (see `analysis/runs.py`), each in its own
+folder under the runs folder; this page only writes their configs, starts/cancels them and
+tails their `metrics.jsonl`. The live view is a fragment that polls only while a run of this
+session is active. Handles live in this browser tab's session state, so two tabs never touch
+each other's runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+
+from analysis import runs
+from app import settings_io as sio
+from app.common import get_model, init_state, model_name, selected_layers, valid
+from idlora_core.config import METHODS
+from idlora_core.training import compare
+
+POLL_SECONDS = 1.0
+# Widget values survive page switches and fragment reruns (Streamlit >= 1.67).
+KEEP = {"persist_state": "session"}
+HANDLES = "ft_handles"  # list[RunHandle] started by this session
+QUEUE = "ft_queue"  # list[(label, RunConfig)] waiting for a free slot
+TAILS = "ft_tails"  # {run_dir: MetricsTail}
+LABELS = "ft_labels"  # {run name: label}
+
+
+def _options(base: tuple[int, ...], key: str) -> list[int]:
+    """Return the base choices plus any value restored into `key` (e.g. from an imported YAML)."""
+    return sorted(set(base) | {int(v) for v in st.session_state.get(key) or []})
+
+
+def _controls(loaded) -> list[str]:
+    """Draw the run settings; return the target layer names."""
+    state = st.session_state
+    layers = selected_layers(loaded)
+    left, mid, right = st.columns(3)
+    with left:
+        st.multiselect(
+            "Methods", list(METHODS), format_func=sio.METHOD_LABELS.get, key="ft_methods", **KEEP,
+            help="One run per method (and per rank / cluster count below), side by side.",
+        )
+        options = list(sio.task_options(loaded.kind))
+        state["ft_tasks"] = valid(state.get("ft_tasks") or [], options) or [options[0]]
+        st.multiselect("Task(s)", options, key="ft_tasks", **KEEP,
+                       help="Built-in offline tasks; several are mixed with equal weights.")
+        st.caption(f"Targets: **{len(layers)}** layers from the Model & layers page "
+                   f"(types {', '.join(state.get('layer_kinds') or ['all'])}).")
+    with mid:
+        st.multiselect("Ranks r", _options((1, 2, 4, 8, 16, 32, 64), "ft_ranks"),
+                       key="ft_ranks", **KEEP)
+        st.multiselect("Clusters k (ID-LoRA) / heads N (HydraLoRA)",
+                       _options((1, 2, 4, 8, 16), "ft_ks"), key="ft_ks", **KEEP)
+        st.selectbox("Skeleton strategy (ID-LoRA)", ["centroid", "id", "random"],
+                     key="ft_selection", **KEEP)
+        st.number_input("Rank-boosting splits p (our reading of the paper's RB)", 1, 64,
+                        key="ft_rb_splits", **KEEP, help="p must divide r; 1 = plain ID-LoRA.")
+    with right:
+        st.number_input("Steps", 1, 100_000, key="ft_steps", **KEEP)
+        st.number_input("Batch size", 1, 1024, key="ft_batch_size", **KEEP)
+        st.number_input("Learning rate", 1e-6, 1.0, key="ft_learning_rate", **KEEP, format="%.0e",
+                        step=1e-4)
+    # Drawn only on demand: fewer widgets make the page appear faster in the browser.
+    if st.toggle("More training settings", key="ft_more", **KEEP):
+        c1, c2, c3, c4 = st.columns(4)
+        c1.number_input("Max sequence length (tokens)", 8, 4096, key="ft_seq_len", **KEEP)
+        c2.number_input("Evaluate every N steps (0 = end)", 0, 100_000, key="ft_eval_interval",
+                        **KEEP)
+        c3.number_input("Training examples per task", 1, 1_000_000, key="ft_num_train", **KEEP)
+        c4.selectbox("Schedule", ["constant", "linear", "cosine"], key="ft_schedule", **KEEP)
+        c1.number_input("Evaluation examples per task", 1, 100_000, key="ft_num_eval", **KEEP)
+        c2.number_input("Warm-up steps", 0, 100_000, key="ft_warmup_steps", **KEEP)
+        c3.number_input("alpha (scale alpha/r)", 0.1, 1024.0, key="ft_alpha", **KEEP)
+        c4.selectbox("Precision", ["auto", "fp32", "bf16", "fp16"], key="ft_precision", **KEEP)
+        c1.selectbox("Device", ["auto", "cpu", "cuda"], key="ft_device", **KEEP)
+        c2.number_input("Runs at the same time", 1, 8, key="ft_max_parallel", **KEEP,
+                        help="Further runs wait in a queue (the CPU is shared).")
+        st.text_input("Runs folder (relative to the repo root)", key="ft_runs_root", **KEEP)
+    gpu = torch.cuda.is_available()
+    st.caption(("A GPU is available: device 'auto' trains on CUDA (bf16 where supported)."
+                if gpu else "No GPU here: runs train on the CPU.")
+               + " ID-LoRA keeps its k frozen projections at inference (the router depends on "
+               "the input), so it cannot be merged into W like LoRA.")
+    return layers
+
+
+def _start_clicked(loaded, layers: list[str]) -> None:
+    state = st.session_state
+    try:
+        planned = sio.finetune_configs(state, model_name(), loaded.kind, layers)
+    except Exception as exc:  # noqa: BLE001 - invalid settings are shown, not raised
+        st.error(f"Cannot start: {exc}")
+        return
+    if not planned:
+        st.error("Pick at least one method.")
+        return
+    state[QUEUE] = state.get(QUEUE, []) + planned
+    _pump_queue()
+
+
+def _pump_queue() -> None:
+    """Start queued runs while fewer than `ft_max_parallel` of this session's runs are active."""
+    state = st.session_state
+    root = sio.resolve_runs_root(state["ft_runs_root"])
+    active = sum(runs.run_state(h) in runs.ACTIVE_STATES for h in state[HANDLES])
+    while state.get(QUEUE) and active < int(state["ft_max_parallel"]):
+        label, cfg = state[QUEUE].pop(0)
+        try:
+            handle = runs.start_run(cfg, root)
+        except (OSError, ValueError) as exc:
+            st.error(f"Could not start {label}: {exc}. Check the runs folder setting.")
+            state[QUEUE] = []
+            return
+        state[HANDLES].append(handle)
+        state[LABELS][handle.name] = label
+        active += 1
+
+
+def _label(run_dir) -> str:
+    return st.session_state[LABELS].get(run_dir.name, run_dir.name)
+
+
+def _metrics(run_dir) -> pd.DataFrame:
+    tails = st.session_state[TAILS]
+    key = str(run_dir)
+    if key not in tails:
+        tails[key] = runs.MetricsTail(run_dir)
+    tails[key].read()
+    return tails[key].frame
+
+
+def _loss_figure(frames: dict[str, pd.DataFrame]) -> go.Figure:
+    fig = go.Figure()
+    for label, df in frames.items():
+        if "loss" in df and df["loss"].notna().any():
+            train = df[df["loss"].notna()]
+            fig.add_trace(go.Scatter(x=train["step"], y=train["loss"], mode="lines+markers",
+                                     name=label, marker={"size": 4}))
+    fig.update_layout(
+        uirevision="ft-loss", height=380, margin={"t": 30, "b": 40},
+        xaxis_title="optimiser step", yaxis_title="training loss (cross-entropy, nats)",
+        legend_title="run", showlegend=True,
+    )
+    return fig
+
+
+def _scatter(table: pd.DataFrame) -> go.Figure | None:
+    done = table[table["state"].isin(["finished", "cancelled"]) & table["loss"].notna()
+                 & table["trainable_params"].notna()]
+    if done.empty:
+        return None
+    fig = px.scatter(done, x="trainable_params", y="loss", color="method", text="label",
+                     log_x=True, hover_data=["run", "step"])
+    fig.update_traces(textposition="top center", marker={"size": 11})
+    fig.update_layout(
+        uirevision="ft-scatter", height=380, margin={"t": 30, "b": 40},
+        xaxis_title="trainable parameters (log scale)", yaxis_title="final training loss (nats)",
+    )
+    return fig
+
+
+def _live_view(past: list) -> None:
+    """Draw the live charts and table for this session's runs plus the chosen past runs."""
+    state = st.session_state
+    _pump_queue()
+    handles = list(state[HANDLES])
+    dirs = [h.run_dir for h in handles] + [d for d in past if d not in {h.run_dir for h in handles}]
+    if not dirs:
+        st.info("No runs yet: choose methods above and press **Start runs**, or reload past "
+                "runs from the runs folder below.")
+        return
+    frames = {_label(d): _metrics(d) for d in dirs}
+    rows = []
+    for d, df in zip(dirs, frames.values(), strict=True):
+        row = runs.run_summary(d, df)
+        handle = next((h for h in handles if h.run_dir == d), None)
+        if handle is not None:
+            row["state"] = runs.run_state(handle)
+        rows.append({"label": _label(d)} | row)
+    table = pd.DataFrame(rows)
+    queued = len(state.get(QUEUE, []))
+    active = int(table["state"].isin(runs.ACTIVE_STATES).sum())
+    st.caption(f"{active} running, {queued} queued, {len(table) - active} done · "
+               + ("updating every second" if active or queued else "idle"))
+    with st.container(key="loss_chart"):  # CSS class st-key-loss_chart for browser tests
+        st.plotly_chart(_loss_figure(frames), key="loss_plot", width="stretch")
+    shown = table.rename(columns={"step_seconds": "mean step (s)"})
+    st.dataframe(shown, key="runs_table", hide_index=True, width="stretch",
+                 column_config={"loss": st.column_config.NumberColumn(format="%.4f"),
+                                "mean step (s)": st.column_config.NumberColumn(format="%.3f"),
+                                "trainable_params": st.column_config.NumberColumn(
+                                    format="localized"),
+                                "total_params": st.column_config.NumberColumn(
+                                    format="localized")})
+    fig = _scatter(table)
+    if fig is not None:
+        st.markdown("**The PEFT trade-off** — final loss against trainable parameters "
+                    "(fills in as runs finish).")
+        with st.container(key="tradeoff_chart"):
+            st.plotly_chart(fig, key="tradeoff_plot", width="stretch")
+    _compare_section([d for d, state in zip(dirs, table["state"], strict=True)
+                      if state not in runs.ACTIVE_STATES])
+    failed = table[table["state"] == "failed"]
+    for d in [d for d in dirs if d.name in set(failed["run"])]:
+        st.error(f"Run {_label(d)} failed. Last lines of its log:\n\n"
+                 f"```\n{runs.log_tail(d, 1500)}\n```")
+    if state.get("_ft_was_active") and not (active or queued):
+        state["_ft_was_active"] = False
+        st.rerun()  # all done: a full rerun redraws the page without the polling timer
+    state["_ft_was_active"] = bool(active or queued)
+
+
+def _compare_section(dirs: list) -> None:
+    st.subheader("Comparison table")
+    if not dirs:
+        st.caption("Runs appear here when they finish (or are cancelled).")
+        return
+    table = _compare_table(dirs)
+    st.dataframe(table, key="compare_table", hide_index=True, width="stretch")
+    st.download_button("Download comparison (CSV)", table.to_csv(index=False),
+                       file_name="comparison.csv", mime="text/csv", key="download_compare")
+
+
+def _compare_table(dirs: list) -> pd.DataFrame:
+    """Return the table of `python -m idlora_core.compare` (one row per run folder)."""
+    stamps = tuple((str(d), _mtime(d / "run.json"), _mtime(d / "metrics.jsonl")) for d in dirs)
+    return _compare_cached(stamps)
+
+
+def _mtime(path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _has_rows(run_dir: Path) -> bool:
+    try:
+        compare.run_row(run_dir)
+    except ValueError:  # started, but nothing written yet
+        return False
+    return True
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _compare_cached(stamps: tuple) -> pd.DataFrame:
+    """Cached on the run folders' file times, so the live view does not re-read finished runs."""
+    readable = [Path(d) for d, run_json, metrics in stamps if run_json or metrics]
+    rows = compare.compare_runs([d for d in readable if _has_rows(d)])
+    return pd.DataFrame(rows, columns=compare.columns(rows) if rows else None)
+
+
+def main() -> None:
+    """Draw the Fine-tune page."""
+    init_state()
+    sio.init_defaults(st.session_state)
+    state = st.session_state
+    for key, empty in ((HANDLES, []), (QUEUE, []), (TAILS, {}), (LABELS, {})):
+        state.setdefault(key, empty)
+    st.header("Fine-tune")
+    st.caption("Short runs of ID-LoRA, LoRA, DoRA, HydraLoRA and full fine-tuning on the same "
+               "layers and task: watch the loss and the trainable-parameter budget side by side.")
+    loaded = get_model()
+    if loaded is None:
+        return
+    layers = _controls(loaded)
+    b1, b2, _ = st.columns([1, 1, 4])
+    if b1.button("Start runs", key="start_runs", type="primary"):
+        _start_clicked(loaded, layers)
+    if b2.button("Cancel my runs", key="cancel_runs"):
+        state[QUEUE] = []
+        n = sum(runs.cancel_run(h) for h in state[HANDLES])
+        st.toast(f"Asked {n} run(s) to stop after their current step; metrics are kept.")
+
+    root = sio.resolve_runs_root(state["ft_runs_root"])
+    mine = {h.run_dir for h in state[HANDLES]}
+    past_names = [p.name for p in runs.list_runs(root) if p not in mine]
+    state["ft_past"] = valid(state.get("ft_past") or [], past_names)
+    st.multiselect(f"Reload past runs from {root}", past_names, key="ft_past", **KEEP)
+    past = [root / name for name in state["ft_past"]]
+
+    active = any(runs.run_state(h) in runs.ACTIVE_STATES for h in state[HANDLES])
+    st.fragment(run_every=POLL_SECONDS if active or state[QUEUE] else None)(_live_view)(past)
+
+
+main()

@@ -1,0 +1,73 @@
+"""Parameter budgets of every adapter method for one `(m, n)` linear layer (DESIGN §1 table).
+
+Pure arithmetic, no torch: the sweep, the app and the tests call it to predict what
+`idlora_core.adapters.inject.apply_adapters` will count from the real modules.
+"""
+
+from __future__ import annotations
+
+BUDGET_METHODS: tuple[str, ...] = ("full", "lora", "dora", "hydralora", "idlora")
+
+
+def _check(m: int, n: int, r: int, k: int, p: int) -> None:
+    for name, value in (("m", m), ("n", n), ("r", r), ("k", k), ("p", p)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def trainable_params(
+    method: str, m: int, n: int, r: int = 8, *, k: int = 4, p: int = 1, bias: bool = False
+) -> int:
+    """Return the number of trainable parameters (elements) of `method` on one `(m, n)` layer.
+
+    `m` = out_features, `n` = in_features, `r` = rank, `k` = ID-LoRA clusters or HydraLoRA
+    heads N, `p` = ID-LoRA rank-boosting splits (needs `m % p == 0` and `r % p == 0`; ignored by
+    the other methods, as `apply_adapters` ignores `rb_splits` for them),
+    `bias` = the layer has a bias (only full fine-tuning trains it). Formulas:
+    full `m*n (+m)`, lora `r*(m+n)`, dora `r*(m+n)+m`, hydralora `r*n + k*r*m + k*n`,
+    idlora `m*r/p^2 + k*r`.
+    """
+    _check(m, n, r, k, p)
+    if method == "full":
+        return m * n + (m if bias else 0)
+    if method == "lora":
+        return r * (m + n)
+    if method == "dora":
+        return r * (m + n) + m
+    if method == "hydralora":
+        return r * n + k * r * m + k * n
+    if method == "idlora":
+        if m % p or r % p:
+            raise ValueError(
+                f"rank boosting needs p to divide m and r: m={m}, r={r}, p={p}"
+            )
+        return (m // p) * (r // p) + k * r
+    raise ValueError(f"unknown method {method!r}; expected one of {', '.join(BUDGET_METHODS)}")
+
+
+def frozen_adapter_elements(method: str, m: int, n: int, r: int = 8, *, k: int = 4) -> int:
+    """Return the frozen elements an adapter adds to one `(m, n)` layer: ID-LoRA's `k*r*n` `A_c`
+    buffers, 0 for every other method (the base weight itself is not counted)."""
+    _check(m, n, r, k, 1)
+    if method not in BUDGET_METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(BUDGET_METHODS)}")
+    return k * r * n if method == "idlora" else 0
+
+
+def adapter_memory_bytes(
+    method: str,
+    m: int,
+    n: int,
+    r: int = 8,
+    *,
+    k: int = 4,
+    p: int = 1,
+    bias: bool = False,
+    bytes_per_element: int = 4,
+    optimizer_states: int = 2,
+) -> int:
+    """Return the bytes an adapter adds to one layer during training: trainable weights, their
+    gradients and `optimizer_states` optimiser tensors each (AdamW: 2), plus frozen buffers."""
+    trainable = trainable_params(method, m, n, r, k=k, p=p, bias=bias)
+    frozen = frozen_adapter_elements(method, m, n, r, k=k)
+    return bytes_per_element * (trainable * (2 + optimizer_states) + frozen)

@@ -1,0 +1,324 @@
+"""Put adapters on a transformers model: find the target linears, create the adapter, replace.
+
+One entry point, `apply_adapters(model, adapter_config)`, for all five methods:
+  idlora     -> `IDLoRALinear` (skeleton rows from `clustering` + `selection`, or from
+                `adapter_config.skeletons` when given, so a saved config needs no re-clustering)
+  hydralora  -> `HydraLoRALinear`
+  lora, dora -> PEFT (`LoraConfig(target_modules=[exact names], use_dora=...)`, `get_peft_model`)
+  full       -> the chosen linears themselves are unfrozen, nothing else
+Everything else is frozen, except head modules named in `extra_trainable` (counted apart).
+Save / load lives in `adapter_io.py`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from idlora_core.adapters.budget import trainable_params
+from idlora_core.adapters.hydralora import HydraLoRALinear
+from idlora_core.adapters.idlora import IDLoRALinear
+from idlora_core.adapters.report import AdapterReport, LayerRow
+from idlora_core.adapters.skeletons import cached_skeleton
+from idlora_core.config import AdapterConfig, TargetConfig
+from idlora_core.layers import list_linear_layers
+
+ADAPTER_PREFIXES = ("idlora_", "hydralora_")
+
+
+def _matches(target: TargetConfig, name: str) -> bool:
+    if target.regex:
+        return re.search(target.pattern, name) is not None
+    return name == target.pattern or name.endswith("." + target.pattern)
+
+
+def _close_matches(pattern: str, names: list[str]) -> list[str]:
+    suffixes = sorted({".".join(n.split(".")[-j:]) for n in names for j in (1, 2, 3)})
+    close = difflib.get_close_matches(pattern, suffixes, n=6, cutoff=0.5)
+    return close or sorted({n.split(".")[-1] for n in names})[:8]
+
+
+def _more_specific(targets: list[TargetConfig], i: int, j: int, name: str) -> int:
+    """Of two suffix targets matching one layer, the longer suffix wins ('attention.output.dense'
+    over 'output.dense'); any other overlap is an error."""
+    a, b = targets[i], targets[j]
+    if not a.regex and not b.regex and len(a.pattern) != len(b.pattern):
+        return i if len(a.pattern) > len(b.pattern) else j
+    raise ValueError(
+        f"layer {name!r} is matched by targets {i} and {j} ({a.pattern!r} and {b.pattern!r}); "
+        "make the patterns disjoint"
+    )
+
+
+def resolve_targets(model: nn.Module, adapter_config: AdapterConfig) -> list[tuple[str, TargetConfig]]:
+    """Return (layer name, its target) for every linear layer the config adapts, in model order.
+
+    Raises ValueError naming the pattern (and close matches) when a target matches nothing,
+    matches a module that is not an nn.Linear, or when two targets claim the same layer (except
+    two suffixes, where the longer one wins: 'output.dense' then means BERT's FFN output only).
+    """
+    linears = {layer.name: layer for layer in list_linear_layers(model)}
+    if not linears:
+        raise ValueError("the model has no nn.Linear layers to adapt")
+    claimed: dict[str, int] = {}
+    for i, target in enumerate(adapter_config.targets):
+        hits = [name for name, _ in model.named_modules() if name and _matches(target, name)]
+        not_linear = [name for name in hits if name not in linears]
+        kind = "regex" if target.regex else "pattern"
+        if not_linear:
+            example = model.get_submodule(not_linear[0])
+            raise ValueError(
+                f"target {kind} {target.pattern!r} matches {not_linear[0]!r}, a "
+                f"{type(example).__name__}, not an nn.Linear; close linear layers: "
+                f"{', '.join(_close_matches(target.pattern, list(linears)))}"
+            )
+        if target.layers is not None:
+            wanted = set(target.layers)
+            hits = [name for name in hits if linears[name].block in wanted]
+        if not hits:
+            where = f" in blocks {target.layers}" if target.layers is not None else ""
+            raise ValueError(
+                f"target {kind} {target.pattern!r} matches no linear layer{where}; close matches: "
+                f"{', '.join(_close_matches(target.pattern, list(linears)))}"
+            )
+        for name in hits:
+            if name in claimed:
+                claimed[name] = _more_specific(adapter_config.targets, claimed[name], i, name)
+            else:
+                claimed[name] = i
+    order = {name: j for j, name in enumerate(linears)}
+    return [(name, adapter_config.targets[i]) for name, i in sorted(claimed.items(), key=lambda kv: order[kv[0]])]
+
+
+def compute_skeleton(weight: torch.Tensor, target: TargetConfig, seed: int = 0) -> list[list[int]]:
+    """Return k lists of r global row indices of `weight` (m, n): k-means with clusters of at least
+    r rows (`MinSizeKMeans`), then `select_skeleton` with the target's strategy."""
+    m = weight.shape[0]
+    if m < target.k * target.r:
+        raise ValueError(
+            f"ID-LoRA needs k*r <= m rows: k={target.k}, r={target.r}, m={m} (pattern {target.pattern!r})"
+        )
+    from idlora_core.linalg.clustering import MinSizeKMeans
+    from idlora_core.linalg.selection import select_skeleton
+
+    w = weight.detach().to("cpu", torch.float64).numpy()
+    km = MinSizeKMeans(
+        n_clusters=target.k, min_size=target.r, normalize_rows=target.normalize_rows, random_state=seed
+    ).fit(w)
+    chosen = select_skeleton(
+        w, km.labels_, target.r, target.selection, normalize_rows=target.normalize_rows, seed=seed
+    )
+    return [[int(i) for i in rows] for rows in chosen]
+
+
+def _check_skeleton(name: str, skeleton: list[list[int]], target: TargetConfig, m: int) -> None:
+    shape = (len(skeleton), len(skeleton[0]) if skeleton else 0)
+    if shape != (target.k, target.r) or any(len(rows) != target.r for rows in skeleton):
+        raise ValueError(
+            f"saved skeleton for {name!r} has {shape[0]} clusters of {shape[1]} rows, but the target "
+            f"asks for k={target.k}, r={target.r}"
+        )
+    if any(not 0 <= i < m for rows in skeleton for i in rows):
+        raise ValueError(f"saved skeleton for {name!r} has row indices outside [0, {m})")
+
+
+def resolve_skeletons(
+    model: nn.Module,
+    targets: list[tuple[str, TargetConfig]],
+    adapter_config: AdapterConfig,
+    progress: Callable[[int, int, str], None] | None = None,
+    cache: bool = True,
+) -> dict[str, list[list[int]]]:
+    """Return the skeleton row indices (k lists of r) of every ID-LoRA target: the saved ones in
+    `adapter_config.skeletons` where present, else clustered and selected (through the on-disk
+    `skeleton_cache` when `cache`). Also checks that rank boosting divides each layer."""
+    saved = adapter_config.skeletons or {}
+    skeletons = {}
+    for done, (name, target) in enumerate(targets, start=1):
+        base = model.get_submodule(name)
+        m = base.out_features
+        if m % target.rb_splits:
+            raise ValueError(
+                f"rank boosting needs p to divide m and r: m={m} (out_features of {name!r}), "
+                f"r={target.r}, p={target.rb_splits}"
+            )
+        skeleton = saved.get(name)
+        if skeleton is None:  # saved on the base model: "encoder.x" names "bert.encoder.x" here
+            skeleton = next((v for k, v in saved.items() if name.endswith("." + k)), None)
+        if skeleton is None and cache:
+            params = {"k": target.k, "r": target.r, "selection": target.selection,
+                      "normalize_rows": target.normalize_rows, "seed": adapter_config.seed}
+            w64 = base.weight.detach().to("cpu", torch.float64).numpy()
+            skeleton = cached_skeleton(
+                w64, params, lambda b=base, t=target: compute_skeleton(b.weight, t, adapter_config.seed)
+            )
+        elif skeleton is None:
+            skeleton = compute_skeleton(base.weight, target, adapter_config.seed)
+        _check_skeleton(name, skeleton, target, m)
+        skeletons[name] = skeleton
+        if progress is not None:
+            progress(done, len(targets), name)
+    return skeletons
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def head_module_names(model: nn.Module, extra_trainable: Sequence[str], targets: set[str]) -> list[str]:
+    """Return the names of the outermost modules named (or ending with) one of `extra_trainable`,
+    leaving out adapted target layers."""
+    heads = []
+    for name, _ in model.named_modules():
+        if name and name not in targets and any(name == h or name.endswith("." + h) for h in extra_trainable):
+            if not any(name.startswith(h + ".") for h in heads):
+                heads.append(name)
+    return heads
+
+
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """Return the transformers model inside a PEFT wrapper (the model itself otherwise)."""
+    from peft import PeftModel
+
+    return model.base_model.model if isinstance(model, PeftModel) else model
+
+
+def _apply_peft(model, targets, adapter_config, adapter_name, heads):
+    from peft import LoraConfig, get_peft_model
+
+    dropouts = {t.dropout for _, t in targets}
+    if len(dropouts) > 1:
+        raise ValueError(f"PEFT LoRA/DoRA takes one dropout for all targets, got {sorted(dropouts)}")
+    first = targets[0][1]
+    config = LoraConfig(
+        target_modules=[name for name, _ in targets],
+        r=first.r,
+        lora_alpha=first.alpha,
+        lora_dropout=first.dropout,
+        use_dora=adapter_config.method == "dora",
+        rank_pattern={f"^{re.escape(n)}$": t.r for n, t in targets if t.r != first.r},
+        alpha_pattern={f"^{re.escape(n)}$": t.alpha for n, t in targets if t.alpha != first.alpha},
+        modules_to_save=heads or None,
+        bias="none",
+    )
+    return get_peft_model(model, config, adapter_name=adapter_name)
+
+
+def apply_adapters(
+    model: nn.Module,
+    adapter_config: AdapterConfig,
+    *,
+    adapter_name: str = "default",
+    extra_trainable: Sequence[str] = ("classifier", "score"),
+    progress: Callable[[int, int, str], None] | None = None,
+    cache: bool = True,
+) -> tuple[nn.Module, AdapterReport]:
+    """Adapt `model` IN PLACE (deep-copy it first to keep the original) and return
+    (adapted model, AdapterReport). For lora/dora the returned model is a `peft.PeftModel`.
+
+    Every parameter is frozen except the adapters (or, for `full`, the target layers) and the
+    head modules whose names end with one of `extra_trainable`; the head is reported apart as
+    `head_trainable`. `adapter_name` is used by PEFT methods only. `progress(done, total,
+    message)` is called after each ID-LoRA layer's skeleton is resolved; `cache` reuses
+    skeletons clustered before for the same weight and parameters (`cached/skeletons/`).
+    Configuration errors are raised before the model is touched.
+    """
+    base_params = sum(p.numel() for p in model.parameters())
+    targets = resolve_targets(model, adapter_config)
+    names = {name for name, _ in targets}
+    heads = head_module_names(model, extra_trainable, names)
+    method = adapter_config.method
+    skeletons: dict[str, list[list[int]]] = {}
+    if method == "idlora":
+        skeletons = resolve_skeletons(model, targets, adapter_config, progress, cache)
+    model.requires_grad_(False)
+    if method in ("lora", "dora"):
+        model = _apply_peft(model, targets, adapter_config, adapter_name, heads)
+    else:
+        for i, (name, target) in enumerate(targets):
+            base = model.get_submodule(name)
+            if method == "full":
+                base.requires_grad_(True)
+            elif method == "idlora":
+                new = IDLoRALinear(
+                    base, skeletons[name], alpha=target.alpha, dropout=target.dropout,
+                    rb_splits=target.rb_splits,
+                )
+                _replace(model, name, new)
+            elif method == "hydralora":
+                gen = torch.Generator().manual_seed(adapter_config.seed * 100_003 + i)
+                new = HydraLoRALinear(
+                    base, r=target.r, num_heads=target.k, alpha=target.alpha, dropout=target.dropout,
+                    generator=gen,
+                )
+                _replace(model, name, new)
+            else:  # pragma: no cover - the config schema only allows the five methods
+                raise ValueError(f"unknown method {method!r}")
+        for head in heads:
+            model.get_submodule(head).requires_grad_(True)
+    report = build_report(model, method, targets, heads, base_params)
+    report.resolved_skeletons = skeletons
+    return model, report
+
+
+def build_report(
+    model: nn.Module,
+    method: str,
+    targets: list[tuple[str, TargetConfig]],
+    heads: Sequence[str],
+    base_params: int,
+) -> AdapterReport:
+    """Return the AdapterReport of an adapted `model`, counting from its modules."""
+    inner = unwrap_peft(model)
+    rows = []
+    for name, target in targets:
+        module = inner.get_submodule(name)
+        base = getattr(module, "base_layer", module)
+        m, n = base.out_features, base.in_features
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        frozen = [b for bname, b in module.named_buffers() if bname.split(".")[-1].startswith("idlora_")]
+        p = target.rb_splits if method == "idlora" else 1
+        r = None if method == "full" else target.r
+        k = target.k if method in ("idlora", "hydralora") else None
+        has_bias = base.bias is not None
+        rows.append(
+            LayerRow(
+                name=name, block=_block(name), m=m, n=n, method=method, r=r, k=k, p=p, bias=has_bias,
+                trainable=sum(t.numel() for t in trainable),
+                frozen_adapter_elements=sum(b.numel() for b in frozen),
+                formula=trainable_params(method, m, n, target.r, k=target.k, p=p, bias=has_bias),
+                adapter_bytes=sum(t.numel() * t.element_size() for t in trainable + frozen),
+            )
+        )
+    # PEFT wraps a head in ModulesToSaveWrapper: only its trainable copy counts.
+    head_params = {id(p): p for h in heads for p in inner.get_submodule(h).parameters() if p.requires_grad}
+    return AdapterReport(
+        method=method,
+        rows=rows,
+        head_trainable=sum(p.numel() for p in head_params.values()),
+        head_modules=list(heads),
+        base_params=base_params,
+        total_params=sum(p.numel() for p in model.parameters()),
+    )
+
+
+def _block(name: str) -> int | None:
+    match = re.search(r"(?:^|\.)(?:layer|layers|h|blocks)\.(\d+)\.", name)
+    return int(match.group(1)) if match else None
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Return the trainable tensors of an idlora / hydralora / full model (adapters and heads),
+    keyed by their parameter names, detached."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def idlora_layers(model: nn.Module) -> dict[str, IDLoRALinear]:
+    """Return every IDLoRALinear of `model` by module name."""
+    return {name: m for name, m in unwrap_peft(model).named_modules() if isinstance(m, IDLoRALinear)}

@@ -1,0 +1,2 @@
+"""Linear algebra of ID-LoRA, without torch: decompositions, randomized variants, clustering,
+skeleton selection and input validation."""

@@ -1,0 +1,110 @@
+"""Command line: `python -m idlora_core.train CONFIG.yaml [--set train.steps=50 ...] [--resume]`.
+
+The same command runs data-parallel under `accelerate launch --num_processes N -m
+idlora_core.train CONFIG.yaml` (add `--cpu` for gloo on CPUs). SIGINT/SIGTERM stop the run
+after the current step with a checkpoint; a second SIGINT aborts at once.
+Exit codes: 0 finished, 1 failed (bad config, NaN loss, error), 130 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from idlora_core.config import ConfigError, apply_overrides, load_config
+from idlora_core.training.callbacks import StopFlag
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Return the parsed command-line arguments."""
+    parser = argparse.ArgumentParser(
+        prog="python -m idlora_core.train",
+        description="Fine-tune a model with ID-LoRA / LoRA / DoRA / HydraLoRA / full from a YAML config.",
+    )
+    parser.add_argument("config", help="the run's YAML configuration file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set train.steps=50 (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the last checkpoint in OUTPUT/checkpoints")
+    parser.add_argument("--output-dir", help="shorthand for --set output_dir=DIR")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser.parse_args(argv)
+
+
+def install_signal_handlers(stop: StopFlag) -> None:
+    """Make SIGINT/SIGTERM request a stop after the current step (a second SIGINT interrupts)."""
+
+    def handler(signum, _frame):
+        name = signal.Signals(signum).name
+        if stop.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.request(name)
+        print(f"\n{name} received: stopping after the current step (checkpoint kept)", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def warn_single_cpu_launch() -> None:
+    """Warn when `accelerate launch --cpu --num_processes N>1` started only this one process.
+
+    Without an MPI hostfile accelerate's CPU launcher runs a single process (it sets
+    MASTER_PORT but no WORLD_SIZE); the torchrun-based `--multi_gpu` launcher starts N
+    processes and, with no GPU present, they train on the CPU over gloo.
+    """
+    import os
+
+    env = os.environ
+    if env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in env and "WORLD_SIZE" not in env:
+        print("warning: `accelerate launch --cpu` started ONE process (several CPU processes need MPI); "
+              "for data-parallel CPU training use `accelerate launch --multi_gpu --num_processes N "
+              "-m idlora_core.train CONFIG.yaml` or `torchrun --nproc_per_node N -m idlora_core.train "
+              "CONFIG.yaml`", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the process exit code."""
+    args = parse_args(argv)
+    overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+    try:
+        config = apply_overrides(load_config(args.config), overrides) if overrides else load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {args.config}: {exc}", file=sys.stderr)
+        return 1
+    warn_single_cpu_launch()
+    stop = StopFlag()
+    install_signal_handlers(stop)
+    from idlora_core.training.trainer import run_training
+
+    try:
+        result = run_training(config, resume=args.resume, stop=stop, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        _record(config.output_dir, "cancelled", "interrupted (second SIGINT) without a final checkpoint")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - reported in status.json for the UI, then exit 1
+        if not isinstance(exc, (ValueError, OSError)):
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        _record(config.output_dir, "failed", f"{type(exc).__name__}: {exc}")
+        return 1
+    stream = sys.stdout if result.state == "finished" else sys.stderr
+    print(f"{result.state}: {result.message}", file=stream)
+    print(f"outputs: {result.output_dir}", file=stream)
+    return {"finished": 0, "cancelled": 130}.get(result.state, 1)
+
+
+def _record(output_dir: str, state: str, message: str) -> None:
+    """Write status.json for a run that ended outside the trainer (main process only)."""
+    import os
+
+    from idlora_core.training.run_files import write_status
+
+    if Path(output_dir).is_dir() and os.environ.get("RANK", "0") == "0":
+        write_status(output_dir, state, message)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

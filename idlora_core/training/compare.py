@@ -1,0 +1,122 @@
+"""Compare finished runs: `python -m idlora_core.compare RUN_DIR... [--csv F] [--markdown F]`.
+
+One row per run: method, trainable params, % of LoRA's (the first LoRA run given), final
+train loss, final eval metrics, seconds, peak memory. Reads run.json and metrics.jsonl only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from idlora_core.training.run_files import RUN_FILE, read_metrics
+
+BASE_COLUMNS = ["run", "method", "state", "steps", "trainable_params", "pct_of_lora", "final_train_loss",
+                "seconds", "peak_memory_mb"]
+
+
+def run_row(run_dir: str | Path) -> dict[str, Any]:
+    """Return the comparison row of one run folder (ValueError when it holds no run)."""
+    run_dir = Path(run_dir)
+    summary_path = run_dir / RUN_FILE
+    rows = read_metrics(run_dir)
+    if not summary_path.is_file() and not rows:
+        raise ValueError(f"{run_dir} is not a run folder (no {RUN_FILE} nor metrics.jsonl)")
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    final = summary.get("final_metrics") or {}
+    train_rows = [r for r in rows if r.get("loss") is not None]
+    last = train_rows[-1] if train_rows else {}
+    row: dict[str, Any] = {
+        "run": run_dir.name,
+        "method": summary.get("method", "?"),
+        "state": summary.get("state", "unknown"),
+        "steps": final.get("steps", last.get("step")),
+        "trainable_params": final.get("trainable_params", last.get("trainable_params")),
+        "pct_of_lora": None,
+        "final_train_loss": final.get("final_train_loss", last.get("loss")),
+        "seconds": final.get("train_seconds"),
+        "peak_memory_mb": final.get("peak_memory_mb", last.get("peak_memory_mb")),
+    }
+    evals = {k: v for r in rows for k, v in r.items() if k.startswith("eval_")}  # latest value wins
+    evals.update({k: v for k, v in final.items() if k.startswith("eval_")})
+    row.update(sorted(evals.items()))
+    return row
+
+
+def compare_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
+    """Return one row per run, with pct_of_lora = trainable / trainable of the first LoRA run (in %)."""
+    rows = [run_row(d) for d in run_dirs]
+    lora = next((r["trainable_params"] for r in rows if r["method"] == "lora" and r["trainable_params"]), None)
+    for r in rows:
+        if lora and r["trainable_params"] is not None:
+            r["pct_of_lora"] = 100.0 * r["trainable_params"] / lora
+    return rows
+
+
+def columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Return the table columns: the fixed ones, then every eval metric seen, sorted."""
+    extra = sorted({k for r in rows for k in r if k not in BASE_COLUMNS})
+    return BASE_COLUMNS + extra
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    """Return the rows as a GitHub Markdown table."""
+    cols = columns(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_text(rows: list[dict[str, Any]]) -> str:
+    """Return the rows as an aligned plain-text table."""
+    cols = columns(rows)
+    cells = [cols] + [[_fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells) + "\n"
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write the rows to a CSV file at `path` and return the path."""
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns(rows))
+        writer.writeheader()
+        writer.writerows({c: r.get(c) for c in columns(rows)} for r in rows)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code (1 when a folder is not a run)."""
+    parser = argparse.ArgumentParser(prog="python -m idlora_core.compare",
+                                     description="Compare training runs side by side.")
+    parser.add_argument("runs", nargs="+", help="run output folders")
+    parser.add_argument("--csv", help="also write the table as CSV to this file")
+    parser.add_argument("--markdown", help="also write the table as Markdown to this file")
+    args = parser.parse_args(argv)
+    try:
+        rows = compare_runs(args.runs)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(to_text(rows), end="")
+    if args.csv:
+        write_csv(rows, args.csv)
+    if args.markdown:
+        Path(args.markdown).write_text(to_markdown(rows), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

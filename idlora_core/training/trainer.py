@@ -1,0 +1,303 @@
+"""The training engine: model + adapters + tasks -> a transformers `Trainer` run with live files.
+
+`run_training(config)` loads the model (catalog), applies the adapters (`inject`), builds
+the task data, trains with `transformers.Trainer` (single process, or data-parallel under
+`accelerate launch` / torchrun), and leaves in `config.output_dir`: metrics.jsonl,
+status.json, run.json, `checkpoints/` (trainable tensors + optimiser state) and `adapter/`.
+The CLI and the signal handling live in `train.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Trainer, TrainingArguments, set_seed
+from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_callback import ProgressCallback as HFProgressCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from idlora_core.config import RunConfig, TrainConfig, dumps_config
+from idlora_core.models import load_model
+from idlora_core.tasks import TaskData, load_tasks
+from idlora_core.training.callbacks import (
+    MetricsCallback,
+    ProgressCallback,
+    StopFlag,
+    peak_memory_mb,
+)
+from idlora_core.training.data import PadCollator, build_train_dataset
+from idlora_core.training.evaluate import evaluate_tasks
+from idlora_core.training.run_files import (
+    METRICS_FILE,
+    RUN_FILE,
+    truncate_metrics,
+    versions,
+    write_json_atomic,
+    write_status,
+)
+
+CHECKPOINT_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+TRAINABLE_FILE = "trainable.safetensors"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+@dataclass
+class RunResult:
+    """How a run ended: state (finished|cancelled|failed), message, final metrics and files."""
+
+    state: str
+    message: str
+    output_dir: Path
+    steps: int
+    final_metrics: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(train: TrainConfig) -> tuple[str, str]:
+    """Return (device, precision) for `train`: auto = cuda when available, bf16 on a GPU that has it.
+
+    Raises ValueError for cuda without a GPU, or fp16 on the CPU.
+    """
+    cuda = torch.cuda.is_available()
+    device = ("cuda" if cuda else "cpu") if train.device == "auto" else train.device
+    if device == "cuda" and not cuda:
+        raise ValueError("train.device is 'cuda' but no CUDA GPU is available (use auto or cpu)")
+    precision = train.precision
+    if precision == "auto":
+        precision = "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and device != "cuda":
+        raise ValueError("train.precision fp16 needs a CUDA GPU; use fp32 or bf16 on the CPU")
+    return device, precision
+
+
+def model_head(config: RunConfig, tasks: list[TaskData]) -> str:
+    """Return the model head the tasks need ('causal-lm' or 'classification'); checks model.head."""
+    needed = "classification" if tasks[0].kind == "classification" else "causal-lm"
+    if config.model.head not in ("auto", needed):
+        raise ValueError(f"model.head is {config.model.head!r} but the tasks need a {needed!r} head")
+    return needed
+
+
+def build_model(config: RunConfig, tasks: list[TaskData]):
+    """Return (adapted model, tokenizer, AdapterReport) for a run, seeded for repeatable heads."""
+    from idlora_core.adapters.inject import apply_adapters
+
+    head = model_head(config, tasks)
+    set_seed(config.train.seed)
+    loaded = load_model(config.model.name, head=head, num_labels=max(tasks[0].num_labels, 2),
+                        trust_remote_code=config.model.trust_remote_code)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    if tokenizer.pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model, report = apply_adapters(model, config.adapter, extra_trainable=("classifier", "score"))
+    return model, tokenizer, report
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    """Return (trainable, total) parameter elements of `model`."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+class AdapterTrainer(Trainer):
+    """A Trainer whose checkpoints hold only the trainable tensors, and which notes non-finite losses."""
+
+    nonfinite_step: int | None = None
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.nonfinite_step is None and not torch.isfinite(loss).all():
+            self.nonfinite_step = self.state.global_step + 1
+        return loss
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
+        tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(tensors, os.path.join(output_dir, TRAINABLE_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = self.accelerator.unwrap_model(model or self.model)
+        saved = load_file(os.path.join(resume_from_checkpoint, TRAINABLE_FILE))
+        expected = {n for n, p in model.named_parameters() if p.requires_grad}
+        if set(saved) != expected:
+            missing, extra = sorted(expected - set(saved)), sorted(set(saved) - expected)
+            raise ValueError(f"checkpoint {resume_from_checkpoint} does not fit this model/config: "
+                             f"missing {missing[:3]}, unexpected {extra[:3]}")
+        model.load_state_dict(saved, strict=False)
+
+
+def training_arguments(config: RunConfig, device: str, precision: str, *, progress: bool) -> TrainingArguments:
+    """Return the TrainingArguments of a run (checkpoints in OUTPUT/checkpoints, no hub, no reports)."""
+    t = config.train
+    schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[t.schedule]
+    return TrainingArguments(
+        output_dir=str(Path(config.output_dir) / CHECKPOINT_DIR),
+        max_steps=t.steps,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=schedule,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        logging_strategy="steps",
+        logging_steps=t.log_interval,
+        logging_nan_inf_filter=False,
+        eval_strategy="no",
+        save_strategy="steps" if t.save_interval else "no",
+        save_steps=max(t.save_interval, 1),
+        save_total_limit=1,
+        seed=t.seed,
+        data_seed=t.seed,
+        use_cpu=device == "cpu",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device == "cuda",
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        ddp_find_unused_parameters=False,
+        average_tokens_across_devices=False,  # else classification losses are scaled by the world size
+    )
+
+
+def _clear_previous_run(output_dir: Path) -> None:
+    """Remove the files of an earlier run in `output_dir` (only the ones a run writes)."""
+    for name in (METRICS_FILE, RUN_FILE):
+        (output_dir / name).unlink(missing_ok=True)
+    for name in (CHECKPOINT_DIR, ADAPTER_DIR):
+        if (output_dir / name).is_dir():
+            shutil.rmtree(output_dir / name)
+
+
+def run_training(config: RunConfig, *, resume: bool = False, stop: StopFlag | None = None,
+                 progress: bool = True, callbacks: list | None = None) -> RunResult:
+    """Train `config` and return how the run ended; every file goes under `config.output_dir`.
+
+    resume=True continues from the last checkpoint in OUTPUT/checkpoints (ValueError when
+    there is none). A stop request on `stop` ends the run after the current step with a
+    checkpoint (state 'cancelled'); a NaN/inf loss ends it with state 'failed'.
+    `callbacks`: extra transformers TrainerCallbacks (hooks for tests and tools).
+    """
+    stop = stop or StopFlag()
+    output_dir = Path(config.output_dir)
+    device, precision = resolve_device(config.train)
+    args = training_arguments(config, device, precision, progress=progress)
+    main = args.process_index == 0
+    checkpoint = None
+    if resume:
+        checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        if checkpoint is None:
+            raise ValueError(f"--resume: no checkpoint in {args.output_dir}; start the run without --resume")
+    elif main:
+        _clear_previous_run(output_dir)
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_status(output_dir, "running", "loading model and data", max_steps=config.train.steps)
+    tasks = load_tasks(config.tasks, seed=config.train.seed)
+    model, tokenizer, report = build_model(config, tasks)
+    trainable, total = count_params(model)
+    train_set = build_train_dataset(tokenizer, tasks, [t.weight for t in config.tasks],
+                                    config.train.seq_len, config.train.seed)
+    autocast = (torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+                if precision in ("bf16", "fp16") else contextlib.nullcontext())
+
+    def evaluate(model_: torch.nn.Module) -> dict[str, float]:
+        with autocast:
+            return evaluate_tasks(model_, tokenizer, tasks, seq_len=config.train.seq_len,
+                                  batch_size=config.train.batch_size * 2, device=args.device)
+
+    trainer = AdapterTrainer(model=model, args=args, train_dataset=train_set,
+                             data_collator=PadCollator(tokenizer.pad_token_id), processing_class=tokenizer)
+    metrics_cb = MetricsCallback(
+        output_dir, trainable_params=trainable, total_params=total, device=args.device,
+        evaluate=evaluate, eval_interval=config.train.eval_interval, stop=stop,
+        nonfinite=lambda: trainer.nonfinite_step,
+    )
+    for cb in (HFProgressCallback, PrinterCallback):
+        trainer.remove_callback(cb)
+    trainer.add_callback(metrics_cb)
+    if progress:
+        trainer.add_callback(ProgressCallback())
+    for cb in callbacks or []:
+        trainer.add_callback(cb)
+    summary = _summary(config, report, device, precision, args.world_size)
+    if main:
+        if checkpoint:
+            truncate_metrics(output_dir, int(Path(checkpoint).name.split("-")[-1]))
+        write_json_atomic(output_dir / RUN_FILE, {**summary, "state": "running"})
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - start
+    steps = trainer.state.global_step
+    last_good = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    state, message = _outcome(metrics_cb.nonfinite_step, stop, steps, seconds, last_good)
+    final = {
+        "steps": steps, "train_seconds": seconds, "final_train_loss": metrics_cb.last_loss,
+        "trainable_params": trainable, "total_params": total, "peak_memory_mb": peak_memory_mb(args.device),
+        "tokens_per_s": (metrics_cb.tokens_seen / metrics_cb.train_seconds
+                         if metrics_cb.train_seconds > 0 else None),  # optimiser steps only
+        **metrics_cb.last_eval,
+    }
+    if main:
+        if state != "failed":
+            from idlora_core.adapters.io import save_adapters
+
+            save_adapters(trainer.model, config, output_dir / ADAPTER_DIR)
+        write_json_atomic(output_dir / RUN_FILE, {**summary, "state": state, "message": message,
+                                                  "final_metrics": final, "checkpoint": last_good})
+        write_status(output_dir, state, message, step=steps, max_steps=config.train.steps)
+    return RunResult(state, message, output_dir, steps, final, summary["adapter_report"])
+
+
+def _outcome(nonfinite_step: int | None, stop: StopFlag, steps: int, seconds: float,
+             last_good: str | None) -> tuple[str, str]:
+    """Return (state, message) of a run that left the training loop."""
+    if nonfinite_step is not None:
+        where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was saved before it"
+        resume = " with --resume" if last_good else ""
+        return "failed", (f"loss became NaN/inf at step {nonfinite_step}; training stopped ({where}). "
+                          f"Lower train.learning_rate and run again{resume}")
+    if stop.requested:
+        return "cancelled", (f"stopped by {stop.reason} after step {steps}; checkpoint: {last_good} "
+                             "(continue with --resume)")
+    return "finished", f"finished {steps} steps in {seconds:.1f} s"
+
+
+def _summary(config: RunConfig, report, device: str, precision: str, world_size: int) -> dict[str, Any]:
+    """Return the run.json fields known before training: resolved config, report, versions, device."""
+    resolved = config
+    if report.resolved_skeletons:
+        resolved = config.model_copy(update={"adapter": config.adapter.model_copy(
+            update={"skeletons": report.resolved_skeletons})})
+    import yaml
+
+    name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+    return {
+        "config": yaml.safe_load(dumps_config(resolved)),
+        "method": config.adapter.method,
+        "model": config.model.name,
+        "tasks": [t.name for t in config.tasks],
+        "adapter_report": report.to_dict(),
+        "versions": versions(),
+        "device": {"type": device, "name": name, "precision": precision, "world_size": world_size,
+                   "torch_threads": torch.get_num_threads()},
+        "pid": os.getpid(),
+    }

@@ -1,0 +1,58 @@
+"""Reshaping of sweep tables for the Decomposition lab, on a real sweep of a random matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from analysis.sweep import sweep_layer
+from analysis.views import (
+    REFERENCE_CURVES,
+    best_per_rank,
+    choices_for_export,
+    error_vs_rank,
+    heatmap_grid,
+    layer_summary,
+)
+
+
+@pytest.fixture(scope="module")
+def table():
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(48, 20)) @ np.diag(np.linspace(2.0, 0.1, 20))
+    return sweep_layer(W, ks=[1, 2, 8], ranks=[2, 4, 8], strategies=["id", "random"], layer="L")
+
+
+def test_heatmap_grid_is_k_by_r_with_nan_for_infeasible(table):
+    grid = heatmap_grid(table, "id")
+    assert list(grid.index) == [1, 2, 8] and list(grid.columns) == [2, 4, 8]
+    assert np.isnan(grid.loc[8, 8])  # 8 * 8 > 48 rows
+    row = table[(table["strategy"] == "id") & (table["k"] == 2) & (table["r"] == 4)]
+    assert grid.loc[2, 4] == row["rel_fro_error"].item()
+
+
+def test_error_vs_rank_curves(table):
+    curves = error_vs_rank(table, 2)
+    assert set(curves["curve"]) == {"cluster-wise ID (id)", "cluster-wise ID (random)"} | {
+        label for _, label, _ in REFERENCE_CURVES}
+    assert set(curves[curves["kind"] == "bound"]["curve"]) == {
+        label for _, label, kind in REFERENCE_CURVES if kind == "bound"}
+    svd = curves[curves["curve"] == "global SVD, same r"].set_index("r")["error"]
+    ref = table[table["k"] == 2].drop_duplicates("r").set_index("r")["svd_same_r"]
+    assert svd.to_dict() == ref.to_dict()
+    assert error_vs_rank(table, 8)["r"].max() == 4  # r = 8 is infeasible at k = 8
+
+
+def test_best_per_rank_and_export_choices(table):
+    best = best_per_rank(table)
+    ok = table[table["feasible"]]
+    for row in best.itertuples():
+        candidates = ok[ok["r"] == row.r]["rel_fro_error"]
+        assert row.rel_fro_error == candidates.min()
+        assert np.isclose(row.gain_vs_svd, row.svd_same_r / row.rel_fro_error)
+        assert row.gap_vs_total >= -1e-12  # Eckart-Young
+    at4 = layer_summary(table, 4)
+    assert len(at4) == 1 and at4["r"].item() == 4
+    choice = choices_for_export(table, 4)
+    assert choice == {"L": {"k": int(at4["k"].item()), "r": 4, "strategy": at4["strategy"].item(),
+                            "rb_splits": 1}}

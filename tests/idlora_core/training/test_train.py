@@ -1,0 +1,258 @@
+"""Training engine: loss goes down for every method and task, files, determinism, resume, NaN, signals.
+
+Runs use tiny random models (conftest) saved with the real tokenizers, a few steps each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from idlora_core.config import METHODS, parse_config, save_config
+from idlora_core.tasks import CAUSAL_LM_TASKS, load_tasks
+from idlora_core.training.callbacks import StopFlag
+from idlora_core.training.cli import main as cli_main
+from idlora_core.training.evaluate import evaluate_tasks
+from idlora_core.training.run_files import read_metrics
+from idlora_core.training.trainer import build_model, count_params, resolve_device, run_training
+
+REPO = Path(__file__).resolve().parents[3]
+LM_TARGETS = [{"pattern": p, "r": 4, "k": 2} for p in ("q_proj", "o_proj", "up_proj", "down_proj")]
+BERT_TARGETS = [{"pattern": p, "r": 4, "k": 2} for p in ("query", "value", "attention.output.dense")]
+METRIC_KEYS = {"step", "epoch", "loss", "lr", "trainable_params", "total_params", "step_seconds",
+               "tokens_per_s", "peak_memory_mb"}
+
+
+def lm_config(model_dir: str, out: Path, method: str = "idlora", **train) -> dict:
+    return {
+        "model": {"name": model_dir},
+        "adapter": {"method": method, "targets": LM_TARGETS},
+        "tasks": [{"name": n, "num_train": 16, "num_eval": 4} for n in CAUSAL_LM_TASKS],
+        "train": {"steps": 10, "batch_size": 4, "seq_len": 48, "learning_rate": 0.1, "schedule": "constant",
+                  "eval_interval": 0, "save_interval": 0, **train},
+        "output_dir": str(out),
+    }
+
+
+def cls_config(model_dir: str, out: Path, method: str = "idlora", **train) -> dict:
+    targets = [{"pattern": p, "r": 4, "k": 2} for p in ("query", "value")] if model_dir == "minilm" else BERT_TARGETS
+    return {
+        "model": {"name": model_dir},
+        "adapter": {"method": method, "targets": targets},
+        "tasks": [{"name": "sentiment", "num_train": 16, "num_eval": 16}],
+        "train": {"steps": 12, "batch_size": 8, "seq_len": 24, "learning_rate": 0.05, "schedule": "constant",
+                  "eval_interval": 0, "save_interval": 0, **train},
+        "output_dir": str(out),
+    }
+
+
+def baseline_eval(cfg) -> dict[str, float]:
+    """Eval metrics of the freshly adapted model (adapters start as the identity or the base)."""
+    tasks = load_tasks(cfg.tasks, seed=cfg.train.seed)
+    model, tokenizer, _ = build_model(cfg, tasks)
+    return evaluate_tasks(model, tokenizer, tasks, seq_len=cfg.train.seq_len, batch_size=8,
+                          device="cpu", generation=False)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_lm_loss_decreases_on_every_task(method, tiny_llama_dir, tmp_path):
+    cfg = parse_config(lm_config(tiny_llama_dir, tmp_path / method, method))
+    before = baseline_eval(cfg)
+    result = run_training(cfg, progress=False)
+    assert result.state == "finished" and result.steps == 10
+    for task in CAUSAL_LM_TASKS:  # held-out loss of every task goes down
+        key = f"eval_{task}_loss"
+        assert result.final_metrics[key] < before[key] - 0.02, (method, key, before[key], result.final_metrics[key])
+    losses = [r["loss"] for r in read_metrics(cfg.output_dir)]
+    assert len(losses) == 10 and sum(losses[-3:]) < sum(losses[:3])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_classification_loss_decreases(method, tmp_path):
+    # The real MiniLM: a random tiny encoder barely separates sentences in a few steps.
+    cfg = parse_config(cls_config("minilm", tmp_path / method, method, steps=8, learning_rate=3e-3))
+    result = run_training(cfg, progress=False)
+    assert 0.0 <= result.final_metrics["eval_sentiment_accuracy"] <= 1.0
+    losses = [r["loss"] for r in read_metrics(cfg.output_dir)]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.02, losses
+    # the classification head trains too, and is counted apart from the adapters
+    report = result.report["totals"]
+    assert report["head_trainable"] == 384 * 2 + 2
+    assert report["trainable_total"] == report["trainable"] + report["head_trainable"]
+
+
+def test_metrics_file_and_run_summary(tiny_llama_dir, tmp_path):
+    cfg = parse_config(lm_config(tiny_llama_dir, tmp_path / "run", "idlora", steps=6, eval_interval=3,
+                                 log_interval=2))
+    result = run_training(cfg, progress=False)
+    rows = read_metrics(cfg.output_dir)
+    assert [r["step"] for r in rows] == [2, 3, 4, 6]  # every log step, plus the eval step 3
+    for row in rows:
+        assert METRIC_KEYS <= set(row)
+        assert row["step_seconds"] > 0 and row["tokens_per_s"] > 0 and row["peak_memory_mb"] > 0
+        assert math.isfinite(row["loss"]) and row["lr"] == pytest.approx(0.1)
+    evaluated = [r["step"] for r in rows if "eval_loss" in r]
+    assert evaluated == [3, 6]
+    assert {f"eval_{t}_loss" for t in CAUSAL_LM_TASKS} <= set(rows[-1])
+    assert {"eval_arithmetic_exact_match", "eval_code_exact_match", "eval_knowledge_accuracy",
+            "eval_refusal_refusal_rate_harmful", "eval_refusal_refusal_rate_benign"} <= set(rows[-1])
+    # trainable counts: metrics == run.json report == the DESIGN formula == the real modules
+    run = json.loads((Path(cfg.output_dir) / "run.json").read_text())
+    totals = run["adapter_report"]["totals"]
+    assert rows[0]["trainable_params"] == totals["trainable_total"] == totals["formula"]
+    # q/o: 32x32, up: 64x32, down: 32x64; ID-LoRA trains m*r + k*r per layer
+    assert totals["trainable"] == sum(m * 4 + 2 * 4 for m in (32, 32, 64, 32)) * 2
+    assert rows[0]["total_params"] == totals["total_params"]
+    assert run["state"] == "finished" and run["method"] == "idlora"
+    assert run["device"]["type"] == "cpu" and run["device"]["precision"] == "fp32"
+    assert {"python", "torch", "transformers", "peft", "accelerate"} <= set(run["versions"])
+    assert run["final_metrics"]["final_train_loss"] == pytest.approx(rows[-1]["loss"])
+    assert run["final_metrics"]["eval_loss"] == pytest.approx(rows[-1]["eval_loss"])
+    skeletons = run["config"]["adapter"]["skeletons"]
+    assert len(skeletons) == 8 and all(len(s) == 2 and len(s[0]) == 4 for s in skeletons.values())
+    status = json.loads((Path(cfg.output_dir) / "status.json").read_text())
+    assert status["state"] == "finished" and status["step"] == 6 and status["pid"] == os.getpid()
+    assert status["max_steps"] == 6
+    assert (Path(cfg.output_dir) / "adapter" / "config.yaml").is_file()
+    assert result.final_metrics["steps"] == 6
+
+
+def _losses(out) -> list[float]:
+    return [r["loss"] for r in read_metrics(out)]
+
+
+def test_same_seed_gives_identical_loss_curves(tiny_bert_dir, tmp_path):
+    first = parse_config(cls_config(tiny_bert_dir, tmp_path / "a", steps=4))
+    second = parse_config(cls_config(tiny_bert_dir, tmp_path / "b", steps=4))
+    other = parse_config(cls_config(tiny_bert_dir, tmp_path / "c", steps=4, seed=1))
+    for cfg in (first, second, other):
+        run_training(cfg, progress=False)
+    assert _losses(first.output_dir) == _losses(second.output_dir)
+    assert _losses(first.output_dir) != _losses(other.output_dir)
+
+
+class StopAt(TrainerCallback):
+    """Requests a stop (as SIGTERM would) when a given step ends."""
+
+    def __init__(self, flag: StopFlag, step: int):
+        self.flag, self.step = flag, step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:
+            self.flag.request("test")
+
+
+def test_stop_then_resume_continues_the_same_curve(tiny_bert_dir, tmp_path):
+    full = parse_config(cls_config(tiny_bert_dir, tmp_path / "full", steps=6))
+    run_training(full, progress=False)
+    cfg = parse_config(cls_config(tiny_bert_dir, tmp_path / "stopped", steps=6))
+    flag = StopFlag()
+    stopped = run_training(cfg, progress=False, stop=flag, callbacks=[StopAt(flag, 3)])
+    assert stopped.state == "cancelled" and stopped.steps == 3
+    assert "checkpoint-3" in stopped.message
+    assert json.loads((tmp_path / "stopped" / "status.json").read_text())["state"] == "cancelled"
+    assert (tmp_path / "stopped" / "checkpoints" / "checkpoint-3" / "trainable.safetensors").is_file()
+    resumed = run_training(cfg, resume=True, progress=False)
+    assert resumed.state == "finished" and resumed.steps == 6
+    rows = read_metrics(cfg.output_dir)
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert _losses(cfg.output_dir) == pytest.approx(_losses(full.output_dir), rel=1e-5)
+
+
+def test_resume_without_checkpoint_is_an_error(tiny_bert_dir, tmp_path):
+    cfg = parse_config(cls_config(tiny_bert_dir, tmp_path / "none"))
+    with pytest.raises(ValueError, match="no checkpoint"):
+        run_training(cfg, resume=True, progress=False)
+
+
+def test_nan_loss_stops_with_step_and_last_checkpoint(tiny_bert_dir, tmp_path):
+    cfg = parse_config(cls_config(tiny_bert_dir, tmp_path / "nan", steps=6, learning_rate=1e30,
+                                  save_interval=1))
+    result = run_training(cfg, progress=False)
+    assert result.state == "failed"
+    bad = int(result.message.split("at step ")[1].split(";")[0])
+    assert 2 <= bad < 6 and result.steps == bad
+    assert f"checkpoint-{bad - 1}" in result.message
+    rows = read_metrics(cfg.output_dir)
+    assert all(math.isfinite(r["loss"]) for r in rows) and rows[-1]["step"] == bad - 1
+    status = json.loads((tmp_path / "nan" / "status.json").read_text())
+    assert status["state"] == "failed" and f"step {bad}" in status["message"]
+
+
+def test_device_and_precision_resolution():
+    cfg = parse_config({}).train
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device(cfg)[0] == expected
+    if not torch.cuda.is_available():
+        assert resolve_device(cfg) == ("cpu", "fp32")
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_device(cfg.model_copy(update={"device": "cuda"}))
+        with pytest.raises(ValueError, match="fp16 needs a CUDA"):
+            resolve_device(cfg.model_copy(update={"precision": "fp16"}))
+        assert resolve_device(cfg.model_copy(update={"precision": "bf16"})) == ("cpu", "bf16")
+
+
+def test_cli_rejects_a_bad_config(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {steps: 0, sped: 1}\nadapter: {method: magic}\n")
+    assert cli_main([str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "train.steps" in err and "train.sped" in err and "adapter.method" in err
+
+
+def test_count_params_matches_report(tiny_llama_dir, tmp_path):
+    cfg = parse_config(lm_config(tiny_llama_dir, tmp_path, "lora"))
+    tasks = load_tasks(cfg.tasks)
+    model, _, report = build_model(cfg, tasks)
+    trainable, total = count_params(model)
+    assert trainable == report.totals["trainable_total"] == sum(4 * (m + n) for m, n in
+                                                                 [(32, 32), (32, 32), (64, 32), (32, 64)]) * 2
+
+
+def test_sigterm_stops_cli_after_the_step_with_a_checkpoint(tiny_bert_dir, tmp_path):
+    out = tmp_path / "sig"
+    cfg_path = save_config(parse_config(cls_config(tiny_bert_dir, out, steps=5000)), tmp_path / "c.yaml")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "idlora_core.train", str(cfg_path), "--no-progress"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and len(read_metrics(out)) < 2:
+            time.sleep(0.2)
+        assert len(read_metrics(out)) >= 2, proc.stderr.read() if proc.poll() is not None else "too slow"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 130
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "cancelled" and "SIGTERM" in status["message"]
+    step = status["step"]
+    assert 2 <= step < 5000
+    assert (out / "checkpoints" / f"checkpoint-{step}" / "trainable.safetensors").is_file()
+    assert read_metrics(out)[-1]["step"] == step
+    assert json.loads((out / "run.json").read_text())["state"] == "cancelled"
+
+
+def test_warns_when_accelerate_cpu_launch_started_one_process(monkeypatch, capsys):
+    from idlora_core.training.cli import warn_single_cpu_launch
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    warn_single_cpu_launch()
+    assert "--multi_gpu --num_processes N" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    warn_single_cpu_launch()
+    assert capsys.readouterr().err == ""
