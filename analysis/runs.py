@@ -11,7 +11,6 @@ Pure Python and pandas: no Streamlit here, so the app, notebooks and tests share
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,11 +23,18 @@ from typing import Any
 
 import pandas as pd
 
-from idlora_core.cache import write_text_atomic
 from idlora_core.config import RunConfig, save_config
+from idlora_core.training import run_files
+from idlora_core.training.run_files import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    MetricsTail,  # noqa: F401 - re-exported: the pages tail metrics through this module
+    read_run_json,
+    read_status,
+    write_status,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ACTIVE_STATES = ("starting", "running")
 
 
 class RunPathError(ValueError):
@@ -95,10 +101,7 @@ def start_run(
     run_dir.mkdir(parents=True, exist_ok=False)
     config = config.model_copy(update={"output_dir": str(run_dir)})
     cfg_path = save_config(config, run_dir / "config.yaml")
-    _write_json_atomic(
-        run_dir / "status.json",
-        {"state": "starting", "message": "process starting", "pid": None, "step": 0},
-    )
+    write_status(run_dir, "starting", "process starting", pid=None)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     with open(run_dir / "train.log", "ab") as log:
@@ -136,28 +139,6 @@ def wait_run(handle: RunHandle, timeout_s: float) -> int | None:
         return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(data))
-
-
-def read_status(run_dir: str | Path) -> dict[str, Any]:
-    """Return the run's `status.json` as a dict ({} when missing or half-written)."""
-    return _read_json(Path(run_dir) / "status.json")
-
-
-def read_run_json(run_dir: str | Path) -> dict[str, Any]:
-    """Return the run's `run.json` summary as a dict ({} while the run has not written it)."""
-    return _read_json(Path(run_dir) / "run.json")
-
-
 def run_state(handle: RunHandle) -> str:
     """Return 'starting' | 'running' | 'finished' | 'cancelled' | 'failed' for a run we started.
 
@@ -170,7 +151,7 @@ def run_state(handle: RunHandle) -> str:
     code = proc.poll()
     if code is None:
         return status if status in ACTIVE_STATES else "running"
-    if status in ("finished", "cancelled", "failed"):
+    if status in FINAL_STATES:
         return status
     return "finished" if code == 0 else ("cancelled" if code in (-15, 143, 130) else "failed")
 
@@ -188,52 +169,9 @@ def log_tail(run_dir: str | Path, max_chars: int = 2000) -> str:
         return ""
 
 
-class MetricsTail:
-    """Incremental reader of one run's `metrics.jsonl`.
-
-    Each `read()` parses only the bytes appended since the last call; a line still being
-    written (no trailing newline) waits for the next call. `frame` holds every row so far.
-    """
-
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self.offset = 0
-        self.rows: list[dict[str, Any]] = []
-
-    def read(self) -> int:
-        """Read newly appended lines; return how many rows were added."""
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                chunk = fh.read()
-        except OSError:
-            return 0
-        end = chunk.rfind(b"\n")
-        if end < 0:
-            return 0
-        self.offset += end + 1
-        added = 0
-        for line in chunk[: end + 1].splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line torn by a crash: the training CLI owns the format
-            if isinstance(row, dict):
-                self.rows.append(row)
-                added += 1
-        return added
-
-    @property
-    def frame(self) -> pd.DataFrame:
-        """All rows read so far as a DataFrame (one row per logged step)."""
-        return pd.DataFrame(self.rows)
-
-
 def read_metrics(run_dir: str | Path) -> pd.DataFrame:
     """Return the whole `metrics.jsonl` of a run as a DataFrame (empty when absent)."""
-    tail = MetricsTail(run_dir)
-    tail.read()
-    return tail.frame
+    return pd.DataFrame(run_files.read_metrics(run_dir))
 
 
 def is_run_dir(path: str | Path) -> bool:

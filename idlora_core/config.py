@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -25,8 +25,14 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
 Schedule = Literal["constant", "linear", "cosine"]
 Head = Literal["auto", "base", "causal-lm", "classification"]
+BuiltinTask = Literal["arithmetic", "code", "knowledge", "refusal", "sentiment"]
+DataFileTask = Literal["jsonl", "csv"]
 
-METHODS: tuple[str, ...] = ("idlora", "lora", "dora", "hydralora", "full")
+# Every list of names elsewhere (UI choices, task registry, budgets) derives from these.
+METHODS: tuple[str, ...] = get_args(Method)
+SELECTIONS: tuple[str, ...] = get_args(Selection)
+BUILTIN_TASKS: tuple[str, ...] = get_args(BuiltinTask)
+DATA_FILE_TASKS: tuple[str, ...] = get_args(DataFileTask)
 
 
 class ConfigError(ValueError):
@@ -118,7 +124,7 @@ class TaskConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:
-        if self.name in ("jsonl", "csv") and not self.path:
+        if self.name in DATA_FILE_TASKS and not self.path:
             raise ValueError(f"task {self.name!r} needs a path to the data file")
         return self
 

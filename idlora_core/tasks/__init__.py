@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..config import TaskConfig
+from idlora_core.config import BUILTIN_TASKS, DATA_FILE_TASKS, TaskConfig
+
 from . import arithmetic, code_reading, knowledge, refusal, sentiment, user_data
 from .base import Example, TaskData, TaskKind
 from .user_data import DataFileError
@@ -22,8 +23,8 @@ BUILTIN: dict[str, Callable[[int, int, int], TaskData]] = {
     "refusal": refusal.build,
     "sentiment": sentiment.build,
 }
-CAUSAL_LM_TASKS = ("arithmetic", "code", "knowledge", "refusal")
 CLASSIFICATION_TASKS = ("sentiment",)
+CAUSAL_LM_TASKS = tuple(name for name in BUILTIN_TASKS if name not in CLASSIFICATION_TASKS)
 
 __all__ = [
     "BUILTIN", "CAUSAL_LM_TASKS", "CLASSIFICATION_TASKS", "DataFileError", "Example", "TaskData",
@@ -33,7 +34,7 @@ __all__ = [
 
 def load_task(task: TaskConfig, seed: int = 0) -> TaskData:
     """Return the TaskData for one task configuration; raises ValueError / DataFileError."""
-    if task.name in ("jsonl", "csv"):
+    if task.name in DATA_FILE_TASKS:
         return user_data.build(task.path or "", task.num_train, task.num_eval, seed,
                                name=_stem(task.path or "") or task.name)
     if task.name not in BUILTIN:

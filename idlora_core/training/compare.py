@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from idlora_core.training.run_files import RUN_FILE, read_metrics
+from idlora_core.training.run_files import RUN_FILE, read_metrics, read_run_json
 
 BASE_COLUMNS = ["run", "method", "state", "steps", "trainable_params", "pct_of_lora", "final_train_loss",
                 "seconds", "peak_memory_mb"]
@@ -26,7 +25,7 @@ def run_row(run_dir: str | Path) -> dict[str, Any]:
     rows = read_metrics(run_dir)
     if not summary_path.is_file() and not rows:
         raise ValueError(f"{run_dir} is not a run folder (no {RUN_FILE} nor metrics.jsonl)")
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    summary = read_run_json(run_dir)
     final = summary.get("final_metrics") or {}
     train_rows = [r for r in rows if r.get("loss") is not None]
     last = train_rows[-1] if train_rows else {}

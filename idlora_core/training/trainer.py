@@ -142,8 +142,12 @@ class AdapterTrainer(Trainer):
         model.load_state_dict(saved, strict=False)
 
 
-def training_arguments(config: RunConfig, device: str, precision: str, *, progress: bool) -> TrainingArguments:
-    """Return the TrainingArguments of a run (checkpoints in OUTPUT/checkpoints, no hub, no reports)."""
+def training_arguments(config: RunConfig, device: str, precision: str) -> TrainingArguments:
+    """Return the TrainingArguments of a run (checkpoints in OUTPUT/checkpoints, no hub, no reports).
+
+    Progress printing is not a TrainingArguments matter here: `run_training(progress=...)` adds or
+    leaves out our own progress callback.
+    """
     t = config.train
     schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[t.schedule]
     return TrainingArguments(
@@ -199,7 +203,7 @@ def run_training(config: RunConfig, *, resume: bool = False, stop: StopFlag | No
     stop = stop or StopFlag()
     output_dir = Path(config.output_dir)
     device, precision = resolve_device(config.train)
-    args = training_arguments(config, device, precision, progress=progress)
+    args = training_arguments(config, device, precision)
     main = args.process_index == 0
     checkpoint = None
     if resume:

@@ -170,3 +170,14 @@ def test_real_run_streams_metrics_and_cancel_keeps_them(tmp_path, tiny_bert_dir)
     report = runs.read_run_json(handle.run_dir)["adapter_report"]
     assert [row["trainable"] for row in report["rows"]] == [32 * 2 + 2 * 2] * 2
     assert summary["trainable_params"] > 2 * (32 * 2 + 2 * 2)  # + the classification head
+
+
+def test_every_state_the_ui_writes_is_a_run_files_state(tmp_path):
+    from idlora_core.training import run_files
+
+    run_files.write_status(tmp_path, "starting", "process starting", pid=None)
+    status = runs.read_status(tmp_path)
+    assert status["state"] == "starting" and status["pid"] is None
+    assert set(runs.ACTIVE_STATES) | set(runs.FINAL_STATES) == set(run_files.STATES)
+    with pytest.raises(ValueError, match="state must be one of"):
+        run_files.write_status(tmp_path, "queued-ish")

@@ -65,3 +65,14 @@ def test_overrides():
         apply_overrides(RunConfig(), ["train.nope.x=1"])
     with pytest.raises(ConfigError, match="unknown key"):
         apply_overrides(RunConfig(), ["train.nope=1"])
+
+
+def test_name_lists_derive_from_the_schema_literals():
+    from typing import get_args
+
+    from idlora_core import config
+    from idlora_core.tasks import BUILTIN, CAUSAL_LM_TASKS, CLASSIFICATION_TASKS
+
+    assert config.METHODS == get_args(config.Method)
+    assert set(BUILTIN) == set(config.BUILTIN_TASKS)
+    assert sorted(CAUSAL_LM_TASKS + CLASSIFICATION_TASKS) == sorted(config.BUILTIN_TASKS)
