@@ -3,16 +3,14 @@
 PCA takes the top two eigenvectors of the n x n Gram matrix (milliseconds). UMAP (umap-learn) is imported only when first asked for,
 its numba kernels are compiled once per process by `warm_umap()`, and the exact
 nearest-neighbour graph is computed up front with scikit-learn and handed to UMAP as
-`precomputed_knn`, so a 1536-row layer projects in seconds. No Streamlit here.
+`precomputed_knn`, so a 1536-row layer projects in seconds. No Streamlit and no threads here:
+the app runs UMAP in the background through `app/background.py`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import threading
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -20,23 +18,6 @@ import scipy.linalg as sla
 
 _WARM_LOCK = threading.Lock()
 _warm = False
-_JOBS_LOCK = threading.Lock()
-_JOBS: dict[str, Future] = {}
-_MAX_JOBS = 16
-
-
-def _lower_thread_priority() -> None:
-    # The background UMAP work (numba compile, projection) must not slow the page in front of
-    # the user on a small CPU: nice this worker thread (threads it starts inherit it).
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):
-        pass
-
-
-_EXECUTOR = ThreadPoolExecutor(
-    max_workers=1, thread_name_prefix="umap", initializer=_lower_thread_priority
-)
 
 
 def _rows(W: np.ndarray, normalize_rows: bool) -> np.ndarray:
@@ -143,35 +124,6 @@ def umap_2d(
     X = _rows(W, normalize_rows)
     warm_umap()
     return _frame(_umap_xy(X, n_neighbors=n_neighbors, seed=seed, n_epochs=n_epochs), "UMAP")
-
-
-def umap_async(
-    W: np.ndarray, *, normalize_rows: bool = False, n_neighbors: int = 15, seed: int = 0
-) -> Future:
-    """Return a Future of `umap_2d(W, ...)` computed on a background thread (one at a time).
-
-    The same matrix and parameters return the same Future, so callers can poll it on every
-    rerun; a failed job is retried on the next call. Keeps the last 16 results per process.
-    """
-    X = np.ascontiguousarray(W, dtype=np.float64)
-    key = hashlib.sha1(
-        X.tobytes() + repr((X.shape, normalize_rows, n_neighbors, seed)).encode()
-    ).hexdigest()
-    with _JOBS_LOCK:
-        job = _JOBS.get(key)
-        if job is None or (job.done() and job.exception() is not None):
-            job = _EXECUTOR.submit(
-                umap_2d, X, normalize_rows=normalize_rows, n_neighbors=n_neighbors, seed=seed
-            )
-            _JOBS[key] = job
-            while len(_JOBS) > _MAX_JOBS:
-                _JOBS.pop(next(iter(_JOBS)))
-        return job
-
-
-def warm_umap_async() -> Future:
-    """Start compiling UMAP's kernels on the background thread; returns its Future."""
-    return _EXECUTOR.submit(warm_umap)
 
 
 def umap_is_warm() -> bool:

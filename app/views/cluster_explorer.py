@@ -13,7 +13,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.explorer import cluster_view, points_frame
-from analysis.projection import pca_2d, umap_async, umap_is_warm, warm_umap_async
+from analysis.projection import pca_2d
+from app.background import umap_async, umap_is_warm, warm_umap_async
 from app.common import STRATEGIES, ensure_layer, get_model, init_state, layer_weight
 
 SYMBOLS = {"id": "circle-open", "centroid": "diamond-open", "random": "x-thin-open"}

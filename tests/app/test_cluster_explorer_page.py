@@ -90,7 +90,7 @@ def test_too_many_clusters_shows_error():
 
 @pytest.mark.slow
 def test_umap_replaces_pca_when_ready():
-    from analysis.projection import umap_async
+    from app.background import umap_async
 
     at = AppTest.from_file(PAGE, default_timeout=240)
     at.session_state["explorer_projection"] = "UMAP"
