@@ -2,7 +2,8 @@
 
 The Export page writes it, `python -m idlora_core.train CONFIG.yaml` reads it, and
 `idlora_core.adapters.inject.apply_adapters` takes its `adapter` part. Loading always uses
-`yaml.safe_load`; unknown keys are errors; every validation error is reported at once,
+`yaml.safe_load` semantics with bounded alias expansion (`idlora_core.safe_yaml`); strict
+booleans and integers, documented ranges; unknown keys are errors; every validation error is reported at once,
 each naming the field path, the bad value and what is allowed.
 
 This file is not the training loop nor the adapter code: it only describes and checks.
@@ -12,12 +13,23 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
+import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 from idlora_core.cache import write_text_atomic
+from idlora_core.safe_yaml import YAMLInputError, cut, decode_utf8, safe_load_bounded, shorten
 
 Method = Literal["idlora", "lora", "dora", "hydralora", "full"]
 Selection = Literal["centroid", "id", "random"]
@@ -33,6 +45,19 @@ METHODS: tuple[str, ...] = get_args(Method)
 SELECTIONS: tuple[str, ...] = get_args(Selection)
 BUILTIN_TASKS: tuple[str, ...] = get_args(BuiltinTask)
 DATA_FILE_TASKS: tuple[str, ...] = get_args(DataFileTask)
+MAX_CONFIG_BYTES = 8 * 1024 * 1024  # the CLI's limit on a config file (the app's is smaller)
+MAX_SEED = 2**32 - 1  # numpy's seed range
+
+
+def _refuse_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not a boolean")
+    return value
+
+
+# Numbers from YAML: booleans are refused (`steps: true` is not 1), ints are never coerced
+# from strings or floats; floats accept ints and YAML-1.1 strings like "1e-3", never inf/nan.
+Number = Annotated[float, BeforeValidator(_refuse_bool), Field(allow_inf_nan=False)]
 
 
 class ConfigError(ValueError):
@@ -56,7 +81,7 @@ class ModelConfig(_Strict):
         "auto",
         description="model head: auto (from the task), base, causal-lm or classification",
     )
-    trust_remote_code: bool = Field(
+    trust_remote_code: StrictBool = Field(
         False, description="run code shipped with the model; only when you trust it"
     )
 
@@ -70,17 +95,21 @@ class TargetConfig(_Strict):
         description="module-name suffix (e.g. 'query', 'q_proj') or, with regex: true, a regex "
         "searched in the full module name",
     )
-    regex: bool = Field(False, description="treat pattern as a regular expression")
-    layers: list[int] | None = Field(
+    regex: StrictBool = Field(False, description="treat pattern as a regular expression")
+    layers: list[Annotated[StrictInt, Field(ge=0, le=100_000)]] | None = Field(
         None, description="block indices to adapt (e.g. [0, 1]); None = every block"
     )
-    r: int = Field(8, ge=1, description="rank of each low-rank component")
-    k: int = Field(4, ge=1, description="ID-LoRA clusters, or HydraLoRA heads N")
+    r: StrictInt = Field(8, ge=1, le=65_536, description="rank of each low-rank component")
+    k: StrictInt = Field(4, ge=1, le=4096, description="ID-LoRA clusters, or HydraLoRA heads N")
     selection: Selection = Field("centroid", description="ID-LoRA skeleton-row strategy")
-    rb_splits: int = Field(1, ge=1, description="rank-boosting splits p (1 = plain ID-LoRA)")
-    alpha: float = Field(16.0, gt=0, description="scaling numerator: dy is scaled by alpha / r")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
-    normalize_rows: bool = Field(False, description="cluster L2-normalised rows (cosine)")
+    rb_splits: StrictInt = Field(
+        1, ge=1, le=1024, description="rank-boosting splits p (1 = plain ID-LoRA)"
+    )
+    alpha: Number = Field(
+        16.0, gt=0, le=1e6, description="scaling numerator: dy is scaled by alpha / r"
+    )
+    dropout: Number = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
+    normalize_rows: StrictBool = Field(False, description="cluster L2-normalised rows (cosine)")
 
     @model_validator(mode="after")
     def _check(self) -> TargetConfig:
@@ -103,8 +132,10 @@ class AdapterConfig(_Strict):
         default_factory=lambda: [TargetConfig(pattern="query"), TargetConfig(pattern="value")],
         min_length=1,
     )
-    seed: int = Field(0, description="seed for clustering and random skeleton selection")
-    skeletons: dict[str, list[list[int]]] | None = Field(
+    seed: StrictInt = Field(
+        0, ge=0, le=MAX_SEED, description="seed for clustering and random skeleton selection"
+    )
+    skeletons: dict[str, list[list[Annotated[StrictInt, Field(ge=0)]]]] | None = Field(
         None,
         description="resolved skeleton row indices per adapted layer name: one list of r "
         "global row indices per cluster; when present, no re-clustering happens",
@@ -118,9 +149,11 @@ class TaskConfig(_Strict):
         "'sentiment') or 'jsonl' / 'csv' with a path",
     )
     path: str | None = Field(None, description="data file for 'jsonl' / 'csv' tasks")
-    weight: float = Field(1.0, gt=0, description="mixing weight among the tasks")
-    num_train: int = Field(512, ge=1, description="generated training examples")
-    num_eval: int = Field(64, ge=1, description="held-out evaluation examples")
+    weight: Number = Field(1.0, gt=0, le=1e6, description="mixing weight among the tasks")
+    num_train: StrictInt = Field(
+        512, ge=1, le=10_000_000, description="generated training examples"
+    )
+    num_eval: StrictInt = Field(64, ge=1, le=1_000_000, description="held-out evaluation examples")
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:
@@ -130,20 +163,25 @@ class TaskConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    steps: int = Field(100, ge=1, description="optimiser steps")
-    batch_size: int = Field(8, ge=1, description="examples per device per step")
-    seq_len: int = Field(128, ge=8, description="maximum tokens per example")
-    learning_rate: float = Field(2e-4, gt=0)
+    steps: StrictInt = Field(100, ge=1, le=10_000_000, description="optimiser steps")
+    batch_size: StrictInt = Field(8, ge=1, le=4096, description="examples per device per step")
+    seq_len: StrictInt = Field(128, ge=8, le=131_072, description="maximum tokens per example")
+    learning_rate: Number = Field(2e-4, gt=0, le=10)
     schedule: Schedule = Field("linear", description="learning-rate schedule after warm-up")
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
-    eval_interval: int = Field(50, ge=0, description="evaluate every N steps (0 = only at end)")
-    log_interval: int = Field(1, ge=1, description="write a metrics line every N steps")
-    save_interval: int = Field(
-        50, ge=0, description="save a checkpoint every N steps (0 = only when stopped early)"
+    warmup_steps: StrictInt = Field(0, ge=0, le=10_000_000)
+    weight_decay: Number = Field(0.0, ge=0, le=10)
+    grad_accum: StrictInt = Field(1, ge=1, le=4096, description="gradient accumulation steps")
+    eval_interval: StrictInt = Field(
+        50, ge=0, le=10_000_000, description="evaluate every N steps (0 = only at end)"
     )
-    seed: int = 0
+    log_interval: StrictInt = Field(
+        1, ge=1, le=10_000_000, description="write a metrics line every N steps"
+    )
+    save_interval: StrictInt = Field(
+        50, ge=0, le=10_000_000,
+        description="save a checkpoint every N steps (0 = only when stopped early)",
+    )
+    seed: StrictInt = Field(0, ge=0, le=MAX_SEED)
     precision: Precision = "auto"
     device: Device = "auto"
 
@@ -160,16 +198,55 @@ class RunConfig(_Strict):
     output_dir: str = Field("runs/default", description="folder for metrics, checkpoints, adapters")
 
 
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "model": ModelConfig, "adapter": AdapterConfig, "targets": TargetConfig,
+    "tasks": TaskConfig, "train": TrainConfig,
+}
+_RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def field_range(section: type[BaseModel], name: str) -> tuple[float | None, float | None]:
+    """Return the (lowest, highest) value the schema allows for `section.name` (None = open).
+
+    Exclusive bounds (gt / lt) are returned as they are; the app uses these for its widgets,
+    so every value a valid config holds is shown unclamped.
+    """
+    lo = hi = None
+    for meta in section.model_fields[name].metadata:
+        if isinstance(meta, (annotated_types.Ge, annotated_types.Gt)):
+            lo = getattr(meta, "ge", None) if isinstance(meta, annotated_types.Ge) else meta.gt
+        elif isinstance(meta, (annotated_types.Le, annotated_types.Lt)):
+            hi = getattr(meta, "le", None) if isinstance(meta, annotated_types.Le) else meta.lt
+    return lo, hi
+
+
+def _range_text(loc: tuple) -> str:
+    names = [p for p in loc if isinstance(p, str)]
+    section = _SECTIONS.get(names[-2]) if len(names) >= 2 else None
+    if section is None or names[-1] not in section.model_fields:
+        return ""
+    lo, hi = field_range(section, names[-1])
+    if lo is not None and hi is not None:
+        return f"; allowed range {_fmt(lo)} to {_fmt(hi)}"
+    return ""
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
 def _format_errors(exc: ValidationError) -> list[str]:
     lines = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        path = cut(".".join(str(p) for p in err["loc"]) or "(top level)")
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (not part of the schema)"
+        elif err["type"] in _RANGE_ERRORS:
+            msg += _range_text(err["loc"])
         value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"{path}: {msg}{shown}")
+        shown = "" if isinstance(value, dict) else f" (got {shorten(value)})"
+        lines.append(f"{path}: {cut(msg, 400)}{shown}")
     return lines
 
 
@@ -183,23 +260,40 @@ def parse_config(data: dict[str, Any] | None) -> RunConfig:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
+    except RecursionError:
+        raise ConfigError(["(top level): nested too deeply"]) from None
 
 
-def loads_config(text: str) -> RunConfig:
-    """Return the RunConfig in YAML `text` (parsed with yaml.safe_load); raises ConfigError."""
+def loads_config(text: str | bytes) -> RunConfig:
+    """Return the RunConfig in YAML `text` (safe tags only, alias expansion bounded by
+    `idlora_core.safe_yaml.MAX_YAML_NODES`); raises ConfigError with one line per problem."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"]) from None
+        data = safe_load_bounded(text)
+    except YAMLInputError as exc:
+        raise ConfigError([str(exc)]) from None
     return parse_config(data)
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Return the RunConfig stored in the YAML file at `path`; raises ConfigError."""
+def load_config(path: str | Path, max_bytes: int = MAX_CONFIG_BYTES) -> RunConfig:
+    """Return the RunConfig stored in the YAML file at `path` (at most `max_bytes` bytes);
+    raises ConfigError naming the file for a missing, oversized, non-UTF-8 or invalid file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError([f"{path} is a folder, not a config file"])
     if not path.is_file():
         raise ConfigError([f"config file not found: {path}"])
-    return loads_config(path.read_text(encoding="utf-8"))
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ConfigError([f"{path} is {size:,} bytes; a config is at most {max_bytes:,} bytes "
+                           "(keep data in a data file that a task's `path` names)"])
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"]) from None
+    try:
+        return loads_config(decode_utf8(data, str(path)))
+    except YAMLInputError as exc:
+        raise ConfigError([str(exc)]) from None
 
 
 def dumps_config(config: RunConfig) -> str:
@@ -223,22 +317,28 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     problems = []
     for item in overrides:
         if "=" not in item:
-            problems.append(f"override {item!r}: expected KEY=VALUE, e.g. train.steps=50")
+            problems.append(f"override {shorten(item)}: expected KEY=VALUE, e.g. train.steps=50")
             continue
         key, raw = item.split("=", 1)
+        try:
+            value = safe_load_bounded(raw)
+        except YAMLInputError as exc:
+            problems.append(f"override {shorten(item)}: the value {exc}")
+            continue
         parts = key.strip().split(".")
         node: Any = data
         try:
             for part in parts[:-1]:
                 node = node[int(part)] if isinstance(node, list) else node[part]
             last = parts[-1]
-            value = yaml.safe_load(raw)
             if isinstance(node, list):
                 node[int(last)] = value
-            else:
+            elif isinstance(node, dict):
                 node[last] = value
+            else:
+                raise TypeError(last)
         except (KeyError, IndexError, ValueError, TypeError):
-            problems.append(f"override {item!r}: no such field {key!r}")
+            problems.append(f"override {shorten(item)}: no such field {cut(key)!r}")
     if problems:
         raise ConfigError(problems)
     return parse_config(data)
