@@ -2,8 +2,8 @@
 
 `sweep_model(model, layers, ks, ranks, ...)` runs `analysis.sweep` on every layer named in a
 list, or matched by a regular expression (searched in the full module name), and
-concatenates the tables. Each layer's result is cached in `cached/results/` under a key made
-from the weight's bytes and every sweep parameter (`analysis.cache`), so asking twice costs
+concatenates the tables. Each layer's result is cached in `cache_dir()/results/` under a key made
+from the weight's bytes and every sweep parameter (`idlora_core.cache`), so asking twice costs
 one computation.
 """
 
@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from analysis.cache import ResultCache, cache_key
 from analysis.sweep import Progress, SweepResult, parse_grid, sweep_layer_result, tidy_table
+from idlora_core.cache import ResultCache, cache_key
 from idlora_core.layers import get_linear, get_weight, list_linear_layers
 from idlora_core.linalg.validation import STRATEGIES, check_strategy, check_weight
 
@@ -44,6 +44,12 @@ def resolve_layers(model: nn.Module, layers: Sequence[str] | str) -> list[str]:
     for name in names:
         get_linear(model, name)  # ValueError with close matches when missing
     return names
+
+
+def _check_payload(payload: dict) -> None:
+    # a cache entry with the right key but an unusable payload is recomputed, not trusted
+    if SweepResult.from_payload(payload).table.empty:
+        raise ValueError("cached sweep has no rows")
 
 
 def sweep_layer_cached(
@@ -86,13 +92,13 @@ def sweep_layer_cached(
     store = cache if isinstance(cache, ResultCache) else ResultCache()
     key = cache_key(CACHE_NAMESPACE, [W], params)
     if lookup_only:
-        payload = store.load(key)
+        payload = store.load(key, validate=_check_payload)
         if payload is None:
             return None
         result = SweepResult.from_payload(payload)
         result.from_cache = True
         return result
-    payload, hit = store.get_or_compute(key, compute)
+    payload, hit = store.get_or_compute(key, compute, validate=_check_payload)
     result = SweepResult.from_payload(payload)
     result.from_cache = hit
     return result

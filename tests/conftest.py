@@ -8,11 +8,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
+from idlora_core.cache import cache_dir
 from idlora_core.models import LoadedModel, load_model
+
+# where the dequantised SmolLM2 lives: the cache chosen when the session starts (before the
+# session fixture below points results and skeletons at a temporary folder)
+REPO_MODELS = cache_dir() / "models"
 
 
 @pytest.fixture(scope="session")
@@ -104,15 +111,43 @@ def shared_weight_copy(model: torch.nn.Module):
             p.requires_grad_(flag)
 
 
+def fresh_cache_dir(folder: Path) -> Path:
+    """Make `folder` an empty cache whose `models/` links to the repository's model cache
+    (the dequantised SmolLM2 is immutable: no test re-creates it). Returns `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    REPO_MODELS.mkdir(parents=True, exist_ok=True)
+    (folder / "models").symlink_to(REPO_MODELS, target_is_directory=True)
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_cache(tmp_path_factory):
+    """The whole test session (and every subprocess it starts) caches results and skeletons in a
+    temporary folder, never in the repository's `cached/`."""
+    saved = os.environ.get("IDLORA_CACHE_DIR")
+    os.environ["IDLORA_CACHE_DIR"] = str(fresh_cache_dir(tmp_path_factory.mktemp("cache")))
+    yield Path(os.environ["IDLORA_CACHE_DIR"])
+    if saved is None:
+        os.environ.pop("IDLORA_CACHE_DIR", None)
+    else:
+        os.environ["IDLORA_CACHE_DIR"] = saved
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch) -> Path:
+    """A cache folder of this test's own (no entry from any other test); returns it."""
+    folder = fresh_cache_dir(tmp_path / "cache")
+    monkeypatch.setenv("IDLORA_CACHE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def private_skeleton_cache(tmp_path_factory):
     """Point the library's cache at a fresh folder for one module (clustering runs for real)."""
-    from idlora_core import models as catalog
-
-    saved = catalog.CACHE_DIR
-    catalog.CACHE_DIR = tmp_path_factory.mktemp("cache")
-    yield catalog.CACHE_DIR
-    catalog.CACHE_DIR = saved
+    with pytest.MonkeyPatch.context() as patch:
+        folder = fresh_cache_dir(tmp_path_factory.mktemp("cache"))
+        patch.setenv("IDLORA_CACHE_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="module")

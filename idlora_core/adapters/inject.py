@@ -23,7 +23,7 @@ from idlora_core.adapters.budget import trainable_params
 from idlora_core.adapters.hydralora import HydraLoRALinear
 from idlora_core.adapters.idlora import IDLoRALinear
 from idlora_core.adapters.report import AdapterReport, LayerRow
-from idlora_core.adapters.skeletons import cached_skeleton
+from idlora_core.cache import cached_skeleton
 from idlora_core.config import AdapterConfig, TargetConfig
 from idlora_core.layers import list_linear_layers
 
@@ -135,7 +135,7 @@ def resolve_skeletons(
 ) -> dict[str, list[list[int]]]:
     """Return the skeleton row indices (k lists of r) of every ID-LoRA target: the saved ones in
     `adapter_config.skeletons` where present, else clustered and selected (through the on-disk
-    `skeleton_cache` when `cache`). Also checks that rank boosting divides each layer."""
+    `idlora_core.cache` when `cache`: bad entries are recomputed). Also checks that rank boosting divides each layer."""
     saved = adapter_config.skeletons or {}
     skeletons = {}
     for done, (name, target) in enumerate(targets, start=1):
@@ -154,7 +154,8 @@ def resolve_skeletons(
                       "normalize_rows": target.normalize_rows, "seed": adapter_config.seed}
             w64 = base.weight.detach().to("cpu", torch.float64).numpy()
             skeleton = cached_skeleton(
-                w64, params, lambda b=base, t=target: compute_skeleton(b.weight, t, adapter_config.seed)
+                w64, params, lambda b=base, t=target: compute_skeleton(b.weight, t, adapter_config.seed),
+                check=lambda s, n=name, t=target, rows=m: _check_skeleton(n, s, t, rows),
             )
         elif skeleton is None:
             skeleton = compute_skeleton(base.weight, target, adapter_config.seed)

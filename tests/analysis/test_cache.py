@@ -9,9 +9,9 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 import analysis.sweep_model as layer_sweep
-from analysis.cache import ResultCache, cache_key
 from analysis.sweep import COLUMNS, sweep_layer
 from analysis.sweep_model import resolve_layers, sweep_layer_cached, sweep_model
+from idlora_core.cache import ResultCache, cache_key
 from idlora_core.layers import get_weight
 
 
@@ -113,3 +113,20 @@ def test_resolve_layers_errors(minilm):
         resolve_layers(minilm.model, "query(")
     with pytest.raises(ValueError, match="close matches"):
         resolve_layers(minilm.model, ["encoder.layer.0.attention.self.qury"])
+
+
+def test_entry_with_right_key_and_empty_payload_is_recomputed(tmp_path):
+    """Used to raise KeyError on every run until the entry was deleted by hand."""
+    W = np.random.default_rng(2).standard_normal((20, 8))
+    cache = ResultCache(tmp_path)
+    first = sweep_layer_cached(W, [1, 2], [2, 4], layer="z", cache=cache)
+    (entry,) = tmp_path.rglob("*.json")
+    key = json.loads(entry.read_text())["key"]
+    entry.write_text(json.dumps({"key": key, "payload": {}}))
+    assert sweep_layer_cached(W, [1, 2], [2, 4], layer="z", cache=cache, lookup_only=True) is None
+    entry.write_text(json.dumps({"key": key, "payload": {"table": {"data": [], "columns": COLUMNS},
+                                                         "layer": "z", "clusterings": []}}))
+    again = sweep_layer_cached(W, [1, 2], [2, 4], layer="z", cache=cache)
+    assert not again.from_cache
+    assert again.table.drop(columns="seconds").equals(first.table.drop(columns="seconds"))
+    assert json.loads(entry.read_text())["payload"]["table"]["data"]  # overwritten with the real rows

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
-import analysis.cache
 from analysis.sweep import COLUMNS
 from analysis.sweep_cli import main
 from idlora_core.layers import get_weight
@@ -68,8 +67,7 @@ def test_cli_writes_csv_and_json_that_recompute(minilm, tmp_path):
     assert list((tmp_path / "cache" / "results").rglob("*.json"))  # cached in the chosen folder
 
 
-def test_cli_list_layers_and_errors(minilm, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(analysis.cache, "CACHE_DIR", tmp_path)
+def test_cli_list_layers_and_errors(minilm, tmp_path, capsys, empty_cache):
     assert main(["--list-layers"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 37 and lines[4].split("\t") == [
@@ -88,9 +86,10 @@ def test_cli_list_layers_and_errors(minilm, tmp_path, capsys, monkeypatch):
         main(["--layer", LAYER])  # --out missing
 
 
-def test_cli_second_run_served_from_cache(minilm, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(analysis.cache, "CACHE_DIR", tmp_path)
+def test_cli_second_run_served_from_cache(minilm, tmp_path, capsys, empty_cache):
     args = ["--layer", LAYER, "--ks", "2", "--ranks", "8", "--out", str(tmp_path / "a.csv")]
+    assert not (empty_cache / "results").exists()
     assert main(args) == 0 and "from cache" not in capsys.readouterr().out
+    (entry,) = (empty_cache / "results").rglob("*.json")  # written by this run, in this test's cache
     assert main(args) == 0 and "from cache" in capsys.readouterr().out
     assert main(args + ["--no-cache"]) == 0 and "from cache" not in capsys.readouterr().out

@@ -22,23 +22,29 @@ def _page(**state) -> AppTest:
     return at.run()
 
 
-def test_controls_exist_and_nothing_runs_before_the_button():
-    at = _page(lab_ks=[1, 2], lab_ranks=[4, 8], seed=987_654)  # a grid this test never runs
+def test_controls_exist_and_nothing_runs_before_the_button(empty_cache):
+    at = _page(lab_ks=[1, 2], lab_ranks=[4, 8])
     assert not at.exception
     assert at.multiselect(key="lab_layers").value == [LAYER]
     assert at.multiselect(key="lab_ks").value == [1, 2]
     assert at.multiselect(key="lab_ranks").value == [4, 8]
     assert at.multiselect(key="lab_strategies").value == ["id", "centroid", "random"]
     assert at.checkbox(key="normalize_rows").value is False
-    assert at.number_input(key="seed").value == 987_654
+    assert at.number_input(key="seed").value == 0
     assert "once per k" in " ".join(c.value for c in at.caption)
     assert "Run sweep" in at.info[0].value
     assert len(at.get("plotly_chart")) == 0
+    assert not (empty_cache / "results").exists()
 
 
-def test_run_small_sweep_shows_plots_and_true_numbers(minilm):
+def test_run_small_sweep_shows_plots_and_true_numbers(minilm, empty_cache):
+    from app.sweeps import _sweep_store
+
+    _sweep_store.clear()
     at = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_strategies=["id", "centroid"])
+    assert "Run sweep" in at.info[0].value  # nothing stored yet: this test computes the results
     at.button(key="lab_run").click().run()
+    (entry,) = (empty_cache / "results").rglob("*.json")  # written now, by this run
     assert not at.exception, at.exception
     assert "configurations over 1 layer" in at.success[0].value
     charts = {c.proto.id.rsplit("-", 1)[-1]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
@@ -66,12 +72,15 @@ def test_run_small_sweep_shows_plots_and_true_numbers(minilm):
     assert again.dataframe[0].value.equals(summary)
 
     # a new app process (empty in-memory store) is served from the on-disk sweep cache
-    from app.sweeps import _sweep_store
-
     _sweep_store.clear()
     fresh = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_strategies=["id", "centroid"])
     assert len(fresh.success) == 1 and len(fresh.info) == 0
     assert np.allclose(fresh.dataframe[0].value["rel_fro_error"], summary["rel_fro_error"])
+    # ... and only from it: without the entry the same fresh page has nothing to show
+    entry.unlink()
+    _sweep_store.clear()
+    gone = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_strategies=["id", "centroid"])
+    assert len(gone.success) == 0 and "Run sweep" in gone.info[0].value
 
     at.button(key="lab_use_for_export").click().run()
     choice = at.session_state["layer_choices"][LAYER]

@@ -19,3 +19,76 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
         write_text_atomic(path, "\ud800")  # a lone surrogate cannot be encoded as UTF-8
     assert path.read_text(encoding="utf-8") == "kept"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]
+
+
+def test_cache_dir_is_read_on_every_call(tmp_path, monkeypatch):
+    from idlora_core.cache import REPO_CACHE, ResultCache, cache_dir
+
+    store = ResultCache()
+    monkeypatch.setenv("IDLORA_CACHE_DIR", str(tmp_path / "a"))
+    assert cache_dir() == tmp_path / "a" and store.root == tmp_path / "a" / "results"
+    monkeypatch.setenv("IDLORA_CACHE_DIR", str(tmp_path / "b"))
+    assert store.path("abcd") == tmp_path / "b" / "results" / "ab" / "abcd.json"
+    monkeypatch.setenv("IDLORA_CACHE_DIR", "")
+    assert cache_dir() == REPO_CACHE
+    monkeypatch.delenv("IDLORA_CACHE_DIR")
+    assert cache_dir() == REPO_CACHE
+
+
+def test_test_session_never_uses_the_repo_cache():
+    import os
+
+    from idlora_core.cache import REPO_CACHE, cache_dir
+
+    assert os.environ["IDLORA_CACHE_DIR"] and cache_dir().resolve() != REPO_CACHE.resolve()
+
+
+@pytest.mark.parametrize("payload", [{}, {"table": None}, None, [], "x"])
+def test_entry_with_right_key_but_unusable_payload_is_recomputed(tmp_path, payload):
+    import json
+
+    from idlora_core.cache import ResultCache
+
+    def validate(p):
+        if not p["rows"]:
+            raise ValueError("no rows")
+
+    cache = ResultCache(tmp_path)
+    cache.path("ab12").parent.mkdir(parents=True)
+    cache.path("ab12").write_text(json.dumps({"key": "ab12", "payload": payload}))
+    assert cache.get_or_compute("ab12", lambda: {"rows": [1]}, validate) == ({"rows": [1]}, False)
+    assert json.loads(cache.path("ab12").read_text())["payload"] == {"rows": [1]}  # overwritten
+    assert cache.get_or_compute("ab12", lambda: pytest.fail("recomputed"), validate)[1] is True
+
+
+@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_cache_folder_warns_and_runs_without_cache(tmp_path):
+    from idlora_core.cache import CacheWarning, ResultCache
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        cache = ResultCache(folder)
+        with pytest.warns(CacheWarning, match="cannot be written.*running without the cache"):
+            assert cache.get_or_compute("ab12", lambda: {"v": 1}) == ({"v": 1}, False)
+        assert cache.get_or_compute("ab12", lambda: {"v": 2}) == ({"v": 2}, False)  # still works
+    finally:
+        folder.chmod(0o700)
+
+
+def test_unwritable_cache_warns_once_even_as_root(tmp_path, monkeypatch):
+    import idlora_core.cache as cache_module
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cache_module.tempfile, "mkstemp", refuse)
+    cache = cache_module.ResultCache(tmp_path / "x")
+    with pytest.warns(cache_module.CacheWarning, match="Permission denied"):
+        assert cache.get_or_compute("cd34", lambda: {"v": 1}) == ({"v": 1}, False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per folder, not once per entry
+        assert cache.get_or_compute("ef56", lambda: {"v": 2}) == ({"v": 2}, False)
