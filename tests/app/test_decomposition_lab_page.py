@@ -76,15 +76,16 @@ def test_run_small_sweep_shows_plots_and_true_numbers(minilm, empty_cache):
     fresh = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_strategies=["id", "centroid"])
     assert len(fresh.success) == 1 and len(fresh.info) == 0
     assert np.allclose(fresh.dataframe[0].value["rel_fro_error"], summary["rel_fro_error"])
+
+    at.button(key="lab_use_for_export").click().run()
+    choice = at.session_state["layer_choices"][LAYER]
+    assert choice == {"k": int(row["k"]), "r": 16, "strategy": row["strategy"], "rb_splits": 1}
+
     # ... and only from it: without the entry the same fresh page has nothing to show
     entry.unlink()
     _sweep_store.clear()
     gone = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_strategies=["id", "centroid"])
     assert len(gone.success) == 0 and "Run sweep" in gone.info[0].value
-
-    at.button(key="lab_use_for_export").click().run()
-    choice = at.session_state["layer_choices"][LAYER]
-    assert choice == {"k": int(row["k"]), "r": 16, "strategy": row["strategy"], "rb_splits": 1}
 
 
 def test_infeasible_grid_reports_blank_cells_not_a_crash():
