@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install app test test-slow lint bench browser-deps
+.PHONY: install app test test-quick test-slow lint bench browser-deps
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ browser-deps:
 
 test: install browser-deps
 	$(BIN)/python -m pytest -m "not slow"
+
+# Local inner loop: the default suite without the browser and multi-process tests.
+test-quick: install
+	$(BIN)/python -m pytest -m "not slow and not browser and not multiprocess"
 
 test-slow: install browser-deps
 	$(BIN)/python -m pytest -m slow

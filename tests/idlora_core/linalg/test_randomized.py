@@ -75,4 +75,7 @@ def test_use_randomized_threshold():
     assert not use_randomized(1536, 576)
     assert use_randomized(4096, 4096)
     assert use_randomized(10, 10, True) and not use_randomized(4096, 4096, False)
-    assert RANDOMIZED_MIN_ELEMENTS == 4_000_000
+    # the automatic switch sits exactly at the documented element count
+    assert not use_randomized(RANDOMIZED_MIN_ELEMENTS, 1)
+    assert use_randomized(RANDOMIZED_MIN_ELEMENTS + 1, 1)
+    assert not use_randomized(1, RANDOMIZED_MIN_ELEMENTS) and use_randomized(2, RANDOMIZED_MIN_ELEMENTS)

@@ -14,8 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from idlora_core.config import parse_config, save_config
 from idlora_core.training.run_files import read_metrics
+
+pytestmark = pytest.mark.multiprocess  # several processes (torchrun/gloo): skip locally with -m
 
 REPO = Path(__file__).resolve().parents[3]
 
