@@ -17,18 +17,26 @@ Widgets use these keys directly, so setting a key before its widget renders chan
   lab_ks              list[int]               [1, 2, 4, 8]       Decomposition lab: cluster counts k
   lab_ranks           list[int]               [4, 8, 16, 32]     Decomposition lab: ranks r
   lab_strategies      list[str]               ["id", "centroid", "random"]   skeleton strategies
-  normalize_rows      bool                    False              cluster L2-normalised rows (cosine)
-  seed                int                     0                  clustering / random-selection seed
+  lab_normalize_rows  bool                    False              Decomposition lab: cluster L2-normalised rows
+  lab_seed            int                     0                  Decomposition lab: k-means / random-selection seed
   explorer_layer      str | None              None (= first selected layer)  Cluster explorer layer
   explorer_k          int                     8                  Cluster explorer: clusters
   explorer_r          int                     8                  Cluster explorer: skeleton rows per cluster
   explorer_projection str                     "PCA"              "PCA" | "UMAP"
+  explorer_normalize_rows bool                False              Cluster explorer: cosine geometry
+  explorer_seed       int                     0                  Cluster explorer: seed
   adapter_k           int                     4                  default k for export (every layer)
   adapter_r           int                     8                  default r for export
   adapter_strategy    str                     "centroid"         default skeleton strategy for export
   adapter_rb          int                     1                  default rank-boosting splits p for export
   layer_choices       dict[str, dict]         {}                 per-layer overrides for export:
                                                                  {layer: {"k", "r", "strategy", "rb_splits"}}
+
+Each page owns its settings: no key is read by two pages (the Fine-tune and Export pages keep
+their own normalisation and seed in `ft_normalize_rows` / `ft_adapter_seed` and `ex_normalize_rows` /
+`ex_seed`, see `app/settings_io.py`). What one page hands to another goes through an explicit
+button ("Use the N selected layers", "Use these ... for export"). Only the model picker and the
+Model & layers selection (`layer_kinds`, `block_range`) are shared, and pages say so where used.
 
 Getters/setters: `model_name()` / `set_model_name(name)`, `selected_layers(loaded)`,
 `layer_weight(loaded, layer)` (cached float64 weight), `ensure_layer(key, loaded)`,
@@ -71,12 +79,14 @@ DEFAULTS: dict[str, Any] = {
     "lab_ks": [1, 2, 4, 8],
     "lab_ranks": [4, 8, 16, 32],
     "lab_strategies": list(STRATEGIES),
-    "normalize_rows": False,
-    "seed": 0,
+    "lab_normalize_rows": False,
+    "lab_seed": 0,
     "explorer_layer": None,
     "explorer_k": 8,
     "explorer_r": 8,
     "explorer_projection": "PCA",
+    "explorer_normalize_rows": False,
+    "explorer_seed": 0,
     "adapter_k": 4,
     "adapter_r": 8,
     "adapter_strategy": "centroid",

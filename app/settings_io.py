@@ -12,6 +12,8 @@ kept across page switches by `common.init_state()`.
   ft_ks               [4]                Fine-tune: clusters k (ID-LoRA) / heads N (HydraLoRA)
   ft_selection        "centroid"         Fine-tune: ID-LoRA skeleton strategy
   ft_rb_splits        1                  Fine-tune: rank-boosting splits p
+  ft_normalize_rows   False              Fine-tune: cluster L2-normalised rows (ID-LoRA)
+  ft_adapter_seed     0                  Fine-tune: adapter seed (k-means, random skeletons)
   ft_alpha, ft_dropout 16.0, 0.0         adapter scaling numerator and input dropout
   ft_tasks            [] (= by model)    task names; [] picks the model's default task
   ft_num_train        512                generated training examples per task
@@ -23,6 +25,8 @@ kept across page switches by `common.init_state()`.
   ft_max_parallel     2                  Fine-tune: runs training at the same time
   ex_method           "idlora"           Export: the method written to the YAML
   ex_run_name         "my-run"           Export: output folder name inside the runs folder
+  ex_normalize_rows   False              Export: cluster L2-normalised rows
+  ex_seed             0                  Export: adapter seed
 """
 
 from __future__ import annotations
@@ -74,6 +78,10 @@ DEFAULTS: dict[str, Any] = {
     "ft_max_parallel": 2,
     "ex_method": "idlora",
     "ex_run_name": "my-run",
+    "ft_normalize_rows": False,
+    "ft_adapter_seed": 0,
+    "ex_normalize_rows": False,
+    "ex_seed": 0,
 } | {f"ft_{name}": value for name, value in _TRAIN_DEFAULTS.items()}
 
 
@@ -119,7 +127,7 @@ def finetune_targets(layers: list[str], state: Mapping[str, Any], r: int, k: int
             pattern=name, r=r, k=k, selection=_get(state, "ft_selection"),
             rb_splits=int(_get(state, "ft_rb_splits")), alpha=float(_get(state, "ft_alpha")),
             dropout=float(_get(state, "ft_dropout")),
-            normalize_rows=bool(state.get("normalize_rows", False)),
+            normalize_rows=bool(_get(state, "ft_normalize_rows")),
         )
         for name in layers
     ]
@@ -150,7 +158,7 @@ def finetune_configs(
             label += f" k={k}" if method in ("idlora", "hydralora") else ""
             adapter = AdapterConfig(
                 method=method, targets=finetune_targets(layers, state, r, k),
-                seed=int(state.get("seed", 0)),
+                seed=int(_get(state, "ft_adapter_seed")),
             )
             out.append((label, RunConfig(model=model, adapter=adapter, tasks=tasks, train=train)))
     return out
@@ -175,12 +183,12 @@ def export_config(
             pattern=name, r=int(choices[name]["r"]), k=int(choices[name]["k"]),
             selection=choices[name]["strategy"], rb_splits=int(choices[name]["rb_splits"]),
             alpha=float(_get(state, "ft_alpha")), dropout=float(_get(state, "ft_dropout")),
-            normalize_rows=bool(state.get("normalize_rows", False)),
+            normalize_rows=bool(_get(state, "ex_normalize_rows")),
         )
         for name in layers
     ]
     adapter = AdapterConfig(
-        method=method, targets=targets, seed=int(state.get("seed", 0)),
+        method=method, targets=targets, seed=int(_get(state, "ex_seed")),
         skeletons=skeletons if method == "idlora" and skeletons else None,
     )
     return RunConfig(
@@ -224,8 +232,10 @@ def settings_from_config(cfg: RunConfig, model_settings: dict[str, Any]) -> dict
             kinds.append(kind)
     values: dict[str, Any] = dict(model_settings) | {
         "trust_remote_code": cfg.model.trust_remote_code,
-        "seed": cfg.adapter.seed,
-        "normalize_rows": first.normalize_rows,
+        "ex_seed": cfg.adapter.seed,
+        "ex_normalize_rows": first.normalize_rows,
+        "ft_adapter_seed": cfg.adapter.seed,
+        "ft_normalize_rows": first.normalize_rows,
         "adapter_k": first.k,
         "adapter_r": first.r,
         "adapter_strategy": first.selection,

@@ -37,12 +37,15 @@ c3.number_input("Rank r", 1, 512, step=1, key="explorer_r",
 c4.radio("Projection", ["PCA", "UMAP"], key="explorer_projection", horizontal=True,
          help="PCA appears at once; UMAP is computed in the background and replaces it.")
 with c5:
-    st.checkbox("Normalise rows", key="normalize_rows", help="Cluster rows by direction (cosine).")
-    st.number_input("Seed", 0, 2**31 - 1, step=1, key="seed")
+    st.checkbox("Normalise rows", key="explorer_normalize_rows",
+                help="Cluster rows by direction (cosine). This page's own setting: the "
+                "Decomposition lab and Fine-tune pages have their own.")
+    st.number_input("Seed", 0, 2**31 - 1, step=1, key="explorer_seed")
 
 layer = st.session_state["explorer_layer"]
 k, r = int(st.session_state["explorer_k"]), int(st.session_state["explorer_r"])
-normalize, seed = bool(st.session_state["normalize_rows"]), int(st.session_state["seed"])
+normalize = bool(st.session_state["explorer_normalize_rows"])
+seed = int(st.session_state["explorer_seed"])
 W = layer_weight(loaded, layer)
 m, n = W.shape
 
@@ -137,12 +140,14 @@ with right:
         r"against $(1+r(m-r))\,\sigma_{r+1}(W)^2$ for one global skeleton (DESIGN §2)."
     )
 
-def _use_for_export(k: int, r: int) -> None:
-    st.session_state["adapter_k"], st.session_state["adapter_r"] = k, r
+def _use_for_export(k: int, r: int, normalize: bool, seed: int) -> None:
+    state = st.session_state
+    state["adapter_k"], state["adapter_r"] = k, r
+    state["ex_normalize_rows"], state["ex_seed"] = normalize, seed
 
 
 st.button(f"Use k = {k}, r = {r} as the export defaults", key="explorer_use_for_export",
-          on_click=_use_for_export, args=(k, r),
+          on_click=_use_for_export, args=(k, r, normalize, seed),
           help="The Export page adapts every selected layer with these, unless the Decomposition "
           "lab set a per-layer choice.")
 

@@ -33,10 +33,10 @@ loaded = get_model()
 if loaded is None:
     st.stop()
 
-names = ensure_layer("explorer_layer", loaded)
+names = ensure_layer("lab_focus_layer", loaded)  # stops with a message when there are none
 state = st.session_state
-if not valid(state["lab_layers"], names):
-    state["lab_layers"] = [state["explorer_layer"]]
+if not valid(state["lab_layers"], names):  # default: the first layer selected on Model & layers
+    state["lab_layers"] = [state["lab_focus_layer"]]
 else:
     state["lab_layers"] = valid(state["lab_layers"], names)
 for key, options in (("lab_ks", K_OPTIONS), ("lab_ranks", R_OPTIONS)):
@@ -55,15 +55,16 @@ with st.container(border=True):
     use.button(f"Use the {len(chosen)} selected layers", key="lab_use_selected",
                on_click=_use_selected, args=(chosen,), disabled=not chosen,
                help="The layers chosen by type and block range on the Model & layers page.")
-    c1, c2, c3, c4, c5 = st.columns([2, 3, 2, 1.2, 1])
+    c1, c2, c3, c4, c5 = st.columns([2, 3, 2, 1.4, 1])
     c1.multiselect("Clusters k", K_OPTIONS, key="lab_ks")
     c2.multiselect("Ranks r", R_OPTIONS, key="lab_ranks")
     c3.multiselect("Strategies", list(STRATEGIES), key="lab_strategies",
                    help="id: pivoted-QR skeleton (theory); centroid: rows nearest the cluster "
                    "centroid (the paper); random: seeded baseline.")
-    c4.checkbox("Normalise rows", key="normalize_rows",
-                help="Cluster L2-normalised rows (cosine geometry).")
-    c5.number_input("Seed", 0, 2**31 - 1, step=1, key="seed")
+    c4.checkbox("Normalise rows", key="lab_normalize_rows",
+                help="Cluster L2-normalised rows (cosine geometry). This page's own setting: "
+                "the Cluster explorer and Fine-tune pages have their own.")
+    c5.number_input("Seed", 0, 2**31 - 1, step=1, key="lab_seed")
     st.caption(
         "The sweep runs k-means **once per k**, with minimum cluster size = the largest "
         "feasible r of the grid for that k (k·r ≤ m, r ≤ n), so every rank fits every cluster "
@@ -74,8 +75,8 @@ with st.container(border=True):
 
 layers = list(state["lab_layers"])
 params = dict(ks=sorted(state["lab_ks"]), ranks=sorted(state["lab_ranks"]),
-              strategies=list(state["lab_strategies"]), seed=int(state["seed"]),
-              normalize_rows=bool(state["normalize_rows"]))
+              strategies=list(state["lab_strategies"]), seed=int(state["lab_seed"]),
+              normalize_rows=bool(state["lab_normalize_rows"]))
 if not layers:
     st.info("Pick at least one layer above.")
     st.stop()
@@ -229,6 +230,7 @@ st.caption("For each layer: the (k, strategy) with the lowest error at this r. A
            "gap to SVD at rank k·r is never negative.")
 if st.button("Use these (k, r, strategy) per layer for export", key="lab_use_for_export"):
     state["layer_choices"] = {**state["layer_choices"], **choices_for_export(table, int(r_sum))}
+    state["ex_normalize_rows"], state["ex_seed"] = params["normalize_rows"], params["seed"]
     st.toast(f"Export will use the best k and strategy of {len(summary)} layer(s) at r = {r_sum}.")
 with st.expander("Full sweep table"):
     errors = ["rel_fro_error", "svd_same_r", "svd_same_total", "global_id_same_r",

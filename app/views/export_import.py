@@ -54,6 +54,12 @@ def _choices_editor(layers: list[str]) -> None:
     c4.selectbox("Strategy", list(STRATEGIES), key="adapter_strategy", **KEEP)
     c5.number_input("RB splits p", 1, 64, key="adapter_rb", **KEEP,
                  help="Rank boosting, our reading of the paper's RB: p must divide r.")
+    n1, n2, _ = st.columns([1, 1, 3])
+    n1.checkbox("Normalise rows", key="ex_normalize_rows", **KEEP,
+                help="Cluster L2-normalised rows (cosine geometry). This page's own setting; "
+                "the Decomposition lab and Cluster explorer buttons hand theirs over.")
+    n2.number_input("Seed", 0, 2**31 - 1, step=1, key="ex_seed", **KEEP,
+                    help="k-means and random-skeleton seed written to the YAML.")
     if st.toggle("Per-layer override", key="ex_override"):  # drawn on demand: a faster page
         o1, o2, o3, o4, o5 = st.columns(5)
         layer = o1.selectbox("Layer", layers, key="ov_layer")

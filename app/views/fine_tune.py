@@ -62,6 +62,12 @@ def _controls(loaded) -> list[str]:
                      key="ft_selection", **KEEP)
         st.number_input("Rank-boosting splits p (our reading of the paper's RB)", 1, 64,
                         key="ft_rb_splits", **KEEP, help="p must divide r; 1 = plain ID-LoRA.")
+        n1, n2 = st.columns(2)
+        n1.checkbox("Normalise rows (ID-LoRA)", key="ft_normalize_rows", **KEEP,
+                    help="Cluster L2-normalised rows (cosine geometry) when picking skeletons. "
+                    "This page's own setting.")
+        n2.number_input("Adapter seed", 0, 2**31 - 1, step=1, key="ft_adapter_seed", **KEEP,
+                        help="k-means and random-skeleton seed of the runs.")
     with right:
         st.number_input("Steps", 1, 100_000, key="ft_steps", **KEEP)
         st.number_input("Batch size", 1, 1024, key="ft_batch_size", **KEEP)

@@ -29,8 +29,8 @@ def test_controls_exist_and_nothing_runs_before_the_button(empty_cache):
     assert at.multiselect(key="lab_ks").value == [1, 2]
     assert at.multiselect(key="lab_ranks").value == [4, 8]
     assert at.multiselect(key="lab_strategies").value == ["id", "centroid", "random"]
-    assert at.checkbox(key="normalize_rows").value is False
-    assert at.number_input(key="seed").value == 0
+    assert at.checkbox(key="lab_normalize_rows").value is False
+    assert at.number_input(key="lab_seed").value == 0
     assert "once per k" in " ".join(c.value for c in at.caption)
     assert "Run sweep" in at.info[0].value
     assert len(at.get("plotly_chart")) == 0

@@ -50,3 +50,27 @@ def test_bad_local_path_shows_error_with_next_step(tmp_path):
     message = at.error[0].value
     assert "does not exist" in message and "Pick an embedded model" in message
     assert len(at.dataframe) == 0
+
+
+def test_each_page_owns_its_normalisation_and_seed():
+    """Ticking "Normalise rows" in the explorer leaves the lab's own setting (and the
+    Fine-tune / Export settings) unchanged; the lab's results stay where they were."""
+    at = AppTest.from_file(MAIN, default_timeout=180).run()
+    at.switch_page("views/decomposition_lab.py").run()
+    assert at.checkbox(key="lab_normalize_rows").value is False
+    at.switch_page("views/cluster_explorer.py").run()
+    assert not at.exception
+    at.checkbox(key="explorer_normalize_rows").check().run()
+    at.number_input(key="explorer_seed").set_value(5).run()
+    assert not at.exception
+    assert at.session_state["explorer_normalize_rows"] is True
+    at.switch_page("views/decomposition_lab.py").run()
+    assert not at.exception
+    assert at.checkbox(key="lab_normalize_rows").value is False
+    assert at.number_input(key="lab_seed").value == 0
+    at.switch_page("views/fine_tune.py").run()
+    assert at.checkbox(key="ft_normalize_rows").value is False
+    # back in the explorer, its own choice is still there
+    at.switch_page("views/cluster_explorer.py").run()
+    assert at.checkbox(key="explorer_normalize_rows").value is True
+    assert at.number_input(key="explorer_seed").value == 5
