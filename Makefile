@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install app test test-quick test-slow lint bench browser-deps
+.PHONY: install app app-lab test test-quick test-slow lint bench browser-deps
 
 install: $(STAMP)
 
@@ -19,8 +19,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --no-deps -e .
 	touch $(STAMP)
 
+# Only this machine can reach the app (also set in .streamlit/config.toml).
 app: install
-	$(BIN)/streamlit run app/main.py
+	$(BIN)/streamlit run app/main.py --server.address 127.0.0.1
+
+# Serve a lab room ON PURPOSE: every machine that can reach this one on LAB_PORT can use the
+# app without a login (see docs/SECURITY.md; put it behind an authenticating proxy).
+LAB_PORT ?= 8501
+app-lab: install
+	IDLORA_LAB=1 $(BIN)/streamlit run app/main.py --server.address 0.0.0.0 --server.port $(LAB_PORT)
 
 # Debian's Chromium + ChromeDriver for the real-browser tests (installed once, needs root).
 browser-deps:

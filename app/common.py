@@ -56,6 +56,7 @@ import numpy as np
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
+from app import settings_io
 from idlora_core.layers import get_weight
 from idlora_core.models import LoadedModel, ModelNotFoundError, available_models, load_model
 
@@ -169,7 +170,8 @@ def get_model() -> LoadedModel | None:
         st.error("No model directory given. Type the path of a local Hugging Face model folder "
                  "(one that holds config.json) in the sidebar, or pick an embedded model.")
         return None
-    trust = bool(st.session_state.get("trust_remote_code", False)) and model_name_is_local()
+    # only the sidebar tick, for an existing local folder (never an import, never a hub id)
+    trust = settings_io.trust_remote_code(st.session_state)
     try:
         with st.spinner(f"Loading {name} ... (first load only; later pages reuse it)"):
             return _load(name, trust)
@@ -183,8 +185,12 @@ def get_model() -> LoadedModel | None:
 
 
 def model_name_is_local() -> bool:
-    """Return True when the sidebar points at a local model directory."""
-    return st.session_state.get("model_choice") == "local"
+    """Return True when the sidebar points at an existing local model directory (not a hub id)."""
+    from pathlib import Path
+
+    path = str(st.session_state.get("model_path", "")).strip()
+    return st.session_state.get("model_choice") == "local" and bool(path) and Path(
+        path).expanduser().is_dir()
 
 
 def selected_layers(loaded: LoadedModel) -> list[str]:

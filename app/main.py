@@ -12,6 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from app.common import MODEL_CHOICES, init_state
+from app.settings_io import lab_mode
 
 HERE = Path(__file__).resolve().parent
 PAGES = [
@@ -36,10 +37,14 @@ def model_picker() -> None:
                 "Local model directory", key="model_path", placeholder="/path/to/hf-model",
                 help="A Hugging Face model folder (config.json + weights). It is only read.",
             )
-            st.checkbox(
-                "Trust remote code", key="trust_remote_code",
-                help="Runs Python code shipped with the model. Only tick it for models you trust.",
-            )
+            if lab_mode():
+                st.caption("Served to a lab (IDLORA_LAB): models never run their own code here.")
+            else:
+                st.checkbox(
+                    "Trust remote code", key="trust_remote_code",
+                    help="Runs Python code shipped with the model on this server. Only tick it "
+                         "for a local model folder you trust; imported YAML never ticks it.",
+                )
         elif st.session_state.get("model_choice") == "smollm2-135m":
             st.caption("SmolLM2's weights passed through 4-bit (Q4_1) quantisation: expect a "
                        "noise floor in the spectra.")

@@ -20,13 +20,16 @@ kept across page switches by `common.init_state()`.
   ft_num_eval         64                 held-out evaluation examples per task
   ft_<train field>    TrainConfig        every field of idlora_core.config.TrainConfig
                                          (ft_steps, ft_batch_size, ft_learning_rate, ...)
-  ft_runs_root        "runs"             runs folder (relative to the repo root; the
-                                         environment variable IDLORA_RUNS_DIR overrides)
   ft_max_parallel     2                  Fine-tune: runs training at the same time
   ex_method           "idlora"           Export: the method written to the YAML
   ex_run_name         "my-run"           Export: output folder name inside the runs folder
   ex_normalize_rows   False              Export: cluster L2-normalised rows
   ex_seed             0                  Export: adapter seed
+
+The runs folder is a server setting, not a page setting: `runs_root()` (IDLORA_RUNS_DIR,
+default `runs/` in the repo). Users only name runs inside it. An imported YAML never turns on
+`trust_remote_code` (only the sidebar tick does, for an existing local folder), and values
+outside a widget's range are refused with the range, never clamped (`check_ranges`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from idlora_core.config import (
     TargetConfig,
     TaskConfig,
     TrainConfig,
+    field_range,
 )
 from idlora_core.layers import layer_kind
 
@@ -74,7 +78,6 @@ DEFAULTS: dict[str, Any] = {
     "ft_tasks": [],
     "ft_num_train": 512,
     "ft_num_eval": 64,
-    "ft_runs_root": os.environ.get("IDLORA_RUNS_DIR", "runs"),
     "ft_max_parallel": 2,
     "ex_method": "idlora",
     "ex_run_name": "my-run",
@@ -83,6 +86,85 @@ DEFAULTS: dict[str, Any] = {
     "ex_normalize_rows": False,
     "ex_seed": 0,
 } | {f"ft_{name}": value for name, value in _TRAIN_DEFAULTS.items()}
+
+
+# Number widgets: (min, max) from the schema, so every valid config shows unclamped.
+_TINY = 1e-12  # the widget minimum of a float the schema only requires to be > 0
+
+
+def _limits(section: type, name: str) -> tuple[float, float]:
+    lo, hi = field_range(section, name)
+    info = section.model_fields[name]
+    if info.annotation is not float:
+        return lo, hi
+    exclusive = any(hasattr(m, "gt") for m in info.metadata)
+    return (_TINY if exclusive and lo == 0 else float(lo)), float(hi)
+
+
+WIDGET_LIMITS: dict[str, tuple[float, float]] = {
+    f"ft_{name}": _limits(TrainConfig, name)
+    for name in ("steps", "batch_size", "seq_len", "learning_rate", "warmup_steps",
+                 "eval_interval", "weight_decay")
+} | {
+    "ft_num_train": _limits(TaskConfig, "num_train"),
+    "ft_num_eval": _limits(TaskConfig, "num_eval"),
+    "ft_rb_splits": _limits(TargetConfig, "rb_splits"),
+    "ft_alpha": _limits(TargetConfig, "alpha"),
+    "adapter_k": _limits(TargetConfig, "k"),
+    "adapter_r": _limits(TargetConfig, "r"),
+    "adapter_rb": _limits(TargetConfig, "rb_splits"),
+    "ft_adapter_seed": _limits(AdapterConfig, "seed"),
+    "ex_seed": _limits(AdapterConfig, "seed"),
+}
+
+
+def bounds(key: str) -> dict[str, Any]:
+    """Return `min_value` / `max_value` for the number widget of session key `key`."""
+    lo, hi = WIDGET_LIMITS[key]
+    return {"min_value": lo, "max_value": hi}
+
+
+def check_ranges(values: Mapping[str, Any]) -> list[str]:
+    """Return one line per value in `values` outside its widget's range ([] when all fit)."""
+    problems = []
+    for key, (lo, hi) in WIDGET_LIMITS.items():
+        value = values.get(key)
+        if isinstance(value, (int, float)) and not lo <= value <= hi:
+            problems.append(f"{key.removeprefix('ft_')} = {_fmt(value)}: allowed range "
+                            f"{_fmt(lo)} to {_fmt(hi)}")
+    return problems
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def runs_root() -> Path:
+    """Return the server's runs folder (absolute): IDLORA_RUNS_DIR, else `runs/` in the repo.
+
+    A server setting read at each call: pages never take a folder from the user, only a run
+    name checked by `analysis.runs.safe_run_dir`.
+    """
+    raw = os.environ.get("IDLORA_RUNS_DIR", "").strip() or "runs"
+    path = Path(raw).expanduser()
+    return (path if path.is_absolute() else REPO_ROOT / path).resolve()
+
+
+def lab_mode() -> bool:
+    """Return True when the app serves a room (`make app-lab` sets IDLORA_LAB=1)."""
+    return os.environ.get("IDLORA_LAB", "").strip() not in ("", "0", "false", "False")
+
+
+def trust_remote_code(state: Mapping[str, Any]) -> bool:
+    """Return True only when the sidebar tick is on AND the model is an existing local folder.
+
+    A hub id (`owner/name`) or an embedded model never runs remote code from the app, and a
+    lab server (`lab_mode()`) never runs it at all.
+    """
+    if lab_mode() or not state.get("trust_remote_code") or state.get("model_choice") != "local":
+        return False
+    path = str(state.get("model_path", "")).strip()
+    return bool(path) and Path(path).expanduser().is_dir()
 
 
 def init_defaults(state: Any) -> None:
@@ -147,7 +229,7 @@ def finetune_configs(
     ks = sorted({int(k) for k in _get(state, "ft_ks")}) or [4]
     train = train_config(state)
     tasks = task_configs(state, model_kind)
-    model = ModelConfig(name=model_name, trust_remote_code=bool(state.get("trust_remote_code")))
+    model = ModelConfig(name=model_name, trust_remote_code=trust_remote_code(state))
     out = []
     for method in [m for m in METHODS if m in _get(state, "ft_methods")]:
         grid = [(ranks[0], ks[0])] if method == "full" else [
@@ -192,7 +274,7 @@ def export_config(
         skeletons=skeletons if method == "idlora" and skeletons else None,
     )
     return RunConfig(
-        model=ModelConfig(name=model_name, trust_remote_code=bool(state.get("trust_remote_code"))),
+        model=ModelConfig(name=model_name, trust_remote_code=trust_remote_code(state)),
         adapter=adapter,
         tasks=task_configs(state, model_kind),
         train=train_config(state),
@@ -231,7 +313,9 @@ def settings_from_config(cfg: RunConfig, model_settings: dict[str, Any]) -> dict
         if kind not in kinds and kind != "other":
             kinds.append(kind)
     values: dict[str, Any] = dict(model_settings) | {
-        "trust_remote_code": cfg.model.trust_remote_code,
+        # shown, never applied: only the sidebar tick enables remote code
+        "trust_remote_code": False,
+        "ex_import_trust_requested": cfg.model.trust_remote_code,
         "ex_seed": cfg.adapter.seed,
         "ex_normalize_rows": first.normalize_rows,
         "ft_adapter_seed": cfg.adapter.seed,
@@ -262,12 +346,5 @@ def settings_from_config(cfg: RunConfig, model_settings: dict[str, Any]) -> dict
     values |= {f"ft_{name}": value for name, value in cfg.train.model_dump().items()}
     out = Path(cfg.output_dir)
     if out.name and not out.is_absolute() and ".." not in out.parts:
-        values["ex_run_name"] = out.name
-        values["ft_runs_root"] = str(out.parent) if str(out.parent) != "." else "runs"
+        values["ex_run_name"] = out.name  # the folder above is the server's runs folder
     return values
-
-
-def resolve_runs_root(root: str) -> Path:
-    """Return the runs folder as an absolute path (relative paths are taken from the repo root)."""
-    path = Path(str(root).strip() or "runs").expanduser()
-    return path if path.is_absolute() else REPO_ROOT / path

@@ -49,23 +49,25 @@ def _choices_editor(layers: list[str]) -> None:
     c1, c2, c3, c4, c5 = st.columns(5)
     c1.selectbox("Method", list(METHODS), format_func=sio.METHOD_LABELS.get, key="ex_method",
                  **KEEP)
-    c2.number_input("k (clusters / heads)", 1, 256, key="adapter_k", **KEEP)
-    c3.number_input("r (rank)", 1, 1024, key="adapter_r", **KEEP)
+    c2.number_input("k (clusters / heads)", **sio.bounds("adapter_k"), key="adapter_k", **KEEP)
+    c3.number_input("r (rank)", **sio.bounds("adapter_r"), key="adapter_r", **KEEP)
     c4.selectbox("Strategy", list(STRATEGIES), key="adapter_strategy", **KEEP)
-    c5.number_input("RB splits p", 1, 64, key="adapter_rb", **KEEP,
+    c5.number_input("RB splits p", **sio.bounds("adapter_rb"), key="adapter_rb", **KEEP,
                  help="Rank boosting, our reading of the paper's RB: p must divide r.")
     n1, n2, _ = st.columns([1, 1, 3])
     n1.checkbox("Normalise rows", key="ex_normalize_rows", **KEEP,
                 help="Cluster L2-normalised rows (cosine geometry). This page's own setting; "
                 "the Decomposition lab and Cluster explorer buttons hand theirs over.")
-    n2.number_input("Seed", 0, 2**31 - 1, step=1, key="ex_seed", **KEEP,
+    n2.number_input("Seed", **sio.bounds("ex_seed"), step=1, key="ex_seed", **KEEP,
                     help="k-means and random-skeleton seed written to the YAML.")
     if st.toggle("Per-layer override", key="ex_override"):  # drawn on demand: a faster page
         o1, o2, o3, o4, o5 = st.columns(5)
         layer = o1.selectbox("Layer", layers, key="ov_layer")
         current = layer_choice(layer) if layer else {}
-        k = o2.number_input("k", 1, 256, value=int(current.get("k", 4)), key=f"ov_k_{layer}")
-        r = o3.number_input("r", 1, 1024, value=int(current.get("r", 8)), key=f"ov_r_{layer}")
+        k = o2.number_input("k", **sio.bounds("adapter_k"), value=int(current.get("k", 4)),
+                            key=f"ov_k_{layer}")
+        r = o3.number_input("r", **sio.bounds("adapter_r"), value=int(current.get("r", 8)),
+                            key=f"ov_r_{layer}")
         strategy = o4.selectbox("strategy", list(STRATEGIES), key=f"ov_strategy_{layer}",
                                 index=list(STRATEGIES).index(current.get("strategy", "centroid")))
         rb = o5.selectbox("p", [1, 2, 4, 8], key=f"ov_rb_{layer}",
@@ -97,18 +99,15 @@ def _layer_table(loaded, layers: list[str], choices: dict) -> pd.DataFrame:
 
 
 def _output_dir() -> str | None:
-    """Return the output folder for the YAML, or None after an st.error."""
+    """Return the output folder for the YAML (`runs/NAME`), or None after an st.error."""
     state = st.session_state
-    c1, c2 = st.columns(2)
-    c1.text_input("Runs folder", key="ft_runs_root", **KEEP, help="Relative to the repo root.")
-    c2.text_input("Run name (folder inside the runs folder)", key="ex_run_name", **KEEP)
-    root = str(state["ft_runs_root"]).strip() or "runs"
+    st.text_input("Run name (folder inside the runs folder)", key="ex_run_name", **KEEP)
     try:
-        safe_run_dir(sio.resolve_runs_root(root), state["ex_run_name"])
+        safe_run_dir(sio.runs_root(), state["ex_run_name"])
     except RunPathError as exc:
         st.error(f"{exc}. Choose a plain folder name such as `my-run`.")
         return None
-    return f"{root.rstrip('/')}/{str(state['ex_run_name']).strip()}"
+    return f"runs/{str(state['ex_run_name']).strip()}"
 
 
 def _export(loaded, layers: list[str]) -> None:
@@ -161,8 +160,16 @@ def _import_text(text: str, source: str, extra: dict | None = None) -> None:
                  + "\n\nFix these fields (see the exported YAML above for the schema).")
         return
     values = sio.settings_from_config(cfg, set_model_name(cfg.model.name))
-    apply_settings(values | (extra or {})
-                   | {"ex_import_message": f"Restored the settings of {source}."})
+    problems = sio.check_ranges(values)
+    if problems:
+        st.error(f"{source} holds values this app cannot show:\n\n"
+                 + "\n".join(f"- `{p}`" for p in problems) + "\n\nNothing was restored.")
+        return
+    message = f"Restored the settings of {source}."
+    if cfg.model.trust_remote_code:
+        message += (" It asks for `trust_remote_code: true`; that was NOT turned on. Tick "
+                    "*Trust remote code* in the sidebar only if you trust the model folder.")
+    apply_settings(values | (extra or {}) | {"ex_import_message": message})
 
 
 def _import() -> None:

@@ -60,35 +60,39 @@ def _controls(loaded) -> list[str]:
                        _options((1, 2, 4, 8, 16), "ft_ks"), key="ft_ks", **KEEP)
         st.selectbox("Skeleton strategy (ID-LoRA)", ["centroid", "id", "random"],
                      key="ft_selection", **KEEP)
-        st.number_input("Rank-boosting splits p (our reading of the paper's RB)", 1, 64,
-                        key="ft_rb_splits", **KEEP, help="p must divide r; 1 = plain ID-LoRA.")
+        st.number_input("Rank-boosting splits p (our reading of the paper's RB)",
+                        **sio.bounds("ft_rb_splits"), key="ft_rb_splits", **KEEP,
+                        help="p must divide r; 1 = plain ID-LoRA.")
         n1, n2 = st.columns(2)
         n1.checkbox("Normalise rows (ID-LoRA)", key="ft_normalize_rows", **KEEP,
                     help="Cluster L2-normalised rows (cosine geometry) when picking skeletons. "
                     "This page's own setting.")
-        n2.number_input("Adapter seed", 0, 2**31 - 1, step=1, key="ft_adapter_seed", **KEEP,
+        n2.number_input("Adapter seed", **sio.bounds("ft_adapter_seed"), step=1,
+                        key="ft_adapter_seed", **KEEP,
                         help="k-means and random-skeleton seed of the runs.")
     with right:
-        st.number_input("Steps", 1, 100_000, key="ft_steps", **KEEP)
-        st.number_input("Batch size", 1, 1024, key="ft_batch_size", **KEEP)
-        st.number_input("Learning rate", 1e-6, 1.0, key="ft_learning_rate", **KEEP, format="%.0e",
+        st.number_input("Steps", **sio.bounds("ft_steps"), key="ft_steps", **KEEP)
+        st.number_input("Batch size", **sio.bounds("ft_batch_size"), key="ft_batch_size", **KEEP)
+        st.number_input("Learning rate", **sio.bounds("ft_learning_rate"), key="ft_learning_rate", **KEEP, format="%.0e",
                         step=1e-4)
     # Drawn only on demand: fewer widgets make the page appear faster in the browser.
     if st.toggle("More training settings", key="ft_more", **KEEP):
         c1, c2, c3, c4 = st.columns(4)
-        c1.number_input("Max sequence length (tokens)", 8, 4096, key="ft_seq_len", **KEEP)
-        c2.number_input("Evaluate every N steps (0 = end)", 0, 100_000, key="ft_eval_interval",
+        c1.number_input("Max sequence length (tokens)", **sio.bounds("ft_seq_len"), key="ft_seq_len", **KEEP)
+        c2.number_input("Evaluate every N steps (0 = end)", **sio.bounds("ft_eval_interval"),
+                        key="ft_eval_interval",
                         **KEEP)
-        c3.number_input("Training examples per task", 1, 1_000_000, key="ft_num_train", **KEEP)
+        c3.number_input("Training examples per task", **sio.bounds("ft_num_train"), key="ft_num_train", **KEEP)
         c4.selectbox("Schedule", ["constant", "linear", "cosine"], key="ft_schedule", **KEEP)
-        c1.number_input("Evaluation examples per task", 1, 100_000, key="ft_num_eval", **KEEP)
-        c2.number_input("Warm-up steps", 0, 100_000, key="ft_warmup_steps", **KEEP)
-        c3.number_input("alpha (scale alpha/r)", 0.1, 1024.0, key="ft_alpha", **KEEP)
+        c1.number_input("Evaluation examples per task", **sio.bounds("ft_num_eval"), key="ft_num_eval", **KEEP)
+        c2.number_input("Warm-up steps", **sio.bounds("ft_warmup_steps"), key="ft_warmup_steps", **KEEP)
+        c3.number_input("alpha (scale alpha/r)", **sio.bounds("ft_alpha"), key="ft_alpha", **KEEP)
         c4.selectbox("Precision", ["auto", "fp32", "bf16", "fp16"], key="ft_precision", **KEEP)
         c1.selectbox("Device", ["auto", "cpu", "cuda"], key="ft_device", **KEEP)
         c2.number_input("Runs at the same time", 1, 8, key="ft_max_parallel", **KEEP,
                         help="Further runs wait in a queue (the CPU is shared).")
-        st.text_input("Runs folder (relative to the repo root)", key="ft_runs_root", **KEEP)
+        st.caption(f"Runs are written to the server's runs folder `{sio.runs_root()}` "
+                   "(IDLORA_RUNS_DIR, set where the app is started).")
     gpu = torch.cuda.is_available()
     st.caption(("A GPU is available: device 'auto' trains on CUDA (bf16 where supported)."
                 if gpu else "No GPU here: runs train on the CPU.")
@@ -114,14 +118,14 @@ def _start_clicked(loaded, layers: list[str]) -> None:
 def _pump_queue() -> None:
     """Start queued runs while fewer than `ft_max_parallel` of this session's runs are active."""
     state = st.session_state
-    root = sio.resolve_runs_root(state["ft_runs_root"])
+    root = sio.runs_root()
     active = sum(runs.run_state(h) in runs.ACTIVE_STATES for h in state[HANDLES])
     while state.get(QUEUE) and active < int(state["ft_max_parallel"]):
         label, cfg = state[QUEUE].pop(0)
         try:
             handle = runs.start_run(cfg, root)
         except (OSError, ValueError) as exc:
-            st.error(f"Could not start {label}: {exc}. Check the runs folder setting.")
+            st.error(f"Could not start {label}: {exc}")
             state[QUEUE] = []
             return
         state[HANDLES].append(handle)
@@ -285,7 +289,7 @@ def main() -> None:
         n = sum(runs.cancel_run(h) for h in state[HANDLES])
         st.toast(f"Asked {n} run(s) to stop after their current step; metrics are kept.")
 
-    root = sio.resolve_runs_root(state["ft_runs_root"])
+    root = sio.runs_root()
     mine = {h.run_dir for h in state[HANDLES]}
     past_names = [p.name for p in runs.list_runs(root) if p not in mine]
     state["ft_past"] = valid(state.get("ft_past") or [], past_names)

@@ -59,10 +59,10 @@ def test_page_renders_alone_with_controls(app):
     assert any("No runs yet" in i.value for i in app.info)
 
 
-def test_past_runs_reload_into_charts_and_compare_table(app, tmp_path):
+def test_past_runs_reload_into_charts_and_compare_table(app, tmp_path, monkeypatch):
     _fake_run(tmp_path, "run-a", "idlora", [0.9, 0.7, 0.5], trainable=9_000)
     _fake_run(tmp_path, "run-b", "lora", [0.9, 0.6, 0.45], trainable=18_000)
-    app.session_state["ft_runs_root"] = str(tmp_path)
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
     app.run()
     assert set(app.multiselect(key="ft_past").options) == {"run-a", "run-b"}
     app.multiselect(key="ft_past").set_value(["run-a", "run-b"]).run()
@@ -114,7 +114,7 @@ def test_two_sessions_start_runs_in_their_own_folders(tmp_path, monkeypatch):
     monkeypatch.setattr(runs.subprocess, "Popen", FakePopen)
     tabs = [AppTest.from_file(PAGE, default_timeout=60) for _ in range(2)]
     for at, methods in zip(tabs, (["idlora"], ["lora", "dora"]), strict=True):
-        at.session_state["ft_runs_root"] = str(tmp_path)
+        monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
         at.session_state["ft_methods"] = methods
         at.run()
         at.button(key="start_runs").click().run()
