@@ -31,7 +31,9 @@ from pydantic import (
 from idlora_core.cache import write_text_atomic
 from idlora_core.safe_yaml import YAMLInputError, cut, decode_utf8, safe_load_bounded, shorten
 
-Method = Literal["idlora", "lora", "dora", "hydralora", "full"]
+AdapterMethod = Literal["idlora", "lora", "dora", "hydralora", "full"]
+BaselineMethod = Literal["head-only", "base"]
+Method = Literal[AdapterMethod, BaselineMethod]
 Selection = Literal["centroid", "id", "random"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -41,7 +43,11 @@ BuiltinTask = Literal["arithmetic", "code", "knowledge", "refusal", "sentiment"]
 DataFileTask = Literal["jsonl", "csv"]
 
 # Every list of names elsewhere (UI choices, task registry, budgets) derives from these.
-METHODS: tuple[str, ...] = get_args(Method)
+METHODS: tuple[str, ...] = get_args(AdapterMethod)  # adapter methods
+# Reference points of every comparison: `head-only` trains only the task head (the linear
+# probe, classification tasks), `base` trains nothing (the model as it is, 0 trainable).
+BASELINE_METHODS: tuple[str, ...] = get_args(BaselineMethod)
+ALL_METHODS: tuple[str, ...] = METHODS + BASELINE_METHODS
 SELECTIONS: tuple[str, ...] = get_args(Selection)
 BUILTIN_TASKS: tuple[str, ...] = get_args(BuiltinTask)
 DATA_FILE_TASKS: tuple[str, ...] = get_args(DataFileTask)
@@ -127,7 +133,11 @@ class TargetConfig(_Strict):
 
 
 class AdapterConfig(_Strict):
-    method: Method = Field("idlora", description="idlora | lora | dora | hydralora | full")
+    method: Method = Field(
+        "idlora",
+        description="idlora | lora | dora | hydralora | full, or the baselines head-only (only the "
+        "task head trains; targets ignored) and base (no training)",
+    )
     targets: list[TargetConfig] = Field(
         default_factory=lambda: [TargetConfig(pattern="query"), TargetConfig(pattern="value")],
         min_length=1,

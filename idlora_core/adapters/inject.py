@@ -1,11 +1,13 @@
 """Put adapters on a transformers model: find the target linears, create the adapter, replace.
 
-One entry point, `apply_adapters(model, adapter_config)`, for all five methods:
+One entry point, `apply_adapters(model, adapter_config)`, for all five methods and two baselines:
   idlora     -> `IDLoRALinear` (skeleton rows from `clustering` + `selection`, or from
                 `adapter_config.skeletons` when given, so a saved config needs no re-clustering)
   hydralora  -> `HydraLoRALinear`
   lora, dora -> PEFT (`LoraConfig(target_modules=[exact names], use_dora=...)`, `get_peft_model`)
   full       -> the chosen linears themselves are unfrozen, nothing else
+  head-only  -> no adapter: only the head modules train (targets ignored)
+  base       -> nothing trains (the reference point with 0 trainable parameters)
 Everything else is frozen, except head modules named in `extra_trainable` (counted apart).
 Save / load lives in `adapter_io.py`.
 """
@@ -231,6 +233,8 @@ def apply_adapters(
     Configuration errors are raised before the model is touched.
     """
     base_params = sum(p.numel() for p in model.parameters())
+    if adapter_config.method in ("head-only", "base"):
+        return _apply_baseline(model, adapter_config.method, extra_trainable, base_params)
     targets = resolve_targets(model, adapter_config)
     names = {name for name, _ in targets}
     heads = head_module_names(model, extra_trainable, names)
@@ -266,6 +270,23 @@ def apply_adapters(
     report = build_report(model, method, targets, heads, base_params)
     report.resolved_skeletons = skeletons
     return model, report
+
+
+def _apply_baseline(model: nn.Module, method: str, extra_trainable: Sequence[str],
+                    base_params: int) -> tuple[nn.Module, AdapterReport]:
+    """Freeze `model`; for head-only unfreeze the head modules (targets are ignored)."""
+    heads = head_module_names(model, extra_trainable, set())
+    if method == "head-only" and not heads:
+        raise ValueError(
+            f"method 'head-only' trains only the task head, but the model has no module named "
+            f"{' or '.join(repr(h) for h in extra_trainable)}; use it with a classification task "
+            "(e.g. sentiment), or use 'base' as the reference"
+        )
+    model.requires_grad_(False)
+    if method == "head-only":
+        for head in heads:
+            model.get_submodule(head).requires_grad_(True)
+    return model, build_report(model, method, [], heads, base_params)
 
 
 def build_report(

@@ -38,6 +38,7 @@ from idlora_core.training.evaluate import evaluate_tasks
 from idlora_core.training.run_files import (
     METRICS_FILE,
     RUN_FILE,
+    append_metrics,
     truncate_metrics,
     versions,
     write_json_atomic,
@@ -87,21 +88,61 @@ def model_head(config: RunConfig, tasks: list[TaskData]) -> str:
     needed = "classification" if tasks[0].kind == "classification" else "causal-lm"
     if config.model.head not in ("auto", needed):
         raise ValueError(f"model.head is {config.model.head!r} but the tasks need a {needed!r} head")
+    if config.adapter.method == "head-only" and needed != "classification":
+        raise ValueError("adapter.method 'head-only' trains only a classification head, but these tasks "
+                         "need a causal-lm head; use 'base' as the reference for causal-LM tasks")
     return needed
 
 
-def build_model(config: RunConfig, tasks: list[TaskData]):
-    """Return (adapted model, tokenizer, AdapterReport) for a run, seeded for repeatable heads."""
+HEAD_MODULES = ("classifier", "score")
+
+
+def reset_heads(model: torch.nn.Module, seed: int) -> list[str]:
+    """Re-initialise the new task-head linears of `model` (N(0, initializer_range) weights, zero bias)
+    from a generator seeded with `seed`; return their names. Causal-LM heads are never touched.
+
+    The head then depends on the seed only, not on what the global RNG did while loading, so a
+    study worker's copied model and a freshly loaded one start from the same head.
+    """
+    from idlora_core.adapters.inject import head_module_names
+
+    std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
+    gen = torch.Generator().manual_seed(int(seed))
+    names = head_module_names(model, HEAD_MODULES, set())
+    for name in names:
+        for module in model.get_submodule(name).modules():
+            if isinstance(module, torch.nn.Linear):
+                with torch.no_grad():
+                    module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * std)
+                    if module.bias is not None:
+                        module.bias.zero_()
+    return names
+
+
+def build_model(config: RunConfig, tasks: list[TaskData], source=None):
+    """Return (adapted model, tokenizer, AdapterReport) for a run, seeded for repeatable heads.
+
+    `source(name, head, num_labels, trust_remote_code)` may return a fresh (model, tokenizer)
+    pair to adapt (a study worker hands out copies of a model it keeps loaded); by default the
+    model is loaded from disk. Either way the head and adapter initialisation depend on the
+    seed only.
+    """
     from idlora_core.adapters.inject import apply_adapters
 
     head = model_head(config, tasks)
-    set_seed(config.train.seed)
-    loaded = load_model(config.model.name, head=head, num_labels=max(tasks[0].num_labels, 2),
-                        trust_remote_code=config.model.trust_remote_code)
-    model, tokenizer = loaded.model, loaded.tokenizer
+    num_labels = max(tasks[0].num_labels, 2)
+    if source is None:
+        loaded = load_model(config.model.name, head=head, num_labels=num_labels,
+                            trust_remote_code=config.model.trust_remote_code)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    else:
+        model, tokenizer = source(config.model.name, head, num_labels, config.model.trust_remote_code)
     if tokenizer.pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    model, report = apply_adapters(model, config.adapter, extra_trainable=("classifier", "score"))
+    if head == "classification":
+        reset_heads(model, config.train.seed)
+    set_seed(config.train.seed)
+    model, report = apply_adapters(model, config.adapter, extra_trainable=HEAD_MODULES)
     return model, tokenizer, report
 
 
@@ -192,13 +233,14 @@ def _clear_previous_run(output_dir: Path) -> None:
 
 
 def run_training(config: RunConfig, *, resume: bool = False, stop: StopFlag | None = None,
-                 progress: bool = True, callbacks: list | None = None) -> RunResult:
+                 progress: bool = True, callbacks: list | None = None, source=None) -> RunResult:
     """Train `config` and return how the run ended; every file goes under `config.output_dir`.
 
     resume=True continues from the last checkpoint in OUTPUT/checkpoints (ValueError when
     there is none). A stop request on `stop` ends the run after the current step with a
     checkpoint (state 'cancelled'); a NaN/inf loss ends it with state 'failed'.
-    `callbacks`: extra transformers TrainerCallbacks (hooks for tests and tools).
+    `callbacks`: extra transformers TrainerCallbacks (hooks for tests and tools); `source`: see
+    `build_model`. Method `base` trains nothing: the model is evaluated once (step 0).
     """
     stop = stop or StopFlag()
     output_dir = Path(config.output_dir)
@@ -216,7 +258,7 @@ def run_training(config: RunConfig, *, resume: bool = False, stop: StopFlag | No
         output_dir.mkdir(parents=True, exist_ok=True)
         write_status(output_dir, "running", "loading model and data", max_steps=config.train.steps)
     tasks = load_tasks(config.tasks, seed=config.train.seed)
-    model, tokenizer, report = build_model(config, tasks)
+    model, tokenizer, report = build_model(config, tasks, source)
     trainable, total = count_params(model)
     train_set = build_train_dataset(tokenizer, tasks, [t.weight for t in config.tasks],
                                     config.train.seq_len, config.train.seed)
@@ -228,6 +270,9 @@ def run_training(config: RunConfig, *, resume: bool = False, stop: StopFlag | No
             return evaluate_tasks(model_, tokenizer, tasks, seq_len=config.train.seq_len,
                                   batch_size=config.train.batch_size * 2, device=args.device)
 
+    if config.adapter.method == "base":
+        return _evaluate_only(config, model, report, evaluate, trainable, total, device, precision,
+                              args.world_size, main)
     trainer = AdapterTrainer(model=model, args=args, train_dataset=train_set,
                              data_collator=PadCollator(tokenizer.pad_token_id), processing_class=tokenizer)
     metrics_cb = MetricsCallback(
@@ -269,6 +314,28 @@ def run_training(config: RunConfig, *, resume: bool = False, stop: StopFlag | No
                                                   "final_metrics": final, "checkpoint": last_good})
         write_status(output_dir, state, message, step=steps, max_steps=config.train.steps)
     return RunResult(state, message, output_dir, steps, final, summary["adapter_report"])
+
+
+def _evaluate_only(config: RunConfig, model, report, evaluate, trainable: int, total: int, device: str,
+                   precision: str, world_size: int, main: bool) -> RunResult:
+    """The `base` method: evaluate the untrained model once and write the usual run files."""
+    output_dir = Path(config.output_dir)
+    summary = _summary(config, report, device, precision, world_size)
+    start = time.perf_counter()
+    model.to(device)
+    metrics = evaluate(model)
+    seconds = time.perf_counter() - start
+    message = f"evaluated the base model in {seconds:.1f} s (method 'base' trains nothing)"
+    final = {"steps": 0, "train_seconds": 0.0, "final_train_loss": None, "trainable_params": trainable,
+             "total_params": total, "peak_memory_mb": peak_memory_mb(device), "tokens_per_s": None,
+             **metrics}
+    if main:
+        append_metrics(output_dir, {"step": 0, "trainable_params": trainable, "total_params": total,
+                                    "time": time.time(), **metrics})
+        write_json_atomic(output_dir / RUN_FILE, {**summary, "state": "finished", "message": message,
+                                                  "final_metrics": final, "checkpoint": None})
+        write_status(output_dir, "finished", message, step=0, max_steps=0)
+    return RunResult("finished", message, output_dir, 0, final, summary["adapter_report"])
 
 
 def _outcome(nonfinite_step: int | None, stop: StopFlag, steps: int, seconds: float,

@@ -1,0 +1,207 @@
+"""The study YAML: a base run config, a grid of values to vary, and the metric to compare.
+
+    name: minilm-sentiment            # optional; default: the output folder's name
+    base: configs/minilm_sentiment_idlora.yaml   # or an inline run config (a mapping)
+    grid:
+      method: [idlora, lora, head-only, base]
+      r: [4, 8, 16]
+      k: [4]
+      learning_rate: [1.0e-3, 3.0e-3, 1.0e-2]    # or {low: 1e-4, high: 1e-2, trials: 8} (TPE)
+      learning_rates: {head-only: [1.0e-2]}      # optional per-method lists (override the above)
+      seed: [0, 1, 2]
+    metric: eval_sentiment_accuracy
+    direction: maximize
+
+Loaded with `yaml.safe_load`, validated with pydantic (unknown keys are errors) and every
+problem reported at once, like the run config. This file only describes and checks; the
+grid is expanded in `grid.py` and run in `runner.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from idlora_core.config import (
+    ConfigError,
+    Method,
+    RunConfig,
+    Selection,
+    _format_errors,
+    load_config,
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LearningRateRange(_Strict):
+    """A log-uniform learning-rate range searched by Optuna's TPE sampler, `trials` per budget."""
+
+    low: float = Field(..., gt=0)
+    high: float = Field(..., gt=0)
+    trials: int = Field(..., ge=1, description="TPE trials per (method, r, k, ...) budget")
+
+    @model_validator(mode="after")
+    def _check(self) -> LearningRateRange:
+        if self.low >= self.high:
+            raise ValueError(f"learning_rate low={self.low} must be below high={self.high}")
+        return self
+
+
+class Grid(_Strict):
+    """Lists of values to combine; a parameter a method does not use collapses for that method."""
+
+    method: list[Method] = Field(["idlora", "lora"], min_length=1)
+    r: list[int] | None = Field(None, min_length=1, description="ranks (None: the base config's)")
+    k: list[int] | None = Field(None, min_length=1, description="ID-LoRA clusters / HydraLoRA heads")
+    learning_rate: list[float] | LearningRateRange | None = Field(
+        None, description="a list (grid) or {low, high, trials} (TPE search)")
+    learning_rates: dict[Method, list[float]] | None = Field(
+        None, description="per-method learning-rate lists, overriding learning_rate for that method")
+    seed: list[int] = Field([0], min_length=1)
+    steps: list[int] | None = Field(None, min_length=1)
+    selection: list[Selection] | None = Field(None, min_length=1)
+    rb_splits: list[int] | None = Field(None, min_length=1)
+
+    @field_validator("r", "k", "steps", "rb_splits")
+    @classmethod
+    def _positive(cls, values: list[int] | None) -> list[int] | None:
+        bad = [v for v in values or [] if v < 1]
+        if bad:
+            raise ValueError(f"values must be positive integers, got {bad}")
+        return values
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _positive_lr(cls, values):
+        if isinstance(values, list):
+            bad = [v for v in values if v <= 0]
+            if bad:
+                raise ValueError(f"learning rates must be > 0, got {bad}")
+            if not values:
+                raise ValueError("give at least one learning rate")
+        return values
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _positive_lrs(cls, table):
+        for method, values in (table or {}).items():
+            if not values or any(v <= 0 for v in values):
+                raise ValueError(f"{method}: give learning rates > 0, got {values}")
+        return table
+
+    @property
+    def tpe(self) -> bool:
+        """True when the learning rate is searched by TPE instead of listed."""
+        return isinstance(self.learning_rate, LearningRateRange)
+
+
+class StudyConfig(_Strict):
+    """A whole study: what `python -m idlora_core.study` reads and the Studies page writes."""
+
+    name: str | None = Field(None, description="Optuna study name (default: the output folder name)")
+    base: RunConfig
+    grid: Grid = Field(default_factory=Grid)
+    metric: str = Field(..., min_length=1, description="a final-metrics key, e.g. eval_sentiment_accuracy")
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+    @model_validator(mode="after")
+    def _check(self) -> StudyConfig:
+        unknown = set(self.grid.learning_rates or {}) - set(self.grid.method)
+        if unknown:
+            raise ValueError(f"grid.learning_rates names methods not in grid.method: {sorted(unknown)}")
+        if self.grid.tpe and self.grid.learning_rates:
+            raise ValueError("grid.learning_rates (lists) cannot be combined with a TPE range in "
+                             "grid.learning_rate; use one or the other")
+        return self
+
+
+def _resolve_base(data: dict[str, Any], where: Path | None) -> tuple[dict[str, Any], list[str]]:
+    """Replace a `base:` path by the run config it names; return (data, problems)."""
+    base = data.get("base")
+    if isinstance(base, str):
+        path = Path(base)
+        if not path.is_absolute() and where is not None and not path.exists():
+            path = where / path
+        try:
+            data = {**data, "base": load_config(path).model_dump(mode="json")}
+        except ConfigError as exc:
+            return data, [f"base ({base}): {e}" for e in exc.errors]
+    elif base is None:
+        return data, ["base: missing; give a run config inline or the path of a run YAML"]
+    return data, []
+
+
+def parse_study(data: dict[str, Any] | None, where: str | Path | None = None) -> StudyConfig:
+    """Return the validated StudyConfig of a plain dict; raises ConfigError listing every problem.
+
+    `where`: the folder relative `base:` paths are looked up in (besides the working folder).
+    """
+    if not isinstance(data, dict):
+        raise ConfigError([f"(top level): expected a mapping with base, grid and metric, got "
+                           f"{type(data).__name__}"])
+    data, problems = _resolve_base(data, Path(where) if where else None)
+    try:
+        study = StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        problems += [e for e in _format_errors(exc) if not (problems and e.startswith("base"))]
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return study
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+    """Return the StudyConfig in the YAML file at `path` with `KEY=VALUE` overrides applied
+    (e.g. `grid.seed=[0,1]`, `base.train.steps=20`); raises ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"study file not found: {path}"])
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"]) from None
+    if overrides and isinstance(data, dict):
+        data, _ = _resolve_base(data, path.parent)
+        data = apply_study_overrides(data, overrides)
+    return parse_study(data, path.parent)
+
+
+def apply_study_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of the study mapping `data` with `a.b.c=VALUE` overrides (values as YAML)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"override {item!r}: expected KEY=VALUE, e.g. grid.seed=[0,1]")
+            continue
+        node = data
+        parts = key.strip().split(".")
+        try:
+            for part in parts[:-1]:
+                node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+            value = yaml.safe_load(raw)
+            if isinstance(node, list):
+                node[int(parts[-1])] = value
+            else:
+                node[parts[-1]] = value
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError):
+            problems.append(f"override {item!r}: no such field {key!r}")
+    if problems:
+        raise ConfigError(problems)
+    return data
+
+
+def dumps_study(study: StudyConfig) -> str:
+    """Return `study` as YAML text that `parse_study(yaml.safe_load(text))` reads back equal."""
+    return yaml.safe_dump(study.model_dump(mode="json", exclude_none=True), sort_keys=False,
+                          default_flow_style=None, width=100)
+

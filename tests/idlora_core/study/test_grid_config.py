@@ -1,0 +1,95 @@
+"""Study YAML validation (every error at once) and grid expansion with collapse of unused values."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import yaml
+
+from idlora_core.config import ConfigError, parse_config
+from idlora_core.study.config import apply_study_overrides, dumps_study, load_study, parse_study
+from idlora_core.study.grid import budget_key, cell_config, cell_name, expand_grid
+
+BASE = {"adapter": {"method": "idlora", "targets": [{"pattern": "query", "r": 8, "k": 4}]},
+        "tasks": [{"name": "sentiment"}]}
+
+
+def study(grid: dict, **extra) -> dict:
+    return {"base": BASE, "grid": grid, "metric": "eval_sentiment_accuracy", **extra}
+
+
+def test_collapse_counts_match_an_independent_enumeration():
+    grid = {"method": ["idlora", "lora", "dora", "hydralora", "full", "head-only", "base"],
+            "r": [4, 8], "k": [2, 4], "learning_rate": [1e-3, 3e-3], "seed": [0, 1, 2]}
+    cells, notes = expand_grid(parse_study(study(grid)))
+    assert notes == []
+    # independent count: r*k for idlora/hydralora, r for lora/dora, 1 for full/head-only; x lr x seed;
+    # base uses the seed only
+    per_method = {"idlora": 4, "hydralora": 4, "lora": 2, "dora": 2, "full": 1, "head-only": 1}
+    expected = sum(per_method.values()) * 2 * 3 + 3
+    assert len(cells) == expected == 87
+    keys = [tuple(sorted(c.items())) for c in cells]
+    assert len(set(keys)) == len(keys)  # no duplicated trial
+    assert {c["k"] for c in cells if c["method"] in ("lora", "dora", "full", "head-only", "base")} == {None}
+    assert {c["r"] for c in cells if c["method"] in ("full", "head-only", "base")} == {None}
+    assert {c["learning_rate"] for c in cells if c["method"] == "base"} == {None}
+    lora = {(c["r"], c["learning_rate"], c["seed"]) for c in cells if c["method"] == "lora"}
+    assert lora == set(itertools.product([4, 8], [1e-3, 3e-3], [0, 1, 2]))
+
+
+def test_per_method_learning_rates_and_rb_split_notes():
+    grid = {"method": ["idlora", "head-only"], "r": [4, 6], "rb_splits": [1, 2, 4],
+            "learning_rate": [1e-3], "learning_rates": {"head-only": [1e-2, 3e-2]}}
+    cells, notes = expand_grid(parse_study(study(grid)))
+    idl = [(c["r"], c["rb_splits"]) for c in cells if c["method"] == "idlora"]
+    assert idl == [(4, 1), (4, 2), (4, 4), (6, 1), (6, 2)]  # 4 does not divide 6
+    assert notes == ["skipped idlora r=[6] rb_splits=4: p must divide r"]
+    assert sorted(c["learning_rate"] for c in cells if c["method"] == "head-only") == [1e-2, 3e-2]
+
+
+def test_cell_config_sets_values_on_every_target():
+    base = parse_config({**BASE, "adapter": {"method": "idlora", "targets": [
+        {"pattern": "query", "r": 8, "k": 4}, {"pattern": "value", "r": 8, "k": 4}]}})
+    cell = {"method": "hydralora", "r": 2, "k": 3, "selection": None, "rb_splits": None, "steps": 5,
+            "learning_rate": 0.01, "seed": 7}
+    cfg = cell_config(base, cell, "/tmp/x")
+    assert cfg.adapter.method == "hydralora" and cfg.output_dir == "/tmp/x"
+    assert [(t.r, t.k) for t in cfg.adapter.targets] == [(2, 3), (2, 3)]
+    assert (cfg.train.steps, cfg.train.learning_rate, cfg.train.seed, cfg.adapter.seed) == (5, 0.01, 7, 7)
+    assert budget_key(cell, base) == ("hydralora", 2, 3)
+    assert budget_key({**cell, "method": "lora", "r": None}, base) == ("lora", 8, None)
+    assert cell_name(3, cell) == "0003-hydralora-r2-k3-n5-lr0.01-s7"
+
+
+def test_every_error_reported_at_once():
+    bad = {"base": {**BASE, "train": {"steps": 0}}, "grid": {"method": ["idlora", "lorra"], "r": [0, 4],
+           "learning_rate": [-1.0], "colour": [1]}, "direction": "up"}
+    with pytest.raises(ConfigError) as info:
+        parse_study(bad)
+    text = "\n".join(info.value.errors)
+    for needle in ("base.train.steps", "grid.method.1", "grid.r", "grid.learning_rate", "grid.colour",
+                   "metric", "direction"):
+        assert needle in text, (needle, text)
+    assert len(info.value.errors) >= 7
+
+
+def test_tpe_range_checks_and_yaml_round_trip(tmp_path):
+    s = parse_study(study({"method": ["lora"], "learning_rate": {"low": 1e-4, "high": 1e-2, "trials": 4}}))
+    assert s.grid.tpe and parse_study(yaml.safe_load(dumps_study(s))) == s
+    with pytest.raises(ConfigError, match="low=0.1 must be below high=0.01"):
+        parse_study(study({"learning_rate": {"low": 0.1, "high": 0.01, "trials": 2}}))
+    with pytest.raises(ConfigError, match="not in grid.method"):
+        parse_study(study({"method": ["lora"], "learning_rates": {"idlora": [1e-3]}}))
+
+
+def test_base_path_and_overrides(tmp_path):
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(BASE))
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({"base": "run.yaml", "grid": {"method": ["lora"]},
+                                                         "metric": "eval_loss"}))
+    s = load_study(tmp_path / "study.yaml", ["grid.seed=[0, 1]", "base.train.steps=7"])
+    assert s.grid.seed == [0, 1] and s.base.train.steps == 7 and s.base.adapter.targets[0].r == 8
+    with pytest.raises(ConfigError, match="base \\(missing.yaml\\): config file not found"):
+        parse_study({"base": "missing.yaml", "metric": "m"}, tmp_path)
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        apply_study_overrides({}, ["grid.seed"])
