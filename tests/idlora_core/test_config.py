@@ -73,6 +73,8 @@ def test_name_lists_derive_from_the_schema_literals():
     from idlora_core import config
     from idlora_core.tasks import BUILTIN, CAUSAL_LM_TASKS, CLASSIFICATION_TASKS
 
-    assert config.METHODS == get_args(config.Method)
+    assert config.METHODS == get_args(config.AdapterMethod)
+    assert config.ALL_METHODS == config.METHODS + config.BASELINE_METHODS
+    assert set(config.ALL_METHODS) == {m for part in get_args(config.Method) for m in get_args(part)}
     assert set(BUILTIN) == set(config.BUILTIN_TASKS)
     assert sorted(CAUSAL_LM_TASKS + CLASSIFICATION_TASKS) == sorted(config.BUILTIN_TASKS)
