@@ -75,6 +75,6 @@ def test_name_lists_derive_from_the_schema_literals():
 
     assert config.METHODS == get_args(config.AdapterMethod)
     assert config.ALL_METHODS == config.METHODS + config.BASELINE_METHODS
-    assert set(config.ALL_METHODS) == {m for part in get_args(config.Method) for m in get_args(part)}
+    assert config.ALL_METHODS == get_args(config.Method)
     assert set(BUILTIN) == set(config.BUILTIN_TASKS)
     assert sorted(CAUSAL_LM_TASKS + CLASSIFICATION_TASKS) == sorted(config.BUILTIN_TASKS)
