@@ -8,15 +8,70 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from analysis.sweep import parse_grid
 from analysis.sweep_model import sweep_layer_cached
 from idlora_core.layers import get_weight, list_linear_layers
 from idlora_core.linalg.randomized import RANDOMIZED_MIN_ELEMENTS
 from idlora_core.models import load_model
+
+MAX_GRID_VALUE = 1_000_000  # no layer has more rows than this: a larger k or r is a typo
+MAX_GRID = 10_000  # configurations (k x r x strategy) before --force is needed
+
+
+def _grid(name: str) -> Callable[[str], list[int]]:
+    def parse(text: str) -> list[int]:
+        try:
+            values = parse_grid(text, name)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{exc}; e.g. --{name} 1,2,4,8") from None
+        too_big = [v for v in values if v > MAX_GRID_VALUE]
+        if too_big:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be at most {MAX_GRID_VALUE:,}, got {too_big[0]:,}")
+        return values
+
+    parse.__name__ = name  # argparse names the type in its message
+    return parse
+
+
+def _strategies(text: str) -> list[str]:
+    from idlora_core.linalg.validation import check_strategy
+
+    try:
+        return [check_strategy(s.strip()) for s in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def output_problem(path: str | None, flag: str) -> str | None:
+    """Return why `path` cannot be written (a folder, or no writable parent), or None if it can."""
+    if not path:
+        return None
+    target = Path(path).expanduser()
+    if target.is_dir():
+        return f"{flag} {path} is a folder; give a file name, e.g. {Path(path) / 'results.csv'}"
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{flag} {path}: {parent} is a file, not a folder"
+    try:  # a real probe: os.access says yes to root even on a read-only file system
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+        if target.exists():
+            with open(target, "ab"):
+                pass
+    except OSError as exc:
+        return f"{flag} {path}: cannot write there ({exc.strerror or exc}); choose another place"
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,10 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layer", help="full module name of a linear layer (see --list-layers)")
     parser.add_argument("--list-layers", action="store_true",
                         help="print the model's linear layers with their shapes and exit")
-    parser.add_argument("--ks", default="1,2,4,8", help="cluster counts, comma-separated")
-    parser.add_argument("--ranks", default="4,8,16", help="ranks r per cluster, comma-separated")
-    parser.add_argument("--strategies", default="id,centroid,random",
+    parser.add_argument("--ks", default="1,2,4,8", type=_grid("ks"),
+                        help="cluster counts, comma-separated")
+    parser.add_argument("--ranks", default="4,8,16", type=_grid("ranks"),
+                        help="ranks r per cluster, comma-separated")
+    parser.add_argument("--strategies", default="id,centroid,random", type=_strategies,
                         help="skeleton selection strategies: id, centroid, random")
+    parser.add_argument("--force", action="store_true",
+                        help=f"run a grid of more than {MAX_GRID:,} configurations")
     parser.add_argument("--seed", type=int, default=0, help="k-means and random-selection seed")
     parser.add_argument("--out", help="CSV file to write (one row per k, r, strategy)")
     parser.add_argument("--clusters-out", help="JSON file with the labels and skeletons of every row")
@@ -57,6 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.list_layers and (not args.layer or not args.out):
         parser.error("--layer and --out are required (or use --list-layers)")
+    size = len(args.ks) * len(args.ranks) * len(args.strategies)
+    if size > MAX_GRID and not args.force:
+        parser.error(f"the grid has {size:,} configurations (ks x ranks x strategies), more than "
+                     f"{MAX_GRID:,}; narrow it or add --force")
+    for path, flag in ((args.out, "--out"), (args.clusters_out, "--clusters-out")):
+        if not args.list_layers and (problem := output_problem(path, flag)):
+            parser.error(problem)  # before the model loads and the sweep computes
     try:
         loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
         if args.list_layers:
@@ -74,12 +140,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result.table.to_csv(out, index=False)
-    if args.clusters_out:
-        clusters = Path(args.clusters_out)
-        clusters.parent.mkdir(parents=True, exist_ok=True)
-        clusters.write_text(json.dumps(result.clusters_json()), encoding="utf-8")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result.table.to_csv(out, index=False)
+        if args.clusters_out:
+            clusters = Path(args.clusters_out)
+            clusters.parent.mkdir(parents=True, exist_ok=True)
+            clusters.write_text(json.dumps(result.clusters_json()), encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot write {exc.filename or out}: {exc.strerror or exc} "
+              "(the sweep itself is cached: rerun with another --out)", file=sys.stderr)
+        return 2
     table = result.table
     how = "from cache" if result.from_cache else f"in {time.perf_counter() - start:.2f} s"
     print(f"{args.layer} ({W.shape[0]} x {W.shape[1]}): {len(table)} rows, "

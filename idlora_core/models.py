@@ -142,7 +142,12 @@ def resolve_source(name: str) -> tuple[str, str, bool]:
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} is a folder but holds no config.json (not a model directory)")
         return str(path.resolve()), str(path.resolve()), True
-    if path.exists() or name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1:
+    if path.exists():
+        raise ModelNotFoundError(
+            f"{path} is a file, not a model directory: give the folder that holds config.json "
+            "and the weights"
+        )
+    if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1:
         raise ModelNotFoundError(
             f"model path {name!r} does not exist; available: {', '.join(available_models())} "
             "or a local model directory"
@@ -189,6 +194,7 @@ def load_model(
     (AutoModelForSequenceClassification with `num_labels`; its new head is randomly initialised).
     Raises ModelNotFoundError with a one-line reason when the model cannot be found or loaded.
     """
+    from safetensors import SafetensorError
     from transformers import (
         AutoModel,
         AutoModelForCausalLM,
@@ -215,9 +221,11 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(
             source, trust_remote_code=trust_remote_code, local_files_only=local
         )
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = "local directory" if local else "hub (is it reachable from here?)"
+        if isinstance(exc, SafetensorError):
+            first = f"a weights file is damaged or truncated ({first[:200]}); copy it again"
         raise ModelNotFoundError(f"could not load model {name!r} from {where}: {first}") from exc
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -77,10 +77,13 @@ def test_cli_list_layers_and_errors(minilm, tmp_path, capsys, empty_cache):
     assert "minilm" in err and "smollm2-135m" in err and len(err.strip().splitlines()) == 1
     assert main(["--model", str(tmp_path / "missing"), "--list-layers"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["--model", "/etc/passwd", "--list-layers"]) == 2
+    assert "/etc/passwd is a file, not a model directory" in capsys.readouterr().err
     assert main(["--layer", "encoder.layer.0.attention.self.qury", "--out", str(tmp_path / "x.csv")]) == 2
     assert "close matches: encoder.layer.0.attention.self.query" in capsys.readouterr().err
-    assert main(["--layer", LAYER, "--ks", "0", "--out", str(tmp_path / "x.csv")]) == 2
-    assert "ks must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # an argparse error, before the model loads
+        main(["--layer", LAYER, "--ks", "0", "--out", str(tmp_path / "x.csv")])
+    assert info.value.code == 2 and "ks must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
     with pytest.raises(SystemExit):
         main(["--layer", LAYER])  # --out missing
