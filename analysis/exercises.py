@@ -161,20 +161,27 @@ def spectral_layers(ex: Exercise) -> list[str]:
     return sorted({c["layer"] for c in ex.checks.values() if c.get("column") == "rel_spec_error"})
 
 
+def _weight(source, layer: str):
+    # The app's weights: read alone from the checkpoint (a WeightReader), or from a loaded model.
+    from idlora_core.layers import get_weight
+    from idlora_core.weights import WeightReader
+
+    return source.weight(layer) if isinstance(source, WeightReader) else get_weight(source, layer)
+
+
 def exercise_table(ex: Exercise, loaded_model, *, cache=True) -> pd.DataFrame:
     """Return the sweep the exercise's preset runs on the Decomposition lab (cached like the app's),
-    with the measured spectral error filled in for the layers in `spectral_layers(ex)`."""
+    with the measured spectral error filled in for the layers in `spectral_layers(ex)`.
+
+    loaded_model: the checkpoint's WeightReader (as the app reads it) or a loaded model."""
     from analysis.layers import layer_table
-    from analysis.sweep_model import sweep_layer_cached
-    from idlora_core.layers import get_weight
+    from analysis.sweep import SweepSpec, sweep_layer
 
     params = sweep_params(ex.settings)
     frames = []
     for layer in preset_layers(ex.settings, layer_table(loaded_model)):
-        W = get_weight(loaded_model, layer)
-        spectral = layer in spectral_layers(ex)
-        frames.append(sweep_layer_cached(W, layer=layer, cache=cache, spectral=spectral,
-                                         **params).table)
+        spec = SweepSpec(**params, spectral=layer in spectral_layers(ex))
+        frames.append(sweep_layer(_weight(loaded_model, layer), spec, layer=layer, cache=cache).table)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -182,10 +189,9 @@ def explorer_sizes(loaded_model) -> Callable[[str, int, int, bool], list[int]]:
     """Return sizes(layer, k, r, normalize): the Cluster explorer's cluster sizes, largest first
     (seed 0, as the preset sets)."""
     from analysis.explorer import cluster_view
-    from idlora_core.layers import get_weight
 
     def sizes(layer: str, k: int, r: int, normalize: bool) -> list[int]:
-        view = cluster_view(get_weight(loaded_model, layer), k, r, ("id",),
+        view = cluster_view(_weight(loaded_model, layer), k, r, ("id",),
                             normalize_rows=normalize, seed=0)
         return sorted((int(s) for s in view.sizes["rows"]), reverse=True)
 
@@ -250,11 +256,10 @@ def main(argv: list[str] | None = None) -> int:
                         encoding="utf-8")
         print(f"wrote the sections of {len(exercises)} exercises into {path}")
     if args.measure:
-        from idlora_core.models import load_model
+        from idlora_core.weights import open_weights
 
-        model = load_model("minilm").model
         bad = 0
-        for (ex_id, name), value in measure_all(exercises, model).items():
+        for (ex_id, name), value in measure_all(exercises, open_weights("minilm")).items():
             quoted = next(e for e in exercises if e.id == ex_id).checks[name].get("value")
             ok = quoted is not None and same(value, quoted)
             bad += not ok

@@ -8,22 +8,33 @@ student looked at, without re-clustering. No Streamlit here.
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from idlora_core.config import TargetConfig
 from idlora_core.layers import get_linear
+from idlora_core.weights import WeightReader
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def resolve_skeletons(
-    model: nn.Module, targets: list[TargetConfig], seed: int = 0
+    source: WeightReader | nn.Module, targets: list[TargetConfig], seed: int = 0
 ) -> dict[str, list[list[int]]]:
     """Return {layer name: k lists of r global row indices} for targets naming single layers.
 
-    Each target's `pattern` must be a full linear-layer name of `model`; raises ValueError
-    (with close matches) for an unknown name or when k*r exceeds the layer's rows.
+    source: the checkpoint's WeightReader (reads only the targets' weights) or a loaded model.
+    Each target's `pattern` must be a full linear-layer name; raises ValueError (with close
+    matches) for an unknown name or when k*r exceeds the layer's rows.
     """
+    import numpy as np
+    import torch
+
     from idlora_core.adapters.inject import compute_skeleton
 
-    return {
-        t.pattern: compute_skeleton(get_linear(model, t.pattern).weight, t, seed) for t in targets
-    }
+    def weight(name: str) -> torch.Tensor:
+        if isinstance(source, WeightReader):
+            return torch.from_numpy(source.weight(name, dtype=np.float64))
+        return get_linear(source, name).weight
+
+    return {t.pattern: compute_skeleton(weight(t.pattern), t, seed) for t in targets}

@@ -1,22 +1,32 @@
 """The linear-layer table of a model (Model & layers page, notebooks) and a model summary.
 
-Pure functions on a loaded torch model; no Streamlit. The table comes from
-`idlora_core.layers.list_linear_layers`; this file only shapes and filters it.
+Pure functions, no Streamlit. The source is a checkpoint's `WeightReader` (headers only, no
+weights loaded: the analysis path) or a loaded torch model; the layers come from
+`WeightReader.layers()` or `idlora_core.layers.list_linear_layers`; this file only shapes
+and filters them.
 """
 
 from __future__ import annotations
 
-import pandas as pd
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-from idlora_core.layers import list_linear_layers
+import pandas as pd
+
+from idlora_core.layers import LinearLayer, list_linear_layers
+from idlora_core.weights import WeightReader
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def _layers(source: WeightReader | nn.Module) -> list[LinearLayer]:
+    return source.layers() if isinstance(source, WeightReader) else list_linear_layers(source)
 
 COLUMNS = ["name", "block", "type", "m", "n", "shape", "params", "bias"]
 
 
-def layer_table(model: nn.Module) -> pd.DataFrame:
-    """Return one row per nn.Linear of `model`, in module order.
+def layer_table(source: WeightReader | nn.Module) -> pd.DataFrame:
+    """Return one row per linear layer of `source` (a WeightReader or a model), in module order.
 
     Columns: name, block (transformer block index, <NA> outside blocks), type (q/k/v/o/...),
     m (out_features), n (in_features), shape ("m x n"), params (weights + bias, count), bias (bool).
@@ -32,7 +42,7 @@ def layer_table(model: nn.Module) -> pd.DataFrame:
             "params": layer.params,
             "bias": layer.has_bias,
         }
-        for layer in list_linear_layers(model)
+        for layer in _layers(source)
     ]
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["block"] = table["block"].astype("Int64")
@@ -66,12 +76,21 @@ def block_span(table: pd.DataFrame) -> tuple[int, int] | None:
     return int(blocks.min()), int(blocks.max())
 
 
-def model_summary(model: nn.Module) -> dict[str, object]:
-    """Return architecture, parameter counts, dtype and device of `model`.
+def model_summary(source: WeightReader | nn.Module) -> dict[str, object]:
+    """Return architecture, parameter counts, dtype and device of a checkpoint or model.
 
     Keys: architecture (class name), model_type, params (total count), trainable (count),
-    linear_params (count in nn.Linear layers), dtype (str), device (str), blocks (count or None).
+    linear_params (count in linear layers), dtype (str), device (str: "disk (not loaded)" for
+    a WeightReader), blocks (count or None).
     """
+    if isinstance(source, WeightReader):
+        info = source.summary()
+        return {"architecture": info["architecture"], "model_type": info["model_type"],
+                "params": info["params"], "trainable": 0, "linear_params": info["linear_params"],
+                "dtype": info["dtype"], "device": "disk (not loaded)", "blocks": info["blocks"]}
+    import torch
+
+    model = source
     params = list(model.parameters())
     first = params[0] if params else torch.empty(0)
     table = layer_table(model)

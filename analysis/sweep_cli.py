@@ -1,7 +1,8 @@
 """Command line of the one-layer sweep: `python -m analysis.sweep` (or `python -m analysis.sweep_cli`).
 
-Parses strings into the library's sequences, loads the model, sweeps one layer through the
-cache and writes the CSV / JSON files. The sweep itself is `analysis/sweep.py`.
+Parses strings into the library's sequences, opens the checkpoint's weights (no model is
+loaded: one tensor is read), sweeps one layer through the cache and writes the CSV / JSON
+files. The sweep itself is `analysis/sweep.py`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from analysis.sweep import parse_grid
-from analysis.sweep_model import sweep_layer_cached
-from idlora_core.layers import get_weight, list_linear_layers
+from analysis.sweep import SweepSpec, parse_grid, parse_strategies, sweep_layer
 from idlora_core.linalg.randomized import RANDOMIZED_MIN_ELEMENTS
-from idlora_core.models import load_model
+from idlora_core.models import set_hub_defaults
+from idlora_core.weights import open_weights
 
 MAX_GRID_VALUE = 1_000_000  # no layer has more rows than this: a larger k or r is a typo
 MAX_GRID = 10_000  # configurations (k x r x strategy) before --force is needed
@@ -41,11 +41,9 @@ def _grid(name: str) -> Callable[[str], list[int]]:
     return parse
 
 
-def _strategies(text: str) -> list[str]:
-    from idlora_core.linalg.validation import check_strategy
-
+def _strategies(text: str) -> tuple[str, ...]:
     try:
-        return [check_strategy(s.strip()) for s in text.split(",")]
+        return parse_strategies(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -82,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         "global SVD and global ID, with the spectral ID bounds. One CSV row per (k, r, strategy).",
     )
     parser.add_argument("--model", default="minilm",
-                        help="minilm, smollm2-135m, or a local model directory (default: minilm)")
+                        help="minilm, smollm2-135m, a local model directory or .gguf file "
+                        "(default: minilm); only the swept layer's weight is read")
     parser.add_argument("--layer", help="full module name of a linear layer (see --list-layers)")
     parser.add_argument("--list-layers", action="store_true",
                         help="print the model's linear layers with their shapes and exit")
@@ -106,12 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also measure the spectral error of every row (slow)")
     parser.add_argument("--no-cache", action="store_true", help="recompute, do not use cached/")
     parser.add_argument("--trust-remote-code", action="store_true",
-                        help="run code shipped with a local model (only if you trust it)")
+                        help="accepted for compatibility: the sweep reads weights only and runs "
+                        "no model code")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad request)."""
+    set_hub_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.list_layers and (not args.layer or not args.out):
@@ -124,18 +125,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.list_layers and (problem := output_problem(path, flag)):
             parser.error(problem)  # before the model loads and the sweep computes
     try:
-        loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
+        spec = SweepSpec(  # the grid arrives parsed and checked by argparse (the types above)
+            ks=args.ks, ranks=args.ranks, strategies=args.strategies, seed=args.seed,
+            normalize_rows=args.normalize_rows,
+            randomized={"auto": None, "on": True, "off": False}[args.randomized],
+            spectral=args.spectral,
+        )
+        weights = open_weights(args.model)
         if args.list_layers:
-            for info in list_linear_layers(loaded.model):
+            for info in weights.layers():
                 print(f"{info.name}\t{info.out_features} x {info.in_features}\t{info.params}")
             return 0
-        W = get_weight(loaded.model, args.layer)
+        W = weights.weight(args.layer)
         start = time.perf_counter()
-        result = sweep_layer_cached(
-            W, args.ks, args.ranks, args.strategies, args.seed, args.layer, args.normalize_rows,
-            {"auto": None, "on": True, "off": False}[args.randomized],
-            cache=not args.no_cache, spectral=args.spectral,
-        )
+        result = sweep_layer(W, spec, layer=args.layer, cache=not args.no_cache)
     except ValueError as exc:  # ModelNotFoundError is a ValueError too
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,10 @@
 """Shared state of the ID-LoRA Lab pages: session-state keys, defaults, the cached model loader.
 
 Every page calls `init_state()` first and gets the model with `get_model()` (never through
-state that `main.py` set), so each page file also runs on its own. This file holds no maths.
+state that `main.py` set), so each page file also runs on its own. `get_model()` opens the
+checkpoint's weights WITHOUT loading the model (`idlora_core.weights`): the layer list comes
+from the file headers and each weight is read alone when a page needs it; only a fine-tune
+(a separate process) loads the whole model. This file holds no maths.
 
 Session-state keys (the contract between pages; Export/Import reads and restores them).
 Widgets use these keys directly, so setting a key before its widget renders changes the widget.
@@ -39,7 +42,7 @@ button ("Use the N selected layers", "Use these ... for export"). Only the model
 Model & layers selection (`layer_kinds`, `block_range`) are shared, and pages say so where used.
 
 Getters/setters: `model_name()` / `set_model_name(name)`, `selected_layers(loaded)`,
-`layer_weight(loaded, layer)` (cached float64 weight), `ensure_layer(key, loaded)`,
+`layer_weight(loaded, layer)` (cached float32 weight, read alone from disk), `ensure_layer(key, loaded)`,
 `layer_choice(layer)` (per-layer k/r/strategy/rb with the defaults filled in),
 `apply_settings(values)` (restore many keys at once, safe from any page and any point of a run).
 
@@ -50,22 +53,31 @@ switches too; do not use those prefixes for buttons, file uploaders, download bu
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from app import settings_io
-from idlora_core.layers import get_weight
-from idlora_core.models import LoadedModel, ModelNotFoundError, available_models, load_model
+from idlora_core.linalg.validation import STRATEGIES
+from idlora_core.models import (
+    EMBEDDED,
+    ModelNotFoundError,
+    canonical_name,
+    model_kind,
+    set_hub_defaults,
+    short_name,
+)
+from idlora_core.weights import WeightReader, open_weights
+
+set_hub_defaults()  # the app is an entry point: never hang on the hub
 
 MODEL_CHOICES: dict[str, str] = {
     "minilm": "all-MiniLM-L6-v2 (BERT encoder, 22.7 M)",
     "smollm2-135m": "SmolLM2-135M-Instruct (Llama, 135 M, 4-bit origin)",
     "local": "Local model directory ...",
 }
-STRATEGIES: tuple[str, ...] = ("id", "centroid", "random")
 KEEP_PREFIXES: tuple[str, ...] = ("ft_", "ex_")
 _PENDING = "_pending_settings"
 RANGE_OWNER = "_block_range_model"  # model the block range was chosen for (reset on a new model)
@@ -146,35 +158,47 @@ def model_name() -> str:
 
 def set_model_name(name: str) -> dict[str, Any]:
     """Return the settings (model_choice, model_path) that select `name`; pass them to apply_settings."""
-    if name in available_models():
-        return {"model_choice": name, "model_path": ""}
-    aliases = {"all-minilm-l6-v2": "minilm", "smollm2-135m-instruct": "smollm2-135m"}
-    short = aliases.get(name.strip().lower().rsplit("/", 1)[-1])
+    short = short_name(name)
     if short:
         return {"model_choice": short, "model_path": ""}
     return {"model_choice": "local", "model_path": name}
 
 
+@dataclass(frozen=True)
+class ModelHandle:
+    """The chosen model as the pages see it: names, kind and its weights on disk (not loaded)."""
+
+    name: str  # canonical name ("all-MiniLM-L6-v2", ...) or the path
+    kind: str  # "encoder" or "causal-lm"
+    source: str  # folder or file the weights are read from
+    note: str  # e.g. the 4-bit remark for SmolLM2
+    weights: WeightReader  # layer list from the headers; weight(name) reads one tensor
+
+
 @st.cache_resource(show_spinner=False, max_entries=3)
-def _load(name: str, trust_remote_code: bool) -> LoadedModel:
-    return load_model(name, trust_remote_code=trust_remote_code)
+def _open(name: str) -> ModelHandle:
+    weights = open_weights(name)
+    canon = canonical_name(name)
+    return ModelHandle(name=canon if canon in EMBEDDED else weights.source,
+                       kind=model_kind(weights.config), source=weights.source,
+                       note=EMBEDDED.get(canon, ""), weights=weights)
 
 
-def get_model() -> LoadedModel | None:
-    """Return the shared (cached, read-only) model chosen in the sidebar, or None after an st.error.
+def get_model() -> ModelHandle | None:
+    """Return the shared handle of the model chosen in the sidebar, or None after an st.error.
 
-    The model object is shared by every session: deep-copy it before adapting or training.
+    Opening it reads the config and the weight files' headers only (seconds, even for an 8B
+    checkpoint); `layer_weight` reads one weight at a time. No model code runs, so
+    trust_remote_code does not matter here (it does for a fine-tune).
     """
     name = model_name()
     if not name:
         st.error("No model directory given. Type the path of a local Hugging Face model folder "
                  "(one that holds config.json) in the sidebar, or pick an embedded model.")
         return None
-    # only the sidebar tick, for an existing local folder (never an import, never a hub id)
-    trust = settings_io.trust_remote_code(st.session_state)
     try:
-        with st.spinner(f"Loading {name} ... (first load only; later pages reuse it)"):
-            return _load(name, trust)
+        with st.spinner(f"Reading the layer list of {name} (headers only, no weights loaded) ..."):
+            return _open(name)
     except ModelNotFoundError as exc:
         st.error(f"{exc}\n\nPick an embedded model in the sidebar, or give an existing local "
                  "model directory.")
@@ -193,12 +217,12 @@ def model_name_is_local() -> bool:
         path).expanduser().is_dir()
 
 
-def selected_layers(loaded: LoadedModel) -> list[str]:
+def selected_layers(loaded: ModelHandle) -> list[str]:
     """Return the names of the linear layers matching the chosen layer kinds and block range."""
     from analysis.layers import filter_layers, layer_table
 
     table = filter_layers(
-        layer_table(loaded.model),
+        layer_table(loaded.weights),
         kinds=st.session_state.get("layer_kinds") or None,
         blocks=st.session_state.get("block_range"),
     )
@@ -223,24 +247,23 @@ def valid(values: list, options: list) -> list:
     return [v for v in values if v in options]
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def _weight(model: str, layer: str, _module: object) -> np.ndarray:
-    return get_weight(_module, layer)
+@st.cache_data(max_entries=16, show_spinner="Reading the layer's weight from disk ...")
+def _weight(model: str, layer: str, _weights: WeightReader) -> np.ndarray:
+    return _weights.weight(layer)
 
 
-def layer_weight(loaded: LoadedModel, layer: str) -> np.ndarray:
-    """Return the float64 weight (m, n) of `layer` in the shared model (cached per model and layer)."""
-    return _weight(loaded.name, layer, loaded.model)
+def layer_weight(loaded: ModelHandle, layer: str) -> np.ndarray:
+    """Return the float32 weight (m, n) of `layer`, read alone from the checkpoint (cached
+    per model and layer)."""
+    return _weight(loaded.name, layer, loaded.weights)
 
 
-def layer_names(loaded: LoadedModel) -> list[str]:
-    """Return the names of every linear layer of the shared model, in module order."""
-    from analysis.layers import layer_table
-
-    return list(layer_table(loaded.model)["name"])
+def layer_names(loaded: ModelHandle) -> list[str]:
+    """Return the names of every linear layer of the model, in module order."""
+    return list(loaded.weights.linear)
 
 
-def ensure_layer(key: str, loaded: LoadedModel) -> list[str]:
+def ensure_layer(key: str, loaded: ModelHandle) -> list[str]:
     """Make session key `key` name an existing layer (default: the first selected layer).
 
     Call before drawing the selectbox with that key; returns the options (all layer names).

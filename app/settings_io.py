@@ -35,7 +35,6 @@ outside a widget's range are refused with the range, never clamped (`check_range
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,7 @@ from idlora_core.config import (
     TrainConfig,
     field_range,
 )
-from idlora_core.layers import layer_kind
+from idlora_core.layers import block_index, layer_kind
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENCODER_TASKS: tuple[str, ...] = ("sentiment",)
@@ -282,17 +281,12 @@ def export_config(
     )
 
 
-def _block_of(name: str) -> int | None:
-    match = re.search(r"(?:^|\.)(\d+)\.", name)
-    return int(match.group(1)) if match else None
-
-
 def _blocks(cfg: RunConfig) -> tuple[int, int] | None:
     blocks: list[int] = []
     for target in cfg.adapter.targets:
         if target.layers:
             blocks += target.layers
-        elif (b := _block_of(target.pattern)) is not None:
+        elif (b := block_index(target.pattern)) is not None:
             blocks.append(b)
         else:
             return None  # a target on every block

@@ -1,8 +1,9 @@
 """The Decomposition lab's sweeps: computed once, then served from memory or the disk cache.
 
-`run_sweeps` computes what is missing with `analysis.sweep_model.sweep_layer_cached` (which
-stores every layer's result in `cached/results/`); `stored_sweeps` only looks results up.
-The in-memory store is shared by every session of the app process (tables are read-only).
+`run_sweeps` computes what is missing with `analysis.sweep.sweep_layer` (which stores every
+layer's result in the cache folder); `stored_sweeps` only looks results up. Weights are read
+one layer at a time from the checkpoint. The in-memory store is shared by every session of
+the app process (tables are read-only).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from app.common import layer_weight
-from idlora_core.models import LoadedModel
+from analysis.sweep import SweepSpec, sweep_layer
+from app.common import ModelHandle, layer_weight
 
 
 @st.cache_resource(show_spinner=False)
@@ -23,27 +24,25 @@ def _sweep_store() -> dict[tuple, pd.DataFrame]:
     return {}
 
 
-def _sweep_key(loaded: LoadedModel, layer: str, params: dict[str, Any]) -> tuple:
-    return (loaded.name, layer, *(
-        tuple(v) if isinstance(v, list) else v for _, v in sorted(params.items())))
+def _sweep_key(loaded: ModelHandle, layer: str, spec: SweepSpec) -> tuple:
+    return (loaded.name, layer, spec)
 
 
-def stored_sweeps(loaded: LoadedModel, layers: list[str], **params: Any) -> pd.DataFrame | None:
+def stored_sweeps(loaded: ModelHandle, layers: list[str], **params: Any) -> pd.DataFrame | None:
     """Return the sweep table of `layers` when every layer was already swept with `params`
-    (in this process, or in the on-disk cache of `analysis.sweep_model`), else None.
+    (in this process, or in the on-disk cache), else None. Never computes.
 
-    Never computes.
+    params: the fields of `analysis.sweep.SweepSpec` (ks, ranks, strategies, seed, normalize_rows, ...).
     """
-    from analysis.sweep_model import sweep_layer_cached
-
+    spec = SweepSpec(**params)
     store = _sweep_store()
-    keys = [_sweep_key(loaded, layer, params) for layer in layers]
+    keys = [_sweep_key(loaded, layer, spec) for layer in layers]
     for layer, key in zip(layers, keys, strict=True):
         if key in store:
             continue
         try:
-            result = sweep_layer_cached(layer_weight(loaded, layer), layer=layer,
-                                        lookup_only=True, **params)
+            result = sweep_layer(layer_weight(loaded, layer), spec, layer=layer, cache=True,
+                                 lookup_only=True)
         except ValueError:
             return None
         if result is None:
@@ -53,7 +52,7 @@ def stored_sweeps(loaded: LoadedModel, layers: list[str], **params: Any) -> pd.D
 
 
 def run_sweeps(
-    loaded: LoadedModel,
+    loaded: ModelHandle,
     layers: list[str],
     *,
     progress: Callable[[float, str], None] | None = None,
@@ -61,15 +60,14 @@ def run_sweeps(
 ) -> pd.DataFrame:
     """Return the sweep table of `layers` (analysis.sweep), computing only what is not stored yet.
 
-    Each layer comes from this process's store, else from the on-disk cache of
-    `analysis.sweep_model` (a repeated request costs nothing), else is computed.
-    params: ks, ranks, strategies, seed, normalize_rows. progress(fraction 0..1, message).
+    Each layer comes from this process's store, else from the on-disk cache (a repeated
+    request costs nothing), else is computed. params: the fields of `SweepSpec` (ks, ranks,
+    strategies, seed, normalize_rows, ...). progress(fraction 0..1, message).
     """
-    from analysis.sweep_model import sweep_layer_cached
-
+    spec = SweepSpec(**params)
     store = _sweep_store()
     for i, layer in enumerate(layers):
-        key = _sweep_key(loaded, layer, params)
+        key = _sweep_key(loaded, layer, spec)
         if key in store:
             continue
 
@@ -78,6 +76,7 @@ def run_sweeps(
                 progress((i + done / max(total, 1)) / len(layers),
                          f"{layer} ({i + 1}/{len(layers)}): {message}")
 
-        result = sweep_layer_cached(layer_weight(loaded, layer), layer=layer, progress=tick, **params)
+        result = sweep_layer(layer_weight(loaded, layer), spec, layer=layer, cache=True,
+                             progress=tick)
         store[key] = result.table
     return stored_sweeps(loaded, layers, **params)

@@ -27,14 +27,13 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.sweep import sweep_layer_result  # noqa: E402
-from idlora_core.layers import get_weight
+from analysis.sweep import SweepSpec, sweep_layer  # noqa: E402
 from idlora_core.linalg.clustering import MinSizeKMeans  # noqa: E402
 from idlora_core.linalg.decomposition import ordered_row_errors, row_id  # noqa: E402
 from idlora_core.linalg.selection import cluster_orders, select_skeleton  # noqa: E402
 from idlora_core.linalg.synthetic import decaying_spectrum, random_spectrum_matrix  # noqa: E402
 from idlora_core.linalg.validation import rank_problem  # noqa: E402
-from idlora_core.models import load_model  # noqa: E402
+from idlora_core.weights import open_weights  # noqa: E402
 
 KS = [1, 2, 4, 8, 16]
 RANKS = [2, 4, 8, 16, 32, 64]
@@ -83,8 +82,9 @@ def verdict(ok: bool) -> str:
 
 
 def bench_minilm(repeats: int, threads: int | None) -> None:
-    W = get_weight(load_model("minilm").model, "encoder.layer.0.intermediate.dense")
-    runs = [timed(lambda: sweep_layer_result(W, KS, RANKS, STRATEGIES, seed=0, threads=threads).table)
+    W = open_weights("minilm").weight("encoder.layer.0.intermediate.dense", dtype=np.float64)
+    spec = SweepSpec(KS, RANKS, STRATEGIES, seed=0)
+    runs = [timed(lambda: sweep_layer(W, spec, threads=threads).table)
             for _ in range(repeats)]
     table = runs[0][0]
     wall, cpu = min(r[1] for r in runs), min(r[2] for r in runs)
@@ -109,8 +109,8 @@ def bench_large(full_exact: bool, threads: int | None) -> None:
     s = decaying_spectrum(n, scale=64.0)
     W = random_spectrum_matrix(n, n, s, seed=0)
     result, elapsed, cpu = timed(
-        lambda: sweep_layer_result(W, KS, RANKS, STRATEGIES, seed=0, randomized=True,
-                                   threads=threads))
+        lambda: sweep_layer(W, SweepSpec(KS, RANKS, STRATEGIES, seed=0, randomized=True),
+                            threads=threads))
     table = result.table[result.table["feasible"]]
     fro = np.linalg.norm(W)
     tail = np.sqrt(np.concatenate([np.cumsum((s**2)[::-1])[::-1], [0.0]])) / np.sqrt((s**2).sum())

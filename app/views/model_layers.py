@@ -13,15 +13,20 @@ loaded = get_model()
 if loaded is None:
     st.stop()
 
-info = model_summary(loaded.model)
-table = layer_table(loaded.model)
+info = model_summary(loaded.weights)
+table = layer_table(loaded.weights)
 st.subheader(loaded.name)
 blocks_text = f" · {info['blocks']} blocks" if info["blocks"] else ""
 st.caption(f"{loaded.kind} · model type `{info['model_type']}`{blocks_text} · "
            f"read from `{loaded.source}`")
+st.info("Layers listed from `config.json` and the weight files' headers: **no weights are "
+        "loaded**. Each page reads only the weight of the layer it analyses, so an 8B or 70B "
+        "checkpoint opens in seconds; only a fine-tune loads the whole model.",
+        icon=":material/bolt:")
 if "4-bit" in loaded.note:
     st.warning(
-        "SmolLM2-135M-Instruct ships as a 4-bit (Q4_1) GGUF file, dequantised to float32 here. "
+        "SmolLM2-135M-Instruct ships as a 4-bit (Q4_1) GGUF file; each weight is dequantised "
+        "to float32 when a page reads it. "
         "Its weights passed through 4-bit quantisation: the small singular values sit on a "
         "quantisation noise floor, which flattens the tail of every spectrum."
     )
@@ -32,8 +37,8 @@ cols = st.columns(5)
 cols[0].metric("Architecture", info["architecture"])
 cols[1].metric("Parameters", f"{info['params'] / 1e6:,.1f} M")
 cols[2].metric("In linear layers", f"{info['linear_params'] / 1e6:,.1f} M")
-cols[3].metric("dtype", info["dtype"])
-cols[4].metric("Device", info["device"])
+cols[3].metric("Stored as", info["dtype"])
+cols[4].metric("Weights", info["device"])
 
 st.markdown("#### Select layers")
 kinds = sorted(table["type"].unique())

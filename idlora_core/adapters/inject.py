@@ -27,7 +27,7 @@ from idlora_core.adapters.idlora import IDLoRALinear
 from idlora_core.adapters.report import AdapterReport, LayerRow
 from idlora_core.cache import cached_skeleton
 from idlora_core.config import AdapterConfig, TargetConfig
-from idlora_core.layers import list_linear_layers
+from idlora_core.layers import block_index, list_linear_layers
 
 ADAPTER_PREFIXES = ("idlora_", "hydralora_")
 
@@ -311,7 +311,7 @@ def build_report(
         has_bias = base.bias is not None
         rows.append(
             LayerRow(
-                name=name, block=_block(name), m=m, n=n, method=method, r=r, k=k, p=p, bias=has_bias,
+                name=name, block=block_index(name), m=m, n=n, method=method, r=r, k=k, p=p, bias=has_bias,
                 trainable=sum(t.numel() for t in trainable),
                 frozen_adapter_elements=sum(b.numel() for b in frozen),
                 formula=trainable_params(method, m, n, target.r, k=target.k, p=p, bias=has_bias),
@@ -328,11 +328,6 @@ def build_report(
         base_params=base_params,
         total_params=sum(p.numel() for p in model.parameters()),
     )
-
-
-def _block(name: str) -> int | None:
-    match = re.search(r"(?:^|\.)(?:layer|layers|h|blocks)\.(\d+)\.", name)
-    return int(match.group(1)) if match else None
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -30,8 +30,9 @@ from idlora_core.linalg.validation import check_weight
 
 
 def row_geometry(W: np.ndarray, normalize_rows: bool = False) -> np.ndarray:
-    """Return the rows used for clustering: W itself, or W with rows scaled to unit L2 norm."""
-    W = np.asarray(W, dtype=np.float64)
+    """Return the rows used for clustering: W itself, or W with rows scaled to unit L2 norm
+    (float32 stays float32, anything else becomes float64)."""
+    W = check_weight(W)
     if not normalize_rows:
         return W
     norms = np.linalg.norm(W, axis=1, keepdims=True)
@@ -40,14 +41,15 @@ def row_geometry(W: np.ndarray, normalize_rows: bool = False) -> np.ndarray:
 
 def cluster_means(Z: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Return the (k, n) means of the rows of Z in each cluster (clusters must be non-empty)."""
-    onehot = np.zeros((k, Z.shape[0]))
+    onehot = np.zeros((k, Z.shape[0]), dtype=Z.dtype)
     onehot[labels, np.arange(Z.shape[0])] = 1.0
     return (onehot @ Z) / onehot.sum(axis=1, keepdims=True)
 
 
 def squared_distances(Z: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """Return the (m, k) squared Euclidean distances between the rows of Z and the centres."""
-    d2 = (Z * Z).sum(1)[:, None] - 2.0 * Z @ centers.T + (centers * centers).sum(1)[None, :]
+    z2 = np.einsum("ij,ij->i", Z, Z)  # no (m, n) temporary
+    d2 = z2[:, None] - 2.0 * (Z @ centers.T) + (centers * centers).sum(1)[None, :]
     return np.maximum(d2, 0.0)
 
 

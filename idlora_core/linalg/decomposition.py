@@ -45,6 +45,14 @@ class RowID:
         return self.order[:r]
 
 
+def sq_norm(M: np.ndarray, chunk: int = 1 << 20) -> float:
+    """Return ||M||_F^2 accumulated in float64, a few rows at a time (no full-size temporary)."""
+    M = np.asarray(M)
+    rows = max(1, chunk // max(M.shape[-1], 1))
+    return float(sum(np.einsum("ij,ij->", b, b, dtype=np.float64)
+                     for b in (M[i: i + rows] for i in range(0, M.shape[0], rows))))
+
+
 def spectrum(W: np.ndarray) -> np.ndarray:
     """Return all singular values of W, descending (float64, length min(m, n))."""
     return sla.svdvals(check_weight(W), check_finite=False)
@@ -58,7 +66,8 @@ def top_spectrum(M: np.ndarray, count: int) -> np.ndarray:
     about 1e-8 * s_1 lose relative accuracy (they come from squares).
     """
     M = check_weight(M, "M")
-    G = M @ M.T if M.shape[0] <= M.shape[1] else M.T @ M
+    # The Gram product in M's dtype (float32 for a large layer), its eigensolve in float64.
+    G = (M @ M.T if M.shape[0] <= M.shape[1] else M.T @ M).astype(np.float64, copy=False)
     size = G.shape[0]
     count = min(int(count), size)
     if count <= 0:

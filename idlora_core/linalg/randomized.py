@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as sla
 
-from idlora_core.linalg.decomposition import RowID, top_spectrum
+from idlora_core.linalg.decomposition import RowID, sq_norm, top_spectrum
 from idlora_core.linalg.validation import check_weight
 
 RANDOMIZED_MIN_ELEMENTS = 4_000_000
@@ -62,12 +62,14 @@ def randomized_spectrum(
     sketch_cost = 2 * (2 * iters + 2) * long * short * width
     if 2 * width >= full or exact_cost <= sketch_cost:
         return top_spectrum(W, rank)
-    Y = A @ np.random.default_rng(seed).standard_normal((A.shape[1], width))
+    # Products in W's dtype (float32 for a large layer: no float64 copy of W), the small
+    # factorisations after them in float64.
+    Y = A @ np.random.default_rng(seed).standard_normal((A.shape[1], width)).astype(A.dtype)
     for _ in range(iters):
         Y = sla.lu(Y, permute_l=True, check_finite=False)[0]
         Y = A @ (A.T @ Y)
     Q = sla.qr(Y, mode="economic", check_finite=False)[0]
-    B = Q.T @ A  # (width, q)
+    B = (Q.T @ A).astype(np.float64)  # (width, q)
     eig = sla.eigvalsh(B @ B.T, check_finite=False)[::-1]
     return np.sqrt(np.maximum(eig[:rank], 0.0))
 
@@ -81,14 +83,14 @@ def prefix_row_errors(M: np.ndarray, prefix: np.ndarray) -> RowID:
     """
     M = check_weight(M, "M")
     prefix = np.asarray(prefix, dtype=np.int64)
-    total = float(np.einsum("ij,ij->", M, M))
+    total = sq_norm(M)
     if prefix.size == 0:
         return RowID(order=prefix, sq_errors=np.array([total]))
     Q, R = sla.qr(M.T[:, prefix], mode="economic", check_finite=False)
-    C = M @ Q  # (p, L) coordinates of every row on the skeleton directions
+    C = (M @ Q).astype(np.float64)  # (p, L) coordinates of every row on the skeleton directions
     energy = np.einsum("ij,ij->j", C, C)
     diag = np.abs(np.diag(R))
-    tol = max(M.shape) * np.finfo(np.float64).eps * (diag.max() if diag.size else 0.0)
+    tol = max(M.shape) * np.finfo(M.dtype).eps * (diag.max() if diag.size else 0.0)
     energy = np.where(diag > tol, energy, 0.0)  # a row dependent on earlier ones adds nothing
     if len(energy) < len(prefix):  # more rows than columns: the rest add nothing
         energy = np.concatenate([energy, np.zeros(len(prefix) - len(energy))])
@@ -106,7 +108,7 @@ def randomized_row_id(
     r_max = min(int(r_max), p)
     width = min(n, r_max + oversample)
     rng = np.random.default_rng(seed)
-    S = M @ rng.standard_normal((n, width))  # (p, l) sketch of the row space geometry
+    S = M @ rng.standard_normal((n, width)).astype(M.dtype)  # (p, l) sketch of the row geometry
     for _ in range(power_iters):
         S = sla.qr(S, mode="economic", check_finite=False)[0]  # keep the sketch well conditioned
         S = M @ (M.T @ S)

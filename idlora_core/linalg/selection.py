@@ -26,7 +26,7 @@ from idlora_core.linalg.validation import check_labels, check_rank, check_strate
 
 def centroid_order(Z: np.ndarray, members: np.ndarray) -> np.ndarray:
     """Return `members` sorted by squared distance of Z[members] to their mean (stable on ties)."""
-    rows = Z[members]
+    rows = Z if len(members) == len(Z) and (np.diff(members) == 1).all() else Z[members]
     mean = rows.mean(axis=0)
     d2 = np.einsum("ij,ij->i", rows, rows) - 2.0 * (rows @ mean) + mean @ mean  # no (p, n) temporaries
     return members[np.argsort(d2, kind="stable")]

@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import numpy as np
 
-STRATEGIES: tuple[str, ...] = ("id", "centroid", "random")
+from idlora_core.config import SELECTIONS
+
+STRATEGIES: tuple[str, ...] = SELECTIONS  # "id", "centroid", "random": the config's Literal
 
 
 def check_weight(W: object, name: str = "W") -> np.ndarray:
-    """Return `W` as a float64 array of shape (m, n); ValueError if it is not 2-D, empty or finite."""
+    """Return `W` as a 2-D float array (m, n): float32 input stays float32 (no copy of a large
+    layer), anything else becomes float64. ValueError if it is not 2-D, empty or finite."""
+    dtype = np.float32 if getattr(W, "dtype", None) == np.float32 else np.float64
     try:
-        arr = np.asarray(W, dtype=np.float64)
+        arr = np.asarray(W, dtype=dtype)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be a 2-D array of numbers: {exc}") from exc
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (out_features, in_features), got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
+    # A float64 sum is finite iff every entry is (barring overflow, then checked entry-wise):
+    # no (m, n) boolean temporary for a large layer.
+    if not np.isfinite(arr.sum(dtype=np.float64)) and not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
         raise ValueError(f"{name} holds {bad} non-finite values (NaN or inf)")
     return arr

@@ -67,6 +67,9 @@ def warn_single_cpu_launch() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
+    from idlora_core.models import set_hub_defaults
+
+    set_hub_defaults()
     args = parse_args(argv)
     overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     try:

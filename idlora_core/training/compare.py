@@ -98,6 +98,9 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (1 when a folder is not a run)."""
+    from idlora_core.models import set_hub_defaults
+
+    set_hub_defaults()
     parser = argparse.ArgumentParser(prog="python -m idlora_core.compare",
                                      description="Compare training runs side by side.")
     parser.add_argument("runs", nargs="+", help="run output folders")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.sweep import sweep_layer
+from analysis.sweep import SweepSpec, sweep_layer
 from analysis.views import (
     REFERENCE_CURVES,
     best_per_rank,
@@ -20,7 +20,8 @@ from analysis.views import (
 def table():
     rng = np.random.default_rng(0)
     W = rng.normal(size=(48, 20)) @ np.diag(np.linspace(2.0, 0.1, 20))
-    return sweep_layer(W, ks=[1, 2, 8], ranks=[2, 4, 8], strategies=["id", "random"], layer="L")
+    return sweep_layer(W, SweepSpec(ks=[1, 2, 8], ranks=[2, 4, 8], strategies=["id", "random"]),
+                       layer="L").table
 
 
 def test_heatmap_grid_is_k_by_r_with_nan_for_infeasible(table):

@@ -15,7 +15,9 @@ def test_page_renders_alone_with_model_facts(minilm):
     metrics = {m.label: m.value for m in at.metric}
     total = sum(p.numel() for p in minilm.model.parameters())
     assert metrics["Parameters"] == f"{total / 1e6:,.1f} M"
-    assert (metrics["Architecture"], metrics["dtype"], metrics["Device"]) == ("BertModel", "float32", "cpu")
+    assert (metrics["Architecture"], metrics["Stored as"], metrics["Weights"]) == (
+        "BertModel", "float32", "disk (not loaded)")
+    assert any("no weights are loaded" in i.value for i in at.info)
     assert at.multiselect(key="layer_kinds").value == ["q", "v"]
     assert at.slider(key="block_range").value == (0, 5)
     table = at.dataframe[0].value
@@ -48,7 +50,7 @@ def test_smollm2_shows_quantisation_note_and_resets_block_range():
     assert any("4-bit" in w.value for w in at.warning)
     assert at.slider(key="block_range").value == (0, 29)
     names = at.dataframe[0].value["name"].tolist()
-    assert names[:2] == ["layers.0.self_attn.q_proj", "layers.0.self_attn.v_proj"]
+    assert names[:2] == ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"]
     assert len(names) == 60
 
 
@@ -70,6 +72,29 @@ def test_local_model_directory_loads(tiny_bert_dir):
     assert not at.exception and len(at.error) == 0
     assert at.slider(key="block_range").value == (0, 1)
     table = at.dataframe[0].value
+    # the checkpoint's own module names (a classification model: what its fine-tune adapts)
     assert table["name"].tolist() == [
-        f"encoder.layer.{b}.attention.self.{p}" for b in (0, 1) for p in ("query", "value")]
+        f"bert.encoder.layer.{b}.attention.self.{p}" for b in (0, 1) for p in ("query", "value")]
     assert table["shape"].tolist() == ["32 x 32"] * 4
+
+
+def test_sharded_bf16_folder_without_tokenizer_opens_without_loading(tmp_path, monkeypatch,
+                                                                     sharded_llama):
+    folder = sharded_llama(tmp_path / "ckpt", "bf16")
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the page loaded a model")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["model_choice"] = "local"
+    at.session_state["model_path"] = str(folder)
+    at.session_state["layer_kinds"] = ["down"]
+    at.run()
+    assert not at.exception and len(at.error) == 0
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Stored as"], metrics["Weights"]) == ("bfloat16", "disk (not loaded)")
+    assert at.dataframe[0].value["name"].tolist() == ["model.layers.0.mlp.down_proj",
+                                                      "model.layers.1.mlp.down_proj"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -75,3 +77,41 @@ def test_errors_name_what_is_available(minilm, tmp_path):
         get_linear(minilm.model, "encoder.layer.0.attention.self.qurey")
     with pytest.raises(ValueError, match="is not a linear layer"):
         get_linear(minilm.model, "encoder.layer.0")
+
+
+@pytest.mark.parametrize("config,kind", [
+    ({"model_type": "qwen2"}, "causal-lm"),  # no architectures field: from the mappings
+    ({"model_type": "gemma3_text"}, "causal-lm"),
+    ({"model_type": "phi3", "architectures": ["Phi3ForCausalLM"]}, "causal-lm"),
+    ({"model_type": "bert"}, "encoder"),  # BERT has an LM-head class, but is masked-LM
+    ({"model_type": "bert", "architectures": ["BertModel"]}, "encoder"),
+    ({"model_type": "bert", "is_decoder": True}, "causal-lm"),
+    ({"model_type": "distilbert"}, "encoder"),
+])
+def test_model_kind_from_transformers_mappings(config, kind):
+    from idlora_core.models import model_kind
+
+    assert model_kind(config) == kind
+
+
+def test_hub_defaults_set_by_entry_points_not_on_import():
+    import subprocess
+    import sys
+
+    code = ("import os, idlora_core.models, idlora_core.weights; "
+            "print(os.environ.get('HF_HUB_ETAG_TIMEOUT')); "
+            "idlora_core.models.set_hub_defaults(); print(os.environ['HF_HUB_ETAG_TIMEOUT'])")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    assert out == ["None", "5"]
+
+
+def test_aliases_defined_once():
+    from idlora_core.models import ALIASES, SHORT_NAMES, canonical_name, short_name
+
+    assert available_models() == list(SHORT_NAMES) == ["minilm", "smollm2-135m"]
+    for alias in ("minilm", "All-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        assert canonical_name(alias) == "all-MiniLM-L6-v2" and short_name(alias) == "minilm"
+    assert short_name("HuggingFaceTB/SmolLM2-135M-Instruct") == "smollm2-135m"
+    assert short_name("/some/folder") is None and len(ALIASES) == 6
