@@ -7,7 +7,8 @@ the full dimension.
     to p x l with a Gaussian test matrix (l = r_max + oversampling, with power iterations),
     a column-pivoted QR of the sketch's transpose picks the first r_max skeleton rows, and
     `prefix_row_errors` measures the exact ID error of every prefix of that order.
-Cost: O(p n l) per matrix; exact QR/SVD paths cost O(p n min(p, n)).
+Cost: O(p n l) per matrix; exact QR/SVD paths cost O(p n min(p, n)). The large products run
+in `products.py`: NumPy, or torch float32 on a CUDA GPU when one is present.
 
 `use_randomized` says when the sweep switches to these: above RANDOMIZED_MIN_ELEMENTS
 weight entries (a 4096 x 4096 attention projection of Llama-8B is above, every layer of
@@ -19,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as sla
 
+from idlora_core.linalg import products as _products
 from idlora_core.linalg.decomposition import RowID, sq_norm, top_spectrum
 from idlora_core.linalg.validation import check_weight
 
@@ -64,12 +66,13 @@ def randomized_spectrum(
         return top_spectrum(W, rank)
     # Products in W's dtype (float32 for a large layer: no float64 copy of W), the small
     # factorisations after them in float64.
-    Y = A @ np.random.default_rng(seed).standard_normal((A.shape[1], width)).astype(A.dtype)
+    ops = _products.products(A)  # NumPy, or torch float32 on a CUDA GPU
+    Y = ops.mul(np.random.default_rng(seed).standard_normal((A.shape[1], width)))
     for _ in range(iters):
         Y = sla.lu(Y, permute_l=True, check_finite=False)[0]
-        Y = A @ (A.T @ Y)
+        Y = ops.mul(ops.tmul(Y))
     Q = sla.qr(Y, mode="economic", check_finite=False)[0]
-    B = (Q.T @ A).astype(np.float64)  # (width, q)
+    B = ops.tmul(Q).T.astype(np.float64)  # Q.T @ A, (width, q)
     eig = sla.eigvalsh(B @ B.T, check_finite=False)[::-1]
     return np.sqrt(np.maximum(eig[:rank], 0.0))
 
@@ -87,7 +90,7 @@ def prefix_row_errors(M: np.ndarray, prefix: np.ndarray) -> RowID:
     if prefix.size == 0:
         return RowID(order=prefix, sq_errors=np.array([total]))
     Q, R = sla.qr(M.T[:, prefix], mode="economic", check_finite=False)
-    C = (M @ Q).astype(np.float64)  # (p, L) coordinates of every row on the skeleton directions
+    C = _products.products(M).mul(Q).astype(np.float64)  # (p, L): rows on the skeleton directions
     energy = np.einsum("ij,ij->j", C, C)
     diag = np.abs(np.diag(R))
     tol = max(M.shape) * np.finfo(M.dtype).eps * (diag.max() if diag.size else 0.0)
@@ -108,9 +111,10 @@ def randomized_row_id(
     r_max = min(int(r_max), p)
     width = min(n, r_max + oversample)
     rng = np.random.default_rng(seed)
-    S = M @ rng.standard_normal((n, width)).astype(M.dtype)  # (p, l) sketch of the row geometry
+    ops = _products.products(M)  # NumPy, or torch float32 on a CUDA GPU
+    S = ops.mul(rng.standard_normal((n, width)))  # (p, l) sketch of the row geometry
     for _ in range(power_iters):
         S = sla.qr(S, mode="economic", check_finite=False)[0]  # keep the sketch well conditioned
-        S = M @ (M.T @ S)
+        S = ops.mul(ops.tmul(S))
     _, piv = sla.qr(S.T, mode="r", pivoting=True, check_finite=False)
     return prefix_row_errors(M, piv[:r_max].astype(np.int64))
