@@ -91,16 +91,16 @@ DEFAULTS: dict[str, Any] = {
 _TINY = 1e-12  # the widget minimum of a float the schema only requires to be > 0
 
 
-def _limits(section: type, name: str) -> tuple[float, float]:
+def _limits(section: type, name: str) -> tuple[float, float | None]:
     lo, hi = field_range(section, name)
     info = section.model_fields[name]
     if info.annotation is not float:
         return lo, hi
     exclusive = any(hasattr(m, "gt") for m in info.metadata)
-    return (_TINY if exclusive and lo == 0 else float(lo)), float(hi)
+    return (_TINY if exclusive and lo == 0 else float(lo)), (None if hi is None else float(hi))
 
 
-WIDGET_LIMITS: dict[str, tuple[float, float]] = {
+WIDGET_LIMITS: dict[str, tuple[float, float | None]] = {
     f"ft_{name}": _limits(TrainConfig, name)
     for name in ("steps", "batch_size", "seq_len", "learning_rate", "warmup_steps",
                  "eval_interval", "weight_decay")
@@ -128,9 +128,9 @@ def check_ranges(values: Mapping[str, Any]) -> list[str]:
     problems = []
     for key, (lo, hi) in WIDGET_LIMITS.items():
         value = values.get(key)
-        if isinstance(value, (int, float)) and not lo <= value <= hi:
+        if isinstance(value, (int, float)) and not (lo <= value and (hi is None or value <= hi)):
             problems.append(f"{key.removeprefix('ft_')} = {_fmt(value)}: allowed range "
-                            f"{_fmt(lo)} to {_fmt(hi)}")
+                            f"{_fmt(lo)} to {'any' if hi is None else _fmt(hi)}")
     return problems
 
 

@@ -128,6 +128,7 @@ def build_model(config: RunConfig, tasks: list[TaskData], source=None):
     seed only.
     """
     from idlora_core.adapters.inject import apply_adapters
+    from idlora_core.training.preflight import check_run_fits
 
     head = model_head(config, tasks)
     num_labels = max(tasks[0].num_labels, 2)
@@ -142,6 +143,7 @@ def build_model(config: RunConfig, tasks: list[TaskData], source=None):
     if head == "classification":
         reset_heads(model, config.train.seed)
     set_seed(config.train.seed)
+    check_run_fits(model, config.adapter, config.train, resolve_device(config.train)[0])
     model, report = apply_adapters(model, config.adapter, extra_trainable=HEAD_MODULES)
     return model, tokenizer, report
 

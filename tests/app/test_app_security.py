@@ -117,7 +117,7 @@ def test_out_of_range_import_is_refused_not_clamped(text, expect, minilm):
 
 def test_widget_ranges_hold_every_valid_config():
     for key, (lo, hi) in sio.WIDGET_LIMITS.items():
-        assert lo < hi, key
+        assert hi is None or lo < hi, key
     assert sio.WIDGET_LIMITS["ft_steps"] == (1, 10_000_000)
     values = sio.settings_from_config(RunConfig.model_validate(
         {"train": {"steps": 10_000_000, "batch_size": 4096}}), {})
