@@ -124,8 +124,9 @@ def safe_load_bounded(text: str | bytes, max_nodes: int = MAX_YAML_NODES) -> Any
     loader_cls = BoundedSafeLoader
     if max_nodes != MAX_YAML_NODES:
         loader_cls = type("_Loader", (BoundedSafeLoader,), {"max_nodes": max_nodes})
-    loader = loader_cls(text)
+    loader = None
     try:
+        loader = loader_cls(text)  # the reader already refuses control characters here
         return loader.get_single_data()
     except YAMLInputError:
         raise
@@ -139,8 +140,12 @@ def safe_load_bounded(text: str | bytes, max_nodes: int = MAX_YAML_NODES) -> Any
         raise YAMLInputError("YAML nested too deeply") from None
     except (ValueError, TypeError, OverflowError) as exc:  # e.g. a date 2001-02-30, !!int x
         raise YAMLInputError(f"not valid YAML: {cut(str(exc))}") from None
+    except (AttributeError, IndexError, KeyError) as exc:  # PyYAML on e.g. an empty `!!int`
+        raise YAMLInputError(f"not valid YAML: a tagged value could not be read "
+                             f"({type(exc).__name__})") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def decode_utf8(data: bytes, name: str) -> str:
