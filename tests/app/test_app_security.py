@@ -137,3 +137,16 @@ def test_app_binds_localhost_by_default():
     lab = subprocess.run(["make", "-n", "app-lab"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
     assert "--server.address 0.0.0.0" in lab and "IDLORA_LAB=1" in lab
+
+
+def test_alias_bomb_import_is_refused_on_the_page(minilm):
+    lines = ["l0: &l0 [" + ", ".join(["lol"] * 9) + "]"]
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    bomb = "\n".join(lines) + "\nmodel: {name: *l8}\n"  # 9**9 leaves from ~450 bytes
+    at = AppTest.from_file(EXPORT_PAGE, default_timeout=90)
+    at.run()
+    at.text_area(key="ex_paste").set_value(bomb)
+    at.button(key="import_pasted").click().run()
+    assert not at.exception
+    (error,) = [e.value for e in at.error]
+    assert "more than 500,000 nodes" in error and len(error) < 1000
