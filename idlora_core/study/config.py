@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from idlora_core.config import (
+    MAX_CONFIG_BYTES,
     ConfigError,
     Method,
     RunConfig,
@@ -33,6 +34,7 @@ from idlora_core.config import (
     _format_errors,
     load_config,
 )
+from idlora_core.safe_yaml import YAMLInputError, decode_utf8, safe_load_bounded, shorten
 
 
 class _Strict(BaseModel):
@@ -162,10 +164,12 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"study file not found: {path}"])
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"]) from None
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path} is over {MAX_CONFIG_BYTES:,} bytes: not a study file"])
+    try:  # bounded: alias bombs, python tags, non-UTF-8 are one-line errors
+        data = safe_load_bounded(decode_utf8(path.read_bytes(), str(path)))
+    except YAMLInputError as exc:
+        raise ConfigError([str(exc)]) from None
     if overrides and isinstance(data, dict):
         data, _ = _resolve_base(data, path.parent)
         data = apply_study_overrides(data, overrides)
@@ -183,12 +187,16 @@ def apply_study_overrides(data: dict[str, Any], overrides: list[str]) -> dict[st
         if not sep or not key.strip():
             problems.append(f"override {item!r}: expected KEY=VALUE, e.g. grid.seed=[0,1]")
             continue
+        try:
+            value = safe_load_bounded(raw)
+        except YAMLInputError as exc:
+            problems.append(f"override {shorten(item)}: the value {exc}")
+            continue
         node = data
         parts = key.strip().split(".")
         try:
             for part in parts[:-1]:
                 node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-            value = yaml.safe_load(raw)
             if isinstance(node, list):
                 node[int(parts[-1])] = value
             else:

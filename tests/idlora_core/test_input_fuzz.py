@@ -106,3 +106,22 @@ def test_user_data_readers_raise_only_our_errors(tmp_path_factory, lines, suffix
     path.write_bytes(body + junk)
     _only_ours(read_records, path)
     _only_ours(build, path, 4, 2, 0)
+
+
+def test_study_files_use_the_bounded_loader(tmp_path):
+    from idlora_core.study.config import apply_study_overrides, load_study
+
+    path = tmp_path / "study.yaml"
+    path.write_text(_alias_heavy([9] * 9))  # 9**9 leaves
+    try:
+        load_study(path)
+    except ConfigError as exc:
+        assert "nodes" in str(exc) and len(str(exc)) < 600
+    else:
+        raise AssertionError("an alias bomb was accepted as a study file")
+    try:
+        apply_study_overrides({}, ["grid.seed=[1"])
+    except ConfigError as exc:
+        assert "not valid YAML" in str(exc)
+    else:
+        raise AssertionError("a broken override value was accepted")
