@@ -7,8 +7,9 @@ its columns are documented there). Only reshaping and picking; no new maths, no 
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
+
+from idlora_core.layers import block_index, layer_kind
 
 # error-vs-rank curves: (column, label, kind); "bound" curves are spectral-norm bounds / sigma_1
 REFERENCE_CURVES: list[tuple[str, str, str]] = [
@@ -18,6 +19,21 @@ REFERENCE_CURVES: list[tuple[str, str, str]] = [
     ("bound_cluster", "BOUND: cluster-wise ID (spectral, /σ₁)", "bound"),
     ("bound_global", "BOUND: global ID (spectral, /σ₁)", "bound"),
 ]
+# the spectral-norm panel: measured spectral errors against the spectral bounds
+SPECTRAL_CURVES: list[tuple[str, str, str]] = [
+    ("svd_spec_same_r", "global SVD, same r (σ_{r+1}/σ₁)", "measured"),
+    ("bound_cluster", "BOUND: cluster-wise ID", "bound"),
+    ("bound_global", "BOUND: global ID", "bound"),
+]
+FROBENIUS_CURVES: list[tuple[str, str, str]] = REFERENCE_CURVES[:3]
+
+
+def short_label(name: str) -> str:
+    """Return a short layer label "block · type" (e.g. "3 · attn_out"), or the name itself."""
+    block, kind = block_index(name), layer_kind(name)
+    if block is None or kind == "other":
+        return name
+    return f"{block} · {kind}"
 
 
 def feasible(table: pd.DataFrame) -> pd.DataFrame:
@@ -34,24 +50,31 @@ def heatmap_grid(table: pd.DataFrame, strategy: str, value: str = "rel_fro_error
     return grid.reindex(index=ks, columns=rs)
 
 
-def error_vs_rank(table: pd.DataFrame, k: int) -> pd.DataFrame:
+def error_vs_rank(table: pd.DataFrame, k: int, norm: str = "both") -> pd.DataFrame:
     """Return the long-form curves of one layer at cluster count `k`, for plotting against r.
 
     Columns: r, curve (label), kind ("measured" | "bound"), error (relative: Frobenius errors
-    divided by ||W||_F, bounds are spectral-norm bounds divided by sigma_1(W)).
-    One "cluster-wise ID (<strategy>)" curve per strategy, then the references of REFERENCE_CURVES.
+    divided by ||W||_F, spectral errors and bounds divided by sigma_1(W)).
+    norm="frobenius": one "cluster-wise ID (<strategy>)" curve per strategy (rel_fro_error) and
+    FROBENIUS_CURVES; norm="spectral": the measured spectral error per strategy
+    (rel_spec_error, only where the sweep measured it) and SPECTRAL_CURVES; "both": the
+    Frobenius curves and the two bounds (REFERENCE_CURVES).
     """
+    column, refs = {"frobenius": ("rel_fro_error", FROBENIUS_CURVES),
+                    "spectral": ("rel_spec_error", SPECTRAL_CURVES),
+                    "both": ("rel_fro_error", REFERENCE_CURVES)}[norm]
     part = feasible(table[table["k"] == k]).sort_values(["strategy", "r"])
     frames = [
         pd.DataFrame({"r": g["r"], "curve": f"cluster-wise ID ({s})", "kind": "measured",
-                      "error": g["rel_fro_error"]})
+                      "error": g[column]})
         for s, g in part.groupby("strategy", sort=False)
     ]
     one = part.drop_duplicates("r").sort_values("r")
     frames += [
         pd.DataFrame({"r": one["r"], "curve": label, "kind": kind, "error": one[col]})
-        for col, label, kind in REFERENCE_CURVES
+        for col, label, kind in refs
     ]
+    frames = [f.dropna(subset=["error"]) for f in frames]
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["r", "curve", "kind", "error"])
     return out.astype({"r": int, "error": float})
@@ -61,17 +84,17 @@ def best_per_rank(table: pd.DataFrame) -> pd.DataFrame:
     """Return, per (layer, r), the feasible (k, strategy) with the smallest cluster-wise error.
 
     Columns: layer, m, n, r, k, strategy, rel_fro_error, svd_same_r, global_id_same_r,
-    svd_same_total, gain_vs_svd (svd_same_r / rel_fro_error: > 1 means clustering beats the best
-    global rank-r factorisation at the same r), gap_vs_total (rel_fro_error - svd_same_total,
-    never < 0 by Eckart-Young), trainable_idlora, trainable_lora (counts for one layer).
+    svd_same_total, gain_vs_svd (svd_same_r - rel_fro_error, a difference of relative errors:
+    > 0 means clustering beats the best global rank-r factorisation at the same r, < 0 is a
+    loss), gap_vs_total (rel_fro_error - svd_same_total, never < 0 by Eckart-Young),
+    trainable_idlora, trainable_lora (counts for one layer).
     """
     ok = feasible(table).dropna(subset=["rel_fro_error"])
     if ok.empty:
         return pd.DataFrame(columns=["layer", "m", "n", "r", "k", "strategy", "rel_fro_error"])
     idx = ok.groupby(["layer", "r"])["rel_fro_error"].idxmin()
     best = ok.loc[idx].sort_values(["layer", "r"]).reset_index(drop=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        best["gain_vs_svd"] = best["svd_same_r"] / best["rel_fro_error"]
+    best["gain_vs_svd"] = best["svd_same_r"] - best["rel_fro_error"]
     best["gap_vs_total"] = best["rel_fro_error"] - best["svd_same_total"]
     cols = ["layer", "m", "n", "r", "k", "strategy", "rel_fro_error", "svd_same_r",
             "global_id_same_r", "svd_same_total", "gain_vs_svd", "gap_vs_total",
@@ -83,6 +106,22 @@ def layer_summary(table: pd.DataFrame, r: int) -> pd.DataFrame:
     """Return one row per layer at rank `r`: its best (k, strategy) and the references (see best_per_rank)."""
     best = best_per_rank(table)
     return best[best["r"] == r].reset_index(drop=True)
+
+
+def strategy_means(table: pd.DataFrame, k: int, r: int) -> pd.DataFrame:
+    """Return the mean relative Frobenius error over the swept layers at (k, r), one row per
+    strategy: strategy, layers, mean_error, mean_svd_same_r, mean_gain (svd - cluster-wise ID).
+    """
+    part = feasible(table[(table["k"] == k) & (table["r"] == r)]).dropna(subset=["rel_fro_error"])
+    rows = [
+        {"strategy": s, "layers": int(g["layer"].nunique()),
+         "mean_error": float(g["rel_fro_error"].mean()),
+         "mean_svd_same_r": float(g["svd_same_r"].mean()),
+         "mean_gain": float((g["svd_same_r"] - g["rel_fro_error"]).mean())}
+        for s, g in part.groupby("strategy", sort=False)
+    ]
+    return pd.DataFrame(rows, columns=["strategy", "layers", "mean_error", "mean_svd_same_r",
+                                       "mean_gain"])
 
 
 def choices_for_export(table: pd.DataFrame, r: int) -> dict[str, dict]:

@@ -28,6 +28,11 @@ Widgets use these keys directly, so setting a key before its widget renders chan
   explorer_projection str                     "PCA"              "PCA" | "UMAP"
   explorer_normalize_rows bool                False              Cluster explorer: cosine geometry
   explorer_seed       int                     0                  Cluster explorer: seed
+  explorer_skeleton   str                     "id"               Cluster explorer: strategy whose skeleton is drawn
+  lab_focus_layer     str | None              None (= first swept layer)  Decomposition lab: layer inspected
+  lab_focus_k         int | None              None (= largest k)  Decomposition lab: k of the curves
+  lab_summary_r       int | None              None (= middle r)  Decomposition lab: r of the summary
+  lab_exercise        int | None              None               active lab exercise (sidebar panel)
   adapter_k           int                     4                  default k for export (every layer)
   adapter_r           int                     8                  default r for export
   adapter_strategy    str                     "centroid"         default skeleton strategy for export
@@ -100,6 +105,11 @@ DEFAULTS: dict[str, Any] = {
     "explorer_projection": "PCA",
     "explorer_normalize_rows": False,
     "explorer_seed": 0,
+    "explorer_skeleton": "id",
+    "lab_focus_layer": None,
+    "lab_focus_k": None,
+    "lab_summary_r": None,
+    "lab_exercise": None,
     "adapter_k": 4,
     "adapter_r": 8,
     "adapter_strategy": "centroid",
@@ -184,6 +194,11 @@ def _open(name: str) -> ModelHandle:
                        note=EMBEDDED.get(canon, ""), weights=weights)
 
 
+def open_named(name: str) -> ModelHandle:
+    """Return the shared handle of model `name` (headers only, opened once per process)."""
+    return _open(name)
+
+
 def get_model() -> ModelHandle | None:
     """Return the shared handle of the model chosen in the sidebar, or None after an st.error.
 
@@ -240,6 +255,11 @@ def layer_choice(layer: str) -> dict[str, Any]:
     }
     choice.update((state.get("layer_choices") or {}).get(layer, {}))
     return choice
+
+
+def plain(message: str) -> str:
+    """Return an error message safe to show as Markdown: `*` (k*r) becomes " × "."""
+    return str(message).replace("*", " × ")
 
 
 def valid(values: list, options: list) -> list:

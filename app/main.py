@@ -11,12 +11,14 @@ from pathlib import Path
 
 import streamlit as st
 
+from app import exercise_panel
 from app.common import MODEL_CHOICES, init_state
 from app.settings_io import lab_mode
 
 HERE = Path(__file__).resolve().parent
 PAGES = [
     ("views/model_layers.py", "Model & layers", ":material/memory:"),
+    ("views/lab_exercises.py", "Lab exercises", ":material/school:"),
     ("views/decomposition_lab.py", "Decomposition lab", ":material/grid_on:"),
     ("views/cluster_explorer.py", "Cluster explorer", ":material/scatter_plot:"),
     ("views/fine_tune.py", "Fine-tune", ":material/model_training:"),
@@ -59,4 +61,5 @@ pages = [
 ]
 navigation = st.navigation(pages, position="sidebar")
 model_picker()
+exercise_panel.sidebar_panel()
 navigation.run()

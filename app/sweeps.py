@@ -80,3 +80,17 @@ def run_sweeps(
                              progress=tick)
         store[key] = result.table
     return stored_sweeps(loaded, layers, **params)
+
+
+def spectral_sweep(loaded: LoadedModel, layer: str, **params: Any) -> pd.DataFrame:
+    """Return the sweep table of one layer with the measured spectral error `rel_spec_error`
+    filled in (one residual SVD per configuration; cached on disk and in this process)."""
+    from analysis.sweep_model import sweep_layer_cached
+
+    store = _sweep_store()
+    key = ("spectral", *_sweep_key(loaded, layer, params))
+    if key not in store:
+        result = sweep_layer_cached(layer_weight(loaded, layer), layer=layer, spectral=True,
+                                    **params)
+        store[key] = result.table
+    return store[key]

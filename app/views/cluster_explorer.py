@@ -17,8 +17,10 @@ from analysis.projection import pca_2d
 from app.background import umap_async, umap_is_warm, warm_umap_async
 from app.common import STRATEGIES, ensure_layer, get_model, init_state, layer_weight
 
+from app.figures import QUALITATIVE, STRATEGY_COLORS, TOP_MARGIN
+from app.common import plain
+
 SYMBOLS = {"id": "circle-open", "centroid": "diamond-open", "random": "x-thin-open"}
-LINE_COLORS = {"id": "black", "centroid": "crimson", "random": "royalblue"}
 
 init_state()
 st.title("Cluster explorer")
@@ -29,7 +31,7 @@ if not umap_is_warm() and not os.environ.get("IDLORA_NO_UMAP_WARM"):
     warm_umap_async()  # compile UMAP in the background while the user looks at PCA
 
 names = ensure_layer("explorer_layer", loaded)
-c1, c2, c3, c4, c5 = st.columns([4, 1, 1, 1.3, 1.3])
+c1, c2, c3, c4, c5, c6 = st.columns([3.4, 0.9, 0.9, 1.2, 1.2, 1.3])
 c1.selectbox("Layer", names, key="explorer_layer")
 c2.number_input("Clusters k", 1, 256, step=1, key="explorer_k")
 c3.number_input("Rank r", 1, 512, step=1, key="explorer_r",
@@ -41,11 +43,17 @@ with c5:
                 help="Cluster rows by direction (cosine). This page's own setting: the "
                 "Decomposition lab and Fine-tune pages have their own.")
     st.number_input("Seed", 0, 2**31 - 1, step=1, key="explorer_seed")
+if st.session_state.get("explorer_skeleton") not in STRATEGIES:
+    st.session_state["explorer_skeleton"] = "id"
+c6.radio("Skeleton rows of", list(STRATEGIES), key="explorer_skeleton",
+         help="Whose skeleton rows (the frozen A_c) are drawn on the scatter: one strategy at "
+         "a time. id: pivoted QR; centroid: nearest the centroid (the paper); random.")
 
 layer = st.session_state["explorer_layer"]
 k, r = int(st.session_state["explorer_k"]), int(st.session_state["explorer_r"])
 normalize = bool(st.session_state["explorer_normalize_rows"])
 seed = int(st.session_state["explorer_seed"])
+skeleton = str(st.session_state["explorer_skeleton"])
 W = layer_weight(loaded, layer)
 m, n = W.shape
 
@@ -63,8 +71,8 @@ def _pca(model: str, layer: str, normalize: bool, _W):
 try:
     view = _view(loaded.name, layer, k, r, normalize, seed, W)
 except ValueError as exc:
-    st.error(f"{exc}\n\nThis layer has {m} rows and {n} columns: choose k and r with "
-             f"k * r <= {m} and r <= {n}.")
+    st.error(f"{plain(str(exc))}\n\nThis layer has {m} rows and {n} columns: choose k and r "
+             f"with k × r ≤ {m} and r ≤ {n}.")
     st.stop()
 
 st.caption(
@@ -74,25 +82,27 @@ st.caption(
 
 
 def scatter(points, title: str) -> go.Figure:
-    """Return the projection scatter with the skeleton rows of each strategy drawn on top."""
+    """Return the projection scatter, clusters in a qualitative palette, with the skeleton rows
+    of ONE strategy (`skeleton`) drawn on top."""
+    order = [str(c) for c in range(k)]
     fig = px.scatter(
         points, x="x", y="y", color="cluster", custom_data=["row", "cluster"], title=title,
-        category_orders={"cluster": [str(c) for c in range(k)]}, opacity=0.85,
-        color_discrete_sequence=px.colors.qualitative.Dark24,
+        category_orders={"cluster": order}, opacity=0.75,
+        color_discrete_sequence=QUALITATIVE,
     )
     fig.update_traces(marker={"size": 6},
                       hovertemplate="row %{customdata[0]}<br>cluster %{customdata[1]}<extra></extra>")
-    for strategy in STRATEGIES:
-        chosen = points[points[f"skeleton_{strategy}"]]
-        fig.add_trace(go.Scatter(
-            x=chosen["x"], y=chosen["y"], mode="markers", name=f"skeleton: {strategy}",
-            customdata=chosen[["row", "cluster"]].to_numpy(),
-            marker={"symbol": SYMBOLS[strategy], "size": 9, "color": LINE_COLORS[strategy],
-                    "line": {"width": 1.2}},
-            hovertemplate=f"{strategy} skeleton<br>row %{{customdata[0]}}<br>"
-                          "cluster %{customdata[1]}<extra></extra>",
-        ))
-    fig.update_layout(height=560, legend_title_text="cluster / skeleton", uirevision=layer,
+    fig.for_each_trace(lambda t: t.update(name=f"cluster {t.name}"))
+    chosen = points[points[f"skeleton_{skeleton}"]]
+    fig.add_trace(go.Scatter(
+        x=chosen["x"], y=chosen["y"], mode="markers", name=f"skeleton rows: {skeleton}",
+        customdata=chosen[["row", "cluster"]].to_numpy(),
+        marker={"symbol": SYMBOLS[skeleton], "size": 11, "color": "black",
+                "line": {"width": 1.6, "color": "black"}},
+        hovertemplate=f"{skeleton} skeleton row %{{customdata[0]}}<br>"
+                      "cluster %{customdata[1]}<extra></extra>",
+    ))
+    fig.update_layout(height=560, legend_title_text="", uirevision=layer, margin=TOP_MARGIN,
                       xaxis_title="component 1", yaxis_title="component 2")
     return fig
 
@@ -131,13 +141,18 @@ with right:
     st.markdown(
         "**What you see.** Each dot is one row of the weight (one output neuron's input "
         "weights), placed so that similar rows sit close together. Colours are the k-means "
-        "clusters; the open symbols are the r skeleton rows each strategy keeps per cluster. "
-        "ID-LoRA's frozen projections A_c are exactly these rows. Notice where each strategy "
-        "looks: `id` (pivoted QR) favours large, spread-out rows, `centroid` the typical ones.\n\n"
+        f"clusters; the black open symbols are the r = {r} skeleton rows the `{skeleton}` "
+        "strategy keeps per cluster — ID-LoRA's frozen projections A_c are exactly these rows. "
+        "Switch *Skeleton rows of* to compare: `id` (pivoted QR) picks rows that point in "
+        "different directions (often large, spread out), `centroid` the typical rows of the "
+        "cluster, which are nearly parallel. A 2-D projection of a "
+        f"{n}-dimensional cloud often shows one blob: the clusters differ in directions the "
+        "first two axes do not show, so read the sizes and errors below as well.\n\n"
         "**Why clusters help.** A cluster's rows are reconstructed from its own skeleton, "
         "so the error is governed by each cluster's spectrum: "
         r"$\|W-\hat W\|_2^2\le\sum_c(1+r(m_c-r))\,\sigma_{r+1}(W_c)^2$, "
-        r"against $(1+r(m-r))\,\sigma_{r+1}(W)^2$ for one global skeleton (DESIGN §2)."
+        r"against $(1+r(m-r))\,\sigma_{r+1}(W)^2$ for one global skeleton (the paper; "
+        "Gu & Eisenstat 1996 — see `docs/THEORY.md`)."
     )
 
 def _use_for_export(k: int, r: int, normalize: bool, seed: int) -> None:
@@ -153,28 +168,35 @@ st.button(f"Use k = {k}, r = {r} as the export defaults", key="explorer_use_for_
 
 st.markdown("#### Cluster sizes and per-cluster error")
 a, b = st.columns(2)
-sizes = px.bar(view.sizes.assign(cluster=view.sizes["cluster"].astype(str)), x="cluster", y="rows",
-               title="Rows per cluster")
+order = [str(c) for c in range(k)]
+sizes = px.bar(view.sizes.assign(cluster=view.sizes["cluster"].astype(str)), x="cluster",
+               y="rows", color="cluster", category_orders={"cluster": order},
+               color_discrete_sequence=QUALITATIVE, title="Rows per cluster")
+sizes.update_traces(hovertemplate="cluster %{x}: %{y} rows<extra></extra>", showlegend=False)
 sizes.add_hline(y=r, line_dash="dot", annotation_text=f"minimum size r = {r}")
-sizes.update_layout(xaxis_title="cluster", yaxis_title="rows (count)", height=380)
+sizes.update_layout(xaxis_title="cluster", yaxis_title="rows (count)", height=380,
+                    margin=TOP_MARGIN, xaxis={"type": "category", "tickmode": "linear"})
 a.plotly_chart(sizes, key="explorer_sizes")
 
 errors = view.errors.assign(cluster=view.errors["cluster"].astype(str))
 fig = px.bar(errors, x="cluster", y="rel_fro_error", color="strategy", barmode="group",
-             log_y=True, title=f"Rank-{r} ID error of each cluster",
-             color_discrete_map=LINE_COLORS)
+             title=f"Rank-{r} ID error of each cluster", color_discrete_map=STRATEGY_COLORS,
+             category_orders={"cluster": order, "strategy": list(STRATEGIES)},
+             custom_data=["strategy"])
+fig.update_traces(hovertemplate="cluster %{x}, %{customdata[0]}: %{y:.3f}<extra></extra>")
 best = errors.drop_duplicates("cluster")
 fig.add_trace(go.Scatter(x=best["cluster"], y=best["svd_same_r"], mode="markers",
                          name=f"best rank-{r} (SVD of the cluster)",
-                         marker={"symbol": "line-ew-open", "size": 22, "color": "gray",
+                         hovertemplate="cluster %{x}: best rank-r %{y:.3f}<extra></extra>",
+                         marker={"symbol": "line-ew-open", "size": 22, "color": "black",
                                  "line": {"width": 3}}))
-fig.update_layout(xaxis_title="cluster",
-                  yaxis_title="‖W_c − Ŵ_c‖_F / ‖W_c‖_F (log)",
-                  height=380)
+fig.update_layout(xaxis_title="cluster", yaxis_title="‖W_c − Ŵ_c‖_F / ‖W_c‖_F (linear)",
+                  height=380, margin=TOP_MARGIN, legend_title_text="",
+                  xaxis={"type": "category", "tickmode": "linear"})
 b.plotly_chart(fig, key="explorer_errors")
-b.caption("The grey mark is the best any rank-r approximation of that cluster can do "
+b.caption("The black mark is the best any rank-r approximation of that cluster can do "
           "(Eckart–Young): no skeleton gets below it. A cluster of at most r rows is rebuilt "
-          "exactly (error 0, no bar on the log axis).")
+          "exactly (error 0).")
 st.dataframe(
     view.errors, key="explorer_error_table", hide_index=True,
     column_config={

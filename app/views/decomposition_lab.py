@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
-import plotly.express as px
 import streamlit as st
 
 from analysis.explorer import spectra_frame
 from analysis.sweep import ERROR_COLUMNS
-from analysis.views import choices_for_export, error_vs_rank, heatmap_grid, layer_summary
+from analysis.views import (
+    choices_for_export,
+    error_vs_rank,
+    heatmap_grid,
+    layer_summary,
+    short_label,
+    strategy_means,
+)
+from app import figures
 from app.common import (
     STRATEGIES,
     ensure_layer,
     get_model,
     init_state,
     layer_weight,
+    plain,
     selected_layers,
     valid,
 )
-from app.sweeps import run_sweeps, stored_sweeps
+from app.sweeps import run_sweeps, spectral_sweep, stored_sweeps
 
 K_OPTIONS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
 R_OPTIONS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256]
@@ -92,8 +100,8 @@ if run and table is None:
     try:
         table = run_sweeps(loaded, layers, progress=show, **params)
     except ValueError as exc:
-        st.error(f"The sweep could not run: {exc}\n\nAdjust k and r so that k·r ≤ m and "
-                 "r ≤ n for the chosen layers.")
+        st.error(f"The sweep could not run: {plain(str(exc))}\n\nAdjust k and r so that "
+                 "k × r ≤ m and r ≤ n for the chosen layers.")
         st.stop()
     bar.progress(1.0, text=f"Done: {len(layers)} layer(s), {len(table)} configurations.")
 if table is None:
@@ -108,7 +116,7 @@ if state.get("lab_focus_layer") not in layers:
     state["lab_focus_layer"] = layers[0]
 focus_l, focus_k = st.columns([3, 1])
 focus_l.selectbox("Layer to inspect", layers, key="lab_focus_layer")
-ks_run = sorted(table["k"].unique())
+ks_run = sorted(int(k) for k in table["k"].unique())
 if state.get("lab_focus_k") not in ks_run:
     state["lab_focus_k"] = max(ks_run)
 focus_k.selectbox("k for the curves", ks_run, key="lab_focus_k")
@@ -124,113 +132,124 @@ with plot:
     cols = st.columns(len(strategies))
     lo, hi = one["rel_fro_error"].min(), one["rel_fro_error"].max()
     for col, strategy in zip(cols, strategies, strict=True):
-        grid = heatmap_grid(one, strategy)
-        fig = px.imshow(
-            grid.to_numpy(), x=[str(r) for r in grid.columns], y=[str(k) for k in grid.index],
-            text_auto=".3f", aspect="auto", zmin=lo, zmax=hi, color_continuous_scale="Viridis_r",
-            labels={"x": "rank r (rows per cluster)", "y": "clusters k", "color": "rel. error"},
-            title=f"strategy: {strategy}",
-        )
-        fig.update_xaxes(type="category")
-        fig.update_yaxes(type="category")
-        fig.update_layout(height=360, margin={"l": 10, "r": 10, "t": 40, "b": 10})
-        col.plotly_chart(fig, key=f"lab_heatmap_{strategy}")
+        col.markdown(f"**strategy: {strategy}**")
+        col.plotly_chart(figures.heatmap(heatmap_grid(one, strategy), lo, hi),
+                         key=f"lab_heatmap_{strategy}")
 with text:
     st.markdown(
         r"Each cell is the relative Frobenius error $\|W-\hat W\|_F/\|W\|_F$ of cluster-wise "
         r"ID: the rows of each of k clusters are rebuilt from r skeleton rows of that cluster, "
         r"$\|W-\hat W\|_F^2=\sum_c\|W_c-X_cW_c[J_c,:]\|_F^2$. Down a column (more clusters at "
-        r"fixed r) the capacity $k r$ grows while ID-LoRA's trainable $B$ ($m r$) stays the same."
+        r"fixed r) the capacity $k r$ grows while ID-LoRA's trainable $B$ ($m r$) stays the same. "
+        "Theory and sources: `docs/THEORY.md`."
     )
 
 # --- 2. error vs rank --------------------------------------------------------------------------
 k = int(state["lab_focus_k"])
-st.markdown(f"#### 2 · Error against rank at k = {k}")
-plot, text = st.columns([3, 1])
-curves = error_vs_rank(one, k)
+st.markdown(f"#### 2 · Error against rank at k = {k} — `{layer}`")
+curves = error_vs_rank(one, k, norm="frobenius")
 if curves.empty:
-    plot.warning(f"No feasible rank at k = {k} for this layer; pick a smaller k.")
+    st.warning(f"No feasible rank at k = {k} for this layer; pick a smaller k.")
 else:
-    fig = px.line(curves, x="r", y="error", color="curve", line_dash="kind", markers=True,
-                  log_y=True, log_x=True, line_dash_map={"measured": "solid", "bound": "dot"})
-    fig.update_layout(
-        height=440, xaxis_title="rank r (rows per cluster; log)",
-        yaxis_title="relative error (log): ‖·‖_F/‖W‖_F measured, ‖·‖₂/σ₁ bounds",
-        legend_title_text="curve · kind",
-    )
-    fig.update_xaxes(tickvals=sorted(curves["r"].unique()))
-    plot.plotly_chart(fig, key="lab_error_vs_rank")
-with text:
-    st.markdown(
-        "**Same r** (same trainable B): cluster-wise ID against global SVD and global ID at "
-        "rank r. Beating them is the paper's claim.\n\n"
-        r"**Same total rank k·r**: global SVD is optimal (Eckart–Young, "
-        r"$\|W-W_R\|_F=\sqrt{\sum_{j>R}\sigma_j^2}$); no cluster-wise scheme can go below it — "
-        "the gap is real.\n\n"
-        r"**Dotted = bounds, not measurements**: a rank-r ID of a p-row matrix can reach "
-        r"$\|M-XM[J,:]\|_2\le\sqrt{1+r(p-r)}\,\sigma_{r+1}(M)$; clusters give "
-        r"$\sqrt{\sum_c(1+r(m_c-r))\,\sigma_{r+1}(W_c)^2}$, the paper's tighter bound "
-        "(both divided by σ₁ here). Pivoted QR does not guarantee them: compare the measured "
-        "lines with the bounds."
-    )
+    if curves["r"].nunique() < 3:
+        st.caption("Only two ranks were swept: add ranks above (e.g. 1, 2, 4, 8, 12, 16) to see "
+                   "a curve. The largest rank sets the minimum cluster size.")
+    left, right = st.columns(2)
+    left.markdown("**Frobenius norm, measured** — the comparison at the same r and at the "
+                  "same total rank k·r")
+    left.plotly_chart(figures.error_vs_rank_figure(curves, "‖W − Ŵ‖_F / ‖W‖_F (log)"),
+                      key="lab_error_vs_rank")
+    with st.spinner("Measuring the spectral error of this layer (one SVD per configuration) ..."):
+        spec = spectral_sweep(loaded, layer, **params)
+    spectral = error_vs_rank(spec, k, norm="spectral")
+    right.markdown("**Spectral norm** — the measured error against the ID bounds (dotted)")
+    right.plotly_chart(figures.error_vs_rank_figure(spectral, "‖W − Ŵ‖₂ / σ₁(W) (log)"),
+                       key="lab_error_vs_rank_spectral")
+st.markdown(
+    "**Same r** (same trainable B): cluster-wise ID against global SVD and global ID at rank "
+    "r. Beating them is the paper's claim. "
+    r"**Same total rank k·r**: global SVD is optimal (Eckart–Young, "
+    r"$\|W-W_R\|_F=\sqrt{\sum_{j>R}\sigma_j^2}$); no cluster-wise scheme can go below it — the "
+    "gap is real. "
+    r"**Dotted = bounds, not measurements** (right panel, spectral norm like the bounds): a "
+    r"rank-r ID of a p-row matrix can reach $\|M-XM[J,:]\|_2\le\sqrt{1+r(p-r)}\,\sigma_{r+1}(M)$ "
+    r"(strong rank-revealing QR, Gu & Eisenstat 1996); clusters give "
+    r"$\sqrt{\sum_c(1+r(m_c-r))\,\sigma_{r+1}(W_c)^2}$, the paper's tighter bound (both divided "
+    "by σ₁). Pivoted QR does not guarantee them: compare the measured lines with the bounds. "
+    "Derivations: `docs/THEORY.md`."
+)
 
 # --- 3. spectra ---------------------------------------------------------------------------------
 st.markdown(f"#### 3 · Singular values of the layer and of its {k} clusters")
 plot, text = st.columns([3, 1])
 feasible_r = one[(one["k"] == k) & one["feasible"]]["r"]
-spectra = None
 if len(feasible_r):  # the sweep's clusters: minimum size = largest feasible r at this k
     spectra = _spectra(loaded.name, layer, k, int(feasible_r.max()), params["normalize_rows"],
                        params["seed"], layer_weight(loaded, layer))
+    plot.plotly_chart(figures.spectra_figure(spectra), key="lab_spectra")
 else:
     plot.warning(f"The sweep has no clusters at k = {k} (no feasible r); pick a smaller k.")
-if spectra is not None:
-    fig = px.line(spectra, x="index", y="relative", color="part", log_y=True,
-                  hover_data={"rows": True, "sigma": ":.4g"})
-    fig.update_traces(selector={"name": "layer"}, line={"width": 4, "color": "black"})
-    fig.update_layout(height=420, xaxis_title="index j of the singular value",
-                      yaxis_title="σ_j / σ₁(W) (log)", legend_title_text="rows of")
-    plot.plotly_chart(fig, key="lab_spectra")
 with text:
-    st.markdown(
-        r"The error of any rank-r approximation is governed by the tail $\sigma_{r+1},\sigma_{r+2},\dots$: "
-        "a cluster whose spectrum falls faster than the layer's is easier to approximate at "
-        "rank r. SmolLM2's 4-bit origin shows as a flat noise floor at the end."
-    )
+    note = ("The error of any rank-r approximation is governed by the tail "
+            r"$\sigma_{r+1},\sigma_{r+2},\dots$: a cluster whose spectrum falls faster than the "
+            "layer's is easier to approximate at rank r.")
+    if "smollm2" in loaded.name.lower():
+        note += " SmolLM2's 4-bit origin shows as a flat noise floor at the end."
+    st.markdown(note)
 
 # --- 4. per-layer summary -----------------------------------------------------------------------
 st.markdown("#### 4 · Per-layer summary")
-r_sum = st.selectbox("Rank r for the summary", params["ranks"], key="lab_summary_r",
-                     index=len(params["ranks"]) // 2)
-summary = layer_summary(table, int(r_sum))
+if state.get("lab_summary_r") not in params["ranks"]:
+    state["lab_summary_r"] = params["ranks"][len(params["ranks"]) // 2]
+r_sum = int(st.selectbox("Rank r for the summary", params["ranks"], key="lab_summary_r"))
+summary = layer_summary(table, r_sum)
+shown = summary.assign(
+    label=[short_label(name) for name in summary["layer"]],
+    result=["LOSS" if g < 0 else "gain" for g in summary["gain_vs_svd"]],
+).sort_values("gain_vs_svd", ascending=False)
 st.dataframe(
-    summary, key="lab_summary", hide_index=True,
+    shown[["label", "layer", "k", "strategy", "rel_fro_error", "svd_same_r", "gain_vs_svd",
+           "result", "global_id_same_r", "svd_same_total", "gap_vs_total", "trainable_idlora",
+           "trainable_lora"]],
+    key="lab_summary", hide_index=True,
     column_config={
-        "rel_fro_error": st.column_config.NumberColumn("best cluster-wise ID", format="%.4f"),
-        "svd_same_r": st.column_config.NumberColumn("SVD same r", format="%.4f"),
-        "global_id_same_r": st.column_config.NumberColumn("global ID same r", format="%.4f"),
-        "svd_same_total": st.column_config.NumberColumn("SVD same k·r", format="%.4f"),
-        "gain_vs_svd": st.column_config.NumberColumn("SVD(r) / cluster-ID", format="%.2f×"),
-        "gap_vs_total": st.column_config.NumberColumn("gap to SVD(k·r)", format="%.4f"),
+        "label": st.column_config.TextColumn("block · type"),
+        "layer": st.column_config.TextColumn("layer (full name)"),
+        "k": st.column_config.NumberColumn("best k"),
+        "rel_fro_error": st.column_config.NumberColumn("best cluster-wise ID", format="%.3f"),
+        "svd_same_r": st.column_config.NumberColumn("SVD same r", format="%.3f"),
+        "gain_vs_svd": st.column_config.NumberColumn(
+            "gain over SVD(r)", format="%+.3f",
+            help="SVD(r) error − cluster-wise ID error: > 0 clustering wins, < 0 it loses."),
+        "result": st.column_config.TextColumn("gain / LOSS"),
+        "global_id_same_r": st.column_config.NumberColumn("global ID same r", format="%.3f"),
+        "svd_same_total": st.column_config.NumberColumn("SVD same k·r", format="%.3f"),
+        "gap_vs_total": st.column_config.NumberColumn("gap to SVD(k·r)", format="%.3f"),
         "trainable_idlora": st.column_config.NumberColumn("ID-LoRA trainable", format="localized"),
         "trainable_lora": st.column_config.NumberColumn("LoRA trainable", format="localized"),
     },
 )
+wins, losses = int((summary["gain_vs_svd"] > 0).sum()), int((summary["gain_vs_svd"] < 0).sum())
+st.caption(f"For each layer: the (k, strategy) with the lowest error at r = {r_sum}. Gain = "
+           "SVD(r) error − cluster-wise ID error (a difference of relative errors): clustering "
+           f"beats the best global rank-{r_sum} factorisation on **{wins} of {len(summary)}** "
+           f"layer(s)" + (f" and loses on **{losses}** (marked LOSS, red)" if losses else "")
+           + ". The gap to SVD at rank k·r is never negative (Eckart–Young).")
 if len(summary) > 1:
-    long = summary.melt(id_vars=["layer"], value_vars=["rel_fro_error", "svd_same_r", "svd_same_total"],
-                        var_name="measure", value_name="error")
-    long["measure"] = long["measure"].map({
-        "rel_fro_error": "best cluster-wise ID", "svd_same_r": f"global SVD, rank {r_sum}",
-        "svd_same_total": "global SVD, rank k·r"})
-    fig = px.bar(long, x="layer", y="error", color="measure", barmode="group", log_y=True)
-    fig.update_layout(height=420, xaxis_title="layer", yaxis_title="relative Frobenius error (log)",
-                      legend_title_text="")
-    st.plotly_chart(fig, key="lab_summary_chart")
-st.caption("For each layer: the (k, strategy) with the lowest error at this r. A ratio above "
-           "1× means clustering beats the best global rank-r factorisation at the same r; the "
-           "gap to SVD at rank k·r is never negative.")
+    st.plotly_chart(figures.gain_figure(summary, r_sum), key="lab_summary_chart")
+ks_at = sorted(int(x) for x in table[(table["r"] == r_sum) & table["feasible"]]["k"].unique())
+if ks_at:
+    k_mean = k if k in ks_at else max(ks_at)
+    means = strategy_means(table, k_mean, r_sum)
+    st.markdown(f"**Mean over the {len(layers)} swept layer(s)** at k = {k_mean}, r = {r_sum} "
+                "(the numbers exercise 3 asks for)")
+    st.dataframe(means, key="lab_strategy_means", hide_index=True, column_config={
+        "mean_error": st.column_config.NumberColumn("mean cluster-wise ID error", format="%.3f"),
+        "mean_svd_same_r": st.column_config.NumberColumn("mean SVD(r) error", format="%.3f"),
+        "mean_gain": st.column_config.NumberColumn("mean gain", format="%+.3f"),
+    })
 if st.button("Use these (k, r, strategy) per layer for export", key="lab_use_for_export"):
-    state["layer_choices"] = {**state["layer_choices"], **choices_for_export(table, int(r_sum))}
+    state["layer_choices"] = {**state["layer_choices"], **choices_for_export(table, r_sum)}
     state["ex_normalize_rows"], state["ex_seed"] = params["normalize_rows"], params["seed"]
     st.toast(f"Export will use the best k and strategy of {len(summary)} layer(s) at r = {r_sum}.")
 with st.expander("Full sweep table"):

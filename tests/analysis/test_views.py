@@ -50,10 +50,49 @@ def test_best_per_rank_and_export_choices(table):
     for row in best.itertuples():
         candidates = ok[ok["r"] == row.r]["rel_fro_error"]
         assert row.rel_fro_error == candidates.min()
-        assert np.isclose(row.gain_vs_svd, row.svd_same_r / row.rel_fro_error)
+        assert np.isclose(row.gain_vs_svd, row.svd_same_r - row.rel_fro_error)
         assert row.gap_vs_total >= -1e-12  # Eckart-Young
     at4 = layer_summary(table, 4)
     assert len(at4) == 1 and at4["r"].item() == 4
     choice = choices_for_export(table, 4)
     assert choice == {"L": {"k": int(at4["k"].item()), "r": 4, "strategy": at4["strategy"].item(),
                             "rb_splits": 1}}
+
+
+def test_spectral_panel_uses_measured_spectral_errors_and_the_bounds():
+    rng = np.random.default_rng(1)
+    W = rng.normal(size=(40, 16)) @ np.diag(np.linspace(3.0, 0.1, 16))
+    spec = sweep_layer(W, ks=[2], ranks=[2, 4], strategies=["id"], layer="L", spectral=True)
+    curves = error_vs_rank(spec, 2, norm="spectral")
+    measured = curves[curves["curve"] == "cluster-wise ID (id)"].set_index("r")["error"]
+    s = np.linalg.svd(W, compute_uv=False)
+    fro = np.linalg.norm(W)
+    for r, value in measured.items():
+        row = spec[spec["r"] == r].iloc[0]
+        assert value == row["rel_spec_error"]
+        # W_hat has rank <= k*r (Eckart-Young floor) and ||.||_2 <= ||.||_F
+        assert s[2 * r] / s[0] - 1e-12 <= value <= row["rel_fro_error"] * fro / s[0] + 1e-12
+    assert set(curves["curve"]) == {"cluster-wise ID (id)", "global SVD, same r (σ_{r+1}/σ₁)",
+                                    "BOUND: cluster-wise ID", "BOUND: global ID"}
+    frob = error_vs_rank(spec, 2, norm="frobenius")
+    assert not (frob["kind"] == "bound").any()  # bounds live on the spectral panel only
+    # without spectral=True the sweep has no measured spectral error: no curve, no fake zeros
+    plain = sweep_layer(W, ks=[2], ranks=[2, 4], strategies=["id"], layer="L")
+    assert "cluster-wise ID (id)" not in set(error_vs_rank(plain, 2, norm="spectral")["curve"])
+
+
+def test_gain_is_a_signed_difference_and_strategy_means(table):
+    from analysis.views import short_label, strategy_means
+
+    best = best_per_rank(table)
+    assert np.allclose(best["gain_vs_svd"], best["svd_same_r"] - best["rel_fro_error"])
+    means = strategy_means(table, 2, 4).set_index("strategy")
+    part = table[(table["k"] == 2) & (table["r"] == 4)]
+    for strategy in ("id", "random"):
+        rows = part[part["strategy"] == strategy]
+        assert np.isclose(means.loc[strategy, "mean_error"], rows["rel_fro_error"].mean())
+        assert np.isclose(means.loc[strategy, "mean_gain"],
+                          (rows["svd_same_r"] - rows["rel_fro_error"]).mean())
+    assert short_label("encoder.layer.3.attention.output.dense") == "3 · attn_out"
+    assert short_label("model.layers.12.mlp.down_proj") == "12 · down"
+    assert short_label("classifier") == "classifier"

@@ -1,0 +1,126 @@
+"""Plotly figures of the lab pages, built from the analysis DataFrames (no Streamlit here).
+
+The pages draw them and the report export (`app/report.py`) saves the same figures as PNG.
+Conventions: relative errors on log axes get explicit "nice" ticks (no 2…7 minor labels);
+bar charts are always on linear axes (a bar's length must mean something); layers are
+labelled "block · type" with the full name on hover; hover labels are words, not field names,
+with three significant digits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+
+from analysis.views import short_label
+
+STRATEGY_COLORS = {"id": "#1f77b4", "centroid": "#ff7f0e", "random": "#2ca02c"}
+STRATEGY_SYMBOLS = {"id": "circle", "centroid": "diamond", "random": "x"}
+# error-vs-rank curve styles: colour, dash, marker; bounds dotted, references dashed
+CURVE_STYLES: dict[str, tuple[str, str, str]] = {
+    "global SVD, same r": ("#000000", "dash", "square"),
+    "global SVD, same r (σ_{r+1}/σ₁)": ("#000000", "dash", "square"),
+    "global SVD, same total rank k·r": ("#7f7f7f", "dashdot", "triangle-up"),
+    "global ID, same r": ("#9467bd", "longdash", "star"),
+    "BOUND: cluster-wise ID (spectral, /σ₁)": ("#d62728", "dot", "circle-open"),
+    "BOUND: global ID (spectral, /σ₁)": ("#8c564b", "dot", "square-open"),
+    "BOUND: cluster-wise ID": ("#d62728", "dot", "circle-open"),
+    "BOUND: global ID": ("#8c564b", "dot", "square-open"),
+}
+QUALITATIVE = px.colors.qualitative.Alphabet  # 26 distinct colours for clusters
+TOP_MARGIN = {"l": 10, "r": 10, "t": 50, "b": 10}  # room above the plot for the toolbar
+
+
+def log_ticks(values: pd.Series | list[float]) -> list[float]:
+    """Return 1-2-3-5 ticks covering the positive `values` (for a readable log axis)."""
+    positive = [float(v) for v in values if v is not None and v > 0 and math.isfinite(v)]
+    if not positive:
+        return []
+    lo, hi = min(positive), max(positive)
+    ticks = [m * 10.0**e for e in range(-6, 7) for m in (1, 2, 3, 5)]
+    chosen = [t for t in ticks if lo / 1.5 <= t <= hi * 1.5]
+    return chosen or [lo, hi]
+
+
+def _log_axis(fig: go.Figure, values, axis: str = "yaxis") -> None:
+    ticks = log_ticks(values)
+    fig.update_layout({axis: {"type": "log", "tickvals": ticks,
+                              "ticktext": [f"{t:g}" for t in ticks], "minor": {"showgrid": False}}})
+
+
+def heatmap(grid: pd.DataFrame, lo: float, hi: float) -> go.Figure:
+    """Return the k x r heatmap of relative errors (`analysis.views.heatmap_grid`)."""
+    fig = px.imshow(grid.to_numpy(), x=[str(r) for r in grid.columns],
+                    y=[str(k) for k in grid.index], text_auto=".3f", aspect="auto", zmin=lo,
+                    zmax=hi, color_continuous_scale="Viridis_r")
+    fig.update_traces(hovertemplate="k = %{y}, r = %{x}<br>relative error %{z:.3f}<extra></extra>")
+    fig.update_xaxes(type="category", title="rank r (rows per cluster)")
+    fig.update_yaxes(type="category", title="clusters k")
+    fig.update_layout(height=340, margin=TOP_MARGIN, coloraxis_colorbar={"title": "rel. error"})
+    return fig
+
+
+def error_vs_rank_figure(curves: pd.DataFrame, y_title: str) -> go.Figure:
+    """Return the error-vs-rank lines of `analysis.views.error_vs_rank`: one style per curve
+    (strategies by colour and marker, references dashed, bounds dotted), log-log axes."""
+    fig = go.Figure()
+    for name, part in curves.groupby("curve", sort=False):
+        part = part.sort_values("r")
+        if name.startswith("cluster-wise ID ("):
+            strategy = name[len("cluster-wise ID ("):-1]
+            color, dash, symbol = STRATEGY_COLORS.get(strategy, "#17becf"), "solid", \
+                STRATEGY_SYMBOLS.get(strategy, "circle")
+        else:
+            color, dash, symbol = CURVE_STYLES.get(name, ("#17becf", "solid", "circle"))
+        fig.add_trace(go.Scatter(
+            x=part["r"], y=part["error"], mode="lines+markers", name=name,
+            line={"color": color, "dash": dash, "width": 2.5 if dash == "solid" else 2},
+            marker={"symbol": symbol, "size": 8, "color": color},
+            hovertemplate=f"{name}<br>r = %{{x}}: %{{y:.3f}}<extra></extra>",
+        ))
+    rs = sorted(curves["r"].unique())
+    fig.update_layout(height=440, margin=TOP_MARGIN, yaxis_title=y_title,
+                      legend={"orientation": "h", "y": -0.18, "title": None},
+                      xaxis={"type": "log", "tickvals": rs, "ticktext": [str(r) for r in rs],
+                             "title": "rank r (rows per cluster; log)"})
+    _log_axis(fig, curves["error"])
+    return fig
+
+
+def gain_figure(summary: pd.DataFrame, r: int) -> go.Figure:
+    """Return the per-layer gain over global SVD at the same r as bars on a linear axis,
+    largest first; a loss (negative gain) is drawn red and labelled as a loss."""
+    data = summary.sort_values("gain_vs_svd", ascending=False)
+    labels = [short_label(name) for name in data["layer"]]
+    colors = ["#2ca02c" if g >= 0 else "#d62728" for g in data["gain_vs_svd"]]
+    fig = go.Figure(go.Bar(
+        x=labels, y=data["gain_vs_svd"], marker_color=colors,
+        customdata=data[["layer", "rel_fro_error", "svd_same_r", "k", "strategy"]].to_numpy(),
+        hovertemplate="%{customdata[0]}<br>gain %{y:+.3f}: SVD(r) %{customdata[2]:.3f} − "
+                      "cluster-wise ID %{customdata[1]:.3f}<br>best k = %{customdata[3]}, "
+                      "%{customdata[4]}<extra></extra>",
+        text=[f"{g:+.3f}" if g < 0 else "" for g in data["gain_vs_svd"]],
+        textposition="outside",
+    ))
+    fig.add_hline(y=0, line_color="black", line_width=1)
+    fig.update_layout(height=400, margin=TOP_MARGIN, xaxis_title="layer (block · type)",
+                      yaxis_title=f"gain: SVD(r = {r}) − cluster-wise ID (relative error)",
+                      xaxis={"type": "category", "tickangle": -45 if len(data) > 12 else 0})
+    return fig
+
+
+def spectra_figure(spectra: pd.DataFrame) -> go.Figure:
+    """Return the singular values of a layer and of its clusters, relative to sigma_1(W), log y."""
+    fig = px.line(spectra, x="index", y="relative", color="part", log_y=True,
+                  custom_data=["part", "rows", "sigma"],
+                  color_discrete_sequence=QUALITATIVE)
+    fig.update_traces(hovertemplate="%{customdata[0]} (%{customdata[1]} rows)<br>j = %{x}: "
+                      "σ_j/σ₁ = %{y:.3g}, σ_j = %{customdata[2]:.3g}<extra></extra>")
+    fig.update_traces(selector={"name": "layer"}, line={"width": 4, "color": "black"})
+    fig.update_layout(height=420, margin=TOP_MARGIN, xaxis_title="index j of the singular value",
+                      yaxis_title="σ_j / σ₁(W) (log)", legend_title_text="rows of")
+    _log_axis(fig, spectra["relative"])
+    return fig
