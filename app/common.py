@@ -35,7 +35,7 @@ Widgets use these keys directly, so setting a key before its widget renders chan
   lab_exercise        int | None              None               active lab exercise (sidebar panel)
   adapter_k           int                     4                  default k for export (every layer)
   adapter_r           int                     8                  default r for export
-  adapter_strategy    str                     "centroid"         default skeleton strategy for export
+  adapter_strategy    str                     "id"               default skeleton strategy for export
   adapter_rb          int                     1                  default rank-boosting splits p for export
   layer_choices       dict[str, dict]         {}                 per-layer overrides for export:
                                                                  {layer: {"k", "r", "strategy", "rb_splits"}}
@@ -112,7 +112,7 @@ DEFAULTS: dict[str, Any] = {
     "lab_exercise": None,
     "adapter_k": 4,
     "adapter_r": 8,
-    "adapter_strategy": "centroid",
+    "adapter_strategy": "id",
     "adapter_rb": 1,
     "layer_choices": {},
 }

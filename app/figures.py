@@ -124,3 +124,67 @@ def spectra_figure(spectra: pd.DataFrame) -> go.Figure:
                       yaxis_title="σ_j / σ₁(W) (log)", legend_title_text="rows of")
     _log_axis(fig, spectra["relative"])
     return fig
+
+
+# --- Fine-tune -------------------------------------------------------------------------------
+METHOD_COLORS = {"idlora": "#1f77b4", "lora": "#ff7f0e", "dora": "#2ca02c",
+                 "hydralora": "#9467bd", "full": "#d62728"}
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+
+
+def loss_figure(frames: dict[str, pd.DataFrame], methods: dict[str, str],
+                chance: float | None = None) -> go.Figure | None:
+    """Return the live training-loss curves, one colour per method (runs of the same method
+    differ by dash), with the chance level as a reference line; None while no run has logged
+    a step yet (no empty axes)."""
+    fig = go.Figure()
+    seen: dict[str, int] = {}
+    for label, df in frames.items():
+        if "loss" not in df or not df["loss"].notna().any():
+            continue
+        method = methods.get(label, "")
+        dash = DASHES[seen.get(method, 0) % len(DASHES)]
+        seen[method] = seen.get(method, 0) + 1
+        train = df[df["loss"].notna()]
+        fig.add_trace(go.Scatter(
+            x=train["step"], y=train["loss"], mode="lines+markers", name=label,
+            line={"color": METHOD_COLORS.get(method, "#7f7f7f"), "dash": dash},
+            marker={"size": 4}, hovertemplate=f"{label}<br>step %{{x}}: loss %{{y:.4f}}<extra></extra>",
+        ))
+    if not fig.data:
+        return None
+    if chance is not None:
+        fig.add_hline(y=chance, line_dash="dot", line_color="black",
+                      annotation_text=f"chance level (ln 2 = {chance:.3f})",
+                      annotation_position="top right")
+    fig.update_layout(
+        uirevision="ft-loss", height=380, margin={"t": 50, "b": 40},
+        xaxis_title="optimiser step", yaxis_title="training loss (cross-entropy, nats)",
+        legend_title="run", showlegend=True, yaxis={"rangemode": "tozero"},
+    )
+    return fig
+
+
+def tradeoff_figure(done: pd.DataFrame, chance: float | None = None) -> go.Figure:
+    """Return final loss against trainable parameters (log x), one colour per method; the y-axis
+    starts at 0 so that a difference of a few thousandths looks as small as it is."""
+    fig = go.Figure()
+    for method, part in done.groupby("method", sort=False):
+        fig.add_trace(go.Scatter(
+            x=part["trainable_params"], y=part["loss"], mode="markers+text", name=str(method),
+            text=part["label"], textposition="top center",
+            marker={"size": 11, "color": METHOD_COLORS.get(str(method), "#7f7f7f")},
+            customdata=part[["label", "step"]].to_numpy(),
+            hovertemplate="%{customdata[0]}<br>%{x:,} trainable parameters<br>final loss "
+                          "%{y:.4f} (step %{customdata[1]})<extra></extra>",
+        ))
+    top = max(float(done["loss"].max()), chance or 0.0) * 1.2
+    if chance is not None:
+        fig.add_hline(y=chance, line_dash="dot", line_color="black",
+                      annotation_text="chance level (ln 2)", annotation_position="top right")
+    fig.update_layout(
+        uirevision="ft-scatter", height=380, margin={"t": 50, "b": 40}, legend_title="method",
+        xaxis={"type": "log", "title": "trainable parameters (log scale)"},
+        yaxis={"range": [0, top], "title": "final training loss (nats; axis from 0)"},
+    )
+    return fig

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import exercise_panel
+from app import exercise_panel, url_state
 from app.common import MODEL_CHOICES, init_state
 from app.settings_io import lab_mode
 
@@ -54,6 +54,7 @@ def model_picker() -> None:
 
 st.set_page_config(page_title="ID-LoRA Lab", page_icon=":material/hub:", layout="wide")
 init_state()
+url_state.restore()  # a refresh or a shared link brings the page's choices back
 pages = [
     st.Page(str(HERE / path), title=title, icon=icon, default=(i == 0))
     for i, (path, title, icon) in enumerate(PAGES)

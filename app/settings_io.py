@@ -10,7 +10,7 @@ kept across page switches by `common.init_state()`.
   ft_methods          ["idlora","lora"]  Fine-tune: methods to run side by side
   ft_ranks            [8]                Fine-tune: ranks r (one run per method x r x k)
   ft_ks               [4]                Fine-tune: clusters k (ID-LoRA) / heads N (HydraLoRA)
-  ft_selection        "centroid"         Fine-tune: ID-LoRA skeleton strategy
+  ft_selection        "id"               Fine-tune: ID-LoRA skeleton strategy (pivoted QR)
   ft_rb_splits        1                  Fine-tune: rank-boosting splits p
   ft_normalize_rows   False              Fine-tune: cluster L2-normalised rows (ID-LoRA)
   ft_adapter_seed     0                  Fine-tune: adapter seed (k-means, random skeletons)
@@ -70,7 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "ft_methods": ["idlora", "lora"],
     "ft_ranks": [8],
     "ft_ks": [4],
-    "ft_selection": "centroid",
+    "ft_selection": "id",
     "ft_rb_splits": 1,
     "ft_alpha": 16.0,
     "ft_dropout": 0.0,

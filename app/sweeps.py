@@ -94,3 +94,8 @@ def spectral_sweep(loaded: LoadedModel, layer: str, **params: Any) -> pd.DataFra
                                     **params)
         store[key] = result.table
     return store[key]
+
+
+def stored_spectral(loaded: LoadedModel, layer: str, **params: Any) -> pd.DataFrame | None:
+    """Return the spectral sweep of `layer` if this process already computed it, else None."""
+    return _sweep_store().get(("spectral", *_sweep_key(loaded, layer, params)))

@@ -14,7 +14,7 @@ from analysis.views import (
     short_label,
     strategy_means,
 )
-from app import figures
+from app import figures, url_state
 from app.common import (
     STRATEGIES,
     ensure_layer,
@@ -38,6 +38,7 @@ def _spectra(model: str, layer: str, k: int, min_size: int, normalize: bool, see
 
 init_state()
 st.title("Decomposition lab")
+url_state.mirror("lab")
 loaded = get_model()
 if loaded is None:
     st.stop()
@@ -203,18 +204,22 @@ if state.get("lab_summary_r") not in params["ranks"]:
     state["lab_summary_r"] = params["ranks"][len(params["ranks"]) // 2]
 r_sum = int(st.selectbox("Rank r for the summary", params["ranks"], key="lab_summary_r"))
 summary = layer_summary(table, r_sum)
+if summary.empty:
+    st.info(f"No feasible (k, r = {r_sum}) configuration in this sweep: pick another rank.")
+    st.stop()
 shown = summary.assign(
     label=[short_label(name) for name in summary["layer"]],
     result=["LOSS" if g < 0 else "gain" for g in summary["gain_vs_svd"]],
 ).sort_values("gain_vs_svd", ascending=False)
 st.dataframe(
-    shown[["label", "layer", "k", "strategy", "rel_fro_error", "svd_same_r", "gain_vs_svd",
+    shown[["label", "layer", "r", "k", "strategy", "rel_fro_error", "svd_same_r", "gain_vs_svd",
            "result", "global_id_same_r", "svd_same_total", "gap_vs_total", "trainable_idlora",
            "trainable_lora"]],
     key="lab_summary", hide_index=True,
     column_config={
         "label": st.column_config.TextColumn("block · type"),
         "layer": st.column_config.TextColumn("layer (full name)"),
+        "r": st.column_config.NumberColumn("rank r"),
         "k": st.column_config.NumberColumn("best k"),
         "rel_fro_error": st.column_config.NumberColumn("best cluster-wise ID", format="%.3f"),
         "svd_same_r": st.column_config.NumberColumn("SVD same r", format="%.3f"),

@@ -9,21 +9,23 @@ each other's runs.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 import torch
 
 from analysis import runs
+from app import figures, url_state
 from app import settings_io as sio
 from app.common import get_model, init_state, model_name, selected_layers, valid
 from idlora_core.config import METHODS
 from idlora_core.training import compare
 
 POLL_SECONDS = 1.0
+LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2, 2e-2,
+                  3e-2, 5e-2, 1e-1)
 # Widget values survive page switches and fragment reruns (Streamlit >= 1.67).
 KEEP = {"persist_state": "session"}
 HANDLES = "ft_handles"  # list[RunHandle] started by this session
@@ -45,7 +47,8 @@ def _controls(loaded) -> list[str]:
     with left:
         st.multiselect(
             "Methods", list(METHODS), format_func=sio.METHOD_LABELS.get, key="ft_methods", **KEEP,
-            help="One run per method (and per rank / cluster count below), side by side.",
+            help="One run per method (and per rank / cluster count in the next column), side by "
+            "side.",
         )
         options = list(sio.task_options(loaded.kind))
         state["ft_tasks"] = valid(state.get("ft_tasks") or [], options) or [options[0]]
@@ -58,8 +61,11 @@ def _controls(loaded) -> list[str]:
                        key="ft_ranks", **KEEP)
         st.multiselect("Clusters k (ID-LoRA) / heads N (HydraLoRA)",
                        _options((1, 2, 4, 8, 16), "ft_ks"), key="ft_ks", **KEEP)
-        st.selectbox("Skeleton strategy (ID-LoRA)", ["centroid", "id", "random"],
-                     key="ft_selection", **KEEP)
+        st.selectbox("Skeleton strategy (ID-LoRA)", ["id", "centroid", "random"],
+                     key="ft_selection", **KEEP,
+                     help="id (default): pivoted-QR skeleton, the theory-backed choice and the "
+                     "best reconstruction on MiniLM (lab exercise 3); centroid: the paper's "
+                     "rule, the worst of the three there; random: a baseline.")
         st.number_input("Rank-boosting splits p (our reading of the paper's RB)",
                         **sio.bounds("ft_rb_splits"), key="ft_rb_splits", **KEEP,
                         help="p must divide r; 1 = plain ID-LoRA.")
@@ -73,8 +79,10 @@ def _controls(loaded) -> list[str]:
     with right:
         st.number_input("Steps", **sio.bounds("ft_steps"), key="ft_steps", **KEEP)
         st.number_input("Batch size", **sio.bounds("ft_batch_size"), key="ft_batch_size", **KEEP)
-        st.number_input("Learning rate", **sio.bounds("ft_learning_rate"), key="ft_learning_rate", **KEEP, format="%.0e",
-                        step=1e-4)
+        lr_options = sorted(set(LEARNING_RATES) | {float(state["ft_learning_rate"])})
+        st.selectbox("Learning rate", lr_options, key="ft_learning_rate", **KEEP,
+                     format_func=lambda v: f"{v:g}",
+                     help="The value shown is the value used (and exported).")
     # Drawn only on demand: fewer widgets make the page appear faster in the browser.
     if st.toggle("More training settings", key="ft_more", **KEEP):
         c1, c2, c3, c4 = st.columns(4)
@@ -146,34 +154,21 @@ def _metrics(run_dir) -> pd.DataFrame:
     return tails[key].frame
 
 
-def _loss_figure(frames: dict[str, pd.DataFrame]) -> go.Figure:
-    fig = go.Figure()
-    for label, df in frames.items():
-        if "loss" in df and df["loss"].notna().any():
-            train = df[df["loss"].notna()]
-            fig.add_trace(go.Scatter(x=train["step"], y=train["loss"], mode="lines+markers",
-                                     name=label, marker={"size": 4}))
-    fig.update_layout(
-        uirevision="ft-loss", height=380, margin={"t": 30, "b": 40},
-        xaxis_title="optimiser step", yaxis_title="training loss (cross-entropy, nats)",
-        legend_title="run", showlegend=True,
-    )
-    return fig
+def _chance(loaded) -> float | None:
+    """Return the chance-level loss of the page's task: ln 2 for the two-class sentiment task."""
+    return math.log(2) if loaded.kind == "encoder" else None
 
 
-def _scatter(table: pd.DataFrame) -> go.Figure | None:
-    done = table[table["state"].isin(["finished", "cancelled"]) & table["loss"].notna()
-                 & table["trainable_params"].notna()]
-    if done.empty:
-        return None
-    fig = px.scatter(done, x="trainable_params", y="loss", color="method", text="label",
-                     log_x=True, hover_data=["run", "step"])
-    fig.update_traces(textposition="top center", marker={"size": 11})
-    fig.update_layout(
-        uirevision="ft-scatter", height=380, margin={"t": 30, "b": 40},
-        xaxis_title="trainable parameters (log scale)", yaxis_title="final training loss (nats)",
-    )
-    return fig
+def _display(table: pd.DataFrame) -> pd.DataFrame:
+    """Return the runs table as text for display: "—" (not "None") where a run has no value yet."""
+    shown = table.rename(columns={"step_seconds": "mean step (s)"}).copy()
+    formats = {"loss": "{:.4f}", "mean step (s)": "{:.3f}", "trainable_params": "{:,.0f}",
+               "total_params": "{:,.0f}", "step": "{:.0f}"}
+    for column in shown.columns:
+        fmt = formats.get(column)
+        shown[column] = [("—" if v is None or (isinstance(v, float) and math.isnan(v))
+                          else fmt.format(v) if fmt else str(v)) for v in shown[column]]
+    return shown
 
 
 def _live_view(past: list) -> None:
@@ -184,7 +179,7 @@ def _live_view(past: list) -> None:
     dirs = [h.run_dir for h in handles] + [d for d in past if d not in {h.run_dir for h in handles}]
     if not dirs:
         st.info("No runs yet: choose methods above and press **Start runs**, or reload past "
-                "runs from the runs folder below.")
+                "runs from the runs folder (the box above).")
         return
     frames = {_label(d): _metrics(d) for d in dirs}
     rows = []
@@ -199,22 +194,26 @@ def _live_view(past: list) -> None:
     active = int(table["state"].isin(runs.ACTIVE_STATES).sum())
     st.caption(f"{active} running, {queued} queued, {len(table) - active} done · "
                + ("updating every second" if active or queued else "idle"))
+    methods = dict(zip(table["label"], table.get("method", pd.Series(dtype=str)), strict=False))
+    chance = state.get("_ft_chance")
     with st.container(key="loss_chart"):  # CSS class st-key-loss_chart for browser tests
-        st.plotly_chart(_loss_figure(frames), key="loss_plot", width="stretch")
-    shown = table.rename(columns={"step_seconds": "mean step (s)"})
-    st.dataframe(shown, key="runs_table", hide_index=True, width="stretch",
-                 column_config={"loss": st.column_config.NumberColumn(format="%.4f"),
-                                "mean step (s)": st.column_config.NumberColumn(format="%.3f"),
-                                "trainable_params": st.column_config.NumberColumn(
-                                    format="localized"),
-                                "total_params": st.column_config.NumberColumn(
-                                    format="localized")})
-    fig = _scatter(table)
-    if fig is not None:
+        fig = figures.loss_figure(frames, methods, chance)
+        if fig is None:
+            st.info("Runs are starting: the loss curves appear with the first logged step "
+                    "(ID-LoRA first clusters the rows of every target layer).")
+        else:
+            st.plotly_chart(fig, key="loss_plot", width="stretch")
+    st.dataframe(_display(table), key="runs_table", hide_index=True, width="stretch")
+    done = table[table["state"].isin(["finished", "cancelled"]) & table["loss"].notna()
+                 & table["trainable_params"].notna()]
+    if not done.empty:
         st.markdown("**The PEFT trade-off** — final loss against trainable parameters "
-                    "(fills in as runs finish).")
+                    "(fills in as runs finish). One seed per run: differences of a few "
+                    "thousandths are within run-to-run noise; the y-axis starts at 0 so they "
+                    "look that small.")
         with st.container(key="tradeoff_chart"):
-            st.plotly_chart(fig, key="tradeoff_plot", width="stretch")
+            st.plotly_chart(figures.tradeoff_figure(done, chance), key="tradeoff_plot",
+                            width="stretch")
     _compare_section([d for d, state in zip(dirs, table["state"], strict=True)
                       if state not in runs.ACTIVE_STATES])
     failed = table[table["state"] == "failed"]
@@ -275,11 +274,13 @@ def main() -> None:
     for key, empty in ((HANDLES, []), (QUEUE, []), (TAILS, {}), (LABELS, {})):
         state.setdefault(key, empty)
     st.header("Fine-tune")
+    url_state.mirror("finetune")
     st.caption("Short runs of ID-LoRA, LoRA, DoRA, HydraLoRA and full fine-tuning on the same "
                "layers and task: watch the loss and the trainable-parameter budget side by side.")
     loaded = get_model()
     if loaded is None:
         return
+    state["_ft_chance"] = _chance(loaded)
     layers = _controls(loaded)
     b1, b2, _ = st.columns([1, 1, 4])
     if b1.button("Start runs", key="start_runs", type="primary"):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import streamlit as st
 
 from analysis.layers import block_span, filter_layers, layer_table, model_summary
+from app import url_state
 from app.common import RANGE_OWNER, get_model, init_state, valid
 
 init_state()
 st.title("Model & layers")
+url_state.mirror("model")
 loaded = get_model()
 if loaded is None:
     st.stop()

@@ -240,3 +240,30 @@ def test_every_page_url_opened_first_on_a_fresh_server_keeps_the_app(tmp_path):
                         proc.kill()
         finally:
             browser.close()
+
+
+def test_each_lab_exercise_in_a_real_browser(page, app_url):
+    """One click per exercise sets its controls; its main view is saved as an artifact
+    (test-artifacts/exercise_N.png); a refresh keeps the page's choices (they are in the URL)."""
+    for number, ready in ((2, ".st-key-lab_error_vs_rank_spectral .js-plotly-plot"),
+                          (1, ".st-key-lab_summary_chart .js-plotly-plot"),
+                          (3, ".st-key-explorer_scatter .js-plotly-plot")):
+        goto(page, app_url)
+        nav(page, "Lab exercises")
+        page.locator(f".st-key-exercise_start_{number} button").click()
+        page.wait_for_selector(".st-key-exercise_panel", timeout=60_000)
+        if number in (1, 2):
+            page.locator(".st-key-lab_run button").click()
+        page.wait_for_selector(ready, timeout=240_000)
+        page.wait_for_timeout(500)
+        no_exception(page)
+        panel = page.locator(".st-key-exercise_panel").inner_text()
+        assert f"Exercise {number}" in panel
+        shot(page, f"exercise_{number}")
+        if number == 2:
+            assert "lab_ranks=1%2C2%2C4%2C8%2C12%2C16" in page.url or \
+                "lab_ranks=1,2,4,8,12,16" in page.url, page.url
+            page.reload()  # a new browser session: the URL brings the choices back
+            page.wait_for_selector(".st-key-lab_run button", timeout=60_000)
+            chosen = page.locator(".st-key-lab_ranks").inner_text()
+            assert all(str(r) in chosen for r in (1, 2, 4, 8, 12, 16)), chosen

@@ -45,14 +45,14 @@ def test_projection_clusters_skeletons_and_errors(minilm):
     scatter = charts["explorer_scatter"]
     clusters = [t for t in scatter["data"] if not t["name"].startswith("skeleton")]
     skeletons = {t["name"]: t for t in scatter["data"] if t["name"].startswith("skeleton")}
-    assert sorted(t["name"] for t in clusters) == ["0", "1", "2", "3"]
+    assert sorted(t["name"] for t in clusters) == ["cluster 0", "cluster 1", "cluster 2", "cluster 3"]
     assert sum(len(t["customdata"]) for t in clusters) == 384
-    assert set(skeletons) == {"skeleton: id", "skeleton: centroid", "skeleton: random"}
+    assert set(skeletons) == {"skeleton rows: id"}  # one strategy at a time
     assert all(len(t["customdata"]) == 4 * 8 for t in skeletons.values())
     assert "row %{customdata[0]}" in clusters[0]["hovertemplate"]
     assert "cluster %{customdata[1]}" in clusters[0]["hovertemplate"]
 
-    sizes = _values(charts["explorer_sizes"]["data"][0]["y"])
+    sizes = np.array([y for t in charts["explorer_sizes"]["data"] for y in _values(t["y"])])
     assert sizes.tolist() == [len(t["customdata"]) for t in sorted(clusters, key=lambda t: t["name"])]
     assert sizes.sum() == 384 and sizes.min() >= 8
 
@@ -61,8 +61,8 @@ def test_projection_clusters_skeletons_and_errors(minilm):
     table = at.dataframe[0].value
     labels = np.empty(384, dtype=int)
     for trace in clusters:
-        labels[[row for row, _ in trace["customdata"]]] = int(trace["name"])
-    skel = [row for row, _ in skeletons["skeleton: id"]["customdata"]]
+        labels[[row for row, _ in trace["customdata"]]] = int(trace["name"].split()[-1])
+    skel = [row for row, _ in skeletons["skeleton rows: id"]["customdata"]]
     for c in range(4):
         Wc = W[labels == c]
         J = W[[i for i in skel if labels[i] == c]]
@@ -85,7 +85,7 @@ def test_too_many_clusters_shows_error():
     at.session_state["explorer_r"] = 8
     at.run()
     assert not at.exception
-    assert "k * r <= 384" in at.error[0].value
+    assert "k × r ≤ 384" in at.error[0].value
 
 
 @pytest.mark.slow

@@ -15,6 +15,15 @@ PAGE = str(Path(__file__).resolve().parents[2] / "app" / "views" / "decompositio
 LAYER = "encoder.layer.0.attention.self.query"
 
 
+def _values(v) -> list:
+    """Plotly stores numeric arrays as base64 ("bdata") in the JSON spec."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
+    return list(v)
+
+
 def _page(**state) -> AppTest:
     at = AppTest.from_file(PAGE, default_timeout=180)
     for key, value in state.items():
@@ -44,16 +53,20 @@ def test_run_small_sweep_shows_plots_and_true_numbers(minilm, empty_cache):
     at = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_strategies=["id", "centroid"])
     assert "Run sweep" in at.info[0].value  # nothing stored yet: this test computes the results
     at.button(key="lab_run").click().run()
-    (entry,) = (empty_cache / "results").rglob("*.json")  # written now, by this run
+    entries = list((empty_cache / "results").rglob("*.json"))  # written now, by this run:
+    assert len(entries) == 2  # the sweep, and the inspected layer's spectral sweep
     assert not at.exception, at.exception
     assert "configurations over 1 layer" in at.success[0].value
     charts = {c.proto.id.rsplit("-", 1)[-1]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
-    assert {"lab_heatmap_id", "lab_heatmap_centroid", "lab_error_vs_rank", "lab_spectra"} <= set(charts)
+    assert {"lab_heatmap_id", "lab_heatmap_centroid", "lab_error_vs_rank", "lab_spectra",
+            "lab_error_vs_rank_spectral"} <= set(charts)
     curve = charts["lab_error_vs_rank"]
     assert curve["layout"]["yaxis"]["type"] == "log"
     names = {trace["name"] for trace in curve["data"]}
-    assert any(name.startswith("BOUND: cluster-wise ID") for name in names)
     assert any(name.startswith("global SVD, same total rank") for name in names)
+    assert not any(name.startswith("BOUND") for name in names)  # Frobenius panel: measured only
+    spectral = {trace["name"] for trace in charts["lab_error_vs_rank_spectral"]["data"]}
+    assert {"BOUND: cluster-wise ID", "BOUND: global ID", "cluster-wise ID (id)"} <= spectral
 
     summary = at.dataframe[0].value  # per-layer summary at the middle rank (r = 16)
     row = summary.iloc[0]
@@ -81,8 +94,9 @@ def test_run_small_sweep_shows_plots_and_true_numbers(minilm, empty_cache):
     choice = at.session_state["layer_choices"][LAYER]
     assert choice == {"k": int(row["k"]), "r": 16, "strategy": row["strategy"], "rb_splits": 1}
 
-    # ... and only from it: without the entry the same fresh page has nothing to show
-    entry.unlink()
+    # ... and only from it: without the entries the same fresh page has nothing to show
+    for entry in entries:
+        entry.unlink()
     _sweep_store.clear()
     gone = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_strategies=["id", "centroid"])
     assert len(gone.success) == 0 and "Run sweep" in gone.info[0].value
@@ -108,5 +122,10 @@ def test_use_selected_layers_then_multi_layer_summary():
     assert summary["layer"].tolist() == two and (summary["k"] == 2).all()
     chart = [c for c in at.get("plotly_chart") if c.proto.id.endswith("lab_summary_chart")]
     assert len(chart) == 1
-    assert {t["name"] for t in json.loads(chart[0].proto.spec)["data"]} == {
-        "best cluster-wise ID", "global SVD, rank 8", "global SVD, rank k·r"}
+    spec = json.loads(chart[0].proto.spec)
+    assert spec["layout"]["yaxis"].get("type", "linear") == "linear"  # bars on a linear axis
+    (bars,) = spec["data"]
+    assert sorted(bars["x"]) == ["0 · q", "0 · v"]  # block · type, the full name on hover
+    gains = dict(zip(summary["layer"], summary["gain_vs_svd"], strict=True))
+    assert np.allclose(sorted(gains.values()), sorted(_values(bars["y"])))
+    assert np.allclose(summary["gain_vs_svd"], summary["svd_same_r"] - summary["rel_fro_error"])

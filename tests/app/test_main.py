@@ -6,6 +6,8 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from app.common import DEFAULTS
+
 APP = Path(__file__).resolve().parents[2] / "app"
 MAIN = str(APP / "main.py")
 
@@ -74,3 +76,26 @@ def test_each_page_owns_its_normalisation_and_seed():
     at.switch_page("views/cluster_explorer.py").run()
     assert at.checkbox(key="explorer_normalize_rows").value is True
     assert at.number_input(key="explorer_seed").value == 5
+
+
+def test_page_choices_live_in_the_url_and_come_back_on_refresh():
+    at = AppTest.from_file(MAIN, default_timeout=180)
+    at.switch_page("views/decomposition_lab.py").run()
+    at.multiselect(key="lab_ranks").set_value([2, 8]).run()
+    at.checkbox(key="lab_normalize_rows").check().run()
+    assert not at.exception
+    url = dict(at.query_params)
+    assert url["lab_ranks"] in ("2,8", ["2,8"]) and url["lab_normalize_rows"] in ("1", ["1"])
+    # a refresh is a new session with the same URL: the choices come back
+    again = AppTest.from_file(MAIN, default_timeout=180)
+    for key, value in url.items():
+        again.query_params[key] = value
+    again.switch_page("views/decomposition_lab.py").run()
+    assert not again.exception
+    assert again.multiselect(key="lab_ranks").value == [2, 8]
+    assert again.checkbox(key="lab_normalize_rows").value is True
+    # a value that does not parse is ignored, not an error
+    bad = AppTest.from_file(MAIN, default_timeout=180)
+    bad.query_params["lab_ranks"] = "two,eight"
+    bad.switch_page("views/decomposition_lab.py").run()
+    assert not bad.exception and bad.multiselect(key="lab_ranks").value == DEFAULTS["lab_ranks"]

@@ -1,0 +1,133 @@
+"""The lab report export: one zip with what a student needs for a report.
+
+`report_files(...)` returns {file name: bytes}: README.txt (what is inside and the settings),
+sweep_summary.csv (per layer at one rank), strategy_means.csv, sweep_full.csv, run_comparison.csv
+— readable headers, rounded numbers — and the figures as PNG (plotly + kaleido, which drives the
+machine's Chromium; where no browser is available the figures are written as HTML instead and
+README.txt says so). `report_zip(files)` packs them. No Streamlit here: the page gathers the
+inputs and hands a callable to `st.download_button`, so the zip is built only on click.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from analysis.views import layer_summary, short_label, strategy_means
+
+HEADERS: dict[str, str] = {
+    "layer": "layer", "label": "block · type", "m": "rows m", "n": "columns n",
+    "k": "clusters k", "r": "rank r", "strategy": "skeleton strategy",
+    "feasible": "feasible", "total_rank": "total rank k·r",
+    "min_cluster_size": "minimum cluster size",
+    "rel_fro_error": "cluster-wise ID error (rel. Frobenius)",
+    "svd_same_r": "global SVD error, same r (rel. Frobenius)",
+    "svd_same_total": "global SVD error, same k·r (rel. Frobenius)",
+    "global_id_same_r": "global ID error, same r (rel. Frobenius)",
+    "svd_spec_same_r": "global SVD error, same r (rel. spectral)",
+    "bound_cluster": "bound, cluster-wise ID (rel. spectral)",
+    "bound_global": "bound, global ID (rel. spectral)",
+    "rel_spec_error": "cluster-wise ID error (rel. spectral)",
+    "gain_vs_svd": "gain over SVD(r) (difference)",
+    "gap_vs_total": "gap to SVD(k·r)",
+    "trainable_idlora": "ID-LoRA trainable parameters",
+    "trainable_lora": "LoRA trainable parameters",
+    "seconds": "seconds", "randomized": "randomized path",
+    "layers": "layers", "mean_error": "mean cluster-wise ID error",
+    "mean_svd_same_r": "mean global SVD error, same r", "mean_gain": "mean gain over SVD(r)",
+    "run": "run", "method": "method", "state": "state", "steps": "steps",
+    "trainable_params": "trainable parameters", "pct_of_lora": "% of LoRA's trainable",
+    "final_train_loss": "final training loss (nats)", "peak_memory_mb": "peak memory (MiB)",
+}
+DECIMALS = {"seconds": 2, "pct_of_lora": 1, "peak_memory_mb": 0, "bound_cluster": 2,
+            "bound_global": 2}
+
+
+def readable(table: pd.DataFrame, decimals: int = 4) -> pd.DataFrame:
+    """Return `table` with readable headers and floats rounded (errors to `decimals` places)."""
+    out = table.copy()
+    for column in out.columns:
+        if pd.api.types.is_float_dtype(out[column]):
+            out[column] = out[column].round(DECIMALS.get(column, decimals))
+    names = {c: HEADERS.get(c, c.replace("eval_", "eval ").replace("_", " ")) for c in out.columns}
+    return out.rename(columns=names)
+
+
+def _csv(table: pd.DataFrame) -> bytes:
+    return readable(table).to_csv(index=False).encode("utf-8")
+
+
+def figure_files(figures: dict[str, go.Figure]) -> dict[str, bytes]:
+    """Return {"<stem>.png": PNG bytes} for every figure, rendered in one kaleido browser
+    session; when kaleido or a Chromium browser is missing, {"<stem>.html": standalone page}."""
+    if not figures:
+        return {}
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [Path(folder) / f"{stem}.png" for stem in figures]
+        try:
+            pio.write_images(list(figures.values()), paths, width=1100, height=600)
+            return {path.name: path.read_bytes() for path in paths}
+        except Exception:  # noqa: BLE001 - kaleido missing or no browser: keep them as HTML
+            return {f"{stem}.html": fig.to_html(include_plotlyjs="cdn").encode("utf-8")
+                    for stem, fig in figures.items()}
+
+
+def report_files(
+    sweep: pd.DataFrame | None,
+    summary_r: int | None,
+    comparison: pd.DataFrame | None,
+    figures: dict[str, go.Figure],
+    settings: dict[str, object],
+) -> dict[str, bytes]:
+    """Return the report's files: {name: bytes} (see the module docstring).
+
+    sweep: the Decomposition lab's table (None: no sweep yet); summary_r: the summary's rank;
+    comparison: the run comparison table (`idlora_core.training.compare`), None when no run
+    finished; figures: {file stem: figure}; settings: shown in README.txt.
+    """
+    files: dict[str, bytes] = {}
+    lines = ["ID-LoRA Lab report", f"created {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "",
+             "Settings:"] + [f"  {k}: {v}" for k, v in settings.items()] + ["", "Files:"]
+    if sweep is not None and summary_r is not None:
+        summary = layer_summary(sweep, summary_r)
+        summary.insert(1, "label", [short_label(name) for name in summary["layer"]])
+        files["sweep_summary.csv"] = _csv(summary)
+        lines.append(f"  sweep_summary.csv   best (k, strategy) per layer at r = {summary_r}; "
+                     "gain = SVD(r) error - cluster-wise ID error (negative = a loss)")
+        ks = sorted(int(k) for k in sweep[(sweep["r"] == summary_r) & sweep["feasible"]]["k"].unique())
+        if ks:
+            files["strategy_means.csv"] = _csv(strategy_means(sweep, max(ks), summary_r))
+            lines.append(f"  strategy_means.csv  mean error over the layers at k = {max(ks)}, "
+                         f"r = {summary_r}")
+        files["sweep_full.csv"] = _csv(sweep)
+        lines.append("  sweep_full.csv      every (layer, k, r, strategy) of the sweep")
+    if comparison is not None and not comparison.empty:
+        files["run_comparison.csv"] = _csv(comparison)
+        lines.append("  run_comparison.csv  the fine-tune runs (python -m idlora_core.compare)")
+    rendered = figure_files(figures)
+    for name, data in rendered.items():
+        files[f"figures/{name}"] = data
+        lines.append(f"  figures/{name}")
+    if any(name.endswith(".html") for name in rendered):
+        lines += ["", "PNG export needs kaleido and a Chromium browser; they were not available, "
+                  "so the figures are HTML pages (open them in a browser)."]
+    lines += ["", "Errors are relative: Frobenius errors divided by ||W||_F, spectral errors "
+              "and bounds by sigma_1(W). Theory: docs/THEORY.md."]
+    files["README.txt"] = ("\n".join(lines) + "\n").encode("utf-8")
+    return files
+
+
+def report_zip(files: dict[str, bytes]) -> bytes:
+    """Return the zip archive (deflated) of `files`."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(f"idlora-lab-report/{name}", data)
+    return buffer.getvalue()

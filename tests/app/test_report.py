@@ -1,0 +1,80 @@
+"""The lab report export: the zip holds the expected files, readable headers, rounded numbers
+and the figures (PNG when kaleido finds a browser, HTML otherwise)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pandas as pd
+
+from analysis.sweep import sweep_layer
+from app import figures
+from app.report import readable, report_files, report_zip
+
+
+def _sweep() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    frames = []
+    for name in ("encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.value"):
+        W = rng.normal(size=(48, 24)) @ np.diag(np.linspace(2.0, 0.1, 24))
+        frames.append(sweep_layer(W, ks=[1, 4], ranks=[2, 4], strategies=["id", "random"],
+                                  layer=name))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_report_zip_holds_tables_with_readable_headers_and_figures():
+    sweep = _sweep()
+    comparison = pd.DataFrame([
+        {"run": "a", "method": "idlora", "state": "finished", "steps": 60,
+         "trainable_params": 38018, "pct_of_lora": 51.03224247630809,
+         "final_train_loss": 0.678123456, "seconds": 123.456789, "peak_memory_mb": None,
+         "eval_accuracy": 0.71875},
+        {"run": "b", "method": "lora", "state": "finished", "steps": 60,
+         "trainable_params": 74498, "pct_of_lora": 100.0, "final_train_loss": 0.646,
+         "seconds": 99.0, "peak_memory_mb": None, "eval_accuracy": 0.796875},
+    ])
+    summary_fig = figures.gain_figure(
+        sweep[(sweep["r"] == 4) & (sweep["k"] == 4) & (sweep["strategy"] == "id")].assign(
+            gain_vs_svd=lambda t: t["svd_same_r"] - t["rel_fro_error"]), 4)
+    files = report_files(sweep, 4, comparison, {"gain_per_layer": summary_fig},
+                         {"model": "minilm"})
+    data = report_zip(files)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = sorted(n.removeprefix("idlora-lab-report/") for n in archive.namelist())
+        read = {n.removeprefix("idlora-lab-report/"): archive.read(n) for n in archive.namelist()}
+    assert names[:4] == ["README.txt", "figures/gain_per_layer.html", "run_comparison.csv",
+                         "strategy_means.csv"] or names[:4] == [
+        "README.txt", "figures/gain_per_layer.png", "run_comparison.csv", "strategy_means.csv"]
+    assert {"sweep_full.csv", "sweep_summary.csv"} <= set(names)
+    figure = next(n for n in names if n.startswith("figures/"))
+    if figure.endswith(".png"):
+        assert read[figure][:8] == b"\x89PNG\r\n\x1a\n"
+
+    runs = pd.read_csv(io.BytesIO(read["run_comparison.csv"]))
+    assert list(runs.columns[:7]) == ["run", "method", "state", "steps", "trainable parameters",
+                                      "% of LoRA's trainable", "final training loss (nats)"]
+    assert runs["% of LoRA's trainable"].tolist() == [51.0, 100.0]
+    assert runs["final training loss (nats)"].tolist() == [0.6781, 0.646]
+    assert "eval accuracy" in runs.columns
+    summary = pd.read_csv(io.BytesIO(read["sweep_summary.csv"]))
+    assert {"block · type", "gain over SVD(r) (difference)",
+            "cluster-wise ID error (rel. Frobenius)"} <= set(summary.columns)
+    assert summary["block · type"].tolist() == ["0 · q", "1 · v"]
+    gains = summary["gain over SVD(r) (difference)"]
+    expected = (summary["global SVD error, same r (rel. Frobenius)"]
+                - summary["cluster-wise ID error (rel. Frobenius)"])
+    assert np.allclose(gains, expected, atol=2e-4)  # rounded to 4 places each
+    assert all(len(str(v).split(".")[-1]) <= 4 for v in gains)
+    means = pd.read_csv(io.BytesIO(read["strategy_means.csv"]))
+    assert sorted(means["skeleton strategy"]) == ["id", "random"]
+    readme = read["README.txt"].decode()
+    assert "model: minilm" in readme and "sweep_summary.csv" in readme
+
+
+def test_readable_rounds_floats_and_keeps_unknown_columns_readable():
+    table = pd.DataFrame({"rel_fro_error": [0.123456789], "eval_loss": [0.5], "seconds": [1.23456]})
+    out = readable(table)
+    assert list(out.columns) == ["cluster-wise ID error (rel. Frobenius)", "eval loss", "seconds"]
+    assert out.iloc[0].tolist() == [0.1235, 0.5, 1.23]
