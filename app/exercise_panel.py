@@ -11,7 +11,7 @@ import streamlit as st
 
 from analysis.exercises import SELECTED, Exercise, load_exercises, preset_layers
 from app import settings_io as sio
-from app.common import DEFAULTS, apply_settings, load_named
+from app.common import DEFAULTS, apply_settings, open_named
 
 MODEL_KEYS = ("model_choice", "model_path", "trust_remote_code")
 PAGE_FILES = {"Decomposition lab": "views/decomposition_lab.py",
@@ -43,7 +43,7 @@ def preset_values(ex: Exercise) -> dict[str, Any]:
     values = default_values() | {"model_choice": "minilm", "model_path": ""}
     values |= copy.deepcopy(ex.settings)
     if ex.settings.get("lab_layers") == SELECTED:
-        values["lab_layers"] = preset_layers(ex.settings, layer_table(load_named("minilm").model))
+        values["lab_layers"] = preset_layers(ex.settings, layer_table(open_named("minilm").weights))
     values["lab_exercise"] = ex.id
     return values
 

@@ -82,20 +82,17 @@ def run_sweeps(
     return stored_sweeps(loaded, layers, **params)
 
 
-def spectral_sweep(loaded: LoadedModel, layer: str, **params: Any) -> pd.DataFrame:
+def spectral_sweep(loaded: ModelHandle, layer: str, **params: Any) -> pd.DataFrame:
     """Return the sweep table of one layer with the measured spectral error `rel_spec_error`
     filled in (one residual SVD per configuration; cached on disk and in this process)."""
-    from analysis.sweep_model import sweep_layer_cached
-
+    spec = SweepSpec(**params, spectral=True)
     store = _sweep_store()
-    key = ("spectral", *_sweep_key(loaded, layer, params))
+    key = _sweep_key(loaded, layer, spec)
     if key not in store:
-        result = sweep_layer_cached(layer_weight(loaded, layer), layer=layer, spectral=True,
-                                    **params)
-        store[key] = result.table
+        store[key] = sweep_layer(layer_weight(loaded, layer), spec, layer=layer, cache=True).table
     return store[key]
 
 
-def stored_spectral(loaded: LoadedModel, layer: str, **params: Any) -> pd.DataFrame | None:
+def stored_spectral(loaded: ModelHandle, layer: str, **params: Any) -> pd.DataFrame | None:
     """Return the spectral sweep of `layer` if this process already computed it, else None."""
-    return _sweep_store().get(("spectral", *_sweep_key(loaded, layer, params)))
+    return _sweep_store().get(_sweep_key(loaded, layer, SweepSpec(**params, spectral=True)))

@@ -66,18 +66,19 @@ def test_measure_kinds_on_a_small_table(check, expected):
         assert not same(measure(check, _table()), expected + 0.001)
 
 
-def test_each_preset_reproduces_the_numbers_the_handout_quotes(minilm):
+def test_each_preset_reproduces_the_numbers_the_handout_quotes():
+    from idlora_core.weights import open_weights
+
     exercises = load_exercises()
-    measured = measure_all(exercises, minilm.model)
+    weights = open_weights("minilm")
+    measured = measure_all(exercises, weights)
     by_id = {e.id: e for e in exercises}
     wrong = {key: (value, by_id[key[0]].checks[key[1]]["value"]) for key, value in measured.items()
              if not same(value, by_id[key[0]].checks[key[1]]["value"])}
     assert not wrong, f"measured vs quoted: {wrong}"
     assert len(measured) == sum(len(e.checks) for e in exercises) >= 40
     # an independent check of one quoted number: global SVD at rank 16 from numpy
-    from idlora_core.layers import get_weight
-
-    s = np.linalg.svd(get_weight(minilm.model, "encoder.layer.0.attention.self.query"),
+    s = np.linalg.svd(weights.weight("encoder.layer.0.attention.self.query").astype(np.float64),
                       compute_uv=False)
     assert round(float(np.sqrt(np.sum(s[16:] ** 2) / np.sum(s**2))), 3) == \
         by_id[1].checks["q0_svd"]["value"]

@@ -62,7 +62,8 @@ def test_best_per_rank_and_export_choices(table):
 def test_spectral_panel_uses_measured_spectral_errors_and_the_bounds():
     rng = np.random.default_rng(1)
     W = rng.normal(size=(40, 16)) @ np.diag(np.linspace(3.0, 0.1, 16))
-    spec = sweep_layer(W, ks=[2], ranks=[2, 4], strategies=["id"], layer="L", spectral=True)
+    spec = sweep_layer(W, SweepSpec(ks=[2], ranks=[2, 4], strategies=["id"], spectral=True),
+                       layer="L").table
     curves = error_vs_rank(spec, 2, norm="spectral")
     measured = curves[curves["curve"] == "cluster-wise ID (id)"].set_index("r")["error"]
     s = np.linalg.svd(W, compute_uv=False)
@@ -77,7 +78,7 @@ def test_spectral_panel_uses_measured_spectral_errors_and_the_bounds():
     frob = error_vs_rank(spec, 2, norm="frobenius")
     assert not (frob["kind"] == "bound").any()  # bounds live on the spectral panel only
     # without spectral=True the sweep has no measured spectral error: no curve, no fake zeros
-    plain = sweep_layer(W, ks=[2], ranks=[2, 4], strategies=["id"], layer="L")
+    plain = sweep_layer(W, SweepSpec(ks=[2], ranks=[2, 4], strategies=["id"]), layer="L").table
     assert "cluster-wise ID (id)" not in set(error_vs_rank(plain, 2, norm="spectral")["curve"])
 
 

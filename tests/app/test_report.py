@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pandas as pd
 
-from analysis.sweep import sweep_layer
+from analysis.sweep import SweepSpec, sweep_layer
 from app import figures
 from app.report import readable, report_files, report_zip
 
@@ -19,8 +19,8 @@ def _sweep() -> pd.DataFrame:
     frames = []
     for name in ("encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.value"):
         W = rng.normal(size=(48, 24)) @ np.diag(np.linspace(2.0, 0.1, 24))
-        frames.append(sweep_layer(W, ks=[1, 4], ranks=[2, 4], strategies=["id", "random"],
-                                  layer=name))
+        spec = SweepSpec(ks=[1, 4], ranks=[2, 4], strategies=["id", "random"])
+        frames.append(sweep_layer(W, spec, layer=name).table)
     return pd.concat(frames, ignore_index=True)
 
 
