@@ -21,6 +21,7 @@ PAGES = [
     ("views/lab_exercises.py", "Lab exercises", ":material/school:"),
     ("views/decomposition_lab.py", "Decomposition lab", ":material/grid_on:"),
     ("views/cluster_explorer.py", "Cluster explorer", ":material/scatter_plot:"),
+    ("views/layer_atlas.py", "Layer atlas", ":material/grid_view:"),
     ("views/fine_tune.py", "Fine-tune", ":material/model_training:"),
     ("views/export_import.py", "Export / import", ":material/download:"),
 ]

@@ -26,7 +26,7 @@ def test_main_renders_first_page_with_model_picker():
 
 def test_every_page_file_exists_and_switching_keeps_settings():
     for page in ("model_layers", "decomposition_lab", "cluster_explorer", "fine_tune",
-                 "export_import"):
+                 "export_import", "layer_atlas"):
         assert (APP / "views" / f"{page}.py").is_file()
         assert f'"views/{page}.py"' in (APP / "main.py").read_text()
     at = AppTest.from_file(MAIN, default_timeout=120)

@@ -1,0 +1,119 @@
+"""Layer atlas page: a whole-model scan as heatmaps (block x layer type); a cell opens that
+layer in the Decomposition lab."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from analysis.atlas import atlas_cells, read_atlas
+from analysis.scan import scan
+from analysis.sweep import SweepSpec
+from app.common import get_model, init_state, model_name
+
+LAB_PAGE = str(Path(__file__).resolve().parent / "decomposition_lab.py")
+TITLES = {"gain_vs_svd": "Gain of cluster-wise ID over SVD at the same r  (SVD(r) / ID; > 1: ID wins)",
+          "gap_vs_total": "Gap to SVD at rank k·r  (ID − SVD(k·r); ≥ 0 always)"}
+
+
+def open_in_lab(layer: str) -> None:
+    """Hand `layer` to the Decomposition lab and go there."""
+    st.session_state["lab_layers"] = [layer]
+    st.session_state["lab_focus_layer"] = layer
+    st.switch_page(LAB_PAGE)
+
+
+def heatmap(cells, column: str, key: str) -> None:
+    """Draw one block x type grid as square markers (clickable cells) coloured by `column`."""
+    types = list(dict.fromkeys(cells.sort_values("type", key=_kind_rank)["type"]))
+    values = cells[column].to_numpy(dtype=float)
+    mid = 1.0 if column == "gain_vs_svd" else None
+    fig = go.Figure(go.Scatter(
+        x=[types.index(t) for t in cells["type"]], y=cells["block"], mode="markers",
+        marker={"symbol": "square", "size": 26, "color": values, "showscale": True,
+                "colorscale": "RdBu" if mid else "Viridis", "cmid": mid,
+                "line": {"width": 0}},
+        customdata=np.stack([cells["layer"], cells["k"], cells["strategy"]], axis=1),
+        text=[f"{v:.3f}" for v in values],
+        hovertemplate="%{customdata[0]}<br>best k=%{customdata[1]}, %{customdata[2]}<br>"
+                      f"{column} = %{{text}}<extra></extra>",
+    ))
+    fig.update_layout(height=max(300, 30 * cells["block"].nunique() + 120), title=TITLES[column],
+                      xaxis={"tickvals": list(range(len(types))), "ticktext": types,
+                             "title": "layer type"},
+                      yaxis={"title": "block", "autorange": "reversed", "dtick": 1})
+    event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode="points")
+    points = (event or {}).get("selection", {}).get("points", []) if event else []
+    if points:
+        open_in_lab(str(points[0]["customdata"][0]))
+
+
+def _kind_rank(series):
+    from analysis.atlas import KIND_ORDER
+
+    return series.map({k: i for i, k in enumerate(KIND_ORDER)})
+
+
+init_state()
+st.title("Layer atlas")
+st.caption("A whole-model scan (`python -m analysis.scan --model DIR ... --out atlas.csv`), one "
+           "cell per layer: its best clustering (k, strategy) at rank r against global SVD. "
+           "Click a cell to open that layer in the Decomposition lab.")
+source = st.radio("Scan", ["Load a scan CSV", "Scan the current model here"], horizontal=True,
+                  key="atlas_source")
+table = st.session_state.get("atlas_table")
+if source == "Load a scan CSV":
+    c1, c2 = st.columns([3, 2])
+    path = c1.text_input("Scan CSV path", key="atlas_path", placeholder="atlas.csv")
+    upload = c2.file_uploader("or upload it", type=["csv"], key="atlas_upload")
+    if st.button("Load", key="atlas_load") and (path.strip() or upload is not None):
+        try:
+            table = read_atlas(upload if upload is not None else Path(path.strip()).expanduser())
+            st.session_state["atlas_table"] = table
+        except (OSError, ValueError) as exc:
+            st.error(f"Could not read the scan: {exc}")
+else:
+    loaded = get_model()
+    if loaded is None:
+        st.stop()
+    c1, c2, c3, c4 = st.columns(4)
+    ks = c1.multiselect("Clusters k", [1, 2, 4, 8, 16], default=[1, 4], key="atlas_ks")
+    ranks = c2.multiselect("Ranks r", [4, 8, 16, 32, 64], default=[16, 64], key="atlas_ranks")
+    strategies = c3.multiselect("Strategies", ["id", "centroid", "random"], default=["id"],
+                                key="atlas_strategies")
+    pattern = c4.text_input("Layers (regex, empty = all)", key="atlas_layers")
+    st.caption(f"{len(loaded.weights.linear)} linear layers; each is read alone, swept, cached "
+               "and released. Cached layers are not recomputed.")
+    if st.button("Run the scan", key="atlas_run", type="primary", disabled=not (ks and ranks and strategies)):
+        bar = st.progress(0.0, text="starting ...")
+        try:
+            table = scan(model_name(), SweepSpec(sorted(ks), sorted(ranks), strategies),
+                         layers=pattern.strip() or None,
+                         progress=lambda d, t, layer, hit: bar.progress(
+                             d / t, text=f"[{d}/{t}] {layer} ({'cached' if hit else 'swept'})"))
+            st.session_state["atlas_table"] = table
+        except ValueError as exc:
+            st.error(f"Could not scan: {exc}")
+
+if table is None:
+    st.info("Load a scan CSV or run a scan to see the atlas.")
+    st.stop()
+ranks = sorted(int(r) for r in table["r"].unique())
+r = st.select_slider("Rank r", ranks, value=ranks[-1], key="atlas_r")
+cells = atlas_cells(table, int(r))
+if cells.empty:
+    st.warning(f"No feasible (k, r = {r}) in this scan.")
+    st.stop()
+left, right = st.columns(2)
+with left:
+    heatmap(cells, "gain_vs_svd", "atlas_gain")
+with right:
+    heatmap(cells, "gap_vs_total", "atlas_gap")
+pick, go_button = st.columns([4, 1], vertical_alignment="bottom")
+layer = pick.selectbox("Layer", list(cells["layer"]), key="atlas_pick")
+if go_button.button("Open in the Decomposition lab", key="atlas_open"):
+    open_in_lab(layer)
+st.dataframe(cells, key="atlas_cells", hide_index=True)
