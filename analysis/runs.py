@@ -33,6 +33,7 @@ from idlora_core.training.run_files import (
     read_status,
     write_status,
 )
+from idlora_core.training.run_folder import pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,9 +145,13 @@ def run_state(handle: RunHandle) -> str:
 
     The process exit code wins over a stale `status.json` (a crash cannot update the file).
     """
-    status = read_status(handle.run_dir).get("state", "starting")
+    found = read_status(handle.run_dir)
+    status = found.get("state", "starting")
     proc = handle.process
-    if proc is None:
+    if proc is None:  # started elsewhere (the server's run queue): the recorded pid must live
+        pid = found.get("pid")
+        if status in ACTIVE_STATES and isinstance(pid, int) and not pid_alive(pid):
+            return "failed"
         return status
     code = proc.poll()
     if code is None:

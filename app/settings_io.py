@@ -20,7 +20,6 @@ kept across page switches by `common.init_state()`.
   ft_num_eval         64                 held-out evaluation examples per task
   ft_<train field>    TrainConfig        every field of idlora_core.config.TrainConfig
                                          (ft_steps, ft_batch_size, ft_learning_rate, ...)
-  ft_max_parallel     2                  Fine-tune: runs training at the same time
   ex_method           "idlora"           Export: the method written to the YAML
   ex_run_name         "my-run"           Export: output folder name inside the runs folder
   ex_normalize_rows   False              Export: cluster L2-normalised rows
@@ -77,7 +76,6 @@ DEFAULTS: dict[str, Any] = {
     "ft_tasks": [],
     "ft_num_train": 512,
     "ft_num_eval": 64,
-    "ft_max_parallel": 2,
     "ex_method": "idlora",
     "ex_run_name": "my-run",
     "ft_normalize_rows": False,

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = bench_config(args, method)
         print(f"== {method}: {cfg.train.steps} steps, batch {cfg.train.batch_size}, seq_len {cfg.train.seq_len}",
               flush=True)
-        result = run_training(cfg, progress=True)
+        result = run_training(cfg, progress=True, overwrite=True)  # a re-run replaces the last one
         if result.state != "finished":
             print(f"{method} run {result.state}: {result.message}", file=sys.stderr)
             return 1

@@ -25,6 +25,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -206,6 +207,14 @@ class RunConfig(_Strict):
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
     output_dir: str = Field("runs/default", description="folder for metrics, checkpoints, adapters")
+
+    @field_validator("output_dir", mode="before")
+    @classmethod
+    def _output_dir_named(cls, value: object) -> object:
+        # an empty value would put the run's files into the working directory
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise ValueError("output_dir is empty: name a folder for the run's files, e.g. runs/my-run")
+        return value
 
 
 _SECTIONS: dict[str, type[BaseModel]] = {

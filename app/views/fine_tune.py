@@ -3,20 +3,23 @@
 Runs are `python -m idlora_core.train` subprocesses (see `analysis/runs.py`), each in its own
 folder under the runs folder; this page only writes their configs, starts/cancels them and
 tails their `metrics.jsonl`. The live view is a fragment that polls only while a run of this
-session is active. Handles live in this browser tab's session state, so two tabs never touch
-each other's runs.
+session is active. Runs wait in the server's one queue (`analysis/run_queue.py`: one FIFO for
+all sessions, one limit, on disk under the runs folder, pumped by a server thread), so a closed
+tab loses nothing; this tab's tickets and handles live in its session state, so two tabs never
+touch each other's runs.
 """
 
 from __future__ import annotations
 
 import math
+import uuid
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 import torch
 
-from analysis import runs
+from analysis import run_queue, runs
 from app import figures, url_state
 from app import settings_io as sio
 from app.common import get_model, init_state, model_name, selected_layers, valid
@@ -28,8 +31,8 @@ LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3, 5e
                   3e-2, 5e-2, 1e-1)
 # Widget values survive page switches and fragment reruns (Streamlit >= 1.67).
 KEEP = {"persist_state": "session"}
-HANDLES = "ft_handles"  # list[RunHandle] started by this session
-QUEUE = "ft_queue"  # list[(label, RunConfig)] waiting for a free slot
+HANDLES = "ft_handles"  # list[RunHandle] of this session's started runs
+TICKETS = "ft_tickets"  # list[run_queue.Ticket] this session submitted to the server queue
 TAILS = "ft_tails"  # {run_dir: MetricsTail}
 LABELS = "ft_labels"  # {run name: label}
 
@@ -97,8 +100,8 @@ def _controls(loaded) -> list[str]:
         c3.number_input("alpha (scale alpha/r)", **sio.bounds("ft_alpha"), key="ft_alpha", **KEEP)
         c4.selectbox("Precision", ["auto", "fp32", "bf16", "fp16"], key="ft_precision", **KEEP)
         c1.selectbox("Device", ["auto", "cpu", "cuda"], key="ft_device", **KEEP)
-        c2.number_input("Runs at the same time", 1, 8, key="ft_max_parallel", **KEEP,
-                        help="Further runs wait in a queue (the CPU is shared).")
+        c2.caption(f"At most **{run_queue.max_runs()}** runs train at once on this server "
+                   "(all users; IDLORA_MAX_RUNS); further runs wait in one queue, first come first served.")
         st.caption(f"Runs are written to the server's runs folder `{sio.runs_root()}` "
                    "(IDLORA_RUNS_DIR, set where the app is started).")
     gpu = torch.cuda.is_available()
@@ -107,6 +110,18 @@ def _controls(loaded) -> list[str]:
                + " ID-LoRA keeps its k frozen projections at inference (the router depends on "
                "the input), so it cannot be merged into W like LoRA.")
     return layers
+
+
+@st.cache_resource(show_spinner=False)
+def _server_queue(root: str) -> run_queue.RunQueue:
+    """The server's run queue for the runs folder `root`, pumped by one thread per server process."""
+    queue = run_queue.RunQueue(root)
+    run_queue.QueueWorker(queue).start()
+    return queue
+
+
+def _queue() -> run_queue.RunQueue:
+    return _server_queue(str(sio.runs_root()))
 
 
 def _start_clicked(loaded, layers: list[str]) -> None:
@@ -119,26 +134,34 @@ def _start_clicked(loaded, layers: list[str]) -> None:
     if not planned:
         st.error("Pick at least one method.")
         return
-    state[QUEUE] = state.get(QUEUE, []) + planned
+    queue = _queue()
+    for label, cfg in planned:
+        try:
+            ticket = queue.submit(cfg, label=label, owner=state["ft_owner"])
+        except (OSError, ValueError) as exc:
+            st.error(f"Could not queue {label}: {exc}")
+            return
+        state[TICKETS].append(ticket)
+        state[LABELS][ticket.run_dir.name] = label
     _pump_queue()
 
 
 def _pump_queue() -> None:
-    """Start queued runs while fewer than `ft_max_parallel` of this session's runs are active."""
+    """Start what the server's limit allows (the server thread does it too, every second) and
+    add this session's newly started runs to its handles."""
     state = st.session_state
-    root = sio.runs_root()
-    active = sum(runs.run_state(h) in runs.ACTIVE_STATES for h in state[HANDLES])
-    while state.get(QUEUE) and active < int(state["ft_max_parallel"]):
-        label, cfg = state[QUEUE].pop(0)
-        try:
-            handle = runs.start_run(cfg, root)
-        except (OSError, ValueError) as exc:
-            st.error(f"Could not start {label}: {exc}")
-            state[QUEUE] = []
-            return
-        state[HANDLES].append(handle)
-        state[LABELS][handle.name] = label
-        active += 1
+    _queue().pump()
+    known = {h.run_dir for h in state[HANDLES]}
+    for ticket in state[TICKETS]:
+        if ticket.run_dir not in known and ticket.run_dir.is_dir():
+            state[HANDLES].append(runs.RunHandle(run_dir=ticket.run_dir, method=ticket.method))
+
+
+def _queued() -> list[tuple[str, int]]:
+    """Return (label, place in the server's queue) of this session's waiting runs."""
+    queue = _queue()
+    places = [(t.label, queue.place(t.id)) for t in st.session_state[TICKETS]]
+    return [(label, place) for label, place in places if place is not None]
 
 
 def _label(run_dir) -> str:
@@ -178,8 +201,13 @@ def _live_view(past: list) -> None:
     handles = list(state[HANDLES])
     dirs = [h.run_dir for h in handles] + [d for d in past if d not in {h.run_dir for h in handles}]
     if not dirs:
-        st.info("No runs yet: choose methods above and press **Start runs**, or reload past "
-                "runs from the runs folder (the box above).")
+        waiting = _queued()
+        if waiting:
+            st.info("Your runs wait in the server's queue: " + "; ".join(
+                f"{label} — place {place} of {len(_queue().waiting())}" for label, place in waiting))
+        else:
+            st.info("No runs yet: choose methods above and press **Start runs**, or reload past "
+                    "runs from the runs folder (the box above).")
         return
     frames = {_label(d): _metrics(d) for d in dirs}
     rows = []
@@ -190,10 +218,15 @@ def _live_view(past: list) -> None:
             row["state"] = runs.run_state(handle)
         rows.append({"label": _label(d)} | row)
     table = pd.DataFrame(rows)
-    queued = len(state.get(QUEUE, []))
+    waiting = _queued()
+    queued = len(waiting)
     active = int(table["state"].isin(runs.ACTIVE_STATES).sum())
     st.caption(f"{active} running, {queued} queued, {len(table) - active} done · "
                + ("updating every second" if active or queued else "idle"))
+    if waiting:
+        total = len(_queue().waiting())
+        st.caption("Waiting for a free slot (server queue, first come first served): "
+                   + "; ".join(f"{label} — place {place} of {total}" for label, place in waiting))
     methods = dict(zip(table["label"], table.get("method", pd.Series(dtype=str)), strict=False))
     chance = state.get("_ft_chance")
     with st.container(key="loss_chart"):  # CSS class st-key-loss_chart for browser tests
@@ -271,8 +304,9 @@ def main() -> None:
     init_state()
     sio.init_defaults(st.session_state)
     state = st.session_state
-    for key, empty in ((HANDLES, []), (QUEUE, []), (TAILS, {}), (LABELS, {})):
+    for key, empty in ((HANDLES, []), (TICKETS, []), (TAILS, {}), (LABELS, {})):
         state.setdefault(key, empty)
+    state.setdefault("ft_owner", uuid.uuid4().hex[:8])  # names this tab in the server queue
     st.header("Fine-tune")
     url_state.mirror("finetune")
     st.caption("Short runs of ID-LoRA, LoRA, DoRA, HydraLoRA and full fine-tuning on the same "
@@ -286,9 +320,8 @@ def main() -> None:
     if b1.button("Start runs", key="start_runs", type="primary"):
         _start_clicked(loaded, layers)
     if b2.button("Cancel my runs", key="cancel_runs"):
-        state[QUEUE] = []
-        n = sum(runs.cancel_run(h) for h in state[HANDLES])
-        st.toast(f"Asked {n} run(s) to stop after their current step; metrics are kept.")
+        n = sum(_queue().cancel(t.id) for t in state[TICKETS])
+        st.toast(f"Withdrew or asked {n} run(s) to stop (after their current step; metrics are kept).")
 
     root = sio.runs_root()
     mine = {h.run_dir for h in state[HANDLES]}
@@ -298,7 +331,8 @@ def main() -> None:
     past = [root / name for name in state["ft_past"]]
 
     active = any(runs.run_state(h) in runs.ACTIVE_STATES for h in state[HANDLES])
-    st.fragment(run_every=POLL_SECONDS if active or state[QUEUE] else None)(_live_view)(past)
+    waiting = any(_queue().place(t.id) is not None for t in state[TICKETS])
+    st.fragment(run_every=POLL_SECONDS if active or waiting else None)(_live_view)(past)
 
 
 main()

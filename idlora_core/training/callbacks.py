@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import resource
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,14 +31,35 @@ def peak_memory_mb(device: torch.device | str) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
+class RunCancelled(BaseException):
+    """A stop request ended work that has nothing to checkpoint (loading, data, evaluation).
+
+    A BaseException, like KeyboardInterrupt: raised from a signal handler anywhere in the
+    loading code, it must not be caught and re-wrapped by a library's `except Exception`."""
+
+
 class StopFlag:
-    """A stop request set from a signal handler and read by the training callback."""
+    """A stop request set from a signal handler and read by the training callback.
+
+    While `immediate` is True (the run is loading its model and data: no step to finish),
+    `request()` raises RunCancelled at once, so a signal handler interrupts any loop;
+    `check()` raises it in loops that poll the flag (tokenisation, evaluation).
+    """
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.immediate = False
 
     def request(self, reason: str) -> None:
         self.reason = reason
+        if self.immediate and threading.current_thread() is threading.main_thread():
+            self.immediate = False  # a signal handler runs here: interrupt the loading at once
+            raise RunCancelled(reason)
+
+    def check(self) -> None:
+        """Raise RunCancelled when a stop was requested."""
+        if self.reason is not None:
+            raise RunCancelled(self.reason)
 
     @property
     def requested(self) -> bool:
@@ -100,10 +122,14 @@ class MetricsCallback(TrainerCallback):
         if self.stop.requested:
             control.should_training_stop = True
             control.should_save = True
-        if final or due or self.stop.requested:
-            self.pending_eval = self.evaluate(model)
-            self.last_eval = dict(self.pending_eval)
-            control.should_log = True
+        if (final or due) and not self.stop.requested:  # a stop skips evaluation: cancel is quick
+            try:
+                self.pending_eval = self.evaluate(model)
+                self.last_eval = dict(self.pending_eval)
+            except RunCancelled:  # stop requested during the evaluation: leave it unfinished
+                self.pending_eval = {}
+                control.should_training_stop = control.should_save = True
+        control.should_log = control.should_log or final or due or self.stop.requested
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):

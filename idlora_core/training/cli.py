@@ -1,8 +1,10 @@
-"""Command line: `python -m idlora_core.train CONFIG.yaml [--set train.steps=50 ...] [--resume]`.
+"""Command line: `python -m idlora_core.train CONFIG.yaml [--set train.steps=50 ...] [--resume | --overwrite]`.
 
 The same command runs data-parallel under `accelerate launch --num_processes N -m
 idlora_core.train CONFIG.yaml` (add `--cpu` for gloo on CPUs). SIGINT/SIGTERM stop the run
-after the current step with a checkpoint; a second SIGINT aborts at once.
+after the current step with a checkpoint (at once while the model and data load); a second
+SIGINT aborts at once. The output folder is locked for the run and never overwritten without
+--overwrite (see training/run_folder.py).
 Exit codes: 0 finished, 1 failed (bad config, NaN loss, error), 130 cancelled.
 """
 
@@ -12,7 +14,6 @@ import argparse
 import signal
 import sys
 import traceback
-from pathlib import Path
 
 from idlora_core.config import ConfigError, apply_overrides, load_config
 from idlora_core.training.callbacks import StopFlag
@@ -29,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="override a config field, e.g. --set train.steps=50 (repeatable)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the last checkpoint in OUTPUT/checkpoints")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in the output folder (its files are moved to "
+                             "OUTPUT/replaced-<time>/ once the new run has loaded)")
     parser.add_argument("--output-dir", help="shorthand for --set output_dir=DIR")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
@@ -41,8 +45,11 @@ def install_signal_handlers(stop: StopFlag) -> None:
         name = signal.Signals(signum).name
         if stop.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        stop.request(name)
-        print(f"\n{name} received: stopping after the current step (checkpoint kept)", file=sys.stderr)
+        if stop.immediate:
+            print(f"\n{name} received: stopping now (training has not started)", file=sys.stderr)
+        else:
+            print(f"\n{name} received: stopping after the current step (checkpoint kept)", file=sys.stderr)
+        stop.request(name)  # raises RunCancelled while the model and data load
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
@@ -83,30 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     from idlora_core.training.trainer import run_training
 
     try:
-        result = run_training(config, resume=args.resume, stop=stop, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        _record(config.output_dir, "cancelled", "interrupted (second SIGINT) without a final checkpoint")
+        result = run_training(config, resume=args.resume, overwrite=args.overwrite, stop=stop,
+                              progress=not args.no_progress)
+    except KeyboardInterrupt:  # status.json written by run_training when the folder was ours
         return 130
-    except Exception as exc:  # noqa: BLE001 - reported in status.json for the UI, then exit 1
+    except Exception as exc:  # noqa: BLE001 - status.json written by run_training, then exit 1
         if not isinstance(exc, (ValueError, OSError)):
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
-        _record(config.output_dir, "failed", f"{type(exc).__name__}: {exc}")
         return 1
     stream = sys.stdout if result.state == "finished" else sys.stderr
     print(f"{result.state}: {result.message}", file=stream)
     print(f"outputs: {result.output_dir}", file=stream)
     return {"finished": 0, "cancelled": 130}.get(result.state, 1)
-
-
-def _record(output_dir: str, state: str, message: str) -> None:
-    """Write status.json for a run that ended outside the trainer (main process only)."""
-    import os
-
-    from idlora_core.training.run_files import write_status
-
-    if Path(output_dir).is_dir() and os.environ.get("RANK", "0") == "0":
-        write_status(output_dir, state, message)
 
 
 if __name__ == "__main__":

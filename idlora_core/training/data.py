@@ -9,6 +9,7 @@ This file does not know what the tasks contain, nor how training runs.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -120,10 +121,15 @@ class PadCollator:
 
 
 def build_train_dataset(tokenizer, tasks: list[TaskData], weights: list[float], seq_len: int,
-                        seed: int) -> EncodedDataset:
-    """Return the mixed, encoded training set of all tasks."""
+                        seed: int, check: Callable[[], None] | None = None) -> EncodedDataset:
+    """Return the mixed, encoded training set of all tasks.
+
+    check() is called every 256 examples; whatever it raises (a stop request) ends the work.
+    """
     mixed = mix_examples(tasks, weights, seed)
     items = []
-    for i, ex in mixed:
+    for n, (i, ex) in enumerate(mixed):
+        if check is not None and n % 256 == 0:
+            check()
         items.extend(encode(tokenizer, tasks[i], [ex], seq_len))
     return EncodedDataset(items)

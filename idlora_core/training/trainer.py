@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +29,13 @@ from idlora_core.tasks import TaskData, load_tasks
 from idlora_core.training.callbacks import (
     MetricsCallback,
     ProgressCallback,
+    RunCancelled,
     StopFlag,
     peak_memory_mb,
 )
 from idlora_core.training.data import PadCollator, build_train_dataset
 from idlora_core.training.evaluate import evaluate_tasks
 from idlora_core.training.run_files import (
-    METRICS_FILE,
     RUN_FILE,
     append_metrics,
     truncate_metrics,
@@ -44,6 +43,7 @@ from idlora_core.training.run_files import (
     write_json_atomic,
     write_status,
 )
+from idlora_core.training.run_folder import CHECKPOINT_CONFIG, RunFolder, check_resume_config
 
 CHECKPOINT_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
@@ -158,6 +158,7 @@ class AdapterTrainer(Trainer):
     """A Trainer whose checkpoints hold only the trainable tensors, and which notes non-finite losses."""
 
     nonfinite_step: int | None = None
+    run_config_text: str = ""  # the run's YAML, saved in every checkpoint (checked by --resume)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -173,6 +174,9 @@ class AdapterTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(tensors, os.path.join(output_dir, TRAINABLE_FILE))
+        if self.run_config_text:
+            with open(os.path.join(output_dir, CHECKPOINT_CONFIG), "w", encoding="utf-8") as fh:
+                fh.write(self.run_config_text)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         model = self.accelerator.unwrap_model(model or self.model)
@@ -225,53 +229,86 @@ def training_arguments(config: RunConfig, device: str, precision: str) -> Traini
     )
 
 
-def _clear_previous_run(output_dir: Path) -> None:
-    """Remove the files of an earlier run in `output_dir` (only the ones a run writes)."""
-    for name in (METRICS_FILE, RUN_FILE):
-        (output_dir / name).unlink(missing_ok=True)
-    for name in (CHECKPOINT_DIR, ADAPTER_DIR):
-        if (output_dir / name).is_dir():
-            shutil.rmtree(output_dir / name)
-
-
-def run_training(config: RunConfig, *, resume: bool = False, stop: StopFlag | None = None,
-                 progress: bool = True, callbacks: list | None = None, source=None) -> RunResult:
+def run_training(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
+                 stop: StopFlag | None = None, progress: bool = True,
+                 callbacks: list | None = None, source=None) -> RunResult:
     """Train `config` and return how the run ended; every file goes under `config.output_dir`.
 
-    resume=True continues from the last checkpoint in OUTPUT/checkpoints (ValueError when
-    there is none). A stop request on `stop` ends the run after the current step with a
-    checkpoint (state 'cancelled'); a NaN/inf loss ends it with state 'failed'.
+    The output folder is locked for the run (a second run into it fails at once, naming this
+    one). A folder that already holds a run is refused unless `overwrite` (its files are then
+    moved to `replaced-<time>/` once the new config, model and data have loaded) or `resume`.
+    resume=True continues from the last checkpoint in OUTPUT/checkpoints (RunFolderError when
+    there is none or the config differs from the checkpoint's). A stop request on `stop` ends
+    the run after the current step with a checkpoint (state 'cancelled'), or at once while the
+    model and data load; a NaN/inf loss ends it with state 'failed'.
     `callbacks`: extra transformers TrainerCallbacks (hooks for tests and tools); `source`: see
     `build_model`. Method `base` trains nothing: the model is evaluated once (step 0).
     """
     stop = stop or StopFlag()
-    output_dir = Path(config.output_dir)
     device, precision = resolve_device(config.train)
     args = training_arguments(config, device, precision)
     main = args.process_index == 0
+    folder = RunFolder(config.output_dir, overwrite=overwrite, resume=resume)
+    if main:
+        folder.acquire()
+    try:
+        return _run_locked(config, folder, args, device, precision, main, resume=resume, stop=stop,
+                           progress=progress, callbacks=callbacks, source=source)
+    except RunCancelled:
+        stop.immediate = False
+        message = f"stopped by {stop.reason} before training started; nothing to keep"
+        if main and folder.claimed:
+            write_status(folder.path, "cancelled", message)
+        return RunResult("cancelled", message, folder.path, 0)
+    except BaseException as exc:
+        stop.immediate = False
+        if main and folder.claimed and not isinstance(exc, KeyboardInterrupt):
+            write_status(folder.path, "failed", f"{type(exc).__name__}: {exc}")
+        elif main and folder.claimed:
+            write_status(folder.path, "cancelled", "interrupted (second SIGINT) without a final checkpoint")
+        raise
+    finally:
+        folder.release()
+
+
+def _run_locked(config: RunConfig, folder: RunFolder, args: TrainingArguments, device: str,
+                precision: str, main: bool, *, resume: bool, stop: StopFlag, progress: bool,
+                callbacks: list | None, source=None) -> RunResult:
+    """The body of `run_training`, with the output folder locked (main process)."""
+    output_dir = folder.path
     checkpoint = None
     if resume:
         checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
         if checkpoint is None:
             raise ValueError(f"--resume: no checkpoint in {args.output_dir}; start the run without --resume")
-    elif main:
-        _clear_previous_run(output_dir)
-    if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        config = check_resume_config(config, output_dir, checkpoint)  # refuses before any write
+        folder.claim()
+    if main and folder.claimed:
         write_status(output_dir, "running", "loading model and data", max_steps=config.train.steps)
+    stop.immediate = True  # nothing to checkpoint yet: a stop request ends the run at once
+    stop.check()
     tasks = load_tasks(config.tasks, seed=config.train.seed)
     model, tokenizer, report = build_model(config, tasks, source)
     trainable, total = count_params(model)
     train_set = build_train_dataset(tokenizer, tasks, [t.weight for t in config.tasks],
-                                    config.train.seq_len, config.train.seed)
+                                    config.train.seq_len, config.train.seed, check=stop.check)
+    stop.immediate = False
+    stop.check()
+    if main and not folder.claimed:
+        folder.claim()  # config, model and data loaded: only now move an earlier run aside
+        write_status(output_dir, "running", "model and data loaded", max_steps=config.train.steps)
     autocast = (torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
                 if precision in ("bf16", "fp16") else contextlib.nullcontext())
 
     def evaluate(model_: torch.nn.Module) -> dict[str, float]:
         with autocast:
             return evaluate_tasks(model_, tokenizer, tasks, seq_len=config.train.seq_len,
-                                  batch_size=config.train.batch_size * 2, device=args.device)
+                                  batch_size=config.train.batch_size * 2, device=args.device,
+                                  check=stop.check)
 
+    if config.adapter.method == "base":
+        return _evaluate_only(config, model, report, evaluate, trainable, total, device, precision,
+                              args.world_size, main)
     if config.adapter.method == "base":
         return _evaluate_only(config, model, report, evaluate, trainable, total, device, precision,
                               args.world_size, main)
@@ -290,6 +327,7 @@ def run_training(config: RunConfig, *, resume: bool = False, stop: StopFlag | No
     for cb in callbacks or []:
         trainer.add_callback(cb)
     summary = _summary(config, report, device, precision, args.world_size)
+    trainer.run_config_text = dumps_config(RunConfig.model_validate(summary["config"]))
     if main:
         if checkpoint:
             truncate_metrics(output_dir, int(Path(checkpoint).name.split("-")[-1]))

@@ -50,7 +50,7 @@ def wait_health(url: str, timeout_s: float) -> bool:
 
 def start_app(port: int, runs_dir: Path, log_path: Path) -> subprocess.Popen:
     """Start the Streamlit app headless on `port` (argument list, no shell); return the process."""
-    env = dict(os.environ, IDLORA_RUNS_DIR=str(runs_dir), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, IDLORA_RUNS_DIR=str(runs_dir), IDLORA_MAX_RUNS="2", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "main.py"),
            "--server.headless", "true", "--server.port", str(port),
            "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",

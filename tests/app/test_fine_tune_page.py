@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,16 @@ def plotly_array(value) -> np.ndarray:
     if isinstance(value, dict) and "bdata" in value:
         return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
     return np.asarray(value)
+
+
+@pytest.fixture(autouse=True)
+def _no_queue_left_running():
+    """The page starts the server's queue thread; stop it after each test so that no waiting
+    run is started once the fake process is gone."""
+    yield
+    from analysis import run_queue
+
+    run_queue.stop_workers()
 
 
 @pytest.fixture
@@ -105,6 +116,8 @@ def test_two_sessions_start_runs_in_their_own_folders(tmp_path, monkeypatch):
     started = []
 
     class FakePopen:  # a training process that is still running
+        pid = os.getpid()  # alive for as long as the test runs
+
         def __init__(self, cmd, **kwargs):
             started.append(cmd)
 
@@ -112,6 +125,7 @@ def test_two_sessions_start_runs_in_their_own_folders(tmp_path, monkeypatch):
             return None
 
     monkeypatch.setattr(runs.subprocess, "Popen", FakePopen)
+    monkeypatch.setenv("IDLORA_MAX_RUNS", "3")
     tabs = [AppTest.from_file(PAGE, default_timeout=60) for _ in range(2)]
     for at, methods in zip(tabs, (["idlora"], ["lora", "dora"]), strict=True):
         monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
@@ -126,3 +140,35 @@ def test_two_sessions_start_runs_in_their_own_folders(tmp_path, monkeypatch):
     # each tab's live table lists its own runs only
     assert tabs[0].dataframe[0].value["method"].tolist() == ["idlora"]
     assert tabs[1].dataframe[0].value["method"].tolist() == ["lora", "dora"]
+
+
+def test_global_limit_queues_runs_of_all_sessions_and_shows_places(tmp_path, monkeypatch):
+    """Issue 8 #8: one limit for the server; a second tab waits and sees its place in line."""
+    from analysis import runs
+
+    started = []
+
+    class FakePopen:  # training processes that keep running
+        pid = os.getpid()
+
+        def __init__(self, cmd, **kwargs):
+            started.append(cmd)
+
+        def poll(self):
+            return None
+
+    monkeypatch.setattr(runs.subprocess, "Popen", FakePopen)
+    monkeypatch.setenv("IDLORA_MAX_RUNS", "1")
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
+    tabs = [AppTest.from_file(PAGE, default_timeout=60) for _ in range(2)]
+    for at, methods in zip(tabs, (["idlora", "lora"], ["dora"]), strict=True):
+        at.session_state["ft_methods"] = methods
+        at.run()
+        at.button(key="start_runs").click().run()
+        assert not at.exception
+    assert len(started) == 1  # one run on the whole server
+    assert len(tabs[0].session_state["ft_handles"]) == 1 and tabs[1].session_state["ft_handles"] == []
+    shown = " ".join(i.value for i in tabs[1].info)
+    assert "DoRA r=8 — place 2 of 2" in shown
+    first = " ".join(c.value for c in tabs[0].run().caption)
+    assert "LoRA r=8 — place 1 of 2" in first and "1 running, 1 queued" in first
