@@ -105,7 +105,7 @@ def test_launcher_files_do_not_count_as_a_run(tmp_path):
         RunFolder(out).acquire()
 
 
-@pytest.mark.parametrize("value", ["", "  "])
+@pytest.mark.parametrize("value", ["", "  ", "''", '""'])
 def test_empty_output_dir_is_refused(tmp_path, monkeypatch, capsys, value):
     """`--set output_dir=""` used to clear run files from the working directory."""
     monkeypatch.chdir(tmp_path)
