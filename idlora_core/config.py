@@ -70,9 +70,13 @@ Number = Annotated[float, BeforeValidator(_refuse_bool), Field(allow_inf_nan=Fal
 class ConfigError(ValueError):
     """A configuration that failed validation; `errors` holds one readable line per problem."""
 
+    MAX_SHOWN = 50  # lines in the message; `errors` keeps them all
+
     def __init__(self, errors: list[str]):
         self.errors = errors
-        super().__init__("invalid configuration:\n" + "\n".join(f"  - {e}" for e in errors))
+        shown = errors[: self.MAX_SHOWN] + (
+            [f"... and {len(errors) - self.MAX_SHOWN:,} more"] if len(errors) > self.MAX_SHOWN else [])
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {e}" for e in shown))
 
 
 class _Strict(BaseModel):

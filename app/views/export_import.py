@@ -154,7 +154,9 @@ def _import_text(text: str, source: str, extra: dict | None = None) -> None:
         cfg = loads_config(text)
     except ConfigError as exc:
         st.error(f"{source} is not a valid configuration:\n\n"
-                 + "\n".join(f"- `{e}`" for e in exc.errors)
+                 + "\n".join(f"- `{e}`" for e in exc.errors[: ConfigError.MAX_SHOWN])
+                 + (f"\n- ... and {len(exc.errors) - ConfigError.MAX_SHOWN:,} more"
+                    if len(exc.errors) > ConfigError.MAX_SHOWN else "")
                  + "\n\nFix these fields (see the exported YAML above for the schema).")
         return
     values = sio.settings_from_config(cfg, set_model_name(cfg.model.name))

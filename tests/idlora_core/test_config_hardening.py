@@ -73,6 +73,14 @@ def test_loader_errors_are_one_line(text, expect):
     assert expect in str(info.value) and "\n" not in str(info.value)
 
 
+def test_many_errors_are_counted_not_all_printed():
+    text = "model:\n" + "".join(f"  k{i}: {i}\n" for i in range(10_000))
+    with pytest.raises(ConfigError) as info:
+        loads_config(text)
+    assert len(info.value.errors) == 10_000
+    assert "... and 9,950 more" in str(info.value) and len(str(info.value)) < 5000
+
+
 def test_shown_values_are_capped():
     huge = "x" * 1_000_000
     assert len(shorten(huge)) < 240
