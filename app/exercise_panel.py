@@ -11,11 +11,12 @@ import streamlit as st
 
 from analysis.exercises import SELECTED, Exercise, load_exercises, preset_layers
 from app import settings_io as sio
+from app import url_state
 from app.common import DEFAULTS, apply_settings, open_named
 
 MODEL_KEYS = ("model_choice", "model_path", "trust_remote_code")
-PAGE_FILES = {"Decomposition lab": "views/decomposition_lab.py",
-              "Cluster explorer": "views/cluster_explorer.py"}
+PAGE_FILES = {"Decomposition lab": ("views/decomposition_lab.py", "lab"),
+              "Cluster explorer": ("views/cluster_explorer.py", "explorer")}
 
 
 @st.cache_resource(show_spinner=False)
@@ -50,8 +51,11 @@ def preset_values(ex: Exercise) -> dict[str, Any]:
 
 def start(ex: Exercise) -> None:
     """Apply the preset of `ex` and open its page (the settings apply before any widget)."""
-    st.session_state["_pending_settings"] = preset_values(ex)
-    st.switch_page(PAGE_FILES.get(ex.page, "views/decomposition_lab.py"))
+    values = preset_values(ex)
+    st.session_state["_pending_settings"] = values
+    path, url_page = PAGE_FILES.get(ex.page, PAGE_FILES["Decomposition lab"])
+    # the page's choices go into the new URL at once (a refresh or a shared link keeps them)
+    st.switch_page(path, query_params=url_state.params_for(url_page, values))
 
 
 def reset() -> None:

@@ -51,15 +51,17 @@ def _log_axis(fig: go.Figure, values, axis: str = "yaxis") -> None:
                               "ticktext": [f"{t:g}" for t in ticks], "minor": {"showgrid": False}}})
 
 
-def heatmap(grid: pd.DataFrame, lo: float, hi: float) -> go.Figure:
-    """Return the k x r heatmap of relative errors (`analysis.views.heatmap_grid`)."""
+def heatmap(grid: pd.DataFrame, lo: float, hi: float, colorbar: bool = True) -> go.Figure:
+    """Return the k x r heatmap of relative errors (`analysis.views.heatmap_grid`); all
+    heatmaps of a page share lo..hi, so one colour bar (`colorbar`) serves them all."""
     fig = px.imshow(grid.to_numpy(), x=[str(r) for r in grid.columns],
                     y=[str(k) for k in grid.index], text_auto=".3f", aspect="auto", zmin=lo,
                     zmax=hi, color_continuous_scale="Viridis_r")
     fig.update_traces(hovertemplate="k = %{y}, r = %{x}<br>relative error %{z:.3f}<extra></extra>")
-    fig.update_xaxes(type="category", title="rank r (rows per cluster)")
-    fig.update_yaxes(type="category", title="clusters k")
-    fig.update_layout(height=340, margin=TOP_MARGIN, coloraxis_colorbar={"title": "rel. error"})
+    fig.update_xaxes(type="category", title="rank r (rows per cluster)", showgrid=False)
+    fig.update_yaxes(type="category", title="clusters k", showgrid=False)
+    fig.update_layout(height=340, margin=TOP_MARGIN, coloraxis_showscale=colorbar,
+                      coloraxis_colorbar={"title": "rel. error", "thickness": 12})
     return fig
 
 

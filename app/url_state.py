@@ -86,13 +86,19 @@ def restore() -> None:
                 continue
 
 
+def params_for(page: str, values: Any) -> dict[str, str]:
+    """Return the URL parameters of `page` (a PAGE_KEYS name) for the settings in `values`
+    (a mapping such as st.session_state): those that differ from their defaults."""
+    kinds = SHARED | PAGE_KEYS[page]
+    return {key: encode(values[key], kind) for key, kind in kinds.items()
+            if key in values and values[key] is not None and values[key] != _default(key)}
+
+
 def mirror(page: str) -> None:
     """Write the settings of `page` (a PAGE_KEYS name) that differ from their defaults into
     the URL, replacing what another page wrote there."""
     state = st.session_state
     state[_DONE] = True  # a page opened without main.py never restores later
-    kinds = SHARED | PAGE_KEYS[page]
-    wanted = {key: encode(state[key], kind) for key, kind in kinds.items()
-              if key in state and state[key] is not None and state[key] != _default(key)}
+    wanted = params_for(page, state)
     if wanted != st.query_params.to_dict():
         st.query_params.from_dict(wanted)

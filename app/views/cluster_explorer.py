@@ -31,7 +31,7 @@ if not umap_is_warm() and not os.environ.get("IDLORA_NO_UMAP_WARM"):
     warm_umap_async()  # compile UMAP in the background while the user looks at PCA
 
 names = ensure_layer("explorer_layer", loaded)
-c1, c2, c3, c4, c5, c6 = st.columns([3.4, 0.9, 0.9, 1.2, 1.2, 1.3])
+c1, c2, c3, c4, c5, c6 = st.columns([3, 0.9, 0.9, 1.2, 1.6, 1.3])
 c1.selectbox("Layer", names, key="explorer_layer")
 c2.number_input("Clusters k", 1, 256, step=1, key="explorer_k")
 c3.number_input("Rank r", 1, 512, step=1, key="explorer_r",
@@ -191,7 +191,8 @@ fig.add_trace(go.Scatter(x=best["cluster"], y=best["svd_same_r"], mode="markers"
                          marker={"symbol": "line-ew-open", "size": 22, "color": "black",
                                  "line": {"width": 3}}))
 fig.update_layout(xaxis_title="cluster", yaxis_title="‖W_c − Ŵ_c‖_F / ‖W_c‖_F (linear)",
-                  height=380, margin=TOP_MARGIN, legend_title_text="",
+                  height=420, margin=TOP_MARGIN, legend_title_text="",
+                  legend={"orientation": "h", "y": -0.25},
                   xaxis={"type": "category", "tickmode": "linear"})
 b.plotly_chart(fig, key="explorer_errors")
 b.caption("The black mark is the best any rank-r approximation of that cluster can do "

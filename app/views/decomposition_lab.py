@@ -65,7 +65,7 @@ with st.container(border=True):
     use.button(f"Use the {len(chosen)} selected layers", key="lab_use_selected",
                on_click=_use_selected, args=(chosen,), disabled=not chosen,
                help="The layers chosen by type and block range on the Model & layers page.")
-    c1, c2, c3, c4, c5 = st.columns([2, 3, 2, 1.4, 1])
+    c1, c2, c3, c4, c5 = st.columns([2, 2.6, 2, 1.8, 1])
     c1.multiselect("Clusters k", K_OPTIONS, key="lab_ks")
     c2.multiselect("Ranks r", R_OPTIONS, key="lab_ranks")
     c3.multiselect("Strategies", list(STRATEGIES), key="lab_strategies",
@@ -134,7 +134,8 @@ with plot:
     lo, hi = one["rel_fro_error"].min(), one["rel_fro_error"].max()
     for col, strategy in zip(cols, strategies, strict=True):
         col.markdown(f"**strategy: {strategy}**")
-        col.plotly_chart(figures.heatmap(heatmap_grid(one, strategy), lo, hi),
+        col.plotly_chart(figures.heatmap(heatmap_grid(one, strategy), lo, hi,
+                                         colorbar=strategy == strategies[-1]),
                          key=f"lab_heatmap_{strategy}")
 with text:
     st.markdown(
