@@ -16,7 +16,7 @@ def _no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model must not load for a bad request")
 
-    monkeypatch.setattr(sweep_cli, "load_model", refuse)
+    monkeypatch.setattr(sweep_cli, "open_weights", refuse)
 
 
 def _argparse_error(capsys, argv) -> str:
@@ -31,7 +31,7 @@ def _argparse_error(capsys, argv) -> str:
     ("1e21", "ks must be integers, got '1e21'"),
     (str(10**21), "ks must be at most 1,000,000"),
     ("2,x", "ks must be integers"),
-    ("", "ks must be integers, got ''"),
+    ("", "argument --ks: ks must"),
 ])
 def test_bad_grid_values_are_argparse_errors(capsys, tmp_path, ks, expect):
     err = _argparse_error(capsys, ["--layer", LAYER, "--ks", ks, "--out", str(tmp_path / "a.csv")])
