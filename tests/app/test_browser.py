@@ -81,16 +81,26 @@ def app_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
+def browser():
+    """One headless Chromium for the module (playwright allows one sync session at a time)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} missing: install Debian's chromium (make browser-deps)")
+    pytest.importorskip("playwright.sync_api", reason="playwright-python is not installed")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1400, "height": 2200})
-        pg = context.new_page()
-        pg.set_default_timeout(60_000)
-        yield pg
-        browser.close()
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url, browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 2200})
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    yield pg
+    context.close()
 
 
 def shot(page, name: str) -> None:
@@ -197,49 +207,41 @@ def _declared_pages() -> list[tuple[str, str]]:
     raise AssertionError("app/main.py has no PAGES list")
 
 
-def test_every_page_url_opened_first_on_a_fresh_server_keeps_the_app(tmp_path):
+def test_every_page_url_opened_first_on_a_fresh_server_keeps_the_app(browser, tmp_path):
     # Streamlit's legacy `pages/` discovery used to take over a deep link opened as the first
     # request: raw file names in the sidebar, no model picker. st.navigation must own every URL.
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} missing: install Debian's chromium (make browser-deps)")
-    pytest.importorskip("playwright.sync_api", reason="playwright-python is not installed")
-    from playwright.sync_api import sync_playwright
-
     ARTIFACTS.mkdir(exist_ok=True)
     pages = _declared_pages()
     titles = [title for _, title in pages]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    for url_path, title in pages[1:]:  # one fresh server per page; the first is at "/"
+        port = free_port()
+        proc = start_app(port, tmp_path / "runs", ARTIFACTS / f"deeplink-{url_path}.log")
+        url = f"http://127.0.0.1:{port}"
         try:
-            for url_path, title in pages[1:]:  # the first page is the default one at "/"
-                port = free_port()
-                proc = start_app(port, tmp_path / "runs", ARTIFACTS / f"deeplink-{url_path}.log")
-                url = f"http://127.0.0.1:{port}"
-                try:
-                    assert wait_health(url, 60), f"server for /{url_path} did not start"
-                    pg = browser.new_context(viewport={"width": 1400, "height": 1200}).new_page()
-                    pg.set_default_timeout(60_000)
-                    goto(pg, f"{url}/{url_path}")
-                    sidebar = pg.locator("[data-testid='stSidebar']")
-                    sidebar.get_by_text("Model", exact=True).first.wait_for()
-                    nav_text = sidebar.locator("[data-testid='stSidebarNav']").inner_text()
-                    for expected in titles:
-                        assert expected in nav_text, (url_path, nav_text)
-                    assert "main" not in nav_text.split("\n"), nav_text  # no legacy file names
-                    assert pg.locator(".st-key-model_choice").count() == 1, url_path
-                    current = pg.locator("[data-testid='stSidebarNav'] a[aria-current='page']")
-                    assert title in current.inner_text(), (url_path, current.inner_text())
-                    pg.locator("[data-testid='stMain'] :is(h1, h2)").first.wait_for(timeout=120_000)
-                    no_exception(pg)
-                    shot(pg, f"deeplink_{url_path}")
-                finally:
-                    proc.terminate()
-                    try:
-                        proc.wait(20)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
+            assert wait_health(url, 60), f"server for /{url_path} did not start"
+            context = browser.new_context(viewport={"width": 1400, "height": 1200})
+            pg = context.new_page()
+            pg.set_default_timeout(60_000)
+            goto(pg, f"{url}/{url_path}")
+            sidebar = pg.locator("[data-testid='stSidebar']")
+            sidebar.get_by_text("Model", exact=True).first.wait_for()
+            nav_text = sidebar.locator("[data-testid='stSidebarNav']").inner_text()
+            for expected in titles:
+                assert expected in nav_text, (url_path, nav_text)
+            assert "main" not in nav_text.split("\n"), nav_text  # no legacy file names
+            assert pg.locator(".st-key-model_choice").count() == 1, url_path
+            current = pg.locator("[data-testid='stSidebarNav'] a[aria-current='page']")
+            assert title in current.inner_text(), (url_path, current.inner_text())
+            pg.locator("[data-testid='stMain'] :is(h1, h2)").first.wait_for(timeout=120_000)
+            no_exception(pg)
+            shot(pg, f"deeplink_{url_path}")
+            context.close()
         finally:
-            browser.close()
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def test_each_lab_exercise_in_a_real_browser(page, app_url):
