@@ -40,7 +40,7 @@ def log_ticks(values: pd.Series | list[float]) -> list[float]:
     if not positive:
         return []
     lo, hi = min(positive), max(positive)
-    ticks = [m * 10.0**e for e in range(-6, 7) for m in (1, 2, 3, 5)]
+    ticks = [float(f"{m}e{e}") for e in range(-6, 7) for m in (1, 2, 3, 5)]
     chosen = [t for t in ticks if lo / 1.5 <= t <= hi * 1.5]
     return chosen or [lo, hi]
 

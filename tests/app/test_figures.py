@@ -1,0 +1,61 @@
+"""The lab's figures: fine-tune charts (chance line, a colour per method, no empty axes, a
+y-range from 0), log ticks without minor labels, bar charts on linear axes."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from app import figures
+
+
+def _frames() -> dict[str, pd.DataFrame]:
+    steps = list(range(1, 6))
+    return {
+        "ID-LoRA r=8 k=4": pd.DataFrame({"step": steps, "loss": [0.72, 0.70, 0.69, 0.685, 0.68]}),
+        "ID-LoRA r=16 k=4": pd.DataFrame({"step": steps, "loss": [0.72, 0.70, 0.69, 0.684, 0.68]}),
+        "LoRA r=8": pd.DataFrame({"step": steps, "loss": [0.72, 0.69, 0.67, 0.66, 0.646]}),
+        "DoRA r=8": pd.DataFrame({"step": [], "loss": []}),  # started, nothing logged yet
+    }
+
+
+METHODS = {"ID-LoRA r=8 k=4": "idlora", "ID-LoRA r=16 k=4": "idlora", "LoRA r=8": "lora",
+           "DoRA r=8": "dora"}
+
+
+def test_loss_figure_colours_by_method_and_draws_the_chance_level():
+    fig = figures.loss_figure(_frames(), METHODS, math.log(2))
+    traces = {t.name: t for t in fig.data}
+    assert set(traces) == {"ID-LoRA r=8 k=4", "ID-LoRA r=16 k=4", "LoRA r=8"}  # DoRA: no data yet
+    assert traces["ID-LoRA r=8 k=4"].line.color == traces["ID-LoRA r=16 k=4"].line.color
+    assert traces["ID-LoRA r=8 k=4"].line.dash != traces["ID-LoRA r=16 k=4"].line.dash
+    assert traces["LoRA r=8"].line.color != traces["ID-LoRA r=8 k=4"].line.color
+    (line,) = fig.layout.shapes
+    assert math.isclose(line.y0, math.log(2)) and "ln 2" in fig.layout.annotations[0].text
+    assert figures.loss_figure({"DoRA r=8": _frames()["DoRA r=8"]}, METHODS) is None
+
+
+def test_tradeoff_axis_starts_at_zero_so_small_differences_look_small():
+    done = pd.DataFrame({"method": ["idlora", "lora"], "label": ["a", "b"],
+                         "trainable_params": [38018, 74498], "loss": [0.678, 0.675], "step": [60, 60]})
+    fig = figures.tradeoff_figure(done, math.log(2))
+    low, high = fig.layout.yaxis.range
+    assert low == 0 and high >= math.log(2)
+    assert (0.678 - 0.675) / (high - low) < 0.01  # a 0.003 difference is under 1 % of the axis
+    assert len({t.marker.color for t in fig.data}) == 2
+
+
+def test_log_ticks_are_1_2_3_5_and_bars_are_linear():
+    assert figures.log_ticks([0.36, 0.95]) == [0.3, 0.5, 1.0]
+    assert figures.log_ticks([0.6, 51.4]) == [0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 50.0]
+    summary = pd.DataFrame({"layer": ["encoder.layer.0.intermediate.dense",
+                                      "encoder.layer.3.attention.output.dense"],
+                            "gain_vs_svd": [-0.004, 0.24], "rel_fro_error": [0.825, 0.624],
+                            "svd_same_r": [0.821, 0.866], "k": [8, 8], "strategy": ["id", "id"]})
+    fig = figures.gain_figure(summary, 16)
+    assert fig.layout.yaxis.type in (None, "linear")
+    (bars,) = fig.data
+    assert list(bars.x) == ["3 · attn_out", "0 · ffn_in"]  # largest gain first, short labels
+    assert bars.marker.color[1] != bars.marker.color[0]  # the loss is coloured differently
+    assert bars.text[1] == "-0.004"  # and labelled with its sign
