@@ -199,6 +199,9 @@ class TrainConfig(_Strict):
     seed: StrictInt = Field(0, ge=0, le=MAX_SEED)
     precision: Precision = "auto"
     device: Device = "auto"
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, ~30 % more "
+        "compute (for long sequences and big models)")
 
 
 class RunConfig(_Strict):

@@ -102,6 +102,9 @@ def _controls(loaded) -> list[str]:
         c1.selectbox("Device", ["auto", "cpu", "cuda"], key="ft_device", **KEEP)
         c2.caption(f"At most **{run_queue.max_runs()}** runs train at once on this server "
                    "(all users; IDLORA_MAX_RUNS); further runs wait in one queue, first come first served.")
+        c3.checkbox("Gradient checkpointing", key="ft_gradient_checkpointing", **KEEP,
+                    help="Recompute activations in the backward pass: less memory for long "
+                    "sequences and big models, about 30 % more compute.")
         st.caption(f"Runs are written to the server's runs folder `{sio.runs_root()}` "
                    "(IDLORA_RUNS_DIR, set where the app is started).")
     gpu = torch.cuda.is_available()

@@ -119,6 +119,27 @@ def reset_heads(model: torch.nn.Module, seed: int) -> list[str]:
     return names
 
 
+LOAD_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_placement(device: str, precision: str) -> tuple[torch.dtype, str | None]:
+    """Return (dtype, device) to load the base model in: the run's precision directly (no
+    float32 copy first), and on a GPU straight to this process's card (LOCAL_RANK)."""
+    place = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if device == "cuda" else None
+    return LOAD_DTYPES[precision], place
+
+
+def upcast_trainable(model: torch.nn.Module) -> int:
+    """Cast every trainable parameter to float32 (optimiser state and updates in full precision
+    while the frozen base stays bf16 / fp16); return how many were cast."""
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast
+
+
 def build_model(config: RunConfig, tasks: list[TaskData], source=None):
     """Return (adapted model, tokenizer, AdapterReport) for a run, seeded for repeatable heads.
 
@@ -132,9 +153,12 @@ def build_model(config: RunConfig, tasks: list[TaskData], source=None):
 
     head = model_head(config, tasks)
     num_labels = max(tasks[0].num_labels, 2)
+    device, precision = resolve_device(config.train)
     if source is None:
+        dtype, place = load_placement(device, precision)
         loaded = load_model(config.model.name, head=head, num_labels=num_labels,
-                            trust_remote_code=config.model.trust_remote_code)
+                            trust_remote_code=config.model.trust_remote_code, dtype=dtype,
+                            device=place)
         model, tokenizer = loaded.model, loaded.tokenizer
     else:
         model, tokenizer = source(config.model.name, head, num_labels, config.model.trust_remote_code)
@@ -143,8 +167,16 @@ def build_model(config: RunConfig, tasks: list[TaskData], source=None):
     if head == "classification":
         reset_heads(model, config.train.seed)
     set_seed(config.train.seed)
-    check_run_fits(model, config.adapter, config.train, resolve_device(config.train)[0])
+    check_run_fits(model, config.adapter, config.train, device)
+    if config.train.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ValueError(f"train.gradient_checkpointing: {type(model).__name__} does not support "
+                             "it; set it to false")
+        # non-reentrant: works with a frozen base whose inputs need no grad
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     model, report = apply_adapters(model, config.adapter, extra_trainable=HEAD_MODULES)
+    upcast_trainable(model)
     return model, tokenizer, report
 
 

@@ -265,3 +265,33 @@ def test_warns_when_accelerate_cpu_launch_started_one_process(monkeypatch, capsy
     monkeypatch.setenv("WORLD_SIZE", "2")
     warn_single_cpu_launch()
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("method", ["idlora", pytest.param("lora", marks=pytest.mark.slow),
+                                    pytest.param("hydralora", marks=pytest.mark.slow)])
+def test_bf16_run_loads_the_base_in_bf16_and_trains_float32_adapters(method, tiny_llama_dir, tmp_path):
+    cfg = parse_config(lm_config(tiny_llama_dir, tmp_path / method, method, steps=3,
+                                 precision="bf16", device="cpu", learning_rate=0.01))
+    tasks = load_tasks(cfg.tasks, seed=cfg.train.seed)
+    model, _, _ = build_model(cfg, tasks)
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    trained = {p.dtype for p in model.parameters() if p.requires_grad}
+    assert frozen == {torch.bfloat16} and trained == {torch.float32}  # no float32 copy of the base
+    result = run_training(cfg, progress=False)
+    assert result.state == "finished" and result.steps == 3
+    assert all(math.isfinite(r["loss"]) for r in read_metrics(cfg.output_dir) if "loss" in r)
+
+
+def test_gradient_checkpointing_option_gives_the_same_losses(tiny_llama_dir, tmp_path):
+    losses = {}
+    for flag in (False, True):
+        cfg = parse_config(lm_config(tiny_llama_dir, tmp_path / str(flag), steps=3,
+                                     gradient_checkpointing=flag, device="cpu"))
+        if flag:
+            model, _, _ = build_model(cfg, load_tasks(cfg.tasks, seed=cfg.train.seed))
+            base = getattr(model, "base_model", model)
+            assert any(getattr(m, "gradient_checkpointing", False) for m in base.modules())
+        assert run_training(cfg, progress=False).state == "finished"
+        losses[flag] = [r["loss"] for r in read_metrics(cfg.output_dir) if "loss" in r]
+    assert len(losses[True]) == 3
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)  # recomputation, same maths
