@@ -162,7 +162,7 @@ def loss_figure(frames: dict[str, pd.DataFrame], methods: dict[str, str],
     fig.update_layout(
         uirevision="ft-loss", height=380, margin={"t": 50, "b": 40},
         xaxis_title="optimiser step", yaxis_title="training loss (cross-entropy, nats)",
-        legend_title="run", showlegend=True, yaxis={"rangemode": "tozero"},
+        legend_title="run", showlegend=True,
     )
     return fig
 
@@ -183,7 +183,7 @@ def tradeoff_figure(done: pd.DataFrame, chance: float | None = None) -> go.Figur
     top = max(float(done["loss"].max()), chance or 0.0) * 1.2
     if chance is not None:
         fig.add_hline(y=chance, line_dash="dot", line_color="black",
-                      annotation_text="chance level (ln 2)", annotation_position="top right")
+                      annotation_text="chance level (ln 2)", annotation_position="bottom left")
     fig.update_layout(
         uirevision="ft-scatter", height=380, margin={"t": 50, "b": 40}, legend_title="method",
         xaxis={"type": "log", "title": "trainable parameters (log scale)"},

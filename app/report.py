@@ -11,6 +11,7 @@ inputs and hands a callable to `st.download_button`, so the zip is built only on
 from __future__ import annotations
 
 import io
+import math
 import tempfile
 import zipfile
 from datetime import UTC, datetime
@@ -58,6 +59,25 @@ def readable(table: pd.DataFrame, decimals: int = 4) -> pd.DataFrame:
             out[column] = out[column].round(DECIMALS.get(column, decimals))
     names = {c: HEADERS.get(c, c.replace("eval_", "eval ").replace("_", " ")) for c in out.columns}
     return out.rename(columns=names)
+
+
+RUN_NAMES = {"loss": "training loss", "step_seconds": "mean step (s)",
+             "trainable_params": "trainable parameters", "total_params": "all parameters"}
+RUN_FORMATS = {"step_seconds": "{:.2f}", "trainable_params": "{:,.0f}",
+               "total_params": "{:,.0f}", "step": "{:.0f}"}
+
+
+def runs_display(table: pd.DataFrame) -> pd.DataFrame:
+    """Return the live runs table as text: readable headers, numbers rounded (4 decimals unless
+    RUN_FORMATS says otherwise), and "—" where a starting run has no value yet (never "None")."""
+    shown = pd.DataFrame(index=table.index)
+    for column in table.columns:
+        fmt = RUN_FORMATS.get(column, "{:.4f}")
+        shown[RUN_NAMES.get(column, column.replace("_", " "))] = [
+            "—" if v is None or (isinstance(v, float) and math.isnan(v))
+            else fmt.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+            else str(v) for v in table[column]]
+    return shown
 
 
 def _csv(table: pd.DataFrame) -> bytes:

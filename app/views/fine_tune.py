@@ -23,6 +23,7 @@ from analysis import run_queue, runs
 from app import figures, url_state
 from app import settings_io as sio
 from app.common import get_model, init_state, model_name, selected_layers, valid
+from app.report import runs_display
 from idlora_core.config import METHODS
 from idlora_core.training import compare
 
@@ -72,11 +73,10 @@ def _controls(loaded) -> list[str]:
         st.number_input("Rank-boosting splits p (our reading of the paper's RB)",
                         **sio.bounds("ft_rb_splits"), key="ft_rb_splits", **KEEP,
                         help="p must divide r; 1 = plain ID-LoRA.")
-        n1, n2 = st.columns(2)
-        n1.checkbox("Normalise rows (ID-LoRA)", key="ft_normalize_rows", **KEEP,
+        st.checkbox("Normalise rows (ID-LoRA)", key="ft_normalize_rows", **KEEP,
                     help="Cluster L2-normalised rows (cosine geometry) when picking skeletons. "
                     "This page's own setting.")
-        n2.number_input("Adapter seed", **sio.bounds("ft_adapter_seed"), step=1,
+        st.number_input("Adapter seed", **sio.bounds("ft_adapter_seed"), step=1,
                         key="ft_adapter_seed", **KEEP,
                         help="k-means and random-skeleton seed of the runs.")
     with right:
@@ -185,18 +185,6 @@ def _chance(loaded) -> float | None:
     return math.log(2) if loaded.kind == "encoder" else None
 
 
-def _display(table: pd.DataFrame) -> pd.DataFrame:
-    """Return the runs table as text for display: "—" (not "None") where a run has no value yet."""
-    shown = table.rename(columns={"step_seconds": "mean step (s)"}).copy()
-    formats = {"loss": "{:.4f}", "mean step (s)": "{:.3f}", "trainable_params": "{:,.0f}",
-               "total_params": "{:,.0f}", "step": "{:.0f}"}
-    for column in shown.columns:
-        fmt = formats.get(column)
-        shown[column] = [("—" if v is None or (isinstance(v, float) and math.isnan(v))
-                          else fmt.format(v) if fmt else str(v)) for v in shown[column]]
-    return shown
-
-
 def _live_view(past: list) -> None:
     """Draw the live charts and table for this session's runs plus the chosen past runs."""
     state = st.session_state
@@ -239,7 +227,7 @@ def _live_view(past: list) -> None:
                     "(ID-LoRA first clusters the rows of every target layer).")
         else:
             st.plotly_chart(fig, key="loss_plot", width="stretch")
-    st.dataframe(_display(table), key="runs_table", hide_index=True, width="stretch")
+    st.dataframe(runs_display(table), key="runs_table", hide_index=True, width="stretch")
     done = table[table["state"].isin(["finished", "cancelled"]) & table["loss"].notna()
                  & table["trainable_params"].notna()]
     if not done.empty:

@@ -78,3 +78,19 @@ def test_readable_rounds_floats_and_keeps_unknown_columns_readable():
     out = readable(table)
     assert list(out.columns) == ["cluster-wise ID error (rel. Frobenius)", "eval loss", "seconds"]
     assert out.iloc[0].tolist() == [0.1235, 0.5, 1.23]
+
+
+def test_runs_display_has_no_none_cells_and_rounds():
+    from app.report import runs_display
+
+    table = pd.DataFrame([
+        {"label": "LoRA r=8", "state": "running", "step": 3, "loss": 0.69314718,
+         "trainable_params": 74498, "step_seconds": 2.71828, "eval_loss": None},
+        {"label": "ID-LoRA r=8 k=4", "state": "starting", "step": None, "loss": None,
+         "trainable_params": None, "step_seconds": None, "eval_loss": float("nan")},
+    ])
+    shown = runs_display(table)
+    assert list(shown.columns) == ["label", "state", "step", "training loss",
+                                   "trainable parameters", "mean step (s)", "eval loss"]
+    assert shown.iloc[0].tolist() == ["LoRA r=8", "running", "3", "0.6931", "74,498", "2.72", "—"]
+    assert "None" not in shown.to_string() and "nan" not in shown.to_string()
