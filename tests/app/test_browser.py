@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -269,3 +270,15 @@ def test_each_lab_exercise_in_a_real_browser(page, app_url):
             page.wait_for_selector(".st-key-lab_run button", timeout=60_000)
             chosen = page.locator(".st-key-lab_ranks").inner_text()
             assert all(str(r) in chosen for r in (1, 2, 4, 8, 12, 16)), chosen
+    # the lab report: one click downloads a zip with the tables and the figures
+    nav(page, "Lab exercises")
+    page.wait_for_selector(".st-key-exercise_report button", timeout=60_000)
+    page.wait_for_timeout(1000)
+    with page.expect_download(timeout=180_000) as download:
+        page.locator(".st-key-exercise_report button").click()
+    with zipfile.ZipFile(download.value.path()) as archive:
+        names = {n.removeprefix("idlora-lab-report/") for n in archive.namelist()}
+        summary = archive.read("idlora-lab-report/sweep_summary.csv").decode()
+    assert {"README.txt", "sweep_summary.csv", "strategy_means.csv", "sweep_full.csv"} <= names
+    assert any(n.startswith("figures/heatmap_") for n in names), names
+    assert "gain over SVD(r) (difference)" in summary.splitlines()[0]
