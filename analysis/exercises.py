@@ -46,6 +46,7 @@ class Exercise:
     questions: str
     settings: dict[str, Any]
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    handout: bool = True  # False: an app preset only, its text is written in docs/LAB.md
 
     def values(self) -> dict[str, str]:
         """Return {placeholder: the quoted value as printed in the text}."""
@@ -223,7 +224,7 @@ def same(measured: Any, quoted: Any) -> bool:
 def render_section(exercises: list[Exercise]) -> str:
     """Return the handout's Markdown for the exercises (what sits between the markers)."""
     parts = []
-    for ex in exercises:
+    for ex in [e for e in exercises if e.handout]:
         parts.append(
             f"## Exercise {ex.id} — {ex.title} ({ex.minutes} min)\n\n"
             f"{ex.text('intro')}\n\n**Steps** (the app's *Lab exercises* page sets all of this "
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(args.write)
         path.write_text(replace_section(path.read_text(encoding="utf-8"), exercises),
                         encoding="utf-8")
-        print(f"wrote the sections of {len(exercises)} exercises into {path}")
+        print(f"wrote the sections of {sum(e.handout for e in exercises)} exercises into {path}")
     if args.measure:
         from idlora_core.weights import open_weights
 

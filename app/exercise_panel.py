@@ -16,7 +16,8 @@ from app.common import DEFAULTS, apply_settings, open_named
 
 MODEL_KEYS = ("model_choice", "model_path", "trust_remote_code")
 PAGE_FILES = {"Decomposition lab": ("views/decomposition_lab.py", "lab"),
-              "Cluster explorer": ("views/cluster_explorer.py", "explorer")}
+              "Cluster explorer": ("views/cluster_explorer.py", "explorer"),
+              "Fine-tune": ("views/fine_tune.py", "finetune")}
 
 
 @st.cache_resource(show_spinner=False)

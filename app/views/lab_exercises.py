@@ -33,8 +33,6 @@ for ex in panel.exercises():
         with st.expander("Steps and what you should see"):
             st.markdown(ex.text("steps"))
             st.markdown("**What you should see**\n\n" + ex.text("observe"))
-st.markdown("Exercise 4 (fine-tuning ID-LoRA against LoRA) is in `docs/LAB.md`; set it up on "
-            "the Fine-tune page.")
 if st.button("Reset every page to its defaults", key="exercise_reset_all"):
     panel.reset()
 

@@ -18,9 +18,9 @@ MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
 Q0 = "encoder.layer.0.attention.self.query"
 A3 = "encoder.layer.3.attention.output.dense"
 PAGES = {1: "views/decomposition_lab.py", 2: "views/decomposition_lab.py",
-         3: "views/cluster_explorer.py"}
+         3: "views/cluster_explorer.py", 4: "views/fine_tune.py"}
 TITLES = {"views/decomposition_lab.py": "Decomposition lab",
-          "views/cluster_explorer.py": "Cluster explorer"}
+          "views/cluster_explorer.py": "Cluster explorer", "views/fine_tune.py": "Fine-tune"}
 DIGITS = {ex.id: {name: c.get("digits") for name, c in ex.checks.items()} for ex in load_exercises()}
 QUOTED = {ex.id: {name: c["value"] for name, c in ex.checks.items()} for ex in load_exercises()}
 
@@ -32,7 +32,8 @@ def _start(number: int) -> AppTest:
     at.button(key=f"exercise_start_{number}").click().run()
     assert not at.exception, at.exception
     page = PAGES[number]
-    assert at.title[0].value == TITLES[page]  # st.switch_page opened the exercise's page
+    titles = [t.value for t in at.title] + [h.value for h in at.header]
+    assert TITLES[page] in titles  # st.switch_page opened the exercise's page
     return at.switch_page(page).run()  # AppTest's next run() would go back to its own page
 
 
@@ -124,3 +125,14 @@ def test_exercise_3_opens_the_explorer_with_the_quoted_cluster_sizes():
     assert sorted(sizes, reverse=True) == QUOTED[3]["sizes_norm"]
     at.switch_page("views/decomposition_lab.py").run()
     assert at.checkbox(key="lab_normalize_rows").value is False  # the lab keeps its own
+
+
+def test_exercise_4_preset_sets_the_fine_tune_controls():
+    at = _start(4)
+    assert not at.exception
+    assert at.multiselect(key="ft_methods").value == ["idlora", "lora"]
+    assert at.number_input(key="ft_steps").value == 60
+    assert at.selectbox(key="ft_learning_rate").value == 0.001
+    assert at.selectbox(key="ft_selection").value == "centroid"  # as the handout measured
+    assert at.session_state["layer_kinds"] == ["q", "v"]
+    assert "Exercise 4" in " ".join(m.value for m in at.sidebar.markdown)
