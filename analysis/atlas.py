@@ -1,8 +1,9 @@
 """The layer atlas: a whole-model scan (`analysis.scan`) as block x layer-type grids.
 
 For each layer at rank r, its best (k, strategy) (`views.best_per_rank`) gives two numbers:
-  gain  = svd_same_r / rel_fro_error: > 1 when cluster-wise ID beats the best global rank-r
-          factorisation at the same r (the paper's claim, same trainable budget);
+  gain  = svd_same_r - rel_fro_error (as `views.best_per_rank` defines it): > 0 when
+          cluster-wise ID beats the best global rank-r factorisation at the same r (the
+          paper's claim, same trainable budget), < 0 a loss;
   gap   = rel_fro_error - svd_same_total: how far above the optimal rank-k*r SVD it stays
           (never < 0, Eckart-Young).
 No Streamlit here; the view is `app/views/layer_atlas.py`.

@@ -14,6 +14,7 @@ import pandas as pd
 from idlora_core.linalg.clustering import MinSizeKMeans
 from idlora_core.linalg.decomposition import id_fro_error, spectrum, svd_tail_errors
 from idlora_core.linalg.selection import select_skeleton
+from idlora_core.linalg.validation import STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def cluster_view(
     W: np.ndarray,
     k: int,
     r: int,
-    strategies: list[str] | tuple[str, ...] = ("id", "centroid", "random"),
+    strategies: list[str] | tuple[str, ...] = STRATEGIES,
     *,
     normalize_rows: bool = False,
     seed: int = 0,

@@ -22,7 +22,7 @@ import torch
 from analysis import run_queue, runs
 from app import figures, url_state
 from app import settings_io as sio
-from app.common import get_model, init_state, model_name, selected_layers, valid
+from app.common import STRATEGIES, get_model, init_state, model_name, selected_layers, valid
 from app.report import runs_display
 from idlora_core.config import METHODS
 from idlora_core.training import compare
@@ -65,7 +65,7 @@ def _controls(loaded) -> list[str]:
                        key="ft_ranks", **KEEP)
         st.multiselect("Clusters k (ID-LoRA) / heads N (HydraLoRA)",
                        _options((1, 2, 4, 8, 16), "ft_ks"), key="ft_ks", **KEEP)
-        st.selectbox("Skeleton strategy (ID-LoRA)", ["id", "centroid", "random"],
+        st.selectbox("Skeleton strategy (ID-LoRA)", list(STRATEGIES),
                      key="ft_selection", **KEEP,
                      help="id (default): pivoted-QR skeleton, the theory-backed choice and the "
                      "best reconstruction on MiniLM (lab exercise 3); centroid: the paper's "

@@ -12,10 +12,10 @@ import streamlit as st
 from analysis.atlas import atlas_cells, read_atlas
 from analysis.scan import scan
 from analysis.sweep import SweepSpec
-from app.common import get_model, init_state, model_name
+from app.common import STRATEGIES, get_model, init_state, model_name
 
 LAB_PAGE = str(Path(__file__).resolve().parent / "decomposition_lab.py")
-TITLES = {"gain_vs_svd": "Gain of cluster-wise ID over SVD at the same r  (SVD(r) / ID; > 1: ID wins)",
+TITLES = {"gain_vs_svd": "Gain of cluster-wise ID over SVD at the same r  (SVD(r) − ID; > 0: ID wins)",
           "gap_vs_total": "Gap to SVD at rank k·r  (ID − SVD(k·r); ≥ 0 always)"}
 
 
@@ -30,11 +30,11 @@ def heatmap(cells, column: str, key: str) -> None:
     """Draw one block x type grid as square markers (clickable cells) coloured by `column`."""
     types = list(dict.fromkeys(cells.sort_values("type", key=_kind_rank)["type"]))
     values = cells[column].to_numpy(dtype=float)
-    mid = 1.0 if column == "gain_vs_svd" else None
+    mid = 0.0 if column == "gain_vs_svd" else None
     fig = go.Figure(go.Scatter(
         x=[types.index(t) for t in cells["type"]], y=cells["block"], mode="markers",
         marker={"symbol": "square", "size": 26, "color": values, "showscale": True,
-                "colorscale": "RdBu" if mid else "Viridis", "cmid": mid,
+                "colorscale": "RdBu" if mid is not None else "Viridis", "cmid": mid,
                 "line": {"width": 0}},
         customdata=np.stack([cells["layer"], cells["k"], cells["strategy"]], axis=1),
         text=[f"{v:.3f}" for v in values],
@@ -82,7 +82,7 @@ else:
     c1, c2, c3, c4 = st.columns(4)
     ks = c1.multiselect("Clusters k", [1, 2, 4, 8, 16], default=[1, 4], key="atlas_ks")
     ranks = c2.multiselect("Ranks r", [4, 8, 16, 32, 64], default=[16, 64], key="atlas_ranks")
-    strategies = c3.multiselect("Strategies", ["id", "centroid", "random"], default=["id"],
+    strategies = c3.multiselect("Strategies", list(STRATEGIES), default=["id"],
                                 key="atlas_strategies")
     pattern = c4.text_input("Layers (regex, empty = all)", key="atlas_layers")
     st.caption(f"{len(loaded.weights.linear)} linear layers; each is read alone, swept, cached "

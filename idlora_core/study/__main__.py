@@ -51,6 +51,9 @@ def worker_main(out_dir: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code."""
+    from idlora_core.models import set_hub_defaults
+
+    set_hub_defaults()
     args = parse_args(argv)
     if args.worker:
         return worker_main(args.worker)
