@@ -3,17 +3,19 @@ layer in the Decomposition lab."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.atlas import atlas_cells, read_atlas
+from analysis.atlas import atlas_cells, clicked_layer, read_atlas
 from analysis.scan import scan
 from analysis.sweep import SweepSpec
 from app.common import STRATEGIES, get_model, init_state, model_name
 
+PENDING = "_atlas_open_layer"  # set by a click on a cell, consumed after the charts are drawn
 LAB_PAGE = str(Path(__file__).resolve().parent / "decomposition_lab.py")
 TITLES = {"gain_vs_svd": "Gain of cluster-wise ID over SVD at the same r  (SVD(r) − ID; > 0: ID wins)",
           "gap_vs_total": "Gap to SVD at rank k·r  (ID − SVD(k·r); ≥ 0 always)"}
@@ -45,10 +47,16 @@ def heatmap(cells, column: str, key: str) -> None:
                       xaxis={"tickvals": list(range(len(types))), "ticktext": types,
                              "title": "layer type"},
                       yaxis={"title": "block", "autorange": "reversed", "dtick": 1})
-    event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode="points")
-    points = (event or {}).get("selection", {}).get("points", []) if event else []
-    if points:
-        open_in_lab(str(points[0]["customdata"][0]))
+    # A callback, not the return value: it fires once per click, so coming back to this page
+    # (whose chart keeps its selection) does not jump to the lab again.
+    st.plotly_chart(fig, key=key, on_select=functools.partial(_clicked, key),
+                    selection_mode="points")
+
+
+def _clicked(key: str) -> None:
+    layer = clicked_layer(st.session_state.get(key))
+    if layer is not None:
+        st.session_state[PENDING] = layer
 
 
 def _kind_rank(series):
@@ -112,6 +120,8 @@ with left:
     heatmap(cells, "gain_vs_svd", "atlas_gain")
 with right:
     heatmap(cells, "gap_vs_total", "atlas_gap")
+if (clicked := st.session_state.pop(PENDING, None)) is not None:
+    open_in_lab(clicked)
 pick, go_button = st.columns([4, 1], vertical_alignment="bottom")
 layer = pick.selectbox("Layer", list(cells["layer"]), key="atlas_pick")
 if go_button.button("Open in the Decomposition lab", key="atlas_open"):

@@ -44,6 +44,23 @@ def test_scan_csv_shows_two_heatmaps_and_opens_the_lab(tmp_path):
     assert at.session_state["lab_focus_layer"] == names[3]
 
 
+def test_a_clicked_cell_opens_that_layer(tmp_path):
+    from analysis.atlas import clicked_layer
+
+    names = write_scan(tmp_path / "atlas.csv")
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.text_input(key="atlas_path").set_value(str(tmp_path / "atlas.csv"))
+    at.button(key="atlas_load").click().run()
+    # what Streamlit stores for a click on a cell, read as the page's on_select callback does
+    state = {"selection": {"points": [{"customdata": [names[2], 2, "id"], "x": 0, "y": 1}]}}
+    assert clicked_layer(state) == names[2]
+    assert clicked_layer({"selection": {"points": []}}) is None and clicked_layer(None) is None
+    at.session_state["_atlas_open_layer"] = clicked_layer(state)
+    at.run()
+    assert at.session_state["lab_layers"] == [names[2]]
+    assert "_atlas_open_layer" not in at.session_state  # consumed once: no loop on return
+
+
 def test_bad_csv_shows_one_error(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     at = AppTest.from_file(PAGE, default_timeout=60).run()
