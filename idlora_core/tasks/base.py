@@ -6,8 +6,10 @@ text with an integer label. This file holds no task content and no tokenisation.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -42,6 +44,21 @@ class TaskData:
     label_names: list[str] = field(default_factory=list)
 
 
+_CHECK: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "idlora_generation_check", default=None)
+
+
+@contextlib.contextmanager
+def polling(check: Callable[[], None] | None) -> Iterator[None]:
+    """Within the block, example generation calls `check()` every 4096 draws; whatever it raises
+    (a stop request) ends the generation."""
+    token = _CHECK.set(check)
+    try:
+        yield
+    finally:
+        _CHECK.reset(token)
+
+
 def generate_splits(
     make: Callable[[random.Random], Example],
     num_train: int,
@@ -55,6 +72,7 @@ def generate_splits(
     The evaluation split holds distinct prompts; the training split avoids them and is
     filled with repeats only when the generator runs out of new prompts.
     """
+    check = _CHECK.get()
     rng_eval = random.Random(f"{seed}-eval")
     rng_train = random.Random(f"{seed}-train")
     eval_examples: list[Example] = []
@@ -68,9 +86,11 @@ def generate_splits(
             eval_examples.append(ex)
     train: list[Example] = []
     train_seen: set[str] = set()
-    for _ in range(num_train * max_tries):
+    for tries in range(num_train * max_tries):
         if len(train) == num_train:
             break
+        if check is not None and tries % 4096 == 0:
+            check()
         ex = make(rng_train)
         if ex.prompt in seen or ex.prompt in train_seen:
             continue

@@ -26,6 +26,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from idlora_core.config import RunConfig, TrainConfig, dumps_config
 from idlora_core.models import load_model
 from idlora_core.tasks import TaskData, load_tasks
+from idlora_core.tasks.base import polling
 from idlora_core.training.callbacks import (
     MetricsCallback,
     ProgressCallback,
@@ -319,7 +320,8 @@ def _run_locked(config: RunConfig, folder: RunFolder, args: TrainingArguments, d
         write_status(output_dir, "running", "loading model and data", max_steps=config.train.steps)
     stop.immediate = True  # nothing to checkpoint yet: a stop request ends the run at once
     stop.check()
-    tasks = load_tasks(config.tasks, seed=config.train.seed)
+    with polling(stop.check):  # generating 10^6 examples takes minutes: a stop ends it
+        tasks = load_tasks(config.tasks, seed=config.train.seed)
     model, tokenizer, report = build_model(config, tasks, source)
     trainable, total = count_params(model)
     train_set = build_train_dataset(tokenizer, tasks, [t.weight for t in config.tasks],

@@ -240,6 +240,27 @@ def test_stop_flag_interrupts_tokenisation_in_process(tiny_bert_dir, tmp_path):
     assert len(calls) == 3  # stopped after 2 * 256 of 5000 examples
 
 
+def test_stop_flag_interrupts_example_generation_in_process():
+    """Generating 10^6 examples took minutes and could not be stopped."""
+    from idlora_core.config import TaskConfig
+    from idlora_core.tasks import load_tasks
+    from idlora_core.tasks.base import polling
+
+    flag, calls = StopFlag(), []
+
+    def check():
+        calls.append(1)
+        if len(calls) == 3:
+            flag.request("test")
+        flag.check()
+
+    start = time.process_time()
+    with polling(check), pytest.raises(RunCancelled):
+        load_tasks([TaskConfig(name="arithmetic", num_train=1_000_000, num_eval=4)])
+    assert len(calls) == 3 and time.process_time() - start < 2  # 8192 draws, not 10^6
+    assert load_tasks([TaskConfig(name="arithmetic", num_train=8, num_eval=4)])[0].train  # no check
+
+
 def test_stop_during_evaluation_abandons_it(tiny_bert_dir):
     from idlora_core.config import TaskConfig
     from idlora_core.tasks import load_tasks
