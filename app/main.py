@@ -23,6 +23,7 @@ PAGES = [
     ("views/cluster_explorer.py", "Cluster explorer", ":material/scatter_plot:"),
     ("views/layer_atlas.py", "Layer atlas", ":material/grid_view:"),
     ("views/fine_tune.py", "Fine-tune", ":material/model_training:"),
+    ("views/studies.py", "Studies", ":material/query_stats:"),
     ("views/export_import.py", "Export / import", ":material/download:"),
 ]
 

@@ -168,7 +168,9 @@ class Worker:
         from idlora_core.study.storage import load_optuna_study
 
         study = load_optuna_study(self.storage, self.meta["name"])
-        study.sampler = optuna.samplers.GridSampler({"cell": list(range(len(self.cells)))}, seed=os.getpid())
+        # One seed for every worker: GridSampler shuffles the grid with it, and grid ids must
+        # name the same cells in all workers.
+        study.sampler = optuna.samplers.GridSampler({"cell": list(range(len(self.cells)))}, seed=0)
         ran = 0
         while not self.stop.requested:
             recover(study)

@@ -103,10 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     set_hub_defaults()
     parser = argparse.ArgumentParser(prog="python -m idlora_core.compare",
                                      description="Compare training runs side by side.")
-    parser.add_argument("runs", nargs="+", help="run output folders")
+    parser.add_argument("runs", nargs="+", help="run output folders, or one study folder (prints "
+                        "its summary: best learning rate, mean and 95 %% CI over seeds, Pareto)")
     parser.add_argument("--csv", help="also write the table as CSV to this file")
     parser.add_argument("--markdown", help="also write the table as Markdown to this file")
     args = parser.parse_args(argv)
+    if len(args.runs) == 1 and (Path(args.runs[0]) / "study.json").is_file():
+        return _study_main(args)
     try:
         rows = compare_runs(args.runs)
     except ValueError as exc:
@@ -117,6 +120,25 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(rows, args.csv)
     if args.markdown:
         Path(args.markdown).write_text(to_markdown(rows), encoding="utf-8")
+    return 0
+
+
+def _study_main(args: argparse.Namespace) -> int:
+    """Print the summary (one row per method, r, k) of the study folder `args.runs[0]`."""
+    from idlora_core.config import ConfigError
+    from idlora_core.study.runner import summary_table
+    from idlora_core.study.summary import to_markdown as study_markdown
+
+    try:
+        table = summary_table(args.runs[0])
+    except (ConfigError, KeyError, ValueError) as exc:
+        print(f"error: {args.runs[0]}: {exc}", file=sys.stderr)
+        return 1
+    print(table.to_string(index=False))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    if args.markdown:
+        Path(args.markdown).write_text(study_markdown(table), encoding="utf-8")
     return 0
 
 

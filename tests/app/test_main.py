@@ -25,7 +25,7 @@ def test_main_renders_first_page_with_model_picker():
 
 
 def test_every_page_file_exists_and_switching_keeps_settings():
-    for page in ("model_layers", "decomposition_lab", "cluster_explorer", "fine_tune",
+    for page in ("model_layers", "decomposition_lab", "cluster_explorer", "fine_tune", "studies",
                  "export_import", "layer_atlas"):
         assert (APP / "views" / f"{page}.py").is_file()
         assert f'"views/{page}.py"' in (APP / "main.py").read_text()

@@ -1,0 +1,178 @@
+"""Studies for the UI: presets, a study built from Fine-tune choices, start one in the background,
+list past ones, read their live tables, and draw the trade-off and learning-rate figures.
+
+A study runs as `python -m idlora_core.study` in its own process session, so it keeps running
+when the browser tab closes; its folder (`RUNS/studies/NAME`) holds the Optuna storage the
+tables are read from. No Streamlit here: the app, notebooks, docs and tests share it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from idlora_core.cache import write_text_atomic
+from idlora_core.config import RunConfig
+from idlora_core.study.config import StudyConfig, dumps_study, parse_study
+from idlora_core.study.grid import expand_grid
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PRESETS_DIR = REPO_ROOT / "configs" / "studies"
+STUDIES_DIR = "studies"
+LAUNCH_FILE = "launcher.json"
+# Default learning rates per method: the best ones of preset (a) on MiniLM sentiment (docs/STUDIES.md).
+DEFAULT_LR: dict[str, float] = {"idlora": 1e-2, "lora": 3e-3, "dora": 3e-3, "hydralora": 3e-3,
+                                "full": 3e-4, "head-only": 3e-2, "base": 1e-3}
+COLORS: dict[str, str] = {"idlora": "#d62728", "lora": "#1f77b4", "dora": "#2ca02c", "hydralora": "#9467bd",
+                          "full": "#8c564b", "head-only": "#7f7f7f", "base": "#000000"}
+
+
+def list_presets() -> dict[str, Path]:
+    """Return {preset name: YAML path} of the study presets in configs/studies/."""
+    return {p.stem: p for p in sorted(PRESETS_DIR.glob("*.yaml"))}
+
+
+def build_study(base: RunConfig, methods: list[str], ranks: list[int], ks: list[int],
+                learning_rates: dict[str, list[float]], seeds: list[int], metric: str,
+                direction: str = "maximize", name: str | None = None) -> StudyConfig:
+    """Return the StudyConfig of a grid built from Fine-tune choices: `learning_rates` gives each
+    method its own list (missing methods use DEFAULT_LR)."""
+    lrs = {m: learning_rates.get(m) or [DEFAULT_LR.get(m, 1e-3)] for m in methods}
+    return parse_study({"name": name, "base": base.model_dump(mode="json"),
+                        "grid": {"method": methods, "r": ranks, "k": ks, "learning_rates": lrs, "seed": seeds,
+                                 "learning_rate": [base.train.learning_rate]},
+                        "metric": metric, "direction": direction})
+
+
+def run_count(study: StudyConfig) -> int:
+    """Return the number of training runs the study makes (TPE: trials x seeds per budget)."""
+    cells, _ = expand_grid(study)
+    return len(cells) * (study.grid.learning_rate.trials if study.grid.tpe else 1)
+
+
+def estimate_seconds(study: StudyConfig, workers: int, seconds_per_step: float = 0.6,
+                     overhead_s: float = 10.0) -> float:
+    """Return a rough wall-clock estimate in seconds: runs x (steps x seconds_per_step + overhead)
+    / workers. The defaults are MiniLM on a shared 2-core CPU (preset (a)); GPUs are faster."""
+    cells, _ = expand_grid(study)
+    per = [(c.get("steps") or study.base.train.steps) * (0 if c["method"] == "base" else seconds_per_step)
+           + overhead_s for c in cells]
+    return sum(per) * run_count(study) / max(len(cells), 1) / max(workers, 1)
+
+
+def start_study(study: StudyConfig, runs_root: str | Path, name: str, workers: int = 1) -> Path:
+    """Write the study into RUNS/studies/NAME and start it in a new process session (it survives
+    the browser tab); return the folder. The process output goes to study.log."""
+    from analysis.runs import safe_run_dir
+
+    out = safe_run_dir(Path(runs_root), f"{STUDIES_DIR}/{name}")
+    out.mkdir(parents=True, exist_ok=True)
+    spec = out / "input.yaml"
+    write_text_atomic(spec, dumps_study(study))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    with open(out / "study.log", "ab") as log:
+        proc = subprocess.Popen(  # noqa: S603 - argument list, no shell
+            [sys.executable, "-m", "idlora_core.study", str(spec), "--out", str(out), "--workers", str(workers)],
+            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True)
+    write_text_atomic(out / LAUNCH_FILE, json.dumps({"pid": proc.pid, "workers": workers}))
+    return out
+
+
+def study_running(out_dir: str | Path) -> bool:
+    """Return True while the study process started for `out_dir` is alive."""
+    path = Path(out_dir) / LAUNCH_FILE
+    if not path.is_file():
+        return False
+    pid = json.loads(path.read_text(encoding="utf-8")).get("pid")
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def list_studies(runs_root: str | Path) -> list[Path]:
+    """Return the study folders (holding study.json) under RUNS/studies, newest first."""
+    root = Path(runs_root) / STUDIES_DIR
+    found = [p.parent for p in root.glob("*/study.json")] if root.is_dir() else []
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def study_tables(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Return (trials, summary, meta) of a study folder, read live from its Optuna storage."""
+    from idlora_core.study.runner import summary_table, trials_table
+    from idlora_core.study.storage import read_study_folder
+
+    cfg, meta = read_study_folder(out_dir)
+    trials = trials_table(out_dir)
+    return trials, summary_table(out_dir, trials), {**meta, "config": cfg}
+
+
+def tradeoff_figure(summary: pd.DataFrame, metric: str, direction: str = "maximize") -> go.Figure:
+    """Return the trade-off plot: metric (mean, 95 % CI error bars) against trainable parameters
+    (log x; base at 1 parameter so it shows), one colour per method, the Pareto frontier as a
+    dashed line; head-only and base drawn as reference points."""
+    fig = go.Figure()
+    df = summary.copy()
+    df["x"] = df["trainable"].clip(lower=1)
+    for method, part in df.groupby("method", sort=False):
+        ref = method in ("head-only", "base")
+        err_hi = (part["metric_ci95_high"] - part["metric_mean"]).fillna(0)
+        err_lo = (part["metric_mean"] - part["metric_ci95_low"]).fillna(0)
+        label = part.apply(lambda r: f"r={r['r']}" if pd.notna(r["r"]) else "", axis=1)
+        fig.add_trace(go.Scatter(
+            x=part["x"], y=part["metric_mean"], mode="markers+text" if not ref else "markers", name=method,
+            text=label, textposition="top center",
+            marker={"size": 12 if ref else 9, "symbol": "star" if ref else "circle",
+                    "color": COLORS.get(method)},
+            error_y={"type": "data", "symmetric": False, "array": err_hi, "arrayminus": err_lo},
+            customdata=part[["trainable", "best_learning_rate", "n_seeds"]].to_numpy(),
+            hovertemplate="%{fullData.name} %{text}<br>trainable %{customdata[0]:,}<br>"
+                          "best lr %{customdata[1]}<br>mean %{y:.3f} over %{customdata[2]} seeds<extra></extra>"))
+    front = df[df["pareto"].astype(bool)].sort_values("x")
+    if len(front):
+        fig.add_trace(go.Scatter(x=front["x"], y=front["metric_mean"], mode="lines", name="Pareto frontier",
+                                 line={"dash": "dash", "color": "#444"}, line_shape="hv"))
+    fig.update_layout(xaxis_type="log", xaxis_title="trainable parameters (log; base shown at 1)",
+                      yaxis_title=f"{metric} ({'higher' if direction == 'maximize' else 'lower'} is better)",
+                      legend_title="method", margin={"t": 30})
+    return fig
+
+
+def lr_figure(trials: pd.DataFrame, metric: str) -> go.Figure:
+    """Return metric against learning rate (log x), one line per (method, r, k) budget, mean over
+    seeds with min-max bars: is every method compared at its own best learning rate?"""
+    fig = go.Figure()
+    done = trials[(trials["state"] == "COMPLETE") & trials["learning_rate"].notna()]
+    if metric not in done:
+        return fig
+    done = done.assign(budget=done.apply(lambda r: f"{r['method']}" + (f" r={r['r']}" if pd.notna(r["r"]) else "")
+                                         + (f" k={r['k']}" if pd.notna(r["k"]) else ""), axis=1))
+    for budget, part in done.groupby("budget", sort=False):
+        stats = part.groupby("learning_rate")[metric].agg(["mean", "min", "max"]).reset_index()
+        method = part["method"].iloc[0]
+        fig.add_trace(go.Scatter(
+            x=stats["learning_rate"], y=stats["mean"], mode="lines+markers", name=budget,
+            line={"color": COLORS.get(method)},
+            error_y={"type": "data", "symmetric": False, "array": stats["max"] - stats["mean"],
+                     "arrayminus": stats["mean"] - stats["min"]}))
+    fig.update_layout(xaxis_type="log", xaxis_title="learning rate (log)", yaxis_title=f"{metric} (mean over seeds)",
+                      legend_title="budget", margin={"t": 30})
+    return fig

@@ -1,0 +1,169 @@
+"""Studies page: build or pick a trade-off study, start it in the background, watch it fill in.
+
+A study is a grid of fine-tunes (methods x ranks x learning rates x seeds) run as Optuna trials
+by `python -m idlora_core.study` in its own process session: closing the tab does not stop it.
+The page draws, from the study's storage, the trade-off plot (metric against trainable
+parameters with 95 % CIs and the Pareto frontier), metric against learning rate per budget,
+and the summary table. No maths here: `analysis/studies.py` and `idlora_core/study/`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from analysis import studies
+from app import settings_io as sio
+from app.common import get_model, init_state, model_name, selected_layers
+from idlora_core.config import ALL_METHODS, ConfigError
+from idlora_core.study.config import load_study
+from idlora_core.study.summary import to_markdown
+
+KEEP = {"persist_state": "session"}
+CURRENT = "st_current"  # the study folder this page shows
+
+
+def _lr_list(text: str) -> list[float]:
+    values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(f"learning rates must be positive numbers separated by commas, got {text!r}")
+    return values
+
+
+def _built_study(loaded):
+    """Draw the grid controls (from the Fine-tune choices); return the StudyConfig or None."""
+    state = st.session_state
+    layers = selected_layers(loaded)
+    tasks = state.get("ft_tasks") or list(sio.task_options(loaded.kind))[:1]
+    left, right = st.columns(2)
+    with left:
+        state.setdefault("st_methods", list(dict.fromkeys([*(state.get("ft_methods") or []), "head-only", "base"])))
+        methods = st.multiselect("Methods", list(ALL_METHODS), key="st_methods", format_func=lambda m: m, **KEEP,
+                                 help="head-only trains the classification head alone; base trains nothing.")
+        ranks = st.multiselect("Ranks r", [1, 2, 4, 8, 16, 32, 64], default=[4, 8, 16], key="st_ranks", **KEEP)
+        ks = st.multiselect("Clusters k / heads N", [1, 2, 4, 8, 16], default=[4], key="st_ks", **KEEP)
+        seeds = st.multiselect("Seeds", list(range(10)), default=[0, 1, 2], key="st_seeds", **KEEP)
+    with right:
+        st.markdown("**Learning rates per method** (comma-separated; each method is compared at its best)")
+        lrs = {}
+        for method in methods:
+            if method == "base":
+                continue
+            default = studies.DEFAULT_LR.get(method, 1e-3)
+            text = st.text_input(method, f"{default / 3:g}, {default:g}, {default * 3:g}", key=f"st_lr_{method}", **KEEP)
+            try:
+                lrs[method] = _lr_list(text)
+            except ValueError as exc:
+                st.error(str(exc))
+                return None
+    if not methods or not ranks or not ks or not seeds or not layers:
+        st.info("Pick at least one method, rank, k and seed (and target layers on the Model & layers page).")
+        return None
+    kind_metric = ("eval_sentiment_accuracy", "maximize") if loaded.kind == "encoder" else ("eval_loss", "minimize")
+    probe = {**dict(state), "ft_methods": ["lora"], "ft_tasks": tasks}
+    try:
+        base = sio.finetune_configs(probe, model_name(), loaded.kind, layers)[0][1]
+        return studies.build_study(base, methods, ranks, ks, lrs, seeds, *kind_metric)
+    except (ConfigError, ValueError) as exc:
+        st.error(f"The grid is not valid: {exc}")
+        return None
+
+
+def _setup(loaded) -> None:
+    """The 'new study' panel: preset or built grid, trial count, estimate, start button."""
+    source = st.radio("Study", ["Preset", "Build from the Fine-tune choices"], horizontal=True, key="st_source")
+    study = None
+    if source == "Preset":
+        presets = studies.list_presets()
+        name = st.selectbox("Preset", list(presets), key="st_preset")
+        if name:
+            try:
+                study = load_study(presets[name])
+            except ConfigError as exc:
+                st.error(str(exc))
+            with st.expander("Preset YAML"):
+                st.code(presets[name].read_text(encoding="utf-8"), language="yaml")
+    elif loaded is not None:
+        study = _built_study(loaded)
+    else:
+        st.info("Load a model (sidebar) to build a grid from the Fine-tune choices.")
+    if study is None:
+        return
+    workers = st.number_input("Workers (processes)", 1, 16, 2, key="st_workers",
+                              help="Trials run in this many processes; the machine's cores are shared among them.")
+    runs = studies.run_count(study)
+    minutes = studies.estimate_seconds(study, int(workers)) / 60
+    st.markdown(f"**{runs} runs**, roughly **{minutes:.0f} min** with {int(workers)} worker(s) "
+                "(estimated for MiniLM on a 2-core CPU).", help="Estimate: steps x 0.6 s + 10 s per run.")
+    name = st.text_input("Study name", study.name or time.strftime("study-%Y%m%d-%H%M%S"), key="st_name")
+    if st.button("Start study", type="primary", key="st_start"):
+        try:
+            out = studies.start_study(study.model_copy(update={"name": name}), sio.runs_root(), name, int(workers))
+        except (ValueError, OSError) as exc:
+            st.error(f"Could not start the study: {exc}")
+            return
+        st.session_state[CURRENT] = str(out)
+        st.success(f"Started in the background: {out} (it keeps running if you close the tab).")
+
+
+def _show(folder: Path) -> None:
+    """Draw the tables and figures of one study folder (live while it runs)."""
+    try:
+        trials, summary, meta = studies.study_tables(folder)
+    except (ConfigError, ValueError, KeyError) as exc:
+        st.warning(f"{folder.name}: {exc}")
+        return
+    running = studies.study_running(folder)
+    done = int((trials["state"] == "COMPLETE").sum()) if len(trials) else 0
+    total = len(meta["cells"])
+    st.progress(min(done / max(total, 1), 1.0), text=f"{done} / {total} trials complete"
+                + (" — running" if running else ""))
+    metric, direction = meta["metric"], meta["direction"]
+    if summary.empty:
+        st.info("No finished trial yet.")
+        return
+    st.markdown("#### Trade-off: quality against trainable parameters")
+    st.plotly_chart(studies.tradeoff_figure(summary, metric, direction), key="st_tradeoff")
+    st.caption("Mean over seeds at each budget's best learning rate, 95 % t-interval bars; dashed: Pareto "
+               "frontier (fewer parameters, better metric). Stars: head-only and base, the reference points.")
+    st.markdown("#### Is the comparison fair? Metric against learning rate")
+    st.plotly_chart(studies.lr_figure(trials, metric), key="st_lr")
+    st.markdown("#### Summary")
+    st.dataframe(summary, hide_index=True, key="st_summary")
+    c1, c2 = st.columns(2)
+    c1.download_button("Summary (CSV)", summary.to_csv(index=False), f"{folder.name}-summary.csv", "text/csv",
+                       key="st_csv")
+    c2.download_button("Summary (Markdown)", to_markdown(summary), f"{folder.name}-summary.md", "text/markdown",
+                       key="st_md")
+    with st.expander(f"All {len(trials)} trials"):
+        st.dataframe(trials, hide_index=True)
+
+
+def main() -> None:
+    init_state()
+    st.title("Studies")
+    st.caption("A fair comparison: every method at its own best learning rate, several seeds, against "
+               "head-only and base. Run as Optuna trials; each trial is an ordinary run folder.")
+    loaded = get_model()
+    with st.expander("New study", expanded=not studies.list_studies(sio.runs_root())):
+        _setup(loaded)
+    past = studies.list_studies(sio.runs_root())
+    if not past:
+        return
+    names = [str(p) for p in past]
+    current = st.session_state.get(CURRENT)
+    index = names.index(current) if current in names else 0
+    chosen = st.selectbox("Study", names, index=index, format_func=lambda p: Path(p).name, key="st_open")
+    st.session_state[CURRENT] = chosen
+    every = 3.0 if studies.study_running(chosen) else None
+
+    @st.fragment(run_every=every)
+    def live() -> None:
+        _show(Path(chosen))
+
+    live()
+
+
+main()

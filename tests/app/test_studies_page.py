@@ -1,0 +1,88 @@
+"""AppTest of the Studies page: presets with run counts, a grid built from the Fine-tune choices,
+and the figures and tables of a finished tiny study read back from its storage."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from streamlit.testing.v1 import AppTest
+
+from tests.app.test_fine_tune_page import plotly_array
+
+REPO = Path(__file__).resolve().parents[2]
+PAGE = str(REPO / "app" / "views" / "studies.py")
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tiny_bert_dir, tmp_path_factory) -> Path:
+    """A finished study (lora at two learning rates x 2 seeds, head-only, base) on a tiny BERT."""
+    root = tmp_path_factory.mktemp("runs")
+    spec = root / "tiny.yaml"
+    spec.write_text(yaml.safe_dump({
+        "base": {"model": {"name": tiny_bert_dir},
+                 "adapter": {"method": "lora", "targets": [{"pattern": "query", "r": 2}]},
+                 "tasks": [{"name": "sentiment", "num_train": 16, "num_eval": 16}],
+                 "train": {"steps": 2, "batch_size": 4, "seq_len": 24, "eval_interval": 0, "save_interval": 0}},
+        "grid": {"method": ["lora", "head-only", "base"], "learning_rate": [0.01, 0.1], "seed": [0, 1]},
+        "metric": "eval_sentiment_accuracy"}))
+    env = dict(os.environ, PYTHONPATH=str(REPO), IDLORA_CACHE_DIR=str(root / "cache"), OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "idlora_core.study", str(spec), "--out", str(root / "studies" / "tiny")],
+                   cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    return root
+
+
+def test_preset_shows_run_count_and_estimate(tmp_path, monkeypatch):
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.run()
+    assert not at.exception
+    at.selectbox(key="st_preset").set_value("minilm_sentiment").run()
+    text = " ".join(m.value for m in at.markdown)
+    assert "**129 runs**" in text and "2 worker(s)" in text
+    at.number_input(key="st_workers").set_value(4).run()
+    assert "4 worker(s)" in " ".join(m.value for m in at.markdown)
+
+
+def test_build_grid_from_finetune_choices(tmp_path, monkeypatch):
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["st_source"] = "Build from the Fine-tune choices"
+    at.session_state["st_methods"] = ["idlora", "lora", "head-only", "base"]
+    at.run()
+    assert not at.exception
+    at.multiselect(key="st_ranks").set_value([4, 8]).run()
+    at.multiselect(key="st_seeds").set_value([0, 1]).run()
+    at.text_input(key="st_lr_lora").set_value("0.001, 0.003").run()
+    # independent count: idlora 2 r x 1 k x 3 lr x 2 seeds = 12, lora 2 r x 2 lr x 2 = 8,
+    # head-only 3 lr x 2 = 6, base 2 seeds = 2
+    assert "**28 runs**" in " ".join(m.value for m in at.markdown)
+    at.text_input(key="st_lr_lora").set_value("0.001, -1").run()
+    assert any("learning rates must be positive" in e.value for e in at.error)
+
+
+def test_finished_study_draws_tradeoff_and_summary(tiny_study, monkeypatch):
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tiny_study))
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="st_open").value.endswith("tiny")
+    charts = at.get("plotly_chart")
+    assert len(charts) == 2
+    import json
+
+    fig = json.loads(charts[0].proto.spec)
+    names = [t.get("name") for t in fig["data"]]
+    assert {"lora", "head-only", "base", "Pareto frontier"} <= set(names)
+    assert fig["layout"]["xaxis"]["type"] == "log"
+    summary = pd.read_csv(tiny_study / "studies" / "tiny" / "summary.csv")
+    shown = at.dataframe[0].value
+    assert list(shown.method) == list(summary.method) == ["lora", "head-only", "base"]
+    assert shown.metric_mean.tolist() == pytest.approx(summary.metric_mean.tolist())
+    lora = [t for t in fig["data"] if t.get("name") == "lora"][0]
+    assert plotly_array(lora["y"])[0] == pytest.approx(summary.metric_mean[0])

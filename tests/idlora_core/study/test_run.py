@@ -1,0 +1,170 @@
+"""Studies end to end on a tiny BERT: 2 workers, tables vs run folders vs storage, a killed worker
+and a resumed study, and a warm worker's trial equal to a fresh process's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from idlora_core.study.runner import summary_table, trials_table
+from idlora_core.study.storage import load_optuna_study, read_study_folder
+from idlora_core.study.summary import summarize
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def study_yaml(path: Path, model_dir: str, steps: int = 2, **grid) -> Path:
+    data = {
+        "base": {"model": {"name": model_dir},
+                 "adapter": {"method": "idlora", "targets": [{"pattern": "query", "r": 2, "k": 2}]},
+                 "tasks": [{"name": "sentiment", "num_train": 16, "num_eval": 16}],
+                 "train": {"steps": steps, "batch_size": 4, "seq_len": 24, "learning_rate": 0.01,
+                           "eval_interval": 0, "save_interval": 0}},
+        "grid": {"method": ["idlora", "lora", "head-only", "base"], "r": [2], "seed": [0], **grid},
+        "metric": "eval_sentiment_accuracy",
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def cli(args: list[str], tmp_path: Path, **kw) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO), IDLORA_CACHE_DIR=str(tmp_path / "cache"),
+               OMP_NUM_THREADS="1", IDLORA_STUDY_HEARTBEAT_S="2")
+    return subprocess.Popen([sys.executable, "-m", "idlora_core.study", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_two_workers_write_tables_that_agree_with_runs_and_storage(tiny_bert_dir, tmp_path):
+    out = tmp_path / "study"
+    proc = cli([str(study_yaml(tmp_path / "s.yaml", tiny_bert_dir, learning_rate=[0.01, 0.03])), "--out", str(out),
+                "--workers", "2"], tmp_path)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log
+    assert "[worker 0]" in log and "[worker 1]" in log  # both workers took trials
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 7 and set(trials.state) == {"COMPLETE"}  # 3 methods x 2 lr + base
+    assert trials.cell.is_unique
+    cfg, meta = read_study_folder(out)
+    stored = {t.number: t for t in load_optuna_study(meta["storage"], meta["name"]).get_trials()}
+    for row in trials.itertuples():
+        run = json.loads((out / row.run_dir / "run.json").read_text())
+        assert run["state"] == "finished" and run["method"] == row.method
+        assert run["final_metrics"]["eval_sentiment_accuracy"] == pytest.approx(row.eval_sentiment_accuracy)
+        assert run["final_metrics"]["trainable_params"] == row.trainable_params
+        assert stored[row.trial].value == pytest.approx(row.eval_sentiment_accuracy)
+        assert (out / row.run_dir / "metrics.jsonl").is_file() and (out / row.run_dir / "config.yaml").is_file()
+        if row.method != "base":
+            assert run["config"]["train"]["learning_rate"] == row.learning_rate
+    assert trials.loc[trials.method == "base", "trainable_params"].item() == 0
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns) == ["method", "r", "k", "trainable", "best_learning_rate", "metric_mean",
+                                     "metric_std", "metric_ci95_low", "metric_ci95_high", "n_seeds", "pareto"]
+    expected = summarize(trials, "eval_sentiment_accuracy", "maximize", list(cfg.grid.method))
+    pd.testing.assert_frame_equal(summary, expected, check_dtype=False)
+    assert list(summary.method) == ["idlora", "lora", "head-only", "base"]
+    assert summary.loc[summary.method == "base", "pareto"].item()  # 0 parameters: always on the frontier
+    # the compare command prints the summary of a study folder
+    printed = subprocess.run([sys.executable, "-m", "idlora_core.compare", str(out)], cwd=REPO, text=True,
+                             capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO)), check=True)
+    assert "best_learning_rate" in printed.stdout and "head-only" in printed.stdout
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def test_killed_worker_then_rerun_completes_without_repeating(tiny_bert_dir, tmp_path):
+    out = tmp_path / "study"
+    spec = study_yaml(tmp_path / "s.yaml", tiny_bert_dir, steps=400)
+    spec_data = yaml.safe_load(spec.read_text())
+    spec_data["grid"]["steps"] = [2, 400]  # the 400-step lora/idlora trials are the ones killed
+    spec_data["grid"]["method"] = ["head-only", "lora"]
+    spec.write_text(yaml.safe_dump(spec_data))
+    proc = cli([str(spec), "--out", str(out), "--workers", "1"], tmp_path, start_new_session=True)
+
+    def long_run_training() -> bool:
+        for status in out.glob("runs/*-n400-*/status.json"):
+            try:
+                if json.loads(status.read_text()).get("step", 0) >= 2:
+                    return True
+            except (json.JSONDecodeError, OSError):
+                pass
+        return False
+
+    assert _wait_for(long_run_training, 300), proc.communicate(timeout=5)[0] if proc.poll() is not None else ""
+    os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its worker die without cleaning up
+    proc.wait()
+    _, meta = read_study_folder(out)
+    before = {t.number: (t.state.name, t.params.get("cell")) for t in
+              load_optuna_study(meta["storage"], meta["name"]).get_trials()}
+    assert "RUNNING" in {s for s, _ in before.values()}
+    finished_before = {n for n, (s, _) in before.items() if s == "COMPLETE"}
+    mtimes = {}
+    trials = trials_table(out)
+    for row in trials[trials.state == "COMPLETE"].itertuples():
+        mtimes[row.run_dir] = (out / row.run_dir / "run.json").stat().st_mtime_ns
+    # run again with short trials for the remaining cells: --set changes steps, so reuse the same YAML
+    spec_data["grid"]["steps"] = [2, 400]
+    proc = cli([str(spec), "--out", str(out), "--workers", "1", "--set", "base.train.steps=400"], tmp_path)
+    log, _ = proc.communicate(timeout=900)
+    assert proc.returncode in (0, 1), log
+    trials = pd.read_csv(out / "trials.csv")
+    killed = trials[trials.failure == "worker process died"]
+    assert len(killed) == 1
+    retry = trials[trials.retry_of == killed.trial.item()]
+    assert len(retry) == 1 and retry.state.item() == "COMPLETE" and retry.cell.item() == killed.cell.item()
+    done = trials[trials.state == "COMPLETE"]
+    assert done.cell.is_unique and len(done) == 4  # every cell once: head-only x2 steps, lora x2 steps
+    for run_dir, mtime in mtimes.items():  # finished trials were not run again
+        assert (out / run_dir / "run.json").stat().st_mtime_ns == mtime
+    assert finished_before <= set(done.trial)
+    # a third run has nothing left to do
+    proc = cli([str(spec), "--out", str(out), "--set", "base.train.steps=400"], tmp_path)
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "[worker" not in log, log
+    assert len(pd.read_csv(out / "trials.csv")) == len(trials)
+    assert summary_table(out).n_seeds.sum() == 4
+
+
+def test_warm_worker_trial_equals_fresh_process(tiny_bert_dir, tmp_path, monkeypatch):
+    from idlora_core.config import parse_config, save_config
+    from idlora_core.study.worker import ModelPool
+    from idlora_core.training.trainer import run_training
+
+    monkeypatch.setenv("IDLORA_CACHE_DIR", str(tmp_path / "cache"))
+    spec = yaml.safe_load(study_yaml(tmp_path / "s.yaml", tiny_bert_dir, steps=4).read_text())["base"]
+    pool = ModelPool()
+    for method in ("idlora", "lora"):  # the pool's model has served (and been adapted in) other trials
+        warmup = parse_config({**spec, "adapter": {**spec["adapter"], "method": method},
+                               "output_dir": str(tmp_path / f"warm-{method}")})
+        run_training(warmup, progress=False, source=pool)
+    cfg = parse_config({**spec, "adapter": {**spec["adapter"], "method": "lora"}, "train": {**spec["train"], "seed": 3},
+                        "output_dir": str(tmp_path / "warm")})
+    warm = run_training(cfg, progress=False, source=pool)
+    assert pool.loads == 1
+    fresh_cfg = cfg.model_copy(update={"output_dir": str(tmp_path / "fresh")})
+    save_config(fresh_cfg, tmp_path / "fresh.yaml")
+    subprocess.run([sys.executable, "-m", "idlora_core.train", str(tmp_path / "fresh.yaml"), "--no-progress"],
+                   cwd=REPO, check=True, capture_output=True,
+                   env=dict(os.environ, PYTHONPATH=str(REPO), IDLORA_CACHE_DIR=str(tmp_path / "cache")))
+    fresh = json.loads((tmp_path / "fresh" / "run.json").read_text())["final_metrics"]
+    for key in ("eval_sentiment_accuracy", "eval_sentiment_loss", "final_train_loss"):
+        assert warm.final_metrics[key] == fresh[key], key
+    a = load_file(str(tmp_path / "warm" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "fresh" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
