@@ -123,7 +123,12 @@ def run_study(study: StudyConfig, out_dir: str | Path, storage: str | None = Non
     print(f"trials: {states}; wrote {Path(out_dir) / TRIALS_FILE} and {Path(out_dir) / SUMMARY_FILE}")
     if stopped or any(c == 130 for c in codes):
         return 130
-    return 0 if not states.get("FAIL") else 1
+    unfinished = set(trials.loc[trials["state"] == "FAIL", "cell"]) - set(
+        trials.loc[trials["state"] == "COMPLETE", "cell"]) if len(trials) else set()
+    if unfinished:
+        print(f"cells without a finished trial: {sorted(unfinished)} (see the failure column of trials.csv)",
+              file=sys.stderr)
+    return 1 if unfinished else 0
 
 
 def _grid_rows(study: optuna.Study, meta: dict[str, Any], cfg: StudyConfig) -> list[dict[str, Any]]:
