@@ -248,7 +248,8 @@ def test_every_page_url_opened_first_on_a_fresh_server_keeps_the_app(browser, tm
 def test_each_lab_exercise_in_a_real_browser(page, app_url):
     """One click per exercise sets its controls; its main view is saved as an artifact
     (test-artifacts/exercise_N.png); a refresh keeps the page's choices (they are in the URL)."""
-    for number, ready in ((2, ".st-key-lab_error_vs_rank_spectral .js-plotly-plot"),
+    for number, ready in ((4, ".st-key-start_runs button"),  # 4: the preset only, no run
+                          (2, ".st-key-lab_error_vs_rank_spectral .js-plotly-plot"),
                           (1, ".st-key-lab_summary_chart .js-plotly-plot"),
                           (3, ".st-key-explorer_scatter .js-plotly-plot")):
         goto(page, app_url)
@@ -270,7 +271,7 @@ def test_each_lab_exercise_in_a_real_browser(page, app_url):
             page.wait_for_selector(".st-key-lab_run button", timeout=60_000)
             chosen = page.locator(".st-key-lab_ranks").inner_text()
             assert all(str(r) in chosen for r in (1, 2, 4, 8, 12, 16)), chosen
-    # the lab report: one click downloads a zip with the tables and the figures
+    # the lab report (exercise 3's preset keeps exercise 1's sweep): one click downloads a zip
     nav(page, "Lab exercises")
     page.wait_for_selector(".st-key-exercise_report button", timeout=60_000)
     page.wait_for_timeout(1000)
