@@ -20,7 +20,8 @@ def test_every_declared_script_resolves_to_a_callable():
     import tomllib
 
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert {"idlora-lab", "idlora-train", "idlora-sweep"} <= set(scripts)
+    assert {"idlora-lab", "idlora-train", "idlora-compare", "idlora-sweep", "idlora-scan",
+            "idlora-study"} <= set(scripts)
     for target in scripts.values():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func))
