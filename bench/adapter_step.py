@@ -2,7 +2,10 @@
 
 ID-LoRA (k=4, r=8, centroid), PEFT LoRA (r=8), PEFT DoRA (r=8) and HydraLoRA (N=4, r=8) on
 q/k/v/o/gate/up/down of every block, batch 4 x 128 tokens, the methods interleaved round by
-round in one process so that machine noise hits them alike. Prints one table:
+round in one process so that machine noise hits them alike. Two more ID-LoRA variants on
+request: `idlora-copy`, the layer before issue 13 (a frozen (k, r, n) copy of the skeleton rows
+and a second matmul; kept here only as the measured reference), and `idlora-compile`
+(`compile_adapters: true`, the adapter update through torch.compile). Prints one table:
   step_ms       median wall time of a training step (ms)
   step_cpu_ms   median CPU time this process spent in a step (ms; all its threads): on a
                 shared CPU machine the steadier figure, since other processes' load does not
@@ -10,30 +13,37 @@ round in one process so that machine noise hits them alike. Prints one table:
   infer_ms      median wall time of a no-grad forward (ms); the base model is the reference
   infer_cpu_ms  the same in process CPU time
   trainable     trainable elements of the adapters
-  frozen_buf    frozen adapter elements (ID-LoRA's A_c buffers)
-  adapter_MB    trainable weights + their gradients + AdamW state + frozen buffers (MiB,
-                measured from the real tensors)
+  frozen_buf    frozen floating-point adapter elements (0; idlora-copy: its A_c rows)
+  adapter_MB    trainable weights + their gradients + AdamW state + adapter buffers (frozen
+                rows, skeleton indices) (MiB, measured from the real tensors)
   act_MB        activations saved for backward by one step (MiB, unique storages, no weights)
   peak_MB       peak device memory a step allocates above what was resident before it (MiB,
                 CUDA only: activations, gradients, temporaries)
   prep_s        seconds to adapt the model (ID-LoRA: k-means + selection on every layer, unless
                 the skeletons are in the on-disk cache; --no-skeleton-cache forces clustering)
-and the two target ratios: ID-LoRA step time / LoRA's (target <= 1.25) and ID-LoRA adapter
-memory / HydraLoRA's (target < 1).
+and the target checks (issue 13): ID-LoRA frozen adapter elements 0; adapter memory <= 0.55x
+LoRA's; step time <= 1.0x LoRA's on the CPU (<= 1.05x on a GPU); inference overhead over the
+base model <= unmerged LoRA's; adapter memory below HydraLoRA's. `--json OUT` writes every
+figure of the table, the ratios and the run's settings.
 
     .venv/bin/python bench/adapter_step.py [--device cpu|cuda] [--rounds 5] [--batch 4] [--seq 128]
+        [--methods idlora lora idlora-copy ...] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from idlora_core.adapters.idlora import IDLoRALinear
 from idlora_core.adapters.inject import apply_adapters
 from idlora_core.config import AdapterConfig, TargetConfig
 from idlora_core.models import load_model
@@ -44,7 +54,33 @@ METHODS = {
     "lora": dict(r=8),
     "dora": dict(r=8),
     "hydralora": dict(r=8, k=4),
+    "idlora-copy": dict(r=8, k=4, selection="centroid"),
+    "idlora-compile": dict(r=8, k=4, selection="centroid"),
 }
+DEFAULT_METHODS = ["idlora", "lora", "dora", "hydralora", "idlora-copy"]
+
+
+class CopyIDLoRALinear(nn.Module):
+    """The ID-LoRA layer before issue 13, for measurement only: a frozen (k, r, n) copy of the
+    skeleton rows `idlora_A`, z_c = A_c x by a second matmul, the router as multiply-sum-softmax-
+    multiply-sum."""
+
+    def __init__(self, new: IDLoRALinear):
+        super().__init__()
+        self.base_layer, self.k, self.r, self.rb_splits = new.base_layer, new.k, new.r, new.rb_splits
+        self.scaling = new.scaling
+        w = new.base_layer.weight
+        self.register_buffer("idlora_A", w.detach()[new.idlora_skeleton].clone())  # (k, r, n)
+        self.idlora_T, self.idlora_B = new.idlora_T, new.idlora_B
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, r, n = self.idlora_A.shape
+        zc = (x @ self.idlora_A.reshape(k * r, n).T).unflatten(-1, (k, r))
+        a = torch.softmax((zc * self.idlora_T).sum(-1), dim=-1) * self.scaling
+        z = (a.unsqueeze(-1) * zc).sum(-2)
+        p = self.rb_splits
+        dy = z @ self.idlora_B.T if p == 1 else (z.unflatten(-1, (p, r // p)) @ self.idlora_B.T).flatten(-2)
+        return self.base_layer(x) + dy
 
 
 def _sync(device: torch.device) -> None:
@@ -96,10 +132,23 @@ def build(base: nn.Module, method: str, r: int, k: int, cache: bool = True) -> t
     params["r"] = r
     if "k" in params:
         params["k"] = k
-    cfg = AdapterConfig(method=method, targets=[TargetConfig(pattern=p, **params) for p in PROJ])
+    cfg = AdapterConfig(method=method.split("-")[0], targets=[TargetConfig(pattern=p, **params) for p in PROJ],
+                        compile_adapters=method == "idlora-compile")
     start = time.perf_counter()
     model, report = apply_adapters(copy.deepcopy(base), cfg, cache=cache)
+    if method == "idlora-copy":
+        for name, module in list(model.named_modules()):
+            if isinstance(module, IDLoRALinear):
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent), child, CopyIDLoRALinear(module))
+        report.rows = [replace_frozen(row, model) for row in report.rows]
     return model, time.perf_counter() - start, report
+
+
+def replace_frozen(row, model: nn.Module):
+    """Return the report row of an idlora-copy layer with its frozen A_c elements counted."""
+    frozen = model.get_submodule(row.name).idlora_A.numel()
+    return dataclasses.replace(row, frozen_adapter_elements=frozen)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -111,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--r", type=int, default=8)
     ap.add_argument("--k", type=int, default=4, help="ID-LoRA clusters and HydraLoRA heads N")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
+    ap.add_argument("--json", metavar="OUT", help="write every figure of the table to this JSON file")
     ap.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
                     help="model dtype; auto = bf16 on CUDA, fp32 on CPU")
     ap.add_argument("--no-skeleton-cache", action="store_true",
@@ -201,23 +251,68 @@ def main(argv: list[str] | None = None) -> dict:
           f"torch threads {torch.get_num_threads()}")
     cols = ["step_ms", "step_cpu_ms", "infer_ms", "infer_cpu_ms", "trainable", "frozen_buf",
             "adapter_MB", "act_MB", "peak_MB", "prep_s"]
-    print(f"{'method':<10}" + "".join(f"{c:>13}" for c in cols))
-    print(f"{'base':<10}{'':>26}{med(infer_times['base'], 0):>13.1f}{med(infer_times['base'], 1):>13.1f}")
+    print(f"{'method':<15}" + "".join(f"{c:>13}" for c in cols))
+    print(f"{'base':<15}{'':>26}{med(infer_times['base'], 0):>13.1f}{med(infer_times['base'], 1):>13.1f}")
     for m, row in results.items():
         cells = "".join(f"{row[c]:>13,}" if isinstance(row[c], int) else f"{row[c]:>13.1f}" for c in cols)
-        print(f"{m:<10}" + cells)
-    if "idlora" in results and "lora" in results:
-        ratio = results["idlora"]["step" + timing] / results["lora"]["step" + timing]
-        print(f"ID-LoRA step time / LoRA (step{timing}): {ratio:.3f}  (target <= 1.25) "
-              f"{'OK' if ratio <= 1.25 else 'MISSED'}")
-        over = results["idlora"]["infer" + timing] / base_ms - 1
-        print(f"inference overhead vs base model (infer{timing}): ID-LoRA {100 * over:+.1f} %, "
-              f"LoRA unmerged {100 * (results['lora']['infer' + timing] / base_ms - 1):+.1f} %")
-    if "idlora" in results and "hydralora" in results:
-        ratio = results["idlora"]["adapter_MB"] / results["hydralora"]["adapter_MB"]
-        print(f"ID-LoRA adapter memory / HydraLoRA: {ratio:.3f}  ({100 * (1 - ratio):.0f} % less; "
-              f"target < 1) {'OK' if ratio < 1 else 'MISSED'}")
+        print(f"{m:<15}" + cells)
+    checks = target_checks(results, base_ms, timing, device.type)
+    for line in checks["lines"]:
+        print(line)
+    if args.json:
+        payload = {
+            "settings": {"model": "smollm2-135m", "layers": len(reports[args.methods[0]].rows),
+                         "batch": args.batch, "seq": args.seq, "r": args.r, "k": args.k,
+                         "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+                         "rounds": args.rounds, "threads": torch.get_num_threads(),
+                         "timing": "process CPU time" if device.type == "cpu" else "wall time"},
+            "base": {"infer_ms": med(infer_times["base"], 0), "infer_cpu_ms": med(infer_times["base"], 1)},
+            "methods": results,
+            "ratios": checks["ratios"],
+            "targets_met": checks["met"],
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=1, allow_nan=True), encoding="utf-8")
+        print(f"wrote {args.json}")
     return results
+
+
+def target_checks(results: dict, base_ms: float, timing: str, device: str) -> dict:
+    """Return {"ratios", "met", "lines"}: the issue-13 targets measured in `results`."""
+    ratios, met, lines = {}, {}, []
+    step_target = 1.0 if device == "cpu" else 1.05
+
+    def check(name: str, value: float, ok: bool, text: str) -> None:
+        ratios[name], met[name] = value, ok
+        lines.append(f"{text}  {'OK' if ok else 'MISSED'}")
+
+    idl = results.get("idlora")
+    if idl is not None:
+        check("idlora_frozen_elements", idl["frozen_buf"], idl["frozen_buf"] == 0,
+              f"ID-LoRA frozen adapter elements: {idl['frozen_buf']:,} (target 0)")
+    for other in ("idlora-copy", "idlora-compile"):
+        if idl is not None and other in results:
+            r = results[other]["step" + timing] / idl["step" + timing]
+            ratios[f"{other}_step_over_idlora"] = r
+            lines.append(f"{other} step / ID-LoRA (step{timing}): {r:.3f}; adapter memory "
+                         f"{results[other]['adapter_MB']:.1f} vs {idl['adapter_MB']:.1f} MiB")
+    if idl is not None and "lora" in results:
+        lora = results["lora"]
+        r = idl["adapter_MB"] / lora["adapter_MB"]
+        check("idlora_over_lora_memory", r, r <= 0.55, f"ID-LoRA adapter memory / LoRA: {r:.3f} (target <= 0.55)")
+        r = idl["step" + timing] / lora["step" + timing]
+        check("idlora_over_lora_step", r, r <= step_target,
+              f"ID-LoRA step time / LoRA (step{timing}): {r:.3f} (target <= {step_target})")
+        over_id = idl["infer" + timing] / base_ms - 1
+        over_lora = lora["infer" + timing] / base_ms - 1
+        ratios["lora_infer_overhead"] = over_lora
+        check("idlora_infer_overhead", over_id, over_id <= over_lora,
+              f"inference overhead vs base model (infer{timing}): ID-LoRA {100 * over_id:+.1f} %, "
+              f"LoRA unmerged {100 * over_lora:+.1f} % (target: ID-LoRA <= LoRA)")
+    if idl is not None and "hydralora" in results:
+        r = idl["adapter_MB"] / results["hydralora"]["adapter_MB"]
+        check("idlora_over_hydralora_memory", r, r < 1,
+              f"ID-LoRA adapter memory / HydraLoRA: {r:.3f} ({100 * (1 - r):.0f} % less; target < 1)")
+    return {"ratios": ratios, "met": met, "lines": lines}
 
 
 if __name__ == "__main__":

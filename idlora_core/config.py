@@ -155,6 +155,11 @@ class AdapterConfig(_Strict):
         description="resolved skeleton row indices per adapted layer name: one list of r "
         "global row indices per cluster; when present, no re-clustering happens",
     )
+    compile_adapters: bool = Field(
+        False,
+        description="ID-LoRA only: torch.compile the adapter update (router, mix, B); "
+        "measured in docs/ADAPTERS.md",
+    )
 
 
 class TaskConfig(_Strict):

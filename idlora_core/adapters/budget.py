@@ -46,12 +46,18 @@ def trainable_params(
 
 
 def frozen_adapter_elements(method: str, m: int, n: int, r: int = 8, *, k: int = 4) -> int:
-    """Return the frozen elements an adapter adds to one `(m, n)` layer: ID-LoRA's `k*r*n` `A_c`
-    buffers, 0 for every other method (the base weight itself is not counted)."""
+    """Return the frozen floating-point elements an adapter adds to one `(m, n)` layer: 0 for
+    every method. ID-LoRA reads `A_c x` from the base output and keeps no copy of the rows (it
+    was `k*r*n` before issue 13); its `(k, r)` int64 skeleton indices are `index_bytes`."""
     _check(m, n, r, k, 1)
     if method not in BUDGET_METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(BUDGET_METHODS)}")
-    return k * r * n if method == "idlora" else 0
+    return 0
+
+
+def index_bytes(method: str, r: int = 8, *, k: int = 4) -> int:
+    """Return the bytes of ID-LoRA's skeleton buffer (k*r int64 row indices), 0 otherwise."""
+    return 8 * k * r if method == "idlora" else 0
 
 
 def adapter_memory_bytes(
@@ -67,7 +73,8 @@ def adapter_memory_bytes(
     optimizer_states: int = 2,
 ) -> int:
     """Return the bytes an adapter adds to one layer during training: trainable weights, their
-    gradients and `optimizer_states` optimiser tensors each (AdamW: 2), plus frozen buffers."""
+    gradients and `optimizer_states` optimiser tensors each (AdamW: 2), plus frozen buffers
+    (ID-LoRA: its int64 skeleton indices)."""
     trainable = trainable_params(method, m, n, r, k=k, p=p, bias=bias)
     frozen = frozen_adapter_elements(method, m, n, r, k=k)
-    return bytes_per_element * (trainable * (2 + optimizer_states) + frozen)
+    return bytes_per_element * (trainable * (2 + optimizer_states) + frozen) + index_bytes(method, r, k=k)

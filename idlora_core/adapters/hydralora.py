@@ -2,7 +2,9 @@
 
     z  = A x                 A (r, n) trainable, shared by all heads, `hydralora_A`
     g  = softmax(R x)        router R (N, n) trainable, no bias, `hydralora_router`
-    dy = alpha/r * sum_i g_i B_i z     heads B (N, m, r) trainable, zero at init, `hydralora_B`
+    dy = alpha/r * sum_i g_i B_i z     heads B (m, N, r) trainable, zero at init, `hydralora_B`
+Head i is `hydralora_B[:, i, :]`; stored m-first so that the (m, N*r) matrix of all heads is a
+view, not a permute-and-copy on every forward.
 Trainable elements: r*n + N*r*m + N*n. Every adapter tensor name starts with `hydralora_`.
 """
 
@@ -49,7 +51,7 @@ class HydraLoRALinear(nn.Module):
         router = torch.empty(num_heads, n, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
         self.hydralora_A = nn.Parameter(a.to(device=w.device, dtype=w.dtype))
         self.hydralora_router = nn.Parameter(router.to(device=w.device, dtype=w.dtype))
-        self.hydralora_B = nn.Parameter(torch.zeros(num_heads, m, r, device=w.device, dtype=w.dtype))
+        self.hydralora_B = nn.Parameter(torch.zeros(m, num_heads, r, device=w.device, dtype=w.dtype))
 
     def adapter_delta(self, x: torch.Tensor) -> torch.Tensor:
         """Return dy (..., m) for input x (..., n), in the adapter's dtype."""
@@ -57,7 +59,7 @@ class HydraLoRALinear(nn.Module):
         z = x @ self.hydralora_A.T  # (..., r)
         g = torch.softmax(x @ self.hydralora_router.T, dim=-1)  # (..., N)
         u = (g.unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2)  # (..., N*r)
-        heads = self.hydralora_B.permute(1, 0, 2).reshape(self.out_features, -1)  # (m, N*r)
+        heads = self.hydralora_B.view(self.out_features, -1)  # (m, N*r), a view
         return self.scaling * (u @ heads.T)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -253,7 +253,7 @@ def apply_adapters(
             elif method == "idlora":
                 new = IDLoRALinear(
                     base, skeletons[name], alpha=target.alpha, dropout=target.dropout,
-                    rb_splits=target.rb_splits,
+                    rb_splits=target.rb_splits, compile=adapter_config.compile_adapters,
                 )
                 _replace(model, name, new)
             elif method == "hydralora":
@@ -304,7 +304,8 @@ def build_report(
         base = getattr(module, "base_layer", module)
         m, n = base.out_features, base.in_features
         trainable = [p for p in module.parameters() if p.requires_grad]
-        frozen = [b for bname, b in module.named_buffers() if bname.split(".")[-1].startswith("idlora_")]
+        buffers = [b for bname, b in module.named_buffers() if bname.split(".")[-1].startswith("idlora_")]
+        frozen = [b for b in buffers if b.is_floating_point()]
         p = target.rb_splits if method == "idlora" else 1
         r = None if method == "full" else target.r
         k = target.k if method in ("idlora", "hydralora") else None
@@ -315,7 +316,7 @@ def build_report(
                 trainable=sum(t.numel() for t in trainable),
                 frozen_adapter_elements=sum(b.numel() for b in frozen),
                 formula=trainable_params(method, m, n, target.r, k=target.k, p=p, bias=has_bias),
-                adapter_bytes=sum(t.numel() * t.element_size() for t in trainable + frozen),
+                adapter_bytes=sum(t.numel() * t.element_size() for t in trainable + buffers),
             )
         )
     # PEFT wraps a head in ModulesToSaveWrapper: only its trainable copy counts.

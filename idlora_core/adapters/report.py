@@ -25,9 +25,9 @@ class LayerRow:
     p: int  # ID-LoRA rank-boosting splits (1 otherwise)
     bias: bool  # the base layer has a bias
     trainable: int  # elements with requires_grad, counted from the modules
-    frozen_adapter_elements: int  # elements of the frozen ID-LoRA A_c buffers
+    frozen_adapter_elements: int  # frozen floating-point adapter elements (0: no copied A_c rows)
     formula: int  # DESIGN §1 formula for the same layer
-    adapter_bytes: int  # bytes of trainable tensors + frozen adapter buffers (no optimiser state)
+    adapter_bytes: int  # bytes of trainable tensors + adapter buffers (ID-LoRA: skeleton indices)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -25,7 +25,8 @@ def test_forward_matches_per_token_reference():
     w, b = base.weight.detach().numpy(), base.bias.detach().numpy()
     a = layer.hydralora_A.detach().numpy()
     router = layer.hydralora_router.detach().numpy()
-    heads = layer.hydralora_B.detach().numpy()
+    heads = layer.hydralora_B.detach().numpy().transpose(1, 0, 2)  # (N, m, r)
+    assert heads.shape == (3, 12, 4)
     expected = []
     for tok in x.numpy().reshape(-1, 10):
         logits = router @ tok

@@ -66,7 +66,9 @@ def test_tiny_init_equal_and_counts_match_formulas(arch, method):
         )
         assert row.trainable == row.formula == expected, row.name
         assert row.method == method
-        assert row.frozen_adapter_elements == (2 * 4 * row.n if method == "idlora" else 0)
+        assert row.frozen_adapter_elements == 0  # ID-LoRA gathers A_c x, no copied rows
+        if method == "idlora":  # adapter bytes: T and B (fp32) plus the (k, r) int64 skeleton
+            assert row.adapter_bytes == 4 * row.trainable + 8 * 2 * 4
     totals = report.totals
     assert totals["trainable_total"] == _requires_grad_total(adapted)
     head = 32 * 3 + 3 if arch == "bert" else 0  # BERT's classifier; the Llama LM head is frozen
@@ -95,7 +97,7 @@ def test_step_changes_only_intended_tensors(method):
     body = {n for n in changed if "classifier" not in n}
     if method == "idlora":
         assert body and all(n.endswith(("idlora_B", "idlora_T")) for n in body)
-        assert not any(n.endswith("idlora_A") for n in changed)  # every A_c bit-identical
+        assert not any(n.endswith("idlora_skeleton") for n in changed)  # the rows J_c fixed
     elif method == "full":
         assert body and all(n.endswith(("query.weight", "query.bias", "value.weight", "value.bias")) for n in body)
     else:
@@ -108,7 +110,7 @@ def test_idlora_count_independent_of_k_except_router():
     for k in (1, 2, 4):
         _, report = apply_adapters(make_tiny_llama(), _config("idlora", ["q_proj"], r=4, k=k))
         totals[k] = report.totals["trainable"]
-        assert report.totals["frozen_adapter_elements"] == 2 * k * 4 * 32
+        assert report.totals["frozen_adapter_elements"] == 0
     assert totals[2] - totals[1] == 2 * 4 and totals[4] - totals[1] == 2 * 3 * 4  # 2 layers
 
 
@@ -195,7 +197,12 @@ def test_saved_skeletons_are_used_without_clustering(monkeypatch):
     assert report.resolved_skeletons == skeletons
     w0 = make_tiny_llama().model.layers[1].self_attn.q_proj.weight
     layer = model.model.layers[1].self_attn.q_proj
-    assert torch.equal(layer.idlora_A, w0[torch.tensor(skeletons[names[1]])])
+    assert layer.skeleton == skeletons[names[1]]
+    x = torch.randn(3, 32)
+    with torch.no_grad():  # z_c read from the base output equals the saved rows of W0 times x
+        torch.testing.assert_close(layer.gather(layer.base_layer(x)),
+                                   torch.einsum("krn,bn->bkr", w0[torch.tensor(skeletons[names[1]])], x))
+    assert torch.equal(layer.idlora_skeleton, torch.tensor(skeletons[names[1]]))
     bad = cfg.model_copy(update={"skeletons": {names[0]: [[0, 1, 2]]}})
     with pytest.raises(ValueError, match="k=2, r=4"):
         apply_adapters(make_tiny_llama(), bad)
@@ -260,7 +267,13 @@ def test_real_models_init_equal_and_counts(which, request):
                 skeleton = np.asarray(report.resolved_skeletons[row.name])
                 assert skeleton.shape == (4, 8) and len(set(skeleton.ravel())) == 32
                 w0 = loaded.model.get_submodule(row.name).weight
-                assert torch.equal(adapted.get_submodule(row.name).idlora_A, w0[torch.from_numpy(skeleton)])
+                layer = adapted.get_submodule(row.name)
+                assert torch.equal(layer.idlora_skeleton.cpu(), torch.from_numpy(skeleton))
+                x = torch.randn(3, row.n)  # z_c gathered from the output = the rows W0[J_c] times x
+                with torch.no_grad():
+                    zc = layer.gather(layer.base_layer(x))
+                    torch.testing.assert_close(zc, torch.einsum("krn,bn->bkr", w0[torch.from_numpy(skeleton)], x),
+                                               rtol=1e-4, atol=1e-4)
     assert torch.equal(_logits(loaded.model, ids), base)  # the session model is intact
 
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import yaml
 
 from idlora_core.adapters import inject
-from idlora_core.adapters.io import load_adapters, read_adapter_config, save_adapters
+from idlora_core.adapters.io import (
+    AdapterLoadError,
+    load_adapters,
+    read_adapter_config,
+    save_adapters,
+    skeleton_rows_hash,
+)
 from idlora_core.config import AdapterConfig, RunConfig, TargetConfig
 from tests.conftest import make_tiny_bert, make_tiny_llama, shared_weight_copy
 
@@ -108,3 +116,130 @@ def test_peft_adapter_with_its_own_name(tmp_path):
     loaded, report = load_adapters(make_tiny_llama(), tmp_path)
     assert torch.equal(_out(loaded, ids), expected)
     assert loaded.active_adapter == "mine" and report.totals["trainable"] == 2 * 4 * (16 + 32)
+
+
+# --- hardening (issue 8 item 13): one-line errors, NaN / inf, skeleton verified on load ---
+
+
+def _saved_idlora(tmp_path, seed=3):
+    cfg = AdapterConfig(method="idlora", targets=[TargetConfig(pattern="q_proj", r=4, k=2)], seed=seed)
+    model, report = inject.apply_adapters(make_tiny_llama(), cfg)
+    _perturb(model)
+    save_adapters(model, cfg, tmp_path)
+    return cfg, report
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "truncated", "garbage"])
+def test_bad_weights_file_is_one_line_naming_it(damage, tmp_path):
+    _saved_idlora(tmp_path)
+    path = tmp_path / "adapter_model.safetensors"
+    data = path.read_bytes()
+    if damage == "missing":
+        path.unlink()
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(b"\x00" * 8 + b"not json" * 10)
+    with pytest.raises(AdapterLoadError) as info:
+        load_adapters(make_tiny_llama(), tmp_path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+    assert {"missing": "missing", "empty": "empty"}.get(damage, "truncated or corrupt") in message
+
+
+@pytest.mark.parametrize("method", ["idlora", "lora"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_weights_are_an_error(method, bad, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    cfg = AdapterConfig(method=method, targets=[TargetConfig(pattern="q_proj", r=4, k=2)])
+    model, _ = inject.apply_adapters(make_tiny_llama(), cfg)
+    save_adapters(model, cfg, tmp_path)
+    path = tmp_path / "adapter_model.safetensors"
+    with safe_open_meta(path) as metadata:
+        tensors = load_file(str(path))
+        name = next(k for k, v in tensors.items() if v.is_floating_point())
+        tensors[name][0, 0] = bad
+        save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(AdapterLoadError, match=f"{name}.*NaN/inf"):
+        load_adapters(make_tiny_llama(), tmp_path)
+
+
+class safe_open_meta:
+    """Context manager giving the metadata of a safetensors file (to write it back unchanged)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            return f.metadata()
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _edit_skeleton(tmp_path, edit):
+    data = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    name = sorted(data["adapter"]["skeletons"])[0]
+    data["adapter"]["skeletons"][name] = edit(data["adapter"]["skeletons"][name])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    return name
+
+
+def test_saved_skeleton_is_in_the_weights_file_with_a_row_hash(tmp_path):
+    from safetensors import safe_open
+
+    _, report = _saved_idlora(tmp_path)
+    with safe_open(str(tmp_path / "adapter_model.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+        hashes = json.loads(f.metadata()["skeleton_rows_sha256"])
+        for name, skeleton in report.resolved_skeletons.items():
+            assert f.get_tensor(f"{name}.idlora_skeleton").tolist() == skeleton
+    assert set(hashes) == set(report.resolved_skeletons)
+    assert not any(k.endswith("idlora_A") for k in keys)  # no copied rows in the file
+    w = make_tiny_llama().get_submodule(sorted(hashes)[0]).weight
+    skel = torch.tensor(report.resolved_skeletons[sorted(hashes)[0]])
+    assert hashes[sorted(hashes)[0]] == skeleton_rows_hash(w, skel)
+    assert skeleton_rows_hash(w.to(torch.bfloat16), skel) == skeleton_rows_hash(w, skel)
+    assert skeleton_rows_hash(w, skel.flip(-1)) != skeleton_rows_hash(w, skel)
+
+
+@pytest.mark.parametrize("how", ["duplicated", "swapped", "other-seed"])
+def test_edited_skeleton_is_refused(how, tmp_path):
+    _saved_idlora(tmp_path)
+    if how == "other-seed":
+        other = tmp_path / "other"
+        _saved_idlora(other, seed=11)
+        other_skeletons = yaml.safe_load((other / "config.yaml").read_text())["adapter"]["skeletons"]
+        edit = lambda s: other_skeletons[sorted(other_skeletons)[0]]  # noqa: E731
+    elif how == "duplicated":
+        edit = lambda s: [s[0], [s[0][0]] + s[1][1:]]  # noqa: E731
+    else:
+        edit = lambda s: [[s[0][1], s[0][0]] + s[0][2:], s[1]]  # noqa: E731
+    before = yaml.safe_load((tmp_path / "config.yaml").read_text())["adapter"]["skeletons"]
+    name = _edit_skeleton(tmp_path, edit)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["adapter"]["skeletons"][name] != before[name]
+    with pytest.raises(AdapterLoadError, match=f"{name}.*differs from the saved one"):
+        load_adapters(make_tiny_llama(), tmp_path)
+
+
+def test_other_base_model_is_refused(tmp_path):
+    _saved_idlora(tmp_path)
+    with pytest.raises(AdapterLoadError, match="rows W0\\[J\\].*differ"):
+        load_adapters(make_tiny_llama(seed=1), tmp_path)
+    load_adapters(make_tiny_llama(seed=0), tmp_path)  # the right base loads
+
+
+def test_bad_config_yaml_is_one_line(tmp_path):
+    _saved_idlora(tmp_path)
+    (tmp_path / "config.yaml").write_text("adapter: [unclosed")
+    with pytest.raises(AdapterLoadError, match="config.yaml: not readable YAML"):
+        load_adapters(make_tiny_llama(), tmp_path)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"adapter": {"method": "nope"}}))
+    with pytest.raises(AdapterLoadError, match="config.yaml: invalid adapter config at method"):
+        load_adapters(make_tiny_llama(), tmp_path)
