@@ -47,6 +47,7 @@ from idlora_core.config import (
     TaskConfig,
     TrainConfig,
     field_range,
+    target_for,
 )
 from idlora_core.layers import block_index, layer_kind
 
@@ -199,11 +200,13 @@ def task_configs(state: Mapping[str, Any], model_kind: str) -> list[TaskConfig]:
             for t in chosen_tasks(state, model_kind)]
 
 
-def finetune_targets(layers: list[str], state: Mapping[str, Any], r: int, k: int) -> list[TargetConfig]:
-    """Return one target per layer name with the Fine-tune page's r, k, strategy, RB, alpha."""
+def finetune_targets(layers: list[str], state: Mapping[str, Any], r: int, k: int,
+                     method: str = "idlora") -> list[TargetConfig]:
+    """Return one target per layer name with the Fine-tune page's r, k, strategy, RB, alpha;
+    only the fields `method` uses (any other, set, would be a config error)."""
     return [
-        TargetConfig(
-            pattern=name, r=r, k=k, selection=_get(state, "ft_selection"),
+        target_for(
+            method, pattern=name, r=r, k=k, selection=_get(state, "ft_selection"),
             rb_splits=int(_get(state, "ft_rb_splits")), alpha=float(_get(state, "ft_alpha")),
             dropout=float(_get(state, "ft_dropout")),
             normalize_rows=bool(_get(state, "ft_normalize_rows")),
@@ -236,7 +239,7 @@ def finetune_configs(
             label = METHOD_LABELS[method] + ("" if method == "full" else f" r={r}")
             label += f" k={k}" if method in ("idlora", "hydralora") else ""
             adapter = AdapterConfig(
-                method=method, targets=finetune_targets(layers, state, r, k),
+                method=method, targets=finetune_targets(layers, state, r, k, method),
                 seed=int(_get(state, "ft_adapter_seed")),
             )
             out.append((label, RunConfig(model=model, adapter=adapter, tasks=tasks, train=train)))
@@ -258,8 +261,8 @@ def export_config(
         raise ValueError("no layers selected: pick layer types on the Model & layers page")
     method = _get(state, "ex_method")
     targets = [
-        TargetConfig(
-            pattern=name, r=int(choices[name]["r"]), k=int(choices[name]["k"]),
+        target_for(
+            method, pattern=name, r=int(choices[name]["r"]), k=int(choices[name]["k"]),
             selection=choices[name]["strategy"], rb_splits=int(choices[name]["rb_splits"]),
             alpha=float(_get(state, "ft_alpha")), dropout=float(_get(state, "ft_dropout")),
             normalize_rows=bool(_get(state, "ex_normalize_rows")),

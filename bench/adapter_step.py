@@ -17,6 +17,9 @@ and a second matmul; kept here only as the measured reference), and `idlora-comp
   adapter_MB    trainable weights + their gradients + AdamW state + adapter buffers (frozen
                 rows, skeleton indices) (MiB, measured from the real tensors)
   act_MB        activations saved for backward by one step (MiB, unique storages, no weights)
+  state_MB      what the adapters add to the model's state dict (MiB: adapter tensors and buffers,
+                i.e. what a whole-model save would add to the base checkpoint)
+  file_MB       size of the adapter weights file `save_adapters` writes (MiB)
   peak_MB       peak device memory a step allocates above what was resident before it (MiB,
                 CUDA only: activations, gradients, temporaries)
   prep_s        seconds to adapt the model (ID-LoRA: k-means + selection on every layer, unless
@@ -126,8 +129,8 @@ def saved_activation_bytes(model: nn.Module, batch: dict) -> int:
     return sum(seen.values())
 
 
-def build(base: nn.Module, method: str, r: int, k: int, cache: bool = True) -> tuple[nn.Module, float, object]:
-    """Return (adapted copy of base, preprocessing seconds, report)."""
+def build(base: nn.Module, method: str, r: int, k: int, cache: bool = True) -> tuple[nn.Module, float, object, object]:
+    """Return (adapted copy of base, preprocessing seconds, report, the AdaptedModel)."""
     params = dict(METHODS[method])
     params["r"] = r
     if "k" in params:
@@ -135,20 +138,42 @@ def build(base: nn.Module, method: str, r: int, k: int, cache: bool = True) -> t
     cfg = AdapterConfig(method=method.split("-")[0], targets=[TargetConfig(pattern=p, **params) for p in PROJ],
                         compile_adapters=method == "idlora-compile")
     start = time.perf_counter()
-    model, report = apply_adapters(copy.deepcopy(base), cfg, cache=cache)
+    adapted = apply_adapters(copy.deepcopy(base), cfg, cache=cache)
+    model, report = adapted.module, adapted.report
     if method == "idlora-copy":
         for name, module in list(model.named_modules()):
             if isinstance(module, IDLoRALinear):
                 parent, _, child = name.rpartition(".")
                 setattr(model.get_submodule(parent), child, CopyIDLoRALinear(module))
         report.rows = [replace_frozen(row, model) for row in report.rows]
-    return model, time.perf_counter() - start, report
+    return model, time.perf_counter() - start, report, adapted
 
 
 def replace_frozen(row, model: nn.Module):
     """Return the report row of an idlora-copy layer with its frozen A_c elements counted."""
     frozen = model.get_submodule(row.name).idlora_A.numel()
     return dataclasses.replace(row, frozen_adapter_elements=frozen)
+
+
+def state_bytes(model: nn.Module, base_keys: set[str]) -> int:
+    """Bytes of the state-dict entries of `model` that are not base-model weights."""
+    total = 0
+    for key, t in model.state_dict().items():
+        plain = key.replace("base_model.model.", "").replace(".base_layer", "")
+        if plain not in base_keys and not key.endswith(".base_layer.weight"):
+            total += t.numel() * t.element_size()
+    return total
+
+
+def file_bytes(adapted) -> int:
+    """Bytes of the adapter weights file `save_adapters` writes for an AdaptedModel."""
+    import tempfile
+
+    from idlora_core.adapters.io import save_adapters
+
+    with tempfile.TemporaryDirectory() as folder:
+        save_adapters(adapted, folder)
+        return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -161,6 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--r", type=int, default=8)
     ap.add_argument("--k", type=int, default=4, help="ID-LoRA clusters and HydraLoRA heads N")
     ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
+    ap.add_argument("--infer-repeats", type=int, default=3,
+                    help="no-grad forwards per method and round (interleaved with the base model)")
     ap.add_argument("--json", metavar="OUT", help="write every figure of the table to this JSON file")
     ap.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
                     help="model dtype; auto = bf16 on CUDA, fp32 on CPU")
@@ -182,9 +209,11 @@ def main(argv: list[str] | None = None) -> dict:
     ids = torch.randint(0, base.config.vocab_size, (args.batch, args.seq), generator=gen).to(device)
     batch = {"input_ids": ids, "labels": ids}
 
-    models, optims, prep, reports = {}, {}, {}, {}
+    models, optims, prep, reports, configs = {}, {}, {}, {}, {}
+    base_keys = set(base.state_dict())
     for method in args.methods:
-        model, seconds, report = build(base, method, args.r, args.k, cache=not args.no_skeleton_cache)
+        model, seconds, report, configs[method] = build(base, method, args.r, args.k,
+                                                         cache=not args.no_skeleton_cache)
         models[method] = model.to(device).train()
         optims[method] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         prep[method], reports[method] = seconds, report
@@ -225,6 +254,12 @@ def main(argv: list[str] | None = None) -> dict:
             models[m].eval()
             infer_times[m].append(infer(models[m]))
             models[m].train()
+        for _ in range(args.infer_repeats - 1):  # extra no-grad passes, interleaved with the base
+            infer_times["base"].append(infer(base))
+            for m in args.methods:
+                models[m].eval()
+                infer_times[m].append(infer(models[m]))
+                models[m].train()
 
     def med(times: list[tuple[float, float]], which: int) -> float:
         return 1e3 * statistics.median(t[which] for t in times)
@@ -241,6 +276,8 @@ def main(argv: list[str] | None = None) -> dict:
             "frozen_buf": totals["frozen_adapter_elements"],
             "adapter_MB": _mb(adapter_bytes(models[m], optims[m])),
             "act_MB": _mb(saved_activation_bytes(models[m], batch)),
+            "state_MB": _mb(state_bytes(models[m], base_keys)),
+            "file_MB": _mb(file_bytes(configs[m])),
             "peak_MB": _mb(peaks[m]) if device.type == "cuda" else float("nan"),
             "prep_s": prep[m],
         }
@@ -250,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{args.seq} tokens, device {device}, {dtype}, {args.rounds} interleaved rounds, "
           f"torch threads {torch.get_num_threads()}")
     cols = ["step_ms", "step_cpu_ms", "infer_ms", "infer_cpu_ms", "trainable", "frozen_buf",
-            "adapter_MB", "act_MB", "peak_MB", "prep_s"]
+            "adapter_MB", "act_MB", "state_MB", "file_MB", "peak_MB", "prep_s"]
     print(f"{'method':<15}" + "".join(f"{c:>13}" for c in cols))
     print(f"{'base':<15}{'':>26}{med(infer_times['base'], 0):>13.1f}{med(infer_times['base'], 1):>13.1f}")
     for m, row in results.items():
@@ -264,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict:
             "settings": {"model": "smollm2-135m", "layers": len(reports[args.methods[0]].rows),
                          "batch": args.batch, "seq": args.seq, "r": args.r, "k": args.k,
                          "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-                         "rounds": args.rounds, "threads": torch.get_num_threads(),
+                         "rounds": args.rounds, "infer_repeats": args.infer_repeats, "threads": torch.get_num_threads(),
                          "timing": "process CPU time" if device.type == "cpu" else "wall time"},
             "base": {"infer_ms": med(infer_times["base"], 0), "infer_cpu_ms": med(infer_times["base"], 1)},
             "methods": results,

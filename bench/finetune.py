@@ -94,7 +94,8 @@ def paired_step_ratio(args: argparse.Namespace, repeats: int) -> dict[str, float
     for method in ("idlora", "lora"):
         cfg = bench_config(args, method)
         tasks = load_tasks(cfg.tasks, seed=cfg.train.seed)
-        model, tokenizer, _ = build_model(cfg, tasks)
+        adapted, tokenizer, _ = build_model(cfg, tasks)
+        model = adapted.module
         device, _ = resolve_device(cfg.train)
         models[method] = model.to(device).train()
         if batch is None:

@@ -137,6 +137,24 @@ class TargetConfig(_Strict):
         return self
 
 
+# The TargetConfig fields each method uses (pattern, regex and layers apply to all).
+METHOD_FIELDS: dict[str, frozenset[str]] = {
+    "idlora": frozenset({"r", "k", "selection", "rb_splits", "alpha", "dropout", "normalize_rows"}),
+    "hydralora": frozenset({"r", "k", "alpha", "dropout"}),
+    "lora": frozenset({"r", "alpha", "dropout"}),
+    "dora": frozenset({"r", "alpha", "dropout"}),
+    "full": frozenset(),
+}
+TUNABLE_FIELDS = METHOD_FIELDS["idlora"]
+
+
+def target_for(method: str, **values: Any) -> TargetConfig:
+    """Return a TargetConfig for `method` from `values`, dropping the fields the method does not
+    use (a UI that holds every field for every method builds its targets with this)."""
+    keep = METHOD_FIELDS.get(method, TUNABLE_FIELDS) | {"pattern", "regex", "layers"}
+    return TargetConfig(**{name: value for name, value in values.items() if name in keep})
+
+
 class AdapterConfig(_Strict):
     method: Method = Field(
         "idlora",
@@ -155,11 +173,36 @@ class AdapterConfig(_Strict):
         description="resolved skeleton row indices per adapted layer name: one list of r "
         "global row indices per cluster; when present, no re-clustering happens",
     )
-    compile_adapters: bool = Field(
+    compile_adapters: StrictBool = Field(
         False,
         description="ID-LoRA only: torch.compile the adapter update (router, mix, B); "
         "measured in docs/ADAPTERS.md",
     )
+
+    @model_validator(mode="after")
+    def _fields_apply(self) -> AdapterConfig:
+        """A target field that the method does not use, set away from its default, is an error
+        (it would be silently ignored otherwise); so is compile_adapters off ID-LoRA."""
+        if self.method not in METHOD_FIELDS:  # baselines (head-only, base) ignore their targets
+            return self
+        used = METHOD_FIELDS[self.method]
+        problems = []
+        for i, target in enumerate(self.targets):
+            for name in sorted(TUNABLE_FIELDS - used):
+                default = TargetConfig.model_fields[name].default
+                if getattr(target, name) != default:
+                    users = [m for m in METHOD_FIELDS if name in METHOD_FIELDS[m]]
+                    problems.append(
+                        f"targets.{i}.{name}={getattr(target, name)!r} does not apply to method "
+                        f"{self.method!r} (only to {', '.join(users)}); remove it or set {default!r}"
+                    )
+        if self.compile_adapters and self.method != "idlora":
+            problems.append(f"compile_adapters applies to method 'idlora' only, not {self.method!r}")
+        if self.skeletons and self.method != "idlora":
+            problems.append(f"skeletons apply to method 'idlora' only, not {self.method!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class TaskConfig(_Strict):

@@ -13,7 +13,6 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from analysis.export import resolve_skeletons
 from analysis.runs import RunPathError, safe_run_dir
 from app import settings_io as sio
 from app.common import (
@@ -27,6 +26,7 @@ from app.common import (
     set_model_name,
 )
 from idlora_core.adapters.budget import trainable_params
+from idlora_core.adapters.skeletons import layer_skeletons
 from idlora_core.config import METHODS, ConfigError, RunConfig, dumps_config, loads_config
 
 MAX_UPLOAD_BYTES = 256 * 1024
@@ -39,7 +39,7 @@ CONFIG_FILE = "idlora_config.yaml"
 def _skeletons(_model, model_key: str, targets_json: str, seed: int) -> dict:
     """Cached skeleton resolution; `model_key` and `targets_json` are the cache key."""
     targets = RunConfig.model_validate_json(targets_json).adapter.targets
-    return resolve_skeletons(_model, targets, seed)  # reads only the targets' weights
+    return layer_skeletons(_model, targets, seed)  # reads only the targets' weights
 
 
 def _choices_editor(layers: list[str]) -> None:

@@ -36,7 +36,10 @@ def idlora_update(zc: torch.Tensor, T: torch.Tensor, B: torch.Tensor, scaling: f
     `torch.compile` can take it.
     """
     a = torch.softmax((zc * T).sum(-1), dim=-1) * scaling  # (..., k)
-    z = (a.unsqueeze(-2) @ zc).squeeze(-2)  # (..., r)
+    if torch.is_grad_enabled():  # measured: the batched matmul is faster with autograd,
+        z = (a.unsqueeze(-2) @ zc).squeeze(-2)  # (..., r)
+    else:  # multiply-sum without it (no-grad inference, about 5 % of the adapter's time)
+        z = (a.unsqueeze(-1) * zc).sum(-2)
     if dropout:
         z = F.dropout(z, dropout, training)
     if p == 1:

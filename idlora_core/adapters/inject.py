@@ -9,7 +9,8 @@ One entry point, `apply_adapters(model, adapter_config)`, for all five methods a
   head-only  -> no adapter: only the head modules train (targets ignored)
   base       -> nothing trains (the reference point with 0 trainable parameters)
 Everything else is frozen, except head modules named in `extra_trainable` (counted apart).
-Save / load lives in `adapter_io.py`.
+Save / load lives in `io.py`; skeleton resolution in `skeletons.py`; the returned wrapper in
+`model.py`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from torch import nn
 from idlora_core.adapters.budget import trainable_params
 from idlora_core.adapters.hydralora import HydraLoRALinear
 from idlora_core.adapters.idlora import IDLoRALinear
+from idlora_core.adapters.model import AdaptedModel
 from idlora_core.adapters.report import AdapterReport, LayerRow
-from idlora_core.cache import cached_skeleton
+from idlora_core.adapters.skeletons import compute_skeleton, resolve_skeletons  # noqa: F401 (re-export)
 from idlora_core.config import AdapterConfig, TargetConfig
 from idlora_core.layers import block_index, list_linear_layers
 
@@ -96,78 +98,6 @@ def resolve_targets(model: nn.Module, adapter_config: AdapterConfig) -> list[tup
     return [(name, adapter_config.targets[i]) for name, i in sorted(claimed.items(), key=lambda kv: order[kv[0]])]
 
 
-def compute_skeleton(weight: torch.Tensor, target: TargetConfig, seed: int = 0) -> list[list[int]]:
-    """Return k lists of r global row indices of `weight` (m, n): k-means with clusters of at least
-    r rows (`MinSizeKMeans`), then `select_skeleton` with the target's strategy."""
-    m = weight.shape[0]
-    if m < target.k * target.r:
-        raise ValueError(
-            f"ID-LoRA needs k*r <= m rows: k={target.k}, r={target.r}, m={m} (pattern {target.pattern!r})"
-        )
-    from idlora_core.linalg.clustering import MinSizeKMeans
-    from idlora_core.linalg.selection import select_skeleton
-
-    w = weight.detach().to("cpu", torch.float64).numpy()
-    km = MinSizeKMeans(
-        n_clusters=target.k, min_size=target.r, normalize_rows=target.normalize_rows, random_state=seed
-    ).fit(w)
-    chosen = select_skeleton(
-        w, km.labels_, target.r, target.selection, normalize_rows=target.normalize_rows, seed=seed
-    )
-    return [[int(i) for i in rows] for rows in chosen]
-
-
-def _check_skeleton(name: str, skeleton: list[list[int]], target: TargetConfig, m: int) -> None:
-    shape = (len(skeleton), len(skeleton[0]) if skeleton else 0)
-    if shape != (target.k, target.r) or any(len(rows) != target.r for rows in skeleton):
-        raise ValueError(
-            f"saved skeleton for {name!r} has {shape[0]} clusters of {shape[1]} rows, but the target "
-            f"asks for k={target.k}, r={target.r}"
-        )
-    if any(not 0 <= i < m for rows in skeleton for i in rows):
-        raise ValueError(f"saved skeleton for {name!r} has row indices outside [0, {m})")
-
-
-def resolve_skeletons(
-    model: nn.Module,
-    targets: list[tuple[str, TargetConfig]],
-    adapter_config: AdapterConfig,
-    progress: Callable[[int, int, str], None] | None = None,
-    cache: bool = True,
-) -> dict[str, list[list[int]]]:
-    """Return the skeleton row indices (k lists of r) of every ID-LoRA target: the saved ones in
-    `adapter_config.skeletons` where present, else clustered and selected (through the on-disk
-    `idlora_core.cache` when `cache`: bad entries are recomputed). Also checks that rank boosting divides each layer."""
-    saved = adapter_config.skeletons or {}
-    skeletons = {}
-    for done, (name, target) in enumerate(targets, start=1):
-        base = model.get_submodule(name)
-        m = base.out_features
-        if m % target.rb_splits:
-            raise ValueError(
-                f"rank boosting needs p to divide m and r: m={m} (out_features of {name!r}), "
-                f"r={target.r}, p={target.rb_splits}"
-            )
-        skeleton = saved.get(name)
-        if skeleton is None:  # saved on the base model: "encoder.x" names "bert.encoder.x" here
-            skeleton = next((v for k, v in saved.items() if name.endswith("." + k)), None)
-        if skeleton is None and cache:
-            params = {"k": target.k, "r": target.r, "selection": target.selection,
-                      "normalize_rows": target.normalize_rows, "seed": adapter_config.seed}
-            w64 = base.weight.detach().to("cpu", torch.float64).numpy()
-            skeleton = cached_skeleton(
-                w64, params, lambda b=base, t=target: compute_skeleton(b.weight, t, adapter_config.seed),
-                check=lambda s, n=name, t=target, rows=m: _check_skeleton(n, s, t, rows),
-            )
-        elif skeleton is None:
-            skeleton = compute_skeleton(base.weight, target, adapter_config.seed)
-        _check_skeleton(name, skeleton, target, m)
-        skeletons[name] = skeleton
-        if progress is not None:
-            progress(done, len(targets), name)
-    return skeletons
-
-
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -185,10 +115,12 @@ def head_module_names(model: nn.Module, extra_trainable: Sequence[str], targets:
     return heads
 
 
-def unwrap_peft(model: nn.Module) -> nn.Module:
-    """Return the transformers model inside a PEFT wrapper (the model itself otherwise)."""
+def _unwrap(model: nn.Module) -> nn.Module:
+    """Return the transformers model inside a PEFT wrapper or an AdaptedModel (else the model)."""
     from peft import PeftModel
 
+    if isinstance(model, AdaptedModel):
+        return model.unwrapped
     return model.base_model.model if isinstance(model, PeftModel) else model
 
 
@@ -221,9 +153,10 @@ def apply_adapters(
     extra_trainable: Sequence[str] = ("classifier", "score"),
     progress: Callable[[int, int, str], None] | None = None,
     cache: bool = True,
-) -> tuple[nn.Module, AdapterReport]:
-    """Adapt `model` IN PLACE (deep-copy it first to keep the original) and return
-    (adapted model, AdapterReport). For lora/dora the returned model is a `peft.PeftModel`.
+) -> AdaptedModel:
+    """Adapt `model` IN PLACE (deep-copy it first to keep the original) and return an
+    `AdaptedModel`: the model that runs (`.model`; a `peft.PeftModel` for lora / dora), the
+    config with resolved ID-LoRA skeletons (`.adapter_config`) and the `AdapterReport` (`.report`).
 
     Every parameter is frozen except the adapters (or, for `full`, the target layers) and the
     head modules whose names end with one of `extra_trainable`; the head is reported apart as
@@ -234,7 +167,8 @@ def apply_adapters(
     """
     base_params = sum(p.numel() for p in model.parameters())
     if adapter_config.method in ("head-only", "base"):
-        return _apply_baseline(model, adapter_config.method, extra_trainable, base_params)
+        model, report = _apply_baseline(model, adapter_config.method, extra_trainable, base_params)
+        return AdaptedModel(model, adapter_config, report)
     targets = resolve_targets(model, adapter_config)
     names = {name for name, _ in targets}
     heads = head_module_names(model, extra_trainable, names)
@@ -269,7 +203,8 @@ def apply_adapters(
             model.get_submodule(head).requires_grad_(True)
     report = build_report(model, method, targets, heads, base_params)
     report.resolved_skeletons = skeletons
-    return model, report
+    resolved = adapter_config.model_copy(update={"skeletons": skeletons or None})
+    return AdaptedModel(model, resolved, report)
 
 
 def _apply_baseline(model: nn.Module, method: str, extra_trainable: Sequence[str],
@@ -297,7 +232,7 @@ def build_report(
     base_params: int,
 ) -> AdapterReport:
     """Return the AdapterReport of an adapted `model`, counting from its modules."""
-    inner = unwrap_peft(model)
+    inner = _unwrap(model)
     rows = []
     for name, target in targets:
         module = inner.get_submodule(name)
@@ -331,12 +266,13 @@ def build_report(
     )
 
 
-def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def adapter_state_dict(model: nn.Module | AdaptedModel) -> dict[str, torch.Tensor]:
     """Return the trainable tensors of an idlora / hydralora / full model (adapters and heads),
     keyed by their parameter names, detached."""
+    model = model.module if isinstance(model, AdaptedModel) else model
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def idlora_layers(model: nn.Module) -> dict[str, IDLoRALinear]:
     """Return every IDLoRALinear of `model` by module name."""
-    return {name: m for name, m in unwrap_peft(model).named_modules() if isinstance(m, IDLoRALinear)}
+    return {name: m for name, m in _unwrap(model).named_modules() if isinstance(m, IDLoRALinear)}

@@ -40,9 +40,8 @@ from idlora_core.adapters.inject import (
     head_module_names,
     idlora_layers,
     resolve_targets,
-    unwrap_peft,
 )
-from idlora_core.adapters.report import AdapterReport
+from idlora_core.adapters.model import AdaptedModel
 from idlora_core.cache import write_text_atomic
 from idlora_core.config import AdapterConfig, RunConfig, dumps_config
 
@@ -85,24 +84,26 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, metadata
 
 
-def _resolved(config: RunConfig | AdapterConfig, model: nn.Module) -> RunConfig | AdapterConfig:
-    skeletons = {name: layer.skeleton for name, layer in idlora_layers(model).items()}
-    adapter = config.adapter if isinstance(config, RunConfig) else config
-    adapter = adapter.model_copy(update={"skeletons": skeletons or None})
-    if isinstance(config, RunConfig):
-        return config.model_copy(update={"adapter": adapter})
-    return adapter
+def _resolved(adapted: AdaptedModel, run_config: RunConfig | None) -> RunConfig | AdapterConfig:
+    """Return the config to save: the run config (if any) with the adapter's resolved config."""
+    skeletons = {name: layer.skeleton for name, layer in idlora_layers(adapted).items()}
+    adapter = adapted.adapter_config.model_copy(update={"skeletons": skeletons or None})
+    run_config = run_config or adapted.run_config
+    return adapter if run_config is None else run_config.model_copy(update={"adapter": adapter})
 
 
-def save_adapters(model: nn.Module, config: RunConfig | AdapterConfig, folder: str | Path) -> Path:
-    """Write the adapters of `model` (adapted with `config`) and the resolved config to `folder`;
-    return the folder path."""
+def save_adapters(model: AdaptedModel, folder: str | Path, *, run_config: RunConfig | None = None) -> Path:
+    """Write the adapters of `model` (what `apply_adapters` / `load_adapters` returned) and its
+    resolved config to `folder`; return the folder path. With `run_config` (or the model's own
+    `run_config`) the whole run config is saved, its `adapter` section replaced by the model's."""
+    if not isinstance(model, AdaptedModel):
+        raise TypeError(f"save_adapters takes the AdaptedModel apply_adapters returned, got {type(model).__name__}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    resolved = _resolved(config, model)
+    resolved = _resolved(model, run_config)
     adapter = resolved.adapter if isinstance(resolved, RunConfig) else resolved
     if adapter.method in ("lora", "dora"):
-        model.save_pretrained(str(folder))
+        model.module.save_pretrained(str(folder))
     else:
         tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
         hashes = {}
@@ -163,11 +164,13 @@ def load_adapters(
     *,
     extra_trainable: tuple[str, ...] = ("classifier", "score"),
     is_trainable: bool = True,
-) -> tuple[nn.Module, AdapterReport]:
-    """Put the adapters saved in `folder` on `base_model` (modified in place) and return
-    (model, report). The model computes exactly what the saved one did."""
+) -> AdaptedModel:
+    """Put the adapters saved in `folder` on `base_model` (modified in place) and return the
+    `AdaptedModel` (its `run_config` set when the folder holds a whole run config). The model
+    computes exactly what the saved one did."""
     folder = Path(folder)
     adapter = read_adapter_config(folder)
+    run_config = _read_run_config(folder)
     if adapter.method in ("lora", "dora"):
         from peft import PeftModel
 
@@ -177,7 +180,8 @@ def load_adapters(
         where, name = _peft_folder(folder)
         _read_weights(where / "adapter_model.safetensors")  # one-line errors, NaN / inf check
         model = PeftModel.from_pretrained(base_model, str(where), adapter_name=name, is_trainable=is_trainable)
-        return model, build_report(model, adapter.method, targets, heads, base_params)
+        return AdaptedModel(model, adapter, build_report(model, adapter.method, targets, heads, base_params),
+                            run_config)
     path = folder / WEIGHTS_FILE
     saved, metadata = _read_weights(path)
     for name, skeleton in (adapter.skeletons or {}).items():
@@ -187,7 +191,8 @@ def load_adapters(
                 f"{path}: the skeleton of {name!r} in {CONFIG_FILE} differs from the saved one "
                 "(edited, duplicated, swapped or re-derived rows); refusing to load"
             )
-    model, report = apply_adapters(base_model, adapter, extra_trainable=extra_trainable)
+    model = apply_adapters(base_model, adapter, extra_trainable=extra_trainable)
+    model.run_config = run_config
     _verify_skeletons(model, saved, metadata, path)
     expected = adapter_state_dict(model)
     missing = sorted(set(expected) - set(saved))
@@ -200,13 +205,19 @@ def load_adapters(
     for name, value in saved.items():
         if value.shape != expected[name].shape:
             raise ValueError(f"{name}: saved shape {tuple(value.shape)} != model {tuple(expected[name].shape)}")
-    unwrap_peft(model).load_state_dict(saved, strict=False)
+    model.module.load_state_dict(saved, strict=False)
     if not is_trainable:
-        model.requires_grad_(False)
-    return model, report
+        model.module.requires_grad_(False)
+    return model
 
 
-def _verify_skeletons(model: nn.Module, saved: dict[str, torch.Tensor], metadata: dict[str, str],
+def _read_run_config(folder: Path) -> RunConfig | None:
+    """Return the whole RunConfig saved in `folder` (None when only the adapter part is)."""
+    data = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    return None if set(data) == {"adapter"} else RunConfig.model_validate(data)
+
+
+def _verify_skeletons(model: AdaptedModel, saved: dict[str, torch.Tensor], metadata: dict[str, str],
                       path: Path) -> None:
     """Refuse (AdapterLoadError) an ID-LoRA skeleton that differs from the one saved in `path`,
     or base-model rows W0[J] whose hash differs from the saved one; pops the skeleton tensors."""

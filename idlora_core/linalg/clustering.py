@@ -2,8 +2,10 @@
 
 `MinSizeKMeans` groups the m rows of a weight matrix into k clusters so that every
 cluster holds at least `min_size` rows (ID-LoRA takes r rows from each cluster, so
-`min_size = r`). It is scikit-learn style: `__init__` stores parameters, `fit` returns
-self, learned attributes end in `_`.
+`min_size = r`). It is a scikit-learn estimator (`BaseEstimator`, `ClusterMixin`):
+`__init__` only stores its parameters (all but `n_clusters` keyword-only), `fit(X, y=None)`
+checks them and returns self, learned attributes end in `_`, and `clone`, `get_params`,
+`set_params` and `fit_predict` work as for any scikit-learn clusterer.
 
 Algorithm (deterministic for a given `random_state`):
   1. Geometry: the rows of W, or the rows scaled to unit L2 norm (`normalize_rows=True`,
@@ -24,6 +26,7 @@ k-means-constrained (an exact min-cost-flow formulation) is not used: it needs o
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster import KMeans
 
 from idlora_core.linalg.validation import check_weight
@@ -77,7 +80,7 @@ def repair_min_size(d2: np.ndarray, labels: np.ndarray, min_size: int) -> np.nda
     return labels
 
 
-class MinSizeKMeans:
+class MinSizeKMeans(ClusterMixin, BaseEstimator):
     """k-means on the rows of a matrix with every cluster holding at least `min_size` rows.
 
     Attributes after `fit(W)`: `labels_` (int64, shape (m,), values 0..k-1),
@@ -88,7 +91,8 @@ class MinSizeKMeans:
 
     def __init__(
         self,
-        n_clusters: int,
+        n_clusters: int = 8,
+        *,
         min_size: int = 1,
         normalize_rows: bool = False,
         random_state: int = 0,
@@ -116,9 +120,10 @@ class MinSizeKMeans:
                 "the clusters cannot all reach the minimum size"
             )
 
-    def fit(self, W: np.ndarray) -> MinSizeKMeans:
-        """Cluster the rows of W (m, n); returns self with `labels_` and `cluster_centers_` set."""
-        W = check_weight(W)
+    def fit(self, X: np.ndarray, y: None = None) -> MinSizeKMeans:
+        """Cluster the rows of X (m, n); returns self with `labels_` and `cluster_centers_` set.
+        `y` is ignored (scikit-learn's signature)."""
+        W = check_weight(X)
         m = W.shape[0]
         self._check(m)
         k = int(self.n_clusters)
@@ -135,6 +140,7 @@ class MinSizeKMeans:
             if (np.bincount(labels, minlength=k) < self.min_size).any():
                 labels = self._constrained_lloyd(Z, labels, km.cluster_centers_)
         self.labels_ = labels
+        self.n_features_in_ = W.shape[1]
         self.cluster_centers_ = cluster_means(Z, labels, k)
         self.inertia_ = float(squared_distances(Z, self.cluster_centers_)[np.arange(m), labels].sum())
         return self
@@ -150,10 +156,6 @@ class MinSizeKMeans:
                 break
             labels = new
         return labels
-
-    def fit_predict(self, W: np.ndarray) -> np.ndarray:
-        """Fit on W and return `labels_`."""
-        return self.fit(W).labels_
 
     def cluster_sizes(self) -> np.ndarray:
         """Return the number of rows in each cluster (int64, shape (k,))."""

@@ -142,7 +142,9 @@ def upcast_trainable(model: torch.nn.Module) -> int:
 
 
 def build_model(config: RunConfig, tasks: list[TaskData], source=None):
-    """Return (adapted model, tokenizer, AdapterReport) for a run, seeded for repeatable heads.
+    """Return (AdaptedModel, tokenizer, AdapterReport) for a run, seeded for repeatable heads; the
+    AdaptedModel carries the run config (`save_adapters(adapted, folder)` saves the whole run)
+    and `adapted.module` is the nn.Module to train.
 
     `source(name, head, num_labels, trust_remote_code)` may return a fresh (model, tokenizer)
     pair to adapt (a study worker hands out copies of a model it keeps loaded); by default the
@@ -176,9 +178,10 @@ def build_model(config: RunConfig, tasks: list[TaskData], source=None):
         # non-reentrant: works with a frozen base whose inputs need no grad
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    model, report = apply_adapters(model, config.adapter, extra_trainable=HEAD_MODULES)
-    upcast_trainable(model)
-    return model, tokenizer, report
+    adapted = apply_adapters(model, config.adapter, extra_trainable=HEAD_MODULES)
+    adapted.run_config = config
+    upcast_trainable(adapted.module)
+    return adapted, tokenizer, adapted.report
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
@@ -322,7 +325,8 @@ def _run_locked(config: RunConfig, folder: RunFolder, args: TrainingArguments, d
     stop.check()
     with polling(stop.check):  # generating 10^6 examples takes minutes: a stop ends it
         tasks = load_tasks(config.tasks, seed=config.train.seed)
-    model, tokenizer, report = build_model(config, tasks, source)
+    adapted, tokenizer, report = build_model(config, tasks, source)
+    model = adapted.module
     trainable, total = count_params(model)
     train_set = build_train_dataset(tokenizer, tasks, [t.weight for t in config.tasks],
                                     config.train.seq_len, config.train.seed, check=stop.check)
@@ -383,7 +387,7 @@ def _run_locked(config: RunConfig, folder: RunFolder, args: TrainingArguments, d
         if state != "failed":
             from idlora_core.adapters.io import save_adapters
 
-            save_adapters(trainer.model, config, output_dir / ADAPTER_DIR)
+            save_adapters(adapted, output_dir / ADAPTER_DIR)
         write_json_atomic(output_dir / RUN_FILE, {**summary, "state": state, "message": message,
                                                   "final_metrics": final, "checkpoint": last_good})
         write_status(output_dir, state, message, step=steps, max_steps=config.train.steps)

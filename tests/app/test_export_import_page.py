@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from analysis.export import resolve_skeletons
 from app import settings_io as sio
+from idlora_core.adapters.skeletons import layer_skeletons
 from idlora_core.config import TargetConfig, dumps_config, loads_config
 from idlora_core.layers import get_weight
 from idlora_core.linalg.clustering import MinSizeKMeans
@@ -81,8 +81,8 @@ def test_import_bad_upload_shows_errors(app):
 def test_import_good_yaml_restores_every_page_setting(app):
     app.run()
     cfg = loads_config(_yaml_shown(app))
-    cfg.adapter.method = "hydralora"
     cfg.adapter.skeletons = None
+    cfg.adapter.method = "idlora"  # the method that uses every target field (others refuse them)
     cfg.adapter.seed = 3
     cfg.adapter.targets = [
         TargetConfig(pattern="encoder.layer.2.attention.self.key", r=4, k=2, selection="id",
@@ -97,7 +97,7 @@ def test_import_good_yaml_restores_every_page_setting(app):
     app.run()
     assert not app.exception and not app.error
     s = app.session_state
-    assert s["ex_method"] == "hydralora" and s["ft_methods"] == ["hydralora"]
+    assert s["ex_method"] == "idlora" and s["ft_methods"] == ["idlora"]
     assert s["layer_kinds"] == ["k"] and tuple(s["block_range"]) == (2, 3)
     assert s["ex_seed"] == 3 and s["ft_adapter_seed"] == 3 and s["ft_steps"] == 77 and s["ft_learning_rate"] == 0.005
     assert s["ex_run_name"] == "imported" and "ft_runs_root" not in s
@@ -113,10 +113,10 @@ def test_import_good_yaml_restores_every_page_setting(app):
 
 def test_resolve_skeletons_is_deterministic_and_checks_sizes(minilm):
     t = TargetConfig(pattern=Q0, r=16, k=4, selection="id")
-    a = resolve_skeletons(minilm.model, [t], seed=0)
-    assert a == resolve_skeletons(minilm.model, [t], seed=0)
+    a = layer_skeletons(minilm.model, [t], seed=0)
+    assert a == layer_skeletons(minilm.model, [t], seed=0)
     with pytest.raises(ValueError, match="k\\*r"):
-        resolve_skeletons(minilm.model, [t.model_copy(update={"k": 40, "r": 16})])
+        layer_skeletons(minilm.model, [t.model_copy(update={"k": 40, "r": 16})])
 
 
 def test_settings_round_trip_without_streamlit():
@@ -139,7 +139,8 @@ def test_exported_skeletons_are_used_by_the_training_model():
     cfg = AdapterConfig(method="idlora", targets=[TargetConfig(pattern=Q0, r=4, k=2)],
                         skeletons={Q0: chosen})
     model = load_model("minilm", head="classification").model
-    _, report = apply_adapters(model, cfg)
+    adapted = apply_adapters(model, cfg)
+    report = adapted.report
     assert report.resolved_skeletons == {"bert." + Q0: chosen}
 
 

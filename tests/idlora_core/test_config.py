@@ -78,3 +78,29 @@ def test_name_lists_derive_from_the_schema_literals():
     assert config.ALL_METHODS == get_args(config.Method)
     assert set(BUILTIN) == set(config.BUILTIN_TASKS)
     assert sorted(CAUSAL_LM_TASKS + CLASSIFICATION_TASKS) == sorted(config.BUILTIN_TASKS)
+
+
+@pytest.mark.parametrize("method,field,value", [
+    ("lora", "k", 8), ("lora", "selection", "id"), ("lora", "rb_splits", 2), ("dora", "normalize_rows", True),
+    ("hydralora", "selection", "random"), ("hydralora", "rb_splits", 2), ("full", "r", 4), ("full", "alpha", 8.0),
+])
+def test_target_field_that_does_not_apply_is_an_error(method, field, value):
+    from idlora_core.config import AdapterConfig, TargetConfig
+
+    target = TargetConfig(pattern="q_proj", **{field: value})
+    with pytest.raises(ValueError, match=f"targets.0.{field}=.*does not apply to method '{method}'"):
+        AdapterConfig(method=method, targets=[target])
+    AdapterConfig(method="idlora", targets=[target])  # ID-LoRA uses every field
+    AdapterConfig(method=method, targets=[TargetConfig(pattern="q_proj")])  # defaults are fine
+
+
+def test_compile_and_skeletons_only_for_idlora():
+    from idlora_core.config import AdapterConfig, target_for
+
+    with pytest.raises(ValueError, match="compile_adapters applies to method 'idlora' only"):
+        AdapterConfig(method="lora", compile_adapters=True)
+    with pytest.raises(ValueError, match="skeletons apply to method 'idlora' only"):
+        AdapterConfig(method="hydralora", skeletons={"q_proj": [[0, 1]]})
+    t = target_for("lora", pattern="q", r=4, k=9, selection="id", rb_splits=2, alpha=8.0)
+    assert (t.r, t.alpha, t.k, t.selection, t.rb_splits) == (4, 8.0, 4, "centroid", 1)
+    assert AdapterConfig(method="lora", targets=[t]).targets[0] == t

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from idlora_core.adapters import inject
+from idlora_core.adapters import skeletons as skeleton_module
 from idlora_core.adapters.budget import trainable_params
 from idlora_core.adapters.idlora import IDLoRALinear
 from idlora_core.adapters.inject import apply_adapters, resolve_targets
-from idlora_core.config import AdapterConfig, TargetConfig
+from idlora_core.config import AdapterConfig, TargetConfig, target_for
 from tests.conftest import make_tiny_bert, make_tiny_llama, shared_weight_copy
 
 pytestmark = pytest.mark.usefixtures("private_skeleton_cache", "one_thread")
@@ -32,7 +33,7 @@ TINY = {
 
 def _config(method, patterns, r=4, k=2, **extra):
     return AdapterConfig(
-        method=method, targets=[TargetConfig(pattern=p, r=r, k=k, **extra) for p in patterns]
+        method=method, targets=[target_for(method, pattern=p, r=r, k=k, **extra) for p in patterns]
     )
 
 
@@ -57,7 +58,8 @@ def test_tiny_init_equal_and_counts_match_formulas(arch, method):
     model = factory()
     ids = _ids()
     before = _logits(model, ids)
-    adapted, report = apply_adapters(model, _config(method, patterns))
+    adapted = apply_adapters(model, _config(method, patterns))
+    report = adapted.report
     assert torch.equal(_logits(adapted, ids), before)
     assert len(report.rows) == 2 * len(patterns)  # two blocks
     for row in report.rows:
@@ -75,13 +77,15 @@ def test_tiny_init_equal_and_counts_match_formulas(arch, method):
     assert report.head_trainable == head and totals["head_trainable"] == head
     assert totals["trainable"] == sum(r.formula for r in report.rows)
     assert totals["base_params"] == sum(p.numel() for p in factory().parameters())
-    assert (method in ("lora", "dora")) == (type(adapted).__name__ == "PeftModel")
+    assert type(adapted).__name__ == "AdaptedModel" and adapted.method == method
+    assert (method in ("lora", "dora")) == (type(adapted.module).__name__ == "PeftModel")
+    assert adapted.unwrapped is model  # the transformers model, adapted in place
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_step_changes_only_intended_tensors(method):
     model = make_tiny_bert(num_labels=2)
-    adapted, _ = apply_adapters(model, _config(method, ["query", "value"]))
+    adapted = apply_adapters(model, _config(method, ["query", "value"]))
     adapted.train()
     named = dict(adapted.named_parameters())
     before = {n: t.detach().clone() for n, t in adapted.state_dict().items()}
@@ -108,7 +112,8 @@ def test_step_changes_only_intended_tensors(method):
 def test_idlora_count_independent_of_k_except_router():
     totals = {}
     for k in (1, 2, 4):
-        _, report = apply_adapters(make_tiny_llama(), _config("idlora", ["q_proj"], r=4, k=k))
+        adapted = apply_adapters(make_tiny_llama(), _config("idlora", ["q_proj"], r=4, k=k))
+        report = adapted.report
         totals[k] = report.totals["trainable"]
         assert report.totals["frozen_adapter_elements"] == 0
     assert totals[2] - totals[1] == 2 * 4 and totals[4] - totals[1] == 2 * 3 * 4  # 2 layers
@@ -116,7 +121,8 @@ def test_idlora_count_independent_of_k_except_router():
 
 @pytest.mark.parametrize("p", [1, 2, 4])
 def test_rank_boosting_counts(p):
-    adapted, report = apply_adapters(make_tiny_llama(), _config("idlora", ["down_proj"], r=4, k=2, rb_splits=p))
+    adapted = apply_adapters(make_tiny_llama(), _config("idlora", ["down_proj"], r=4, k=2, rb_splits=p))
+    report = adapted.report
     for row in report.rows:
         assert row.p == p and row.trainable == 32 * 4 // p**2 + 2 * 4 == row.formula
     assert report.totals["trainable_total"] == _requires_grad_total(adapted)
@@ -191,9 +197,10 @@ def test_saved_skeletons_are_used_without_clustering(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("clustering ran although skeletons were given")
 
-    monkeypatch.setattr(inject, "compute_skeleton", boom)
+    monkeypatch.setattr(skeleton_module, "compute_skeleton", boom)
     cfg = _config("idlora", ["q_proj"]).model_copy(update={"skeletons": skeletons})
-    model, report = apply_adapters(make_tiny_llama(), cfg)
+    model = apply_adapters(make_tiny_llama(), cfg)
+    report = model.report
     assert report.resolved_skeletons == skeletons
     w0 = make_tiny_llama().model.layers[1].self_attn.q_proj.weight
     layer = model.model.layers[1].self_attn.q_proj
@@ -210,7 +217,7 @@ def test_saved_skeletons_are_used_without_clustering(monkeypatch):
 
 def test_gradient_of_b_matches_finite_differences_through_model():
     model = make_tiny_bert(num_labels=2).double()
-    adapted, _ = apply_adapters(model, _config("idlora", ["value"], r=4, k=2))
+    adapted = apply_adapters(model, _config("idlora", ["value"], r=4, k=2))
     layer = adapted.bert.encoder.layer[1].attention.self.value
     with torch.no_grad():
         for m in adapted.modules():
@@ -255,7 +262,8 @@ def test_real_models_init_equal_and_counts(which, request):
             method=method, targets=[TargetConfig(pattern=p, layers=blocks, r=8, k=4) for p in patterns]
         )
         with shared_weight_copy(loaded.model) as copied:
-            adapted, report = apply_adapters(copied, cfg)
+            adapted = apply_adapters(copied, cfg)
+            report = adapted.report
             assert torch.equal(_logits(adapted, ids), base), method
             assert len(report.rows) == 4
             for row in report.rows:
@@ -327,9 +335,11 @@ def test_per_target_hyperparameters_and_llama_score_head(method):
         num_attention_heads=4, num_key_value_heads=2, num_labels=3, pad_token_id=0,
     ))
     cfg = AdapterConfig(method=method, targets=[
-        TargetConfig(pattern="q_proj", r=2, k=2, alpha=8.0), TargetConfig(pattern="up_proj", r=8, k=3, layers=[1]),
+        target_for(method, pattern="q_proj", r=2, k=2, alpha=8.0),
+        target_for(method, pattern="up_proj", r=8, k=3, layers=[1]),
     ])
-    adapted, report = apply_adapters(model, cfg)
+    adapted = apply_adapters(model, cfg)
+    report = adapted.report
     by_name = {row.name: row for row in report.rows}
     assert sorted(by_name) == ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.up_proj",
                                "model.layers.1.self_attn.q_proj"]
@@ -337,7 +347,7 @@ def test_per_target_hyperparameters_and_llama_score_head(method):
     assert up.trainable == trainable_params(method, 64, 32, 8, k=3)
     assert by_name["model.layers.0.self_attn.q_proj"].trainable == trainable_params(method, 32, 32, 2, k=2)
     assert report.head_trainable == 3 * 32  # the score head, no bias, counted apart
-    inner = adapted.base_model.model if method in ("lora", "dora") else adapted
+    inner = adapted.unwrapped
     if method != "full":
         for name, scaling in [("model.layers.0.self_attn.q_proj", 4.0), ("model.layers.1.mlp.up_proj", 2.0)]:
             got = inner.get_submodule(name).scaling

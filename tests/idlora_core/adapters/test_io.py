@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from idlora_core.adapters import inject
+from idlora_core.adapters import skeletons as skeleton_module
 from idlora_core.adapters.io import (
     AdapterLoadError,
     load_adapters,
@@ -16,7 +17,7 @@ from idlora_core.adapters.io import (
     save_adapters,
     skeleton_rows_hash,
 )
-from idlora_core.config import AdapterConfig, RunConfig, TargetConfig
+from idlora_core.config import AdapterConfig, RunConfig, TargetConfig, target_for
 from tests.conftest import make_tiny_bert, make_tiny_llama, shared_weight_copy
 
 pytestmark = pytest.mark.usefixtures("private_skeleton_cache", "one_thread")
@@ -44,18 +45,20 @@ def _out(model, ids):
 @pytest.mark.parametrize("factory", [lambda: make_tiny_bert(num_labels=2), make_tiny_llama], ids=["bert", "llama"])
 def test_roundtrip_reproduces_outputs_exactly(method, factory, tmp_path, monkeypatch):
     patterns = ["query", "value"] if factory().__class__.__name__.startswith("Bert") else ["q_proj", "down_proj"]
-    cfg = AdapterConfig(method=method, targets=[TargetConfig(pattern=p, r=4, k=2) for p in patterns], seed=3)
-    model, report = inject.apply_adapters(factory(), cfg)
+    cfg = AdapterConfig(method=method, targets=[target_for(method, pattern=p, r=4, k=2) for p in patterns], seed=3)
+    model = inject.apply_adapters(factory(), cfg)
+    report = model.report
     _perturb(model)
     ids = torch.randint(5, 1000, (2, 7), generator=torch.Generator().manual_seed(1))
     expected = _out(model, ids)
-    save_adapters(model, cfg, tmp_path / "adapter")
+    save_adapters(model, tmp_path / "adapter")
 
     def no_clustering(*args, **kwargs):
         raise AssertionError("loading must reuse the saved skeleton indices")
 
-    monkeypatch.setattr(inject, "compute_skeleton", no_clustering)
-    loaded, loaded_report = load_adapters(factory(), tmp_path / "adapter")
+    monkeypatch.setattr(skeleton_module, "compute_skeleton", no_clustering)
+    loaded = load_adapters(factory(), tmp_path / "adapter")
+    loaded_report = loaded.report
     assert torch.equal(_out(loaded, ids), expected)
     assert loaded_report.to_rows() == report.to_rows()
     assert loaded_report.totals == report.totals
@@ -70,8 +73,9 @@ def test_roundtrip_reproduces_outputs_exactly(method, factory, tmp_path, monkeyp
 def test_run_config_is_saved_whole_with_skeletons(tmp_path):
     run = RunConfig(adapter=AdapterConfig(method="idlora", targets=[TargetConfig(pattern="q_proj", r=4, k=2)]),
                     output_dir=str(tmp_path / "run"))
-    model, report = inject.apply_adapters(make_tiny_llama(), run.adapter)
-    save_adapters(model, run, tmp_path / "a")
+    model = inject.apply_adapters(make_tiny_llama(), run.adapter)
+    report = model.report
+    save_adapters(model, tmp_path / "a", run_config=run)
     data = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
     assert data["output_dir"] == str(tmp_path / "run") and data["train"]["steps"] == run.train.steps
     assert data["adapter"]["skeletons"] == report.resolved_skeletons
@@ -82,13 +86,14 @@ def test_real_minilm_roundtrip(minilm, tmp_path):
     cfg = AdapterConfig(method="idlora", targets=[TargetConfig(pattern="value", layers=[0, 3], r=8, k=4, rb_splits=2)])
     ids = minilm.tokenizer("Low-rank adapters, reloaded.", return_tensors="pt")["input_ids"]
     with shared_weight_copy(minilm.model) as copied:
-        model, _ = inject.apply_adapters(copied, cfg)
+        model = inject.apply_adapters(copied, cfg)
         _perturb(model)  # adapter tensors only: the shared base weights stay as they are
         with torch.no_grad():
             expected = model(input_ids=ids).last_hidden_state
-        save_adapters(model, cfg, tmp_path)
+        save_adapters(model, tmp_path)
     with shared_weight_copy(minilm.model) as fresh:
-        loaded, report = load_adapters(fresh, tmp_path)
+        loaded = load_adapters(fresh, tmp_path)
+        report = loaded.report
         with torch.no_grad():
             assert torch.equal(loaded(input_ids=ids).last_hidden_state, expected)
     assert report.totals["trainable"] == 2 * (384 * 8 // 4 + 4 * 8)
@@ -98,8 +103,8 @@ def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not an adapter folder"):
         load_adapters(make_tiny_llama(), tmp_path)
     cfg = AdapterConfig(method="hydralora", targets=[TargetConfig(pattern="q_proj", r=4, k=2)])
-    model, _ = inject.apply_adapters(make_tiny_llama(), cfg)
-    save_adapters(model, cfg, tmp_path)
+    model = inject.apply_adapters(make_tiny_llama(), cfg)
+    save_adapters(model, tmp_path)
     other = cfg.model_copy(update={"targets": [TargetConfig(pattern="q_proj", r=2, k=2)]})
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"adapter": other.model_dump(mode="json")}))
     with pytest.raises(ValueError, match="saved shape"):
@@ -108,12 +113,13 @@ def test_load_errors(tmp_path):
 
 def test_peft_adapter_with_its_own_name(tmp_path):
     cfg = AdapterConfig(method="lora", targets=[TargetConfig(pattern="v_proj", r=4)])
-    model, _ = inject.apply_adapters(make_tiny_llama(), cfg, adapter_name="mine")
+    model = inject.apply_adapters(make_tiny_llama(), cfg, adapter_name="mine")
     _perturb(model)
     ids = torch.randint(5, 1000, (1, 6), generator=torch.Generator().manual_seed(2))
     expected = _out(model, ids)
-    save_adapters(model, cfg, tmp_path)
-    loaded, report = load_adapters(make_tiny_llama(), tmp_path)
+    save_adapters(model, tmp_path)
+    loaded = load_adapters(make_tiny_llama(), tmp_path)
+    report = loaded.report
     assert torch.equal(_out(loaded, ids), expected)
     assert loaded.active_adapter == "mine" and report.totals["trainable"] == 2 * 4 * (16 + 32)
 
@@ -123,9 +129,10 @@ def test_peft_adapter_with_its_own_name(tmp_path):
 
 def _saved_idlora(tmp_path, seed=3):
     cfg = AdapterConfig(method="idlora", targets=[TargetConfig(pattern="q_proj", r=4, k=2)], seed=seed)
-    model, report = inject.apply_adapters(make_tiny_llama(), cfg)
+    model = inject.apply_adapters(make_tiny_llama(), cfg)
+    report = model.report
     _perturb(model)
-    save_adapters(model, cfg, tmp_path)
+    save_adapters(model, tmp_path)
     return cfg, report
 
 
@@ -154,9 +161,9 @@ def test_bad_weights_file_is_one_line_naming_it(damage, tmp_path):
 def test_nonfinite_weights_are_an_error(method, bad, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    cfg = AdapterConfig(method=method, targets=[TargetConfig(pattern="q_proj", r=4, k=2)])
-    model, _ = inject.apply_adapters(make_tiny_llama(), cfg)
-    save_adapters(model, cfg, tmp_path)
+    cfg = AdapterConfig(method=method, targets=[target_for(method, pattern="q_proj", r=4, k=2)])
+    model = inject.apply_adapters(make_tiny_llama(), cfg)
+    save_adapters(model, tmp_path)
     path = tmp_path / "adapter_model.safetensors"
     with safe_open_meta(path) as metadata:
         tensors = load_file(str(path))

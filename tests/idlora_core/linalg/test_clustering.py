@@ -99,3 +99,24 @@ def test_repair_moves_the_cheapest_row():
 def test_bad_inputs(W, k, min_size, match):
     with pytest.raises(ValueError, match=match):
         MinSizeKMeans(k, min_size=min_size).fit(W)
+
+
+def test_is_a_scikit_learn_estimator():
+    """clone, get_params / set_params, fit(X, y=None), fit_predict and keyword-only parameters."""
+    from sklearn.base import ClusterMixin, clone, is_classifier
+
+    km = MinSizeKMeans(4, min_size=6, normalize_rows=True, random_state=5, n_init=2)
+    assert isinstance(km, ClusterMixin) and not is_classifier(km)
+    params = km.get_params()
+    assert params == {"n_clusters": 4, "min_size": 6, "normalize_rows": True, "random_state": 5,
+                      "n_init": 2, "max_iter": 100, "max_repair_iter": 10}
+    twin = clone(km)
+    assert twin is not km and twin.get_params() == params and not hasattr(twin, "labels_")
+    W = np.random.default_rng(0).normal(size=(60, 5))
+    labels = km.fit(W, y=np.arange(60)).labels_  # y is ignored
+    np.testing.assert_array_equal(twin.fit_predict(W), labels)
+    assert km.n_features_in_ == 5 and np.bincount(labels).min() >= 6
+    assert twin.set_params(n_clusters=2) is twin and twin.fit(W).cluster_sizes().size == 2
+    with pytest.raises(TypeError):
+        MinSizeKMeans(4, 6)  # min_size is keyword-only
+    assert "MinSizeKMeans(min_size=6" in repr(clone(km).set_params(n_clusters=8))

@@ -25,11 +25,14 @@ def cfg(model_dir: str, out: Path, method: str, **train) -> dict:
 def test_apply_head_only_and_base():
     tiny_bert = make_tiny_bert(num_labels=2)
     head = sum(p.numel() for p in tiny_bert.classifier.parameters())
-    model, report = apply_adapters(tiny_bert, AdapterConfig(method="head-only"))
+    adapted = apply_adapters(tiny_bert, AdapterConfig(method="head-only"))
+    model, report = adapted.module, adapted.report
+    assert adapted.method == "head-only" and model is tiny_bert
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"classifier.weight", "classifier.bias"}
     assert count_params(model)[0] == head == report.totals["trainable_total"] and report.rows == []
-    model, report = apply_adapters(model, AdapterConfig(method="base"))
+    adapted = apply_adapters(model, AdapterConfig(method="base"))
+    model, report = adapted.module, adapted.report
     assert count_params(model)[0] == 0 and report.totals["trainable_total"] == 0
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from idlora_core.config import METHODS, parse_config, save_config
+from idlora_core.config import METHOD_FIELDS, METHODS, parse_config, save_config
 from idlora_core.tasks import CAUSAL_LM_TASKS, load_tasks
 from idlora_core.training.callbacks import StopFlag
 from idlora_core.training.cli import main as cli_main
@@ -33,10 +33,16 @@ METRIC_KEYS = {"step", "epoch", "loss", "lr", "trainable_params", "total_params"
                "tokens_per_s", "peak_memory_mb"}
 
 
+def for_method(method: str, targets: list[dict]) -> list[dict]:
+    """The targets with only the fields `method` uses (others are a config error)."""
+    keep = METHOD_FIELDS.get(method, set(METHOD_FIELDS["idlora"])) | {"pattern", "regex", "layers"}
+    return [{k: v for k, v in t.items() if k in keep} for t in targets]
+
+
 def lm_config(model_dir: str, out: Path, method: str = "idlora", **train) -> dict:
     return {
         "model": {"name": model_dir},
-        "adapter": {"method": method, "targets": LM_TARGETS},
+        "adapter": {"method": method, "targets": for_method(method, LM_TARGETS)},
         "tasks": [{"name": n, "num_train": 16, "num_eval": 4} for n in CAUSAL_LM_TASKS],
         "train": {"steps": 10, "batch_size": 4, "seq_len": 48, "learning_rate": 0.1, "schedule": "constant",
                   "eval_interval": 0, "save_interval": 0, **train},
@@ -48,7 +54,7 @@ def cls_config(model_dir: str, out: Path, method: str = "idlora", **train) -> di
     targets = [{"pattern": p, "r": 4, "k": 2} for p in ("query", "value")] if model_dir == "minilm" else BERT_TARGETS
     return {
         "model": {"name": model_dir},
-        "adapter": {"method": method, "targets": targets},
+        "adapter": {"method": method, "targets": for_method(method, targets)},
         "tasks": [{"name": "sentiment", "num_train": 16, "num_eval": 16}],
         "train": {"steps": 12, "batch_size": 8, "seq_len": 24, "learning_rate": 0.05, "schedule": "constant",
                   "eval_interval": 0, "save_interval": 0, **train},
@@ -59,8 +65,8 @@ def cls_config(model_dir: str, out: Path, method: str = "idlora", **train) -> di
 def baseline_eval(cfg) -> dict[str, float]:
     """Eval metrics of the freshly adapted model (adapters start as the identity or the base)."""
     tasks = load_tasks(cfg.tasks, seed=cfg.train.seed)
-    model, tokenizer, _ = build_model(cfg, tasks)
-    return evaluate_tasks(model, tokenizer, tasks, seq_len=cfg.train.seq_len, batch_size=8,
+    adapted, tokenizer, _ = build_model(cfg, tasks)
+    return evaluate_tasks(adapted.module, tokenizer, tasks, seq_len=cfg.train.seq_len, batch_size=8,
                           device="cpu", generation=False)
 
 
@@ -222,8 +228,10 @@ def test_cli_rejects_a_bad_config(tmp_path, capsys):
 def test_count_params_matches_report(tiny_llama_dir, tmp_path):
     cfg = parse_config(lm_config(tiny_llama_dir, tmp_path, "lora"))
     tasks = load_tasks(cfg.tasks)
-    model, _, report = build_model(cfg, tasks)
-    trainable, total = count_params(model)
+    adapted, _, report = build_model(cfg, tasks)
+    assert report is adapted.report
+    assert adapted.run_config == cfg and adapted.adapter_config.method == "lora"
+    trainable, total = count_params(adapted.module)
     assert trainable == report.totals["trainable_total"] == sum(4 * (m + n) for m, n in
                                                                  [(32, 32), (32, 32), (64, 32), (32, 64)]) * 2
 
