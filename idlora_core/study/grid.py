@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from idlora_core.config import RunConfig
+from idlora_core.config import METHOD_FIELDS, RunConfig
 from idlora_core.study.config import StudyConfig
 
 GRID_KEYS: tuple[str, ...] = ("method", "r", "k", "selection", "rb_splits", "steps", "learning_rate",
@@ -85,8 +85,14 @@ def cell_config(base: RunConfig, cell: dict[str, Any], output_dir: str) -> RunCo
                 target[key] = cell[key]
         if cell.get("rb_splits") is None and cell["method"] == "idlora" and target["r"] % target["rb_splits"]:
             target["rb_splits"] = 1
-    if cell.get("r") is not None or cell.get("k") is not None:
+    if cell.get("r") is not None or cell.get("k") is not None or cell["method"] != "idlora":
         data["adapter"]["skeletons"] = None  # resolved for other r / k: cluster again
+    if cell["method"] in METHOD_FIELDS:  # drop the target fields the cell's method does not use
+        keep = METHOD_FIELDS[cell["method"]] | {"pattern", "regex", "layers"}
+        data["adapter"]["targets"] = [{k: v for k, v in t.items() if k in keep}
+                                      for t in data["adapter"]["targets"]]
+    if cell["method"] != "idlora":
+        data["adapter"]["compile_adapters"] = False
     for key in ("learning_rate", "steps", "seed"):
         if cell.get(key) is not None:
             data["train"][key] = cell[key]
