@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from idlora_core.config import AdapterConfig, TargetConfig, TrainConfig
+from idlora_core.config import AdapterConfig, TrainConfig, target_for
 from idlora_core.training import cli, preflight
 from idlora_core.training.preflight import ResourceError, check_run_fits
 
@@ -12,8 +12,8 @@ TRAIN = TrainConfig(batch_size=8, seq_len=64)
 
 
 def _adapter(method: str, r: int, k: int = 2) -> AdapterConfig:
-    return AdapterConfig(method=method, targets=[TargetConfig(pattern="query", r=r, k=k),
-                                                 TargetConfig(pattern="value", r=r, k=k)])
+    return AdapterConfig(method=method, targets=[target_for(method, pattern="query", r=r, k=k),
+                                                 target_for(method, pattern="value", r=r, k=k)])
 
 
 def test_rank_above_the_smaller_side_is_an_error(tiny_bert):
