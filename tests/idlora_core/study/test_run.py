@@ -142,18 +142,23 @@ def test_killed_worker_then_rerun_completes_without_repeating(tiny_bert_dir, tmp
 
 
 def test_warm_worker_trial_equals_fresh_process(tiny_bert_dir, tmp_path, monkeypatch):
-    from idlora_core.config import parse_config, save_config
+    from idlora_core.config import METHOD_FIELDS, parse_config, save_config
     from idlora_core.study.worker import ModelPool
+
+    def adapter(method: str) -> dict:  # the base's targets with the fields `method` uses
+        keep = METHOD_FIELDS[method] | {"pattern", "regex", "layers"}
+        targets = [{k: v for k, v in t.items() if k in keep} for t in spec["adapter"]["targets"]]
+        return {**spec["adapter"], "method": method, "targets": targets}
     from idlora_core.training.trainer import run_training
 
     monkeypatch.setenv("IDLORA_CACHE_DIR", str(tmp_path / "cache"))
     spec = yaml.safe_load(study_yaml(tmp_path / "s.yaml", tiny_bert_dir, steps=4).read_text())["base"]
     pool = ModelPool()
     for method in ("idlora", "lora"):  # the pool's model has served (and been adapted in) other trials
-        warmup = parse_config({**spec, "adapter": {**spec["adapter"], "method": method},
+        warmup = parse_config({**spec, "adapter": adapter(method),
                                "output_dir": str(tmp_path / f"warm-{method}")})
         run_training(warmup, progress=False, source=pool)
-    cfg = parse_config({**spec, "adapter": {**spec["adapter"], "method": "lora"}, "train": {**spec["train"], "seed": 3},
+    cfg = parse_config({**spec, "adapter": adapter("lora"), "train": {**spec["train"], "seed": 3},
                         "output_dir": str(tmp_path / "warm")})
     warm = run_training(cfg, progress=False, source=pool)
     assert pool.loads == 1
