@@ -21,15 +21,14 @@ import plotly.graph_objects as go
 from idlora_core.cache import write_text_atomic
 from idlora_core.config import RunConfig
 from idlora_core.study.config import StudyConfig, dumps_study, parse_study
+from idlora_core.study.defaults import DEFAULT_LEARNING_RATES
 from idlora_core.study.grid import expand_grid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRESETS_DIR = REPO_ROOT / "configs" / "studies"
 STUDIES_DIR = "studies"
 LAUNCH_FILE = "launcher.json"
-# Default learning rates per method: the best ones of preset (a) on MiniLM sentiment (docs/STUDIES.md).
-DEFAULT_LR: dict[str, float] = {"idlora": 1e-2, "lora": 3e-3, "dora": 3e-3, "hydralora": 3e-3,
-                                "full": 3e-4, "head-only": 3e-2, "base": 1e-3}
+DEFAULT_LR = DEFAULT_LEARNING_RATES  # measured by preset (a); see idlora_core/study/defaults.py
 COLORS: dict[str, str] = {"idlora": "#d62728", "lora": "#1f77b4", "dora": "#2ca02c", "hydralora": "#9467bd",
                           "full": "#8c564b", "head-only": "#7f7f7f", "base": "#000000"}
 
@@ -106,6 +105,19 @@ def study_running(out_dir: str | Path) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def free_run_slots(runs_root: str | Path) -> int:
+    """Return how many more processes may train now under the server's global run limit
+    (`analysis.run_queue.max_runs()`): the limit minus queued runs alive minus the workers of
+    studies still running."""
+    from analysis.run_queue import RunQueue, max_runs
+
+    busy = len(RunQueue(runs_root).running())
+    for folder in list_studies(runs_root):
+        if study_running(folder):
+            busy += int(json.loads((folder / LAUNCH_FILE).read_text(encoding="utf-8")).get("workers", 1))
+    return max_runs() - busy
 
 
 def list_studies(runs_root: str | Path) -> list[Path]:

@@ -24,7 +24,7 @@ from app import figures, url_state
 from app import settings_io as sio
 from app.common import STRATEGIES, get_model, init_state, model_name, selected_layers, valid
 from app.report import runs_display
-from idlora_core.config import METHODS
+from idlora_core.config import ALL_METHODS
 from idlora_core.training import compare
 
 POLL_SECONDS = 1.0
@@ -50,7 +50,7 @@ def _controls(loaded) -> list[str]:
     left, mid, right = st.columns(3)
     with left:
         st.multiselect(
-            "Methods", list(METHODS), format_func=sio.METHOD_LABELS.get, key="ft_methods", **KEEP,
+            "Methods", list(ALL_METHODS), format_func=sio.METHOD_LABELS.get, key="ft_methods", **KEEP,
             help="One run per method (and per rank / cluster count in the next column), side by "
             "side.",
         )
@@ -82,10 +82,13 @@ def _controls(loaded) -> list[str]:
     with right:
         st.number_input("Steps", **sio.bounds("ft_steps"), key="ft_steps", **KEEP)
         st.number_input("Batch size", **sio.bounds("ft_batch_size"), key="ft_batch_size", **KEEP)
-        lr_options = sorted(set(LEARNING_RATES) | {float(state["ft_learning_rate"])})
-        st.selectbox("Learning rate", lr_options, key="ft_learning_rate", **KEEP,
-                     format_func=lambda v: f"{v:g}",
-                     help="The value shown is the value used (and exported).")
+        for method in [m for m in ALL_METHODS if m in (state.get("ft_methods") or []) and m != "base"]:
+            key = sio.LR_KEYS[method]
+            lr_options = sorted(set(LEARNING_RATES) | {float(state[key])})
+            st.selectbox(f"Learning rate: {sio.METHOD_LABELS[method]}", lr_options, key=key, **KEEP,
+                         format_func=lambda v: f"{v:g}",
+                         help="Each method at its own learning rate (defaults: the best of study preset "
+                         "(a), docs/STUDIES.md). A run's YAML keeps its one train.learning_rate.")
     # Drawn only on demand: fewer widgets make the page appear faster in the browser.
     if st.toggle("More training settings", key="ft_more", **KEEP):
         c1, c2, c3, c4 = st.columns(4)

@@ -91,8 +91,14 @@ def _setup(loaded) -> None:
         st.info("Load a model (sidebar) to build a grid from the Fine-tune choices.")
     if study is None:
         return
-    workers = st.number_input("Workers (processes)", 1, 16, 2, key="st_workers",
-                              help="Trials run in this many processes; the machine's cores are shared among them.")
+    slots = studies.free_run_slots(sio.runs_root())
+    if slots < 1:
+        st.warning("The server's run limit is reached (IDLORA_MAX_RUNS): wait for running fine-tunes or "
+                   "studies to finish before starting a study.")
+        return
+    workers = st.number_input("Workers (processes)", 1, slots, min(2, slots), key="st_workers",
+                              help=f"Trials run in this many processes; at most {slots} now, within the "
+                              "server's global run limit (IDLORA_MAX_RUNS) shared with the Fine-tune page.")
     runs = studies.run_count(study)
     minutes = studies.estimate_seconds(study, int(workers)) / 60
     st.markdown(f"**{runs} runs**, roughly **{minutes:.0f} min** with {int(workers)} worker(s) "

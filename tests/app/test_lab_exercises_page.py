@@ -130,9 +130,9 @@ def test_exercise_3_opens_the_explorer_with_the_quoted_cluster_sizes():
 def test_exercise_4_preset_sets_the_fine_tune_controls():
     at = _start(4)
     assert not at.exception
-    assert at.multiselect(key="ft_methods").value == ["idlora", "lora"]
-    assert at.number_input(key="ft_steps").value == 60
-    assert at.selectbox(key="ft_learning_rate").value == 0.001
+    assert at.multiselect(key="ft_methods").value == ["idlora", "lora", "head-only", "base"]
+    assert at.number_input(key="ft_steps").value == 30
+    assert at.selectbox(key="ft_lr_idlora").value == 0.01 and at.selectbox(key="ft_lr_lora").value == 0.01
     assert at.selectbox(key="ft_selection").value == "centroid"  # as the handout measured
     assert at.session_state["layer_kinds"] == ["q", "v"]
     assert "Exercise 4" in " ".join(m.value for m in at.sidebar.markdown)

@@ -3,6 +3,7 @@ and the figures and tables of a finished tiny study read back from its storage."
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -39,6 +40,7 @@ def tiny_study(tiny_bert_dir, tmp_path_factory) -> Path:
 
 def test_preset_shows_run_count_and_estimate(tmp_path, monkeypatch):
     monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
+    monkeypatch.setenv("IDLORA_MAX_RUNS", "4")
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.run()
     assert not at.exception
@@ -47,6 +49,22 @@ def test_preset_shows_run_count_and_estimate(tmp_path, monkeypatch):
     assert "**129 runs**" in text and "2 worker(s)" in text
     at.number_input(key="st_workers").set_value(4).run()
     assert "4 worker(s)" in " ".join(m.value for m in at.markdown)
+    assert at.number_input(key="st_workers").max == 4  # the server's global run limit
+
+
+def test_start_refused_when_the_run_limit_is_reached(tmp_path, monkeypatch):
+    from analysis import studies
+
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
+    monkeypatch.setenv("IDLORA_MAX_RUNS", "1")
+    busy = tmp_path / "studies" / "other"
+    busy.mkdir(parents=True)
+    (busy / "study.json").write_text("{}")
+    (busy / studies.LAUNCH_FILE).write_text(json.dumps({"pid": os.getpid(), "workers": 1}))  # alive
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.run()
+    assert any("run limit is reached" in w.value for w in at.warning)
+    assert not [b for b in at.button if b.key == "st_start"]
 
 
 def test_build_grid_from_finetune_choices(tmp_path, monkeypatch):
@@ -74,7 +92,6 @@ def test_finished_study_draws_tradeoff_and_summary(tiny_study, monkeypatch):
     assert at.selectbox(key="st_open").value.endswith("tiny")
     charts = at.get("plotly_chart")
     assert len(charts) == 2
-    import json
 
     fig = json.loads(charts[0].proto.spec)
     names = [t.get("name") for t in fig["data"]]
