@@ -112,7 +112,10 @@ def test_out_of_range_import_is_refused_not_clamped(text, expect, minilm):
     at.text_area(key="ex_paste").set_value(text)
     at.button(key="import_pasted").click().run()
     assert any(expect in e.value for e in at.error)
-    assert at.session_state["ft_steps"] == 30 and at.session_state["ft_batch_size"] == 8
+    from app.settings_io import DEFAULTS
+
+    assert at.session_state["ft_steps"] == DEFAULTS["ft_steps"]  # untouched defaults
+    assert at.session_state["ft_batch_size"] == DEFAULTS["ft_batch_size"]
 
 
 def test_widget_ranges_hold_every_valid_config():
