@@ -80,14 +80,16 @@ def model_summary(source: WeightReader | nn.Module) -> dict[str, object]:
     """Return architecture, parameter counts, dtype and device of a checkpoint or model.
 
     Keys: architecture (class name), model_type, params (total count), trainable (count),
-    linear_params (count in linear layers), dtype (str), device (str: "disk (not loaded)" for
-    a WeightReader), blocks (count or None).
+    linear_params (count in linear layers), dtype (str), device (str: "on disk", not loaded, for
+    a WeightReader), blocks (count or None), format ("safetensors" / "gguf"; only for a
+    WeightReader).
     """
     if isinstance(source, WeightReader):
         info = source.summary()
         return {"architecture": info["architecture"], "model_type": info["model_type"],
                 "params": info["params"], "trainable": 0, "linear_params": info["linear_params"],
-                "dtype": info["dtype"], "device": "disk (not loaded)", "blocks": info["blocks"]}
+                "dtype": info["dtype"], "device": "on disk", "blocks": info["blocks"],
+                "format": info["format"]}
     import torch
 
     model = source

@@ -32,6 +32,7 @@ CURVE_STYLES: dict[str, tuple[str, str, str]] = {
 }
 QUALITATIVE = px.colors.qualitative.Alphabet  # 26 distinct colours for clusters
 TOP_MARGIN = {"l": 10, "r": 10, "t": 50, "b": 10}  # room above the plot for the toolbar
+HEATMAP_RIGHT_MARGIN = 80  # px: room for the shared colour bar on every heatmap of a row
 
 
 def log_ticks(values: pd.Series | list[float]) -> list[float]:
@@ -60,8 +61,13 @@ def heatmap(grid: pd.DataFrame, lo: float, hi: float, colorbar: bool = True) -> 
     fig.update_traces(hovertemplate="k = %{y}, r = %{x}<br>relative error %{z:.3f}<extra></extra>")
     fig.update_xaxes(type="category", title="rank r (rows per cluster)", showgrid=False)
     fig.update_yaxes(type="category", title="clusters k", showgrid=False)
-    fig.update_layout(height=340, margin=TOP_MARGIN, coloraxis_showscale=colorbar,
-                      coloraxis_colorbar={"title": "rel. error", "thickness": 12})
+    # every heatmap keeps the same right margin and the one colour bar sits inside it, so the
+    # heatmap that carries it is not narrower than its neighbours
+    fig.update_layout(height=340, margin={**TOP_MARGIN, "r": HEATMAP_RIGHT_MARGIN},
+                      coloraxis_showscale=colorbar,
+                      coloraxis_colorbar={"title": {"text": "rel. error", "side": "top"},
+                                          "thickness": 12, "x": 1.0, "xanchor": "left",
+                                          "xpad": 8})
     return fig
 
 

@@ -274,6 +274,8 @@ class _GGUF:
         self.config = config.to_dict()
         with torch.device("meta"):  # module names and shapes only: no memory, no weights
             skeleton = AutoModelForCausalLM.from_config(config)
+        # a GGUF header names no transformers class; the one its tensors load into does
+        self.config["architectures"] = self.config.get("architectures") or [type(skeleton).__name__]
         # transformers' own per-architecture fix-ups (e.g. Llama's q/k un-permutation)
         self.processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=raw)
         to_hf = _gguf_names(architecture, config.num_hidden_layers, skeleton.state_dict())

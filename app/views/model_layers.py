@@ -19,9 +19,10 @@ info = model_summary(loaded.weights)
 table = layer_table(loaded.weights)
 st.subheader(loaded.name)
 blocks_text = f" · {info['blocks']} blocks" if info["blocks"] else ""
-st.caption(f"{loaded.kind} · model type `{info['model_type']}`{blocks_text} · "
+st.caption(f"`{info['architecture']}` · {loaded.kind} · model type `{info['model_type']}`{blocks_text} · "
            f"read from `{loaded.source}`")
-st.info("Layers listed from `config.json` and the weight files' headers: **no weights are "
+header = "the GGUF file's header" if info.get("format") == "gguf" else "`config.json` and the weight files' headers"
+st.info(f"Layers listed from {header}: **no weights are "
         "loaded**. Each page reads only the weight of the layer it analyses, so an 8B or 70B "
         "checkpoint opens in seconds; only a fine-tune loads the whole model.",
         icon=":material/bolt:")
@@ -35,12 +36,11 @@ if "4-bit" in loaded.note:
 elif loaded.note:
     st.caption(loaded.note)
 
-cols = st.columns(5)
-cols[0].metric("Architecture", info["architecture"])
-cols[1].metric("Parameters", f"{info['params'] / 1e6:,.1f} M")
-cols[2].metric("In linear layers", f"{info['linear_params'] / 1e6:,.1f} M")
-cols[3].metric("Stored as", info["dtype"])
-cols[4].metric("Weights", info["device"])
+cols = st.columns(4)  # short values only: a long one (a class name) is cut off in a column
+cols[0].metric("Parameters", f"{info['params'] / 1e6:,.1f} M")
+cols[1].metric("In linear layers", f"{info['linear_params'] / 1e6:,.1f} M")
+cols[2].metric("Stored as", info["dtype"])
+cols[3].metric("Weights", info["device"])
 
 st.markdown("#### Select layers")
 kinds = sorted(table["type"].unique())

@@ -59,3 +59,15 @@ def test_log_ticks_are_1_2_3_5_and_bars_are_linear():
     assert list(bars.x) == ["3 · attn_out", "0 · ffn_in"]  # largest gain first, short labels
     assert bars.marker.color[1] != bars.marker.color[0]  # the loss is coloured differently
     assert bars.text[1] == "-0.004"  # and labelled with its sign
+
+
+def test_heatmaps_of_one_row_have_the_same_plot_width_with_or_without_the_colour_bar():
+    # The lab draws one heatmap per strategy side by side and only the last carries the shared
+    # colour bar; plotly takes the bar's room from that plot unless every heatmap reserves it.
+    grid = pd.DataFrame([[0.9, 0.8], [0.7, 0.6]], index=[1, 2], columns=[4, 8])
+    with_bar = figures.heatmap(grid, 0.6, 0.9, colorbar=True)
+    without = figures.heatmap(grid, 0.6, 0.9, colorbar=False)
+    assert with_bar.layout.margin.r == without.layout.margin.r >= 60
+    assert with_bar.layout.coloraxis.showscale and not without.layout.coloraxis.showscale
+    bar = with_bar.layout.coloraxis.colorbar
+    assert bar.x >= 1.0 and bar.xanchor == "left"  # drawn in the reserved margin, right of the plot

@@ -42,6 +42,8 @@ def test_smollm2_gguf_equals_full_load(smollm2):
     reader = open_weights("smollm2-135m")
     assert reader.format == "gguf" and reader.source.endswith(".gguf")
     assert as_table(reader.layers()) == as_table(list_linear_layers(smollm2.model))
+    info = reader.summary()  # Model & layers shows these: no "?" for a GGUF file
+    assert (info["architecture"], info["blocks"]) == (type(smollm2.model).__name__, 30)
     params = dict(smollm2.model.named_parameters())
     for name in ["model.layers.0.self_attn.q_proj", "model.layers.7.self_attn.k_proj",
                  "model.layers.29.mlp.down_proj", "model.layers.12.self_attn.v_proj"]:
