@@ -2,7 +2,7 @@
 
 `sweep_layer(W, SweepSpec(ks, ranks, strategies, ...))` returns a `SweepResult` whose table
 has one row per (k, r, strategy). It runs k-means once per k, one spectrum per cluster and
-one QR per (cluster, strategy): every rank is read off the same factorisation (DESIGN §2),
+one QR per (cluster, strategy): every rank is read off the same factorisation (docs/THEORY.md),
 never one solve per row. With `cache=True` (or a ResultCache) a repeated request is served
 from disk. `python -m analysis.sweep ...` is the command line (`analysis/sweep_cli.py`); the
 multi-layer variant is `analysis/sweep_model.py`, the whole-model scan `analysis/scan.py`.

@@ -1,6 +1,6 @@
 """ID-LoRA Lab entry point: `streamlit run app/main.py`.
 
-Builds the navigation of the five pages and the model picker in the sidebar. The picker only
+Builds the navigation of the pages (`PAGES`) and the model picker in the sidebar. The picker only
 writes session-state keys (see `app/common.py`); every page loads the model itself through
 the shared cached loader, so each page file also runs on its own.
 """

@@ -1,4 +1,4 @@
-"""Parameter budgets of every adapter method for one `(m, n)` linear layer (DESIGN §1 table).
+"""Parameter budgets of every adapter method for one `(m, n)` linear layer (docs/ADAPTERS.md table).
 
 Pure arithmetic, no torch: the sweep, the app and the tests call it to predict what
 `idlora_core.adapters.inject.apply_adapters` will count from the real modules.

@@ -1,4 +1,4 @@
-"""`IDLoRALinear`: ID-LoRA on one frozen nn.Linear (DESIGN §1), with optional rank boosting.
+"""`IDLoRALinear`: ID-LoRA on one frozen nn.Linear (docs/THEORY.md), with optional rank boosting.
 
     z_c = A_c x = (W0 x)[J_c]   gathered from the base output: no copy of the rows A_c = W0[J_c, :]
     a   = softmax_c(t_c . z_c)  router T (k, r) trainable, `idlora_T`

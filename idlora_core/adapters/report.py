@@ -26,7 +26,7 @@ class LayerRow:
     bias: bool  # the base layer has a bias
     trainable: int  # elements with requires_grad, counted from the modules
     frozen_adapter_elements: int  # frozen floating-point adapter elements (0: no copied A_c rows)
-    formula: int  # DESIGN §1 formula for the same layer
+    formula: int  # docs/ADAPTERS.md formula for the same layer
     adapter_bytes: int  # bytes of trainable tensors + adapter buffers (ID-LoRA: skeleton indices)
 
     @property

@@ -7,7 +7,7 @@ All errors here are for approximations of the ROWS of a matrix M (p x n):
 One QR factorisation of M.T with its columns in a fixed order (pivoted, or any given
 order) gives the ID error for EVERY rank r at once: the residual of reconstructing all
 rows from the first r is ||R[r:, r:]||_F, and because R is upper triangular that is the
-suffix sum of the squared row norms of R (DESIGN §2). Arrays indexed by rank use index
+suffix sum of the squared row norms of R (docs/THEORY.md). Arrays indexed by rank use index
 r = 0..p (r = 0: nothing kept, the error is ||M||_F).
 
 The randomized variants for large layers are in `randomized.py`.

@@ -1,6 +1,6 @@
 """Skeleton-row selection for ID-LoRA: which r rows of each cluster become the frozen A_c.
 
-Strategies (DESIGN §1), each defined as an ORDER of a cluster's rows whose first r rows
+Strategies (docs/THEORY.md), each defined as an ORDER of a cluster's rows whose first r rows
 are the rank-r skeleton (so one order serves every rank):
   - `centroid`: rows by increasing distance to the cluster centroid (the mean of the
     cluster's rows in the clustering geometry: raw rows, or L2-normalised rows when

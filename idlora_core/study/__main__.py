@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         return worker_main(args.worker)
-    if not args.study or not args.out:
+    if not args.study or not (args.out or args.dry_run):  # a dry run writes nothing
         print("error: give the study YAML and --out DIR, e.g. python -m idlora_core.study "
               "configs/studies/minilm_sentiment.yaml --out runs/studies/minilm", file=sys.stderr)
         return 1

@@ -1,6 +1,6 @@
 """The files a run leaves in its output folder, written atomically so readers never see half a file.
 
-  metrics.jsonl  one JSON object per logging step (appended; see metrics_log.py)
+  metrics.jsonl  one JSON object per logging step (appended; see callbacks.py)
   status.json    {state: starting|running|finished|cancelled|failed, message, pid, step,
                  max_steps, updated}
   run.json       resolved config, adapter report, versions, device, final metrics

@@ -163,7 +163,7 @@ def test_real_run_streams_metrics_and_cancel_keeps_them(tmp_path, tiny_bert_dir)
     steps = frame.loc[frame["loss"].notna(), "step"].tolist()
     assert steps[:3] == [1, 2, 3] and 3 <= len(steps) < 10_000
     assert runs.read_metrics(handle.run_dir)["step"].tolist() == frame["step"].tolist()
-    # trainable = ID-LoRA on the 2 query layers (32 x 32): m*r + k*r each (DESIGN §1)
+    # trainable = ID-LoRA on the 2 query layers (32 x 32): m*r + k*r each (docs/THEORY.md)
     summary = runs.run_summary(handle.run_dir)
     assert summary["method"] == "idlora" and summary["state"] == "cancelled"
     assert summary["step"] == steps[-1]

@@ -129,9 +129,9 @@ def test_real_minilm_query_sanity_numbers(minilm_weights):
     W = minilm_weights.weight("encoder.layer.0.attention.self.query")
     table = sweep(W, [8], [16], ["id"], layer="q", spectral=True).table
     row = table.iloc[0]
-    assert row.svd_same_r == pytest.approx(0.845, abs=0.002)  # DESIGN §2: 0.85
-    assert row.svd_same_total == pytest.approx(0.359, abs=0.002)  # DESIGN §2: 0.36
-    assert 0.6 < row.rel_fro_error < 0.8  # DESIGN §2: about 0.73
+    assert row.svd_same_r == pytest.approx(0.845, abs=0.002)  # docs/LAB.md exercise 1: 0.85
+    assert row.svd_same_total == pytest.approx(0.359, abs=0.002)  # docs/LAB.md exercise 1: 0.36
+    assert 0.6 < row.rel_fro_error < 0.8  # docs/LAB.md exercise 1: about 0.73
     assert row.rel_fro_error < row.svd_same_r  # the same-r comparison of the paper
     s = np.linalg.svd(W, compute_uv=False)
     assert s[128] / s[0] <= row.rel_spec_error <= row.bound_cluster

@@ -1,4 +1,4 @@
-"""Formula counts of idlora_core.adapters.budget against the DESIGN §1 table, written out by hand."""
+"""Formula counts of idlora_core.adapters.budget against the docs/ADAPTERS.md table, written out by hand."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ def _layer(m=12, n=10, k=3, r=4, p=1, dtype=torch.float64, seed=0, alpha=8.0):
 
 
 def _reference(layer: IDLoRALinear, x: np.ndarray) -> np.ndarray:
-    """DESIGN §1 written token by token with numpy (float64)."""
+    """docs/THEORY.md written token by token with numpy (float64)."""
     w = layer.base_layer.weight.detach().double().numpy()
     b = layer.base_layer.bias.detach().double().numpy()
     a_c = w[np.asarray(layer.skeleton)]  # (k, r, n)
@@ -161,7 +161,7 @@ def test_dropout_only_in_training():
 
 
 def _formula(w, b, skeleton, T, B, x, scaling, p):
-    """DESIGN §1 with the copied rows A_c = W0[J_c, :] (k, r, n), everything float64 torch."""
+    """docs/THEORY.md with the copied rows A_c = W0[J_c, :] (k, r, n), everything float64 torch."""
     A = w[torch.as_tensor(skeleton)]  # (k, r, n): the copy the layer no longer makes
     zc = torch.einsum("krn,...n->...kr", A, x)
     a = torch.softmax(torch.einsum("...kr,kr->...k", zc, T), dim=-1)

@@ -1,5 +1,5 @@
 """apply_adapters on tiny and real transformers models: init equivalence, counts against the
-DESIGN §1 formulas and against requires_grad, what an optimiser step changes, skeleton rows,
+docs/ADAPTERS.md formulas and against requires_grad, what an optimiser step changes, skeleton rows,
 target errors."""
 
 from __future__ import annotations

@@ -93,3 +93,16 @@ def test_base_path_and_overrides(tmp_path):
         parse_study({"base": "missing.yaml", "metric": "m"}, tmp_path)
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         apply_study_overrides({}, ["grid.seed"])
+
+
+def test_dry_run_needs_no_out_folder_and_counts_the_grid(capsys):
+    # `--dry-run` only prints the trials: asking for --out (a folder it never writes) was a trap
+    from pathlib import Path
+
+    from idlora_core.study.__main__ import main
+
+    path = Path(__file__).resolve().parents[3] / "configs" / "studies" / "minilm_sentiment.yaml"
+    assert main([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    cells, _ = expand_grid(load_study(str(path), []))
+    assert out[-1] == f"{len(cells)} runs" and out[0] == cell_name(0, cells[0])

@@ -115,7 +115,7 @@ def test_metrics_file_and_run_summary(tiny_llama_dir, tmp_path):
     assert {f"eval_{t}_loss" for t in CAUSAL_LM_TASKS} <= set(rows[-1])
     assert {"eval_arithmetic_exact_match", "eval_code_exact_match", "eval_knowledge_accuracy",
             "eval_refusal_refusal_rate_harmful", "eval_refusal_refusal_rate_benign"} <= set(rows[-1])
-    # trainable counts: metrics == run.json report == the DESIGN formula == the real modules
+    # trainable counts: metrics == run.json report == the docs/ADAPTERS.md formula == the real modules
     run = json.loads((Path(cfg.output_dir) / "run.json").read_text())
     totals = run["adapter_report"]["totals"]
     assert rows[0]["trainable_params"] == totals["trainable_total"] == totals["formula"]
