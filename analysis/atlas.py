@@ -11,6 +11,8 @@ No Streamlit here; the view is `app/views/layer_atlas.py`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from analysis.sweep import COLUMNS, tidy_table
@@ -21,10 +23,24 @@ MEASURES = {"gain": "gain_vs_svd", "gap": "gap_vs_total"}
 KIND_ORDER = ["q", "k", "v", "o", "attn_out", "gate", "up", "down", "ffn_in", "ffn_out", "other"]
 
 
+MAX_ATLAS_BYTES = 64 * 2**20  # a 70B model's scan is a few MB; a path typed on a page can be anything
+
+
 def read_atlas(path_or_buffer) -> pd.DataFrame:
     """Return a scan CSV (as `python -m analysis.scan` writes it) as a sweep table.
 
+    A path must name a regular file of at most MAX_ATLAS_BYTES (a page passes what a user
+    typed: /dev/zero, a FIFO or a huge file must not hang or fill the server).
     Raises ValueError naming the missing columns when the file is not a scan."""
+    if isinstance(path_or_buffer, str | Path):
+        path = Path(path_or_buffer)
+        if not path.is_file():
+            raise ValueError(f"{path} is not a file: give the CSV that "
+                             "`python -m analysis.scan ... --out atlas.csv` wrote")
+        size = path.stat().st_size
+        if size > MAX_ATLAS_BYTES:
+            raise ValueError(f"{path} is {size / 2**20:,.0f} MB; a scan CSV is at most "
+                             f"{MAX_ATLAS_BYTES // 2**20} MB")
     table = pd.read_csv(path_or_buffer)
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:

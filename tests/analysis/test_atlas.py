@@ -50,3 +50,22 @@ def test_read_atlas_round_trip_and_error(table, tmp_path):
     pd.DataFrame({"a": [1]}).to_csv(path, index=False)
     with pytest.raises(ValueError, match="not a scan table: missing columns layer"):
         read_atlas(path)
+
+
+def test_read_atlas_refuses_devices_folders_and_huge_files_before_reading(tmp_path, monkeypatch):
+    # The atlas page passes a typed server path: /dev/zero must not hang the server, a huge
+    # file must not be parsed into memory.
+    import analysis.atlas as atlas
+
+    def no_parse(*args, **kwargs):
+        raise AssertionError("read_csv ran on a path that should have been refused")
+
+    for bad in ("/dev/zero", str(tmp_path)):
+        monkeypatch.setattr(atlas.pd, "read_csv", no_parse)
+        with pytest.raises(ValueError, match="is not a file"):
+            read_atlas(bad)
+    big = tmp_path / "big.csv"
+    with open(big, "wb") as f:  # sparse: no disk used
+        f.truncate(atlas.MAX_ATLAS_BYTES + 1)
+    with pytest.raises(ValueError, match="a scan CSV is at most"):
+        read_atlas(big)
