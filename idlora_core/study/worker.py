@@ -121,7 +121,8 @@ class Worker:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
         start = time.perf_counter()
-        result = run_training(config, progress=False, stop=self.stop, source=self.pool)
+        # overwrite: a retried trial replaces what its killed attempt left (moved aside, not lost)
+        result = run_training(config, progress=False, overwrite=True, stop=self.stop, source=self.pool)
         final = {k: v for k, v in result.final_metrics.items() if isinstance(v, (int, float)) or v is None}
         return {"run_dir": f"{RUNS_DIR}/{folder}", "run_state": result.state, "message": result.message,
                 "seconds": time.perf_counter() - start, "final": final}
