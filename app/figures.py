@@ -32,7 +32,6 @@ CURVE_STYLES: dict[str, tuple[str, str, str]] = {
 }
 QUALITATIVE = px.colors.qualitative.Alphabet  # 26 distinct colours for clusters
 TOP_MARGIN = {"l": 10, "r": 10, "t": 50, "b": 10}  # room above the plot for the toolbar
-HEATMAP_RIGHT_MARGIN = 80  # px: room for the shared colour bar on every heatmap of a row
 
 
 def log_ticks(values: pd.Series | list[float]) -> list[float]:
@@ -52,22 +51,32 @@ def _log_axis(fig: go.Figure, values, axis: str = "yaxis") -> None:
                               "ticktext": [f"{t:g}" for t in ticks], "minor": {"showgrid": False}}})
 
 
-def heatmap(grid: pd.DataFrame, lo: float, hi: float, colorbar: bool = True) -> go.Figure:
-    """Return the k x r heatmap of relative errors (`analysis.views.heatmap_grid`); all
-    heatmaps of a page share lo..hi, so one colour bar (`colorbar`) serves them all."""
+def heatmap(grid: pd.DataFrame, lo: float, hi: float, colorbar: bool = False) -> go.Figure:
+    """Return the k x r heatmap of relative errors (`analysis.views.heatmap_grid`). A page
+    draws a row of them without bars (`colorbar=False`) and one `colour_scale(lo, hi)` beside
+    them: a bar inside one heatmap would make that one narrower. A figure on its own (the
+    report) takes `colorbar=True`."""
     fig = px.imshow(grid.to_numpy(), x=[str(r) for r in grid.columns],
                     y=[str(k) for k in grid.index], text_auto=".3f", aspect="auto", zmin=lo,
                     zmax=hi, color_continuous_scale="Viridis_r")
     fig.update_traces(hovertemplate="k = %{y}, r = %{x}<br>relative error %{z:.3f}<extra></extra>")
     fig.update_xaxes(type="category", title="rank r (rows per cluster)", showgrid=False)
     fig.update_yaxes(type="category", title="clusters k", showgrid=False)
-    # every heatmap keeps the same right margin and the one colour bar sits inside it, so the
-    # heatmap that carries it is not narrower than its neighbours
-    fig.update_layout(height=340, margin={**TOP_MARGIN, "r": HEATMAP_RIGHT_MARGIN},
-                      coloraxis_showscale=colorbar,
-                      coloraxis_colorbar={"title": {"text": "rel. error", "side": "top"},
-                                          "thickness": 12, "x": 1.0, "xanchor": "left",
-                                          "xpad": 8})
+    fig.update_layout(height=340, margin=TOP_MARGIN, coloraxis_showscale=colorbar,
+                      coloraxis_colorbar={"title": "rel. error", "thickness": 12})
+    return fig
+
+
+def colour_scale(lo: float, hi: float, title: str = "rel. error") -> go.Figure:
+    """Return a figure holding only the colour bar of `heatmap(..., lo, hi)` (same height)."""
+    fig = go.Figure(go.Scatter(
+        x=[None], y=[None], mode="markers", hoverinfo="skip", showlegend=False,
+        marker={"colorscale": "Viridis_r", "cmin": lo, "cmax": hi, "color": [lo], "showscale": True,
+                "colorbar": {"title": {"text": title, "side": "top"}, "thickness": 12, "x": 0.0,
+                             "xanchor": "left", "len": 0.8}}))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(height=340, margin=TOP_MARGIN, plot_bgcolor="rgba(0,0,0,0)")
     return fig
 
 

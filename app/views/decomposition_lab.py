@@ -130,13 +130,14 @@ st.markdown(f"#### 1 · Relative error over k × r — `{layer}` ({m} × {n})")
 plot, text = st.columns([3, 1])
 with plot:
     strategies = params["strategies"]
-    cols = st.columns(len(strategies))
+    *cols, scale = st.columns([1.0] * len(strategies) + [0.4])  # equal heatmaps, one colour bar
     lo, hi = one["rel_fro_error"].min(), one["rel_fro_error"].max()
     for col, strategy in zip(cols, strategies, strict=True):
         col.markdown(f"**strategy: {strategy}**")
-        col.plotly_chart(figures.heatmap(heatmap_grid(one, strategy), lo, hi,
-                                         colorbar=strategy == strategies[-1]),
+        col.plotly_chart(figures.heatmap(heatmap_grid(one, strategy), lo, hi),
                          key=f"lab_heatmap_{strategy}")
+    scale.markdown("&nbsp;")
+    scale.plotly_chart(figures.colour_scale(lo, hi), key="lab_heatmap_scale")
 with text:
     st.markdown(
         r"Each cell is the relative Frobenius error $\|W-\hat W\|_F/\|W\|_F$ of cluster-wise "

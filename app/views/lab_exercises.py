@@ -70,7 +70,7 @@ def _report_inputs():
         settings |= {"inspected layer": layer, "k for the curves": k, "summary rank": summary_r}
         lo, hi = one["rel_fro_error"].min(), one["rel_fro_error"].max()
         for strategy in params["strategies"]:
-            figs[f"heatmap_{strategy}"] = figures.heatmap(heatmap_grid(one, strategy), lo, hi)
+            figs[f"heatmap_{strategy}"] = figures.heatmap(heatmap_grid(one, strategy), lo, hi, colorbar=True)
         curves = error_vs_rank(one, k, norm="frobenius")
         if not curves.empty:
             figs["error_vs_rank_frobenius"] = figures.error_vs_rank_figure(

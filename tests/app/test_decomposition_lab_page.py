@@ -60,6 +60,15 @@ def test_run_small_sweep_shows_plots_and_true_numbers(minilm, empty_cache):
     charts = {c.proto.id.rsplit("-", 1)[-1]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
     assert {"lab_heatmap_id", "lab_heatmap_centroid", "lab_error_vs_rank", "lab_spectra",
             "lab_error_vs_rank_spectral"} <= set(charts)
+    # the heatmaps of the row are drawn alike (a colour bar inside one made it narrower);
+    # the one shared bar stands beside them, spanning the inspected layer's errors
+    heatmaps = [charts[f"lab_heatmap_{s}"] for s in ("id", "centroid")]
+    assert not any(h["layout"].get("coloraxis", {}).get("showscale", True) for h in heatmaps)
+    assert heatmaps[0]["layout"]["margin"] == heatmaps[1]["layout"]["margin"]
+    marker = charts["lab_heatmap_scale"]["data"][0]["marker"]
+    for h in heatmaps:  # every heatmap and the bar use the same range
+        assert (h["layout"]["coloraxis"]["cmin"], h["layout"]["coloraxis"]["cmax"]) == (marker["cmin"], marker["cmax"])
+    assert marker["showscale"] and marker["cmin"] < marker["cmax"]
     curve = charts["lab_error_vs_rank"]
     assert curve["layout"]["yaxis"]["type"] == "log"
     names = {trace["name"] for trace in curve["data"]}

@@ -61,13 +61,16 @@ def test_log_ticks_are_1_2_3_5_and_bars_are_linear():
     assert bars.text[1] == "-0.004"  # and labelled with its sign
 
 
-def test_heatmaps_of_one_row_have_the_same_plot_width_with_or_without_the_colour_bar():
-    # The lab draws one heatmap per strategy side by side and only the last carries the shared
-    # colour bar; plotly takes the bar's room from that plot unless every heatmap reserves it.
+
+def test_heatmap_has_no_colour_bar_unless_asked_and_the_scale_figure_matches_it():
+    # The lab draws one heatmap per strategy side by side: a bar inside one made it narrower
+    # than its neighbours, so the row's one bar is a figure of its own (colour_scale).
     grid = pd.DataFrame([[0.9, 0.8], [0.7, 0.6]], index=[1, 2], columns=[4, 8])
-    with_bar = figures.heatmap(grid, 0.6, 0.9, colorbar=True)
-    without = figures.heatmap(grid, 0.6, 0.9, colorbar=False)
-    assert with_bar.layout.margin.r == without.layout.margin.r >= 60
-    assert with_bar.layout.coloraxis.showscale and not without.layout.coloraxis.showscale
-    bar = with_bar.layout.coloraxis.colorbar
-    assert bar.x >= 1.0 and bar.xanchor == "left"  # drawn in the reserved margin, right of the plot
+    row = figures.heatmap(grid, 0.6, 0.9)
+    alone = figures.heatmap(grid, 0.6, 0.9, colorbar=True)  # the report's PNG
+    assert not row.layout.coloraxis.showscale and alone.layout.coloraxis.showscale
+    scale = figures.colour_scale(0.6, 0.9)
+    marker = scale.data[0].marker
+    assert (marker.cmin, marker.cmax, marker.showscale) == (0.6, 0.9, True)
+    assert [c for _, c in marker.colorscale] == [c for _, c in row.layout.coloraxis.colorscale]
+    assert scale.layout.height == row.layout.height
