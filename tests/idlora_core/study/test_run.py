@@ -173,3 +173,25 @@ def test_warm_worker_trial_equals_fresh_process(tiny_bert_dir, tmp_path, monkeyp
     a = load_file(str(tmp_path / "warm" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "fresh" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_tpe_learning_rate_search(tiny_bert_dir, tmp_path):
+    out = tmp_path / "study"
+    spec = study_yaml(tmp_path / "s.yaml", tiny_bert_dir, learning_rate={"low": 1e-3, "high": 1e-1, "trials": 2},
+                      seed=[0, 1])
+    data = yaml.safe_load(spec.read_text())
+    data["grid"]["method"] = ["lora"]
+    spec.write_text(yaml.safe_dump(data))
+    proc = cli([str(spec), "--out", str(out)], tmp_path)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 4 and set(trials.state) == {"COMPLETE"}  # 2 TPE trials x 2 seeds
+    assert trials.learning_rate.between(1e-3, 1e-1).all() and trials.groupby("trial").seed.nunique().eq(2).all()
+    for row in trials.itertuples():
+        run = json.loads((out / row.run_dir / "run.json").read_text())
+        assert run["config"]["train"]["learning_rate"] == pytest.approx(row.learning_rate)
+    summary = pd.read_csv(out / "summary.csv")
+    means = trials.groupby("learning_rate").eval_sentiment_accuracy.mean()
+    assert summary.best_learning_rate.item() == pytest.approx(means.idxmax())
+    assert summary.n_seeds.item() == 2
