@@ -24,7 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--storage", help="Optuna storage shared by all workers: an RDB URL "
                         "(sqlite:///f.db, postgresql://...) or a journal file (journal:PATH); "
                         "default: sqlite:///OUT/study.db")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes on this machine (default: one per GPU, else 1)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a study field, e.g. --set grid.seed=[0,1] --set base.train.steps=20")
     parser.add_argument("--dry-run", action="store_true", help="print the trials and exit")
@@ -61,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give the study YAML and --out DIR, e.g. python -m idlora_core.study "
               "configs/studies/minilm_sentiment.yaml --out runs/studies/minilm", file=sys.stderr)
         return 1
+    if args.workers is None:
+        from idlora_core.study.runner import gpu_count
+
+        args.workers = max(1, gpu_count())
     if args.workers < 1:
         print(f"error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
         return 1

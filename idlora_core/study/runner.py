@@ -74,7 +74,7 @@ def worker_env(index: int, workers: int) -> dict[str, str]:
     """Return the environment of worker `index`: its GPU when there are several
     (CUDA_VISIBLE_DEVICES), and an equal share of the CPU threads."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    gpus = _gpu_count()
+    gpus = gpu_count()
     if gpus > 1:
         env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
@@ -82,7 +82,8 @@ def worker_env(index: int, workers: int) -> dict[str, str]:
     return env
 
 
-def _gpu_count() -> int:
+def gpu_count() -> int:
+    """Return the GPUs this process may use (CUDA_VISIBLE_DEVICES when set, else torch's count; 0 without CUDA)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return len([d for d in visible.split(",") if d.strip()])

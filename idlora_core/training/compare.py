@@ -2,6 +2,7 @@
 
 One row per run: method, trainable params, % of LoRA's (the first LoRA run given), final
 train loss, final eval metrics, seconds, peak memory. Reads run.json and metrics.jsonl only.
+`python -m idlora_core.compare STUDY_DIR` prints a study's summary (idlora_core/study/summary.py).
 """
 
 from __future__ import annotations

@@ -106,3 +106,13 @@ def test_dry_run_needs_no_out_folder_and_counts_the_grid(capsys):
     out = capsys.readouterr().out.splitlines()
     cells, _ = expand_grid(load_study(str(path), []))
     assert out[-1] == f"{len(cells)} runs" and out[0] == cell_name(0, cells[0])
+
+
+def test_one_worker_per_gpu(monkeypatch):
+    from idlora_core.study.runner import gpu_count, worker_env
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    assert gpu_count() == 3
+    assert [worker_env(i, 4)["CUDA_VISIBLE_DEVICES"] for i in range(4)] == ["0", "1", "2", "0"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert worker_env(1, 2)["CUDA_VISIBLE_DEVICES"] == "0"  # one GPU: every worker shares it
