@@ -122,7 +122,7 @@ with right:
     heatmap(cells, "gap_vs_total", "atlas_gap")
 if (clicked := st.session_state.pop(PENDING, None)) is not None:
     open_in_lab(clicked)
-pick, go_button = st.columns([4, 1], vertical_alignment="bottom")
+pick, go_button = st.columns([2, 1], vertical_alignment="bottom")  # the label fits
 layer = pick.selectbox("Layer", list(cells["layer"]), key="atlas_pick")
 if go_button.button("Open in the Decomposition lab", key="atlas_open"):
     open_in_lab(layer)

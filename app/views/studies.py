@@ -39,8 +39,10 @@ def _built_study(loaded):
     tasks = state.get("ft_tasks") or list(sio.task_options(loaded.kind))[:1]
     left, right = st.columns(2)
     with left:
-        state.setdefault("st_methods", list(dict.fromkeys([*(state.get("ft_methods") or []), "head-only", "base"])))
-        methods = st.multiselect("Methods", list(ALL_METHODS), key="st_methods", format_func=lambda m: m, **KEEP,
+        chosen = state.get("ft_methods", sio.DEFAULTS["ft_methods"])  # Fine-tune not visited: its defaults
+        state.setdefault("st_methods", list(dict.fromkeys([*chosen, "head-only", "base"])))
+        methods = st.multiselect("Methods", list(ALL_METHODS), key="st_methods", format_func=sio.METHOD_LABELS.get,
+                                 **KEEP,
                                  help="head-only trains the classification head alone; base trains nothing.")
         ranks = st.multiselect("Ranks r", [1, 2, 4, 8, 16, 32, 64], default=[4, 8, 16], key="st_ranks", **KEEP)
         ks = st.multiselect("Clusters k / heads N", [1, 2, 4, 8, 16], default=[4], key="st_ks", **KEEP)
@@ -52,7 +54,8 @@ def _built_study(loaded):
             if method == "base":
                 continue
             default = studies.DEFAULT_LR.get(method, 1e-3)
-            text = st.text_input(method, f"{default / 3:g}, {default:g}, {default * 3:g}", key=f"st_lr_{method}", **KEEP)
+            text = st.text_input(sio.METHOD_LABELS[method], f"{default / 3:.3g}, {default:.3g}, {default * 3:.3g}",
+                                 key=f"st_lr_{method}", **KEEP)
             try:
                 lrs[method] = _lr_list(text)
             except ValueError as exc:

@@ -103,3 +103,20 @@ def test_finished_study_draws_tradeoff_and_summary(tiny_study, monkeypatch):
     assert shown.metric_mean.tolist() == pytest.approx(summary.metric_mean.tolist())
     lora = [t for t in fig["data"] if t.get("name") == "lora"][0]
     assert plotly_array(lora["y"])[0] == pytest.approx(summary.metric_mean[0])
+
+
+def test_built_grid_starts_from_the_finetune_defaults_in_a_fresh_session(tmp_path, monkeypatch):
+    # A student who never opened the Fine-tune page got a grid of head-only and base only:
+    # the page read ft_methods from the session, where only a visit to Fine-tune puts it.
+    from app import settings_io as sio
+
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["st_source"] = "Build from the Fine-tune choices"
+    at.run()
+    assert not at.exception
+    methods = at.multiselect(key="st_methods").value
+    assert methods == [*sio.DEFAULTS["ft_methods"], "head-only", "base"]
+    lr_box = at.text_input(key="st_lr_idlora")
+    assert lr_box.label == sio.METHOD_LABELS["idlora"]
+    assert all(len(v.strip()) <= 7 for v in lr_box.value.split(",")), lr_box.value  # 0.00333, not 0.00333333
