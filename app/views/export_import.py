@@ -169,7 +169,8 @@ def _import_text(text: str, source: str, extra: dict | None = None) -> None:
     if cfg.model.trust_remote_code:
         message += (" It asks for `trust_remote_code: true`; that was NOT turned on. Tick "
                     "*Trust remote code* in the sidebar only if you trust the model folder.")
-    apply_settings(values | (extra or {}) | {"ex_import_message": message})
+    # an open exercise panel would describe settings the import just replaced: close it
+    apply_settings(values | (extra or {}) | {"ex_import_message": message, "lab_exercise": None})
 
 
 def _import() -> None:

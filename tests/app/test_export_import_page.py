@@ -79,6 +79,7 @@ def test_import_bad_upload_shows_errors(app):
 
 
 def test_import_good_yaml_restores_every_page_setting(app):
+    app.session_state["lab_exercise"] = 4  # its sidebar panel would describe the old settings
     app.run()
     cfg = loads_config(_yaml_shown(app))
     cfg.adapter.skeletons = None
@@ -104,6 +105,7 @@ def test_import_good_yaml_restores_every_page_setting(app):
     assert s["layer_choices"]["encoder.layer.3.attention.self.key"]["k"] == 3
     assert (s["adapter_k"], s["adapter_r"], s["adapter_strategy"], s["adapter_rb"]) == (2, 4, "id", 2)
     assert any("mine.yaml" in m.value for m in app.success)
+    assert s["lab_exercise"] is None  # the import closed the exercise panel
     # the page now exports the imported choices back (round trip, skeletons aside)
     again = loads_config(_yaml_shown(app))
     assert again.adapter.targets == cfg.adapter.targets[:1] + [
