@@ -170,6 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = SweepSpec(parse_grid(args.ks, "ks"), parse_grid(args.ranks, "ranks"),
                          parse_strategies(args.strategies), seed=args.seed,
                          normalize_rows=args.normalize_rows)
+        from analysis.sweep_cli import output_problem
+
+        problem = output_problem(args.out, "--out")  # before the scan, not after its hours
+        if problem:
+            raise ValueError(problem)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         atlas = scan(args.model, spec, layers=args.layers, workers=args.workers, dask=args.dask,
@@ -177,7 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:  # ModelNotFoundError / WeightFileError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    atlas.to_csv(out, index=False)
+    try:
+        atlas.to_csv(out, index=False)
+    except OSError as exc:  # the place changed during the scan; every layer is in the cache
+        print(f"error: cannot write {out}: {exc.strerror or exc} (the layers are cached: run "
+              "the command again with another --out)", file=sys.stderr)
+        return 2
     print(f"{atlas['layer'].nunique()} layers, {len(atlas)} rows -> {out}")
     return 0
 

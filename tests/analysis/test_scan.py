@@ -97,3 +97,20 @@ def test_progress_printer_eta_counts_only_computed_layers():
     eta = stream.getvalue().rsplit("ETA ", 1)[1]
     assert eta.strip() == "0:00:30"  # 10 s per computed layer, 3 to go
     assert np.isclose(printer.computed, 1)
+
+
+def test_cli_checks_the_output_place_before_scanning(ckpt, tmp_path, capsys, monkeypatch):
+    # --out onto a folder or into a place that cannot be written failed with a traceback
+    # after the whole scan had run
+    import analysis.scan as scan_module
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the scan ran although --out cannot be written")
+
+    monkeypatch.setattr(scan_module, "scan", no_scan)
+    assert scan_module.main(["--model", ckpt, "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert scan_module.main(["--model", ckpt, "--out", str(blocker / "atlas.csv")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
