@@ -19,6 +19,7 @@ from typing import Any
 
 import optuna
 import pandas as pd
+import yaml
 
 from idlora_core.config import ConfigError
 from idlora_core.study.config import StudyConfig, dumps_study
@@ -41,6 +42,17 @@ def study_hash(study: StudyConfig) -> str:
     return hashlib.sha256(dumps_study(study.model_copy(update={"name": None})).encode()).hexdigest()[:16]
 
 
+def changed_keys(old: Any, new: Any, path: str = "") -> list[str]:
+    """Return the dotted keys whose values differ between two plain YAML trees; a key present on
+    one side only (a field added to the schema since) does not count, nor does `name`."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in old.keys() & new.keys() if key != "name" or path
+                for k in changed_keys(old[key], new[key], f"{path}.{key}" if path else str(key))]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [k for i, (a, b) in enumerate(zip(old, new, strict=True)) for k in changed_keys(a, b, f"{path}.{i}")]
+    return [] if old == new else [path or "(top level)"]
+
+
 def prepare_study(study: StudyConfig, out_dir: str | Path, storage: str | None = None) -> dict[str, Any]:
     """Write the study folder and create the Optuna study, or join it when it exists with the same
     grid; return the folder metadata (name, storage, cells, ...). Raises ConfigError when the
@@ -55,14 +67,17 @@ def prepare_study(study: StudyConfig, out_dir: str | Path, storage: str | None =
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     created = optuna.create_study(study_name=name, storage=open_storage(url), load_if_exists=True,
                                   direction=study.direction)
-    digest = study_hash(study)
-    found = created.user_attrs.get("study_hash")
-    if found is None:
-        created.set_user_attr("study_hash", digest)
+    stored = created.user_attrs.get("study_yaml")
+    if stored is None:
+        created.set_user_attr("study_hash", study_hash(study))
         created.set_user_attr("study_yaml", dumps_study(study))
-    elif found != digest:
-        raise ConfigError([f"the storage {url} already holds a study named {name!r} with a different grid or "
-                           "base config; use another --out folder or set `name:` in the study YAML"])
+        created.set_user_attr("cells", cells)
+    else:
+        changed = changed_keys(yaml.safe_load(stored), yaml.safe_load(dumps_study(study)))
+        if changed:
+            raise ConfigError([f"the storage {url} already holds a study named {name!r} whose settings differ at "
+                               f"{', '.join(changed[:5])}; use another --out folder or set `name:` in the study YAML"])
+        cells = created.user_attrs.get("cells", cells)  # the joined study's own cells and their order
     write_study_folder(study, out, url, name, cells)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

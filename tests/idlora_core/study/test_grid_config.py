@@ -116,3 +116,13 @@ def test_one_worker_per_gpu(monkeypatch):
     assert [worker_env(i, 4)["CUDA_VISIBLE_DEVICES"] for i in range(4)] == ["0", "1", "2", "0"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     assert worker_env(1, 2)["CUDA_VISIBLE_DEVICES"] == "0"  # one GPU: every worker shares it
+
+
+def test_changed_keys_ignores_new_schema_fields():
+    from idlora_core.study.runner import changed_keys
+
+    old = {"name": "a", "base": {"train": {"steps": 30}, "adapter": {"targets": [{"r": 8}]}}, "metric": "m"}
+    new = {"name": "b", "base": {"train": {"steps": 30, "new_field": 1}, "adapter": {"targets": [{"r": 4}]}},
+           "metric": "m"}
+    assert changed_keys(old, new) == ["base.adapter.targets.0.r"]
+    assert changed_keys(old, {**old, "name": "c"}) == []
