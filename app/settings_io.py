@@ -240,7 +240,11 @@ def finetune_configs(
     tasks = task_configs(state, model_kind)
     model = ModelConfig(name=model_name, trust_remote_code=trust_remote_code(state))
     out = []
-    for method in [m for m in ALL_METHODS if m in _get(state, "ft_methods")]:
+    methods = [m for m in ALL_METHODS if m in _get(state, "ft_methods")]
+    if "head-only" in methods and model_kind != "encoder":  # else every such run fails once queued
+        raise ValueError("Head only (linear probe) trains a classification head; this model's "
+                         "tasks are causal-LM: deselect it (Base is the reference here)")
+    for method in methods:
         lr = float(state.get(LR_KEYS[method], train.learning_rate))
         grid = [(ranks[0], ks[0])] if method in ("full", "head-only", "base") else [
             (r, k) for r in ranks for k in (ks if method in ("idlora", "hydralora") else ks[:1])

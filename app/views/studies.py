@@ -40,7 +40,9 @@ def _built_study(loaded):
     left, right = st.columns(2)
     with left:
         chosen = state.get("ft_methods", sio.DEFAULTS["ft_methods"])  # Fine-tune not visited: its defaults
-        state.setdefault("st_methods", list(dict.fromkeys([*chosen, "head-only", "base"])))
+        baselines = ["head-only", "base"] if loaded.kind == "encoder" else ["base"]  # head-only: classification
+        state.setdefault("st_methods", list(dict.fromkeys(
+            [m for m in chosen if m != "head-only" or loaded.kind == "encoder"] + baselines)))
         methods = st.multiselect("Methods", list(ALL_METHODS), key="st_methods", format_func=sio.METHOD_LABELS.get,
                                  **KEEP,
                                  help="head-only trains the classification head alone; base trains nothing.")

@@ -109,6 +109,19 @@ def test_run_plan_matches_the_choices():
     assert cfg.train.steps == 30 and cfg.tasks[0].name == "sentiment"
 
 
+def test_head_only_on_a_causal_lm_is_refused_before_queueing():
+    # exercise 4's preset keeps head-only; on SmolLM2 each such run was queued and then failed
+    state = dict(sio.DEFAULTS) | {"ft_methods": ["lora", "head-only"]}
+    layer = ["model.layers.0.self_attn.q_proj"]
+    with pytest.raises(ValueError, match="Head only .* causal-LM"):
+        sio.finetune_configs(state, "smollm2-135m", "causal-lm", layer)
+    base = sio.finetune_configs(state | {"ft_methods": ["lora", "base"]}, "smollm2-135m", "causal-lm", layer)
+    assert [label for label, _ in base] == ["LoRA r=8", sio.METHOD_LABELS["base"]]
+    assert [label for label, _ in sio.finetune_configs(state, "minilm", "encoder",
+                                                       ["encoder.layer.0.attention.self.query"])][1] \
+        == sio.METHOD_LABELS["head-only"]
+
+
 def test_two_sessions_start_runs_in_their_own_folders(tmp_path, monkeypatch):
     """Two browser tabs = two sessions: each sees only its own runs, in distinct folders."""
     from analysis import runs

@@ -120,3 +120,16 @@ def test_built_grid_starts_from_the_finetune_defaults_in_a_fresh_session(tmp_pat
     lr_box = at.text_input(key="st_lr_idlora")
     assert lr_box.label == sio.METHOD_LABELS["idlora"]
     assert all(len(v.strip()) <= 7 for v in lr_box.value.split(",")), lr_box.value  # 0.00333, not 0.00333333
+
+
+
+def test_built_grid_on_a_causal_lm_leaves_head_only_out(tmp_path, monkeypatch):
+    # head-only needs a classification head: on SmolLM2 every such trial failed
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["model_choice"] = "smollm2-135m"
+    at.session_state["ft_methods"] = ["idlora", "lora", "head-only"]
+    at.session_state["st_source"] = "Build from the Fine-tune choices"
+    at.run()
+    assert not at.exception
+    assert at.multiselect(key="st_methods").value == ["idlora", "lora", "base"]
