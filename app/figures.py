@@ -179,6 +179,9 @@ def loss_figure(frames: dict[str, pd.DataFrame], methods: dict[str, str],
         xaxis_title="optimiser step", yaxis_title="training loss (cross-entropy, nats)",
         legend_title="run", showlegend=True,
     )
+    last = max((float(max(t.x)) for t in fig.data if t.x is not None and len(t.x)), default=0.0)
+    if last <= 12:  # short runs: whole steps only (plotly's auto ticks read 1, 1.5, 2, ...)
+        fig.update_xaxes(tick0=0, dtick=1)
     return fig
 
 

@@ -103,7 +103,8 @@ def _controls(loaded) -> list[str]:
         c3.number_input("alpha (scale alpha/r)", **sio.bounds("ft_alpha"), key="ft_alpha", **KEEP)
         c4.selectbox("Precision", ["auto", "fp32", "bf16", "fp16"], key="ft_precision", **KEEP)
         c1.selectbox("Device", ["auto", "cpu", "cuda"], key="ft_device", **KEEP)
-        c2.caption(f"At most **{run_queue.max_runs()}** runs train at once on this server "
+        limit = run_queue.max_runs()
+        c2.caption(f"At most **{limit}** run{'' if limit == 1 else 's'} train{'s' if limit == 1 else ''} at once on this server "
                    "(all users; IDLORA_MAX_RUNS); further runs wait in one queue, first come first served.")
         c3.checkbox("Gradient checkpointing", key="ft_gradient_checkpointing", **KEEP,
                     help="Recompute activations in the backward pass: less memory for long "

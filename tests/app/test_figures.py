@@ -74,3 +74,13 @@ def test_heatmap_has_no_colour_bar_unless_asked_and_the_scale_figure_matches_it(
     assert (marker.cmin, marker.cmax, marker.showscale) == (0.6, 0.9, True)
     assert [c for _, c in marker.colorscale] == [c for _, c in row.layout.coloraxis.colorscale]
     assert scale.layout.height == row.layout.height
+
+
+
+def test_loss_figure_ticks_whole_steps_on_short_runs():
+    short = {"LoRA r=8": pd.DataFrame({"step": [1, 2, 3], "loss": [0.70, 0.69, 0.71]})}
+    fig = figures.loss_figure(short, {"LoRA r=8": "lora"}, math.log(2))
+    assert fig.layout.xaxis.dtick == 1  # no "1.5" step
+    long = {"LoRA r=8": pd.DataFrame({"step": list(range(1, 501)), "loss": [0.7] * 500})}
+    fig = figures.loss_figure(long, {"LoRA r=8": "lora"}, math.log(2))
+    assert fig.layout.xaxis.dtick is None  # plotly's own ticks for long runs
