@@ -14,6 +14,7 @@ from analysis.atlas import atlas_cells, clicked_layer, read_atlas
 from analysis.scan import scan
 from analysis.sweep import SweepSpec
 from app.common import STRATEGIES, get_model, init_state, model_name
+from app.report import readable
 
 PENDING = "_atlas_open_layer"  # set by a click on a cell, consumed after the charts are drawn
 LAB_PAGE = str(Path(__file__).resolve().parent / "decomposition_lab.py")
@@ -126,4 +127,4 @@ pick, go_button = st.columns([2, 1], vertical_alignment="bottom")  # the label f
 layer = pick.selectbox("Layer", list(cells["layer"]), key="atlas_pick")
 if go_button.button("Open in the Decomposition lab", key="atlas_open"):
     open_in_lab(layer)
-st.dataframe(cells, key="atlas_cells", hide_index=True)
+st.dataframe(readable(cells), key="atlas_cells", hide_index=True)  # headers as in the lab report

@@ -32,6 +32,8 @@ def test_scan_csv_shows_two_heatmaps_and_opens_the_lab(tmp_path):
     cells = at.dataframe[0].value
     assert sorted(cells["layer"]) == sorted(names) and set(cells["block"]) == {0, 1}
     assert set(cells["type"]) == {"q", "v"}
+    assert "gain over SVD(r) (difference)" in cells.columns  # readable headers, as in the report
+    assert not [c for c in cells.columns if "_" in c], list(cells.columns)
     charts = at.get("plotly_chart")
     assert len(charts) == 2  # gain and gap heatmaps
     import json
