@@ -175,6 +175,8 @@ def lr_figure(trials: pd.DataFrame, metric: str) -> go.Figure:
     done = trials[(trials["state"] == "COMPLETE") & trials["learning_rate"].notna()]
     if metric not in done:
         return fig
+    order = {m: i for i, m in enumerate(COLORS)}
+    done = done.assign(_m=done["method"].map(order)).sort_values(["_m", "r", "k", "learning_rate"])
     done = done.assign(budget=done.apply(lambda r: f"{r['method']}" + (f" r={r['r']}" if pd.notna(r["r"]) else "")
                                          + (f" k={r['k']}" if pd.notna(r["k"]) else ""), axis=1))
     for budget, part in done.groupby("budget", sort=False):
