@@ -108,7 +108,13 @@ def _setup(loaded) -> None:
     minutes = studies.estimate_seconds(study, int(workers)) / 60
     st.markdown(f"**{runs} runs**, roughly **{minutes:.0f} min** with {int(workers)} worker(s) "
                 "(estimated for MiniLM on a 2-core CPU).", help="Estimate: steps x 0.6 s + 10 s per run.")
-    name = st.text_input("Study name", study.name or time.strftime("study-%Y%m%d-%H%M%S"), key="st_name")
+    # the default name follows the chosen study: a name typed for one preset must not carry
+    # over to another preset or to a built grid
+    chosen = f"preset:{st.session_state.get('st_preset')}" if source == "Preset" else "built"
+    if st.session_state.get("_st_name_for") != chosen:
+        st.session_state["_st_name_for"] = chosen
+        st.session_state["st_name"] = study.name or time.strftime("study-%Y%m%d-%H%M%S")
+    name = st.text_input("Study name", key="st_name")
     if st.button("Start study", type="primary", key="st_start"):
         try:
             out = studies.start_study(study.model_copy(update={"name": name}), sio.runs_root(), name, int(workers))

@@ -133,3 +133,17 @@ def test_built_grid_on_a_causal_lm_leaves_head_only_out(tmp_path, monkeypatch):
     at.run()
     assert not at.exception
     assert at.multiselect(key="st_methods").value == ["idlora", "lora", "base"]
+
+
+
+def test_study_name_follows_the_chosen_study(tmp_path, monkeypatch):
+    # the preset's name stayed in the box after switching to a built grid (or another preset)
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
+    preset_name = at.text_input(key="st_name").value
+    assert preset_name and not at.exception
+    at.radio(key="st_source").set_value("Build from the Fine-tune choices").run()
+    assert not at.exception
+    assert at.text_input(key="st_name").value != preset_name
+    at.text_input(key="st_name").set_value("mine").run()  # a typed name stays while the study does
+    assert at.text_input(key="st_name").value == "mine"
