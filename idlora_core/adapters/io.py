@@ -43,7 +43,8 @@ from idlora_core.adapters.inject import (
 )
 from idlora_core.adapters.model import AdaptedModel
 from idlora_core.cache import write_text_atomic
-from idlora_core.config import AdapterConfig, RunConfig, dumps_config
+from idlora_core.config import MAX_CONFIG_BYTES, AdapterConfig, RunConfig, dumps_config
+from idlora_core.safe_yaml import YAMLInputError, safe_load_bounded
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -130,15 +131,17 @@ def read_adapter_config(folder: str | Path) -> AdapterConfig:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in {folder}: not an adapter folder")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise AdapterLoadError(f"{path}: over {MAX_CONFIG_BYTES:,} bytes, not an adapter config")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = safe_load_bounded(path.read_bytes()) or {}
         if not isinstance(data, dict):
             raise AdapterLoadError(f"{path}: expected a mapping, got {type(data).__name__}")
         if set(data) == {"adapter"}:
             return AdapterConfig.model_validate(data["adapter"])
         return RunConfig.model_validate(data).adapter
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise AdapterLoadError(f"{path}: not readable YAML ({str(exc).splitlines()[0]})") from None
+    except YAMLInputError as exc:
+        raise AdapterLoadError(f"{path}: not readable YAML ({exc})") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -213,7 +216,7 @@ def load_adapters(
 
 def _read_run_config(folder: Path) -> RunConfig | None:
     """Return the whole RunConfig saved in `folder` (None when only the adapter part is)."""
-    data = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    data = safe_load_bounded((folder / CONFIG_FILE).read_bytes()) or {}  # read_adapter_config checked it
     return None if set(data) == {"adapter"} else RunConfig.model_validate(data)
 
 

@@ -17,7 +17,7 @@ import optuna
 
 from idlora_core.cache import write_text_atomic
 from idlora_core.config import ConfigError
-from idlora_core.study.config import StudyConfig, dumps_study, parse_study
+from idlora_core.study.config import StudyConfig, dumps_study, load_study
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 STUDY_FILE = "study.yaml"
@@ -69,9 +69,7 @@ def read_study_folder(out_dir: str | Path) -> tuple[StudyConfig, dict[str, Any]]
     if not (out / STUDY_FILE).is_file() or not (out / META_FILE).is_file():
         raise ConfigError([f"{out} is not a study folder (no {STUDY_FILE} / {META_FILE}); run "
                            f"`python -m idlora_core.study STUDY.yaml --out {out}` first"])
-    import yaml
-
-    study = parse_study(yaml.safe_load((out / STUDY_FILE).read_text(encoding="utf-8")), out)
+    study = load_study(out / STUDY_FILE)  # bounded YAML: the folder may come from anyone
     return study, json.loads((out / META_FILE).read_text(encoding="utf-8"))
 
 

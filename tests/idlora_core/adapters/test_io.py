@@ -250,3 +250,24 @@ def test_bad_config_yaml_is_one_line(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"adapter": {"method": "nope"}}))
     with pytest.raises(AdapterLoadError, match="config.yaml: invalid adapter config at method"):
         load_adapters(make_tiny_llama(), tmp_path)
+
+
+def test_alias_bomb_in_an_adapter_config_is_one_line(tmp_path):
+    import tracemalloc
+
+    _saved_idlora(tmp_path)
+    bomb = "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
+        f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+    (tmp_path / "config.yaml").write_text(bomb)
+    tracemalloc.start()
+    try:
+        with pytest.raises(AdapterLoadError, match="config.yaml: not readable YAML") as err:
+            load_adapters(make_tiny_llama(), tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(str(err.value)) < 400 and peak < 100 * 2**20
+    (tmp_path / "config.yaml").write_text("adapter: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(AdapterLoadError, match="not readable YAML"):
+        load_adapters(make_tiny_llama(), tmp_path)
