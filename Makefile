@@ -54,3 +54,4 @@ bench: install
 	$(BIN)/python bench/adapter_step.py
 	$(BIN)/python bench/projection.py
 	$(BIN)/python bench/app_start.py
+	$(BIN)/python bench/finetune_defaults.py

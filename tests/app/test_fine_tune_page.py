@@ -65,7 +65,7 @@ def test_page_renders_alone_with_controls(app):
     assert app.multiselect(key="ft_methods").value == ["idlora", "lora"]
     assert app.multiselect(key="ft_tasks").value == ["sentiment"]  # MiniLM: the encoder task
     assert app.multiselect(key="ft_ranks").value == [8]
-    assert app.number_input(key="ft_steps").value == 30
+    assert app.number_input(key="ft_steps").value == 60  # bench/finetune_defaults.py measures it
     assert app.button(key="start_runs") is not None and app.button(key="cancel_runs") is not None
     assert any("No runs yet" in i.value for i in app.info)
 
@@ -106,7 +106,7 @@ def test_run_plan_matches_the_choices():
                       "LoRA r=4", "LoRA r=8", "Full fine-tuning"]
     cfg = plan[2][1]
     assert cfg.adapter.targets[0].r == 8 and cfg.adapter.targets[0].k == 2
-    assert cfg.train.steps == 30 and cfg.tasks[0].name == "sentiment"
+    assert cfg.train.steps == 60 and cfg.tasks[0].name == "sentiment"
 
 
 def test_head_only_on_a_causal_lm_is_refused_before_queueing():
