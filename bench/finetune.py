@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from idlora_core.config import apply_overrides, load_config  # noqa: E402
 from idlora_core.training.compare import compare_runs, to_markdown  # noqa: E402
 from idlora_core.training.run_files import read_metrics  # noqa: E402
-from idlora_core.training.trainer import resolve_device, run_training  # noqa: E402
+from idlora_core.training.setup import resolve_device  # noqa: E402
+from idlora_core.training.trainer import run_training  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smollm2_multitask_idlora.yaml"
 WARMUP_STEPS = 3
@@ -88,7 +89,7 @@ def paired_step_ratio(args: argparse.Namespace, repeats: int) -> dict[str, float
 
     from idlora_core.tasks import load_tasks
     from idlora_core.training.data import PadCollator, build_train_dataset
-    from idlora_core.training.trainer import build_model
+    from idlora_core.training.setup import build_model
 
     models, batch = {}, None
     for method in ("idlora", "lora"):

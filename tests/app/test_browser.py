@@ -60,6 +60,15 @@ def start_app(port: int, runs_dir: Path, log_path: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
+def stop_app(proc: subprocess.Popen) -> None:
+    """Stop the app server (SIGTERM, then SIGKILL after 20 s)."""
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     if not Path(CHROMIUM).exists():
@@ -74,11 +83,7 @@ def app_url(tmp_path_factory):
         assert wait_health(url, 60), (ARTIFACTS / "streamlit.log").read_text()[-2000:]
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_app(proc)
 
 
 @pytest.fixture(scope="module")
@@ -238,11 +243,7 @@ def test_every_page_url_opened_first_on_a_fresh_server_keeps_the_app(browser, tm
             shot(pg, f"deeplink_{url_path}")
             context.close()
         finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_app(proc)
 
 
 def test_each_lab_exercise_in_a_real_browser(page, app_url):

@@ -9,7 +9,7 @@ import pytest
 from idlora_core.adapters.inject import resolve_targets
 from idlora_core.config import dumps_config, load_config, loads_config
 from idlora_core.tasks import load_tasks
-from idlora_core.training.trainer import model_head
+from idlora_core.training.setup import model_head
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 

@@ -10,7 +10,8 @@ import pytest
 from idlora_core.adapters.inject import apply_adapters
 from idlora_core.config import AdapterConfig, parse_config
 from idlora_core.training.run_files import read_metrics
-from idlora_core.training.trainer import count_params, run_training
+from idlora_core.training.setup import count_params
+from idlora_core.training.trainer import run_training
 from tests.conftest import make_tiny_bert
 
 

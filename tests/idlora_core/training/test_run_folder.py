@@ -264,7 +264,7 @@ def test_stop_flag_interrupts_example_generation_in_process():
 def test_stop_during_evaluation_abandons_it(tiny_bert_dir):
     from idlora_core.config import TaskConfig
     from idlora_core.tasks import load_tasks
-    from idlora_core.training.trainer import build_model
+    from idlora_core.training.setup import build_model
 
     cfg = parse_config(cls_config(tiny_bert_dir, "unused"))
     tasks = load_tasks([TaskConfig(name="sentiment", num_train=8, num_eval=200)])

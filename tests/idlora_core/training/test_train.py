@@ -24,7 +24,8 @@ from idlora_core.training.callbacks import StopFlag
 from idlora_core.training.cli import main as cli_main
 from idlora_core.training.evaluate import evaluate_tasks
 from idlora_core.training.run_files import read_metrics
-from idlora_core.training.trainer import build_model, count_params, resolve_device, run_training
+from idlora_core.training.setup import build_model, count_params, resolve_device
+from idlora_core.training.trainer import run_training
 
 REPO = Path(__file__).resolve().parents[3]
 LM_TARGETS = [{"pattern": p, "r": 4, "k": 2} for p in ("q_proj", "o_proj", "up_proj", "down_proj")]
