@@ -149,11 +149,13 @@ class RunQueue:
 
         Also closes the books on started runs whose process died without a final status.
         """
+        from analysis.studies import study_workers_alive  # studies import this module
+
         limit = self.limit or max_runs()
         started: list[runs.RunHandle] = []
         with self._locked():
             self._reap()
-            alive = 0
+            alive = study_workers_alive(self.root)  # a running study's workers use slots too
             for path, entry in self._entries("active"):
                 if pid_alive(entry.get("pid")):
                     alive += 1

@@ -107,17 +107,26 @@ def study_running(out_dir: str | Path) -> bool:
     return True
 
 
+def study_workers_alive(runs_root: str | Path) -> int:
+    """Return the number of worker processes of the studies under `runs_root` still running."""
+    busy = 0
+    for folder in list_studies(runs_root):
+        if study_running(folder):
+            try:
+                launch = json.loads((folder / LAUNCH_FILE).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                launch = {}
+            busy += int(launch.get("workers", 1))
+    return busy
+
+
 def free_run_slots(runs_root: str | Path) -> int:
     """Return how many more processes may train now under the server's global run limit
     (`analysis.run_queue.max_runs()`): the limit minus queued runs alive minus the workers of
     studies still running."""
     from analysis.run_queue import RunQueue, max_runs
 
-    busy = len(RunQueue(runs_root).running())
-    for folder in list_studies(runs_root):
-        if study_running(folder):
-            busy += int(json.loads((folder / LAUNCH_FILE).read_text(encoding="utf-8")).get("workers", 1))
-    return max_runs() - busy
+    return max_runs() - len(RunQueue(runs_root).running()) - study_workers_alive(runs_root)
 
 
 def list_studies(runs_root: str | Path) -> list[Path]:

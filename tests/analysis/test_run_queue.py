@@ -160,3 +160,32 @@ def test_real_training_runs_one_after_the_other(tiny_bert_dir, tmp_path):
     first_end = read_status(tickets[0].run_dir)["updated"]
     second_start = min(p.stat().st_mtime for p in tickets[1].run_dir.iterdir())
     assert second_start >= first_end - 0.5  # started after the first one ended
+
+
+def test_a_running_studys_workers_take_slots_from_the_queue(tmp_path, monkeypatch):
+    import json
+
+    from analysis.studies import LAUNCH_FILE, STUDIES_DIR, free_run_slots
+
+    started: list = []
+    queue = RunQueue(tmp_path, limit=2, launcher=sleeper(30, started))
+    study = tmp_path / STUDIES_DIR / "s1"
+    study.mkdir(parents=True)
+    (study / "study.json").write_text("{}")
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (study / LAUNCH_FILE).write_text(json.dumps({"pid": worker.pid, "workers": 2}))
+        queue.submit(_cfg(), label="a")
+        assert queue.pump() == [] and started == []  # the study's 2 workers fill the limit of 2
+        (study / LAUNCH_FILE).write_text(json.dumps({"pid": worker.pid, "workers": 1}))
+        assert len(queue.pump()) == 1 and len(started) == 1
+    finally:
+        worker.kill()
+        worker.wait()
+        for entry in queue.running():
+            os.kill(entry["pid"], 9)
+        deadline = time.time() + 10
+        while queue.running() and time.time() < deadline:  # reaps the killed child
+            time.sleep(0.05)
+    monkeypatch.setenv("IDLORA_MAX_RUNS", "3")
+    assert free_run_slots(tmp_path) == 3  # the study ended and the sleeper was killed
