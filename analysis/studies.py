@@ -23,6 +23,7 @@ from idlora_core.config import RunConfig
 from idlora_core.study.config import StudyConfig, dumps_study, parse_study
 from idlora_core.study.defaults import DEFAULT_LEARNING_RATES
 from idlora_core.study.grid import expand_grid
+from idlora_core.training.run_folder import pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRESETS_DIR = REPO_ROOT / "configs" / "studies"
@@ -98,13 +99,7 @@ def study_running(out_dir: str | Path) -> bool:
             return False
     except ChildProcessError:
         pass
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, TypeError):
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def study_workers_alive(runs_root: str | Path) -> int:

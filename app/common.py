@@ -199,6 +199,20 @@ def open_named(name: str) -> ModelHandle:
     return _open(name)
 
 
+def open_page(title: str, url_key: str) -> ModelHandle:
+    """Start an analysis page: defaults, its title, its choices mirrored into the URL under
+    `url_key`; return the shared model handle (the page stops after an error when there is none)."""
+    from app import url_state  # url_state imports this module
+
+    init_state()
+    st.title(title)
+    url_state.mirror(url_key)
+    loaded = get_model()
+    if loaded is None:
+        st.stop()
+    return loaded
+
+
 def get_model() -> ModelHandle | None:
     """Return the shared handle of the model chosen in the sidebar, or None after an st.error.
 

@@ -14,19 +14,19 @@ import streamlit as st
 
 from analysis.explorer import cluster_view, points_frame
 from analysis.projection import pca_2d
-from app import url_state
 from app.background import umap_async, umap_is_warm, warm_umap_async
-from app.common import STRATEGIES, ensure_layer, get_model, init_state, layer_weight, plain
+from app.common import (
+    STRATEGIES,
+    ensure_layer,
+    layer_weight,
+    open_page,
+    plain,
+)
 from app.figures import QUALITATIVE, STRATEGY_COLORS, TOP_MARGIN
 
 SYMBOLS = {"id": "circle-open", "centroid": "diamond-open", "random": "x-thin-open"}
 
-init_state()
-st.title("Cluster explorer")
-url_state.mirror("explorer")
-loaded = get_model()
-if loaded is None:
-    st.stop()
+loaded = open_page("Cluster explorer", "explorer")
 if not umap_is_warm() and not os.environ.get("IDLORA_NO_UMAP_WARM"):
     warm_umap_async()  # compile UMAP in the background while the user looks at PCA
 

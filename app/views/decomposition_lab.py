@@ -14,13 +14,12 @@ from analysis.views import (
     short_label,
     strategy_means,
 )
-from app import figures, url_state
+from app import figures
 from app.common import (
     STRATEGIES,
     ensure_layer,
-    get_model,
-    init_state,
     layer_weight,
+    open_page,
     plain,
     selected_layers,
     valid,
@@ -36,12 +35,7 @@ def _spectra(model: str, layer: str, k: int, min_size: int, normalize: bool, see
     return spectra_frame(_W, k, min_size=min_size, normalize_rows=normalize, seed=seed)
 
 
-init_state()
-st.title("Decomposition lab")
-url_state.mirror("lab")
-loaded = get_model()
-if loaded is None:
-    st.stop()
+loaded = open_page("Decomposition lab", "lab")
 
 names = ensure_layer("lab_focus_layer", loaded)  # stops with a message when there are none
 state = st.session_state

@@ -5,15 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from analysis.layers import block_span, filter_layers, layer_table, model_summary
-from app import url_state
-from app.common import RANGE_OWNER, get_model, init_state, valid
+from app.common import RANGE_OWNER, open_page, valid
 
-init_state()
-st.title("Model & layers")
-url_state.mirror("model")
-loaded = get_model()
-if loaded is None:
-    st.stop()
+loaded = open_page("Model & layers", "model")
 
 info = model_summary(loaded.weights)
 table = layer_table(loaded.weights)

@@ -23,6 +23,7 @@ from idlora_core.config import save_config
 from idlora_core.study.config import StudyConfig
 from idlora_core.study.grid import cell_config, cell_name
 from idlora_core.training.callbacks import StopFlag
+from idlora_core.training.run_folder import pid_alive
 
 RUNS_DIR = "runs"
 RETRYABLE = ("worker process died", "stopped")  # failures that say nothing about the cell itself
@@ -49,16 +50,6 @@ class ModelPool:
         return copy.deepcopy(model), tokenizer
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _cell_of(trial: optuna.trial.FrozenTrial) -> Any:
     if "cell" in trial.params:
         return trial.params["cell"]
@@ -70,7 +61,7 @@ def recover(study: optuna.Study) -> list[int]:
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") == HOST and pid and pid != os.getpid() and not _pid_alive(pid):
+        if t.user_attrs.get("host") == HOST and pid and pid != os.getpid() and not pid_alive(pid):
             study._storage.set_trial_user_attr(t._trial_id, "failure", "worker process died")
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             failed.append(t.number)
