@@ -128,7 +128,13 @@ def save_adapters(model: AdaptedModel, folder: str | Path, *, run_config: RunCon
 def read_adapter_config(folder: str | Path) -> AdapterConfig:
     """Return the AdapterConfig stored in `folder/config.yaml` (a full run config or only its
     `adapter` section)."""
-    path = Path(folder) / CONFIG_FILE
+    return _read_configs(Path(folder))[0]
+
+
+def _read_configs(folder: Path) -> tuple[AdapterConfig, RunConfig | None]:
+    """Return (AdapterConfig, the whole RunConfig or None when only the adapter part is saved)
+    from `folder/config.yaml`, read and validated once; AdapterLoadError names the file."""
+    path = folder / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in {folder}: not an adapter folder")
     if path.stat().st_size > MAX_CONFIG_BYTES:
@@ -138,8 +144,9 @@ def read_adapter_config(folder: str | Path) -> AdapterConfig:
         if not isinstance(data, dict):
             raise AdapterLoadError(f"{path}: expected a mapping, got {type(data).__name__}")
         if set(data) == {"adapter"}:
-            return AdapterConfig.model_validate(data["adapter"])
-        return RunConfig.model_validate(data).adapter
+            return AdapterConfig.model_validate(data["adapter"]), None
+        run_config = RunConfig.model_validate(data)
+        return run_config.adapter, run_config
     except YAMLInputError as exc:
         raise AdapterLoadError(f"{path}: not readable YAML ({exc})") from None
     except ValidationError as exc:
@@ -172,8 +179,7 @@ def load_adapters(
     `AdaptedModel` (its `run_config` set when the folder holds a whole run config). The model
     computes exactly what the saved one did."""
     folder = Path(folder)
-    adapter = read_adapter_config(folder)
-    run_config = _read_run_config(folder)
+    adapter, run_config = _read_configs(folder)
     if adapter.method in ("lora", "dora"):
         from peft import PeftModel
 
@@ -212,12 +218,6 @@ def load_adapters(
     if not is_trainable:
         model.module.requires_grad_(False)
     return model
-
-
-def _read_run_config(folder: Path) -> RunConfig | None:
-    """Return the whole RunConfig saved in `folder` (None when only the adapter part is)."""
-    data = safe_load_bounded((folder / CONFIG_FILE).read_bytes()) or {}  # read_adapter_config checked it
-    return None if set(data) == {"adapter"} else RunConfig.model_validate(data)
 
 
 def _verify_skeletons(model: AdaptedModel, saved: dict[str, torch.Tensor], metadata: dict[str, str],
