@@ -51,7 +51,10 @@ def wait_health(url: str, timeout_s: float) -> bool:
 
 def start_app(port: int, runs_dir: Path, log_path: Path) -> subprocess.Popen:
     """Start the Streamlit app headless on `port` (argument list, no shell); return the process."""
-    env = dict(os.environ, IDLORA_RUNS_DIR=str(runs_dir), IDLORA_MAX_RUNS="2", PYTHONUNBUFFERED="1")
+    # One run at a time: the Fine-tune test's second run waits in the queue, so its chart is
+    # certain to show the first run's points alone before it grows (two runs in parallel
+    # could both finish between two polls; CI saw that).
+    env = dict(os.environ, IDLORA_RUNS_DIR=str(runs_dir), IDLORA_MAX_RUNS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "main.py"),
            "--server.headless", "true", "--server.port", str(port),
            "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
@@ -164,12 +167,13 @@ def test_sweep_finetune_and_export_in_a_real_browser(page, app_url):
         page.wait_for_timeout(300)
     page.wait_for_timeout(500)
     page.locator(".st-key-start_runs button").click()
+    page.get_by_text("Waiting for a free slot").first.wait_for(timeout=60_000)  # run 2 queued
     page.wait_for_function(
         "() => document.querySelectorAll('.st-key-loss_chart .scatterlayer .trace .points path')"
         ".length >= 2", timeout=120_000)
     first = n_points(page)
     shot(page, "03_fine_tune_live")
-    mark("first loss points")
+    mark(f"first loss points: {first} of {2 * STEPS}")
     page.wait_for_function(  # fails (times out) unless the chart updates by itself
         f"() => document.querySelectorAll('.st-key-loss_chart .scatterlayer .trace .points path')"
         f".length > {first}", timeout=120_000)
