@@ -225,6 +225,14 @@ def get_model() -> ModelHandle | None:
         st.error("No model directory given. Type the path of a local Hugging Face model folder "
                  "(one that holds config.json) in the sidebar, or pick an embedded model.")
         return None
+    if st.session_state.get("model_choice") == "local":
+        from app.settings_io import lab_read_path
+
+        try:
+            lab_read_path(name, "model folder")
+        except ValueError as exc:
+            st.error(str(exc))
+            return None
     try:
         with st.spinner(f"Reading the layer list of {name} (headers only, no weights loaded) ..."):
             return _open(name)

@@ -162,6 +162,27 @@ def lab_mode() -> bool:
     return os.environ.get("IDLORA_LAB", "").strip() not in ("", "0", "false", "False")
 
 
+def lab_read_path(raw: str, what: str) -> Path:
+    """Return the typed path `raw` resolved (links followed); on a lab server (`lab_mode()`)
+    raise ValueError unless it lies inside the runs folder or IDLORA_MODELS_DIR.
+
+    A lab server reads typed paths only from folders its operator chose, so a student cannot
+    make it read /etc or another user's home. Outside lab mode (one user on 127.0.0.1) every
+    path is allowed. `what` names the box in the message ("model folder", "scan CSV").
+    """
+    path = Path(raw).expanduser().resolve()  # relative to the server's folder, as it is read
+    if not lab_mode():
+        return path
+    models = os.environ.get("IDLORA_MODELS_DIR", "").strip()
+    roots = [runs_root()] + ([Path(models).expanduser().resolve()] if models else [])
+    if any(path.is_relative_to(root) for root in roots):
+        return path
+    allowed = " or ".join(str(r) for r in roots)
+    hint = "" if models else "; IDLORA_MODELS_DIR is not set"
+    raise ValueError(f"{what} {str(raw)[:200]!r} is outside the folders this lab server reads "
+                     f"({allowed}{hint}): ask whoever runs the server to put it there")
+
+
 def trust_remote_code(state: Mapping[str, Any]) -> bool:
     """Return True only when the sidebar tick is on AND the model is an existing local folder.
 

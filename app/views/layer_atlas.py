@@ -15,6 +15,7 @@ from analysis.scan import scan
 from analysis.sweep import SweepSpec
 from app.common import STRATEGIES, get_model, init_state, model_name
 from app.report import readable
+from app.settings_io import lab_read_path
 
 PENDING = "_atlas_open_layer"  # set by a click on a cell, consumed after the charts are drawn
 LAB_PAGE = str(Path(__file__).resolve().parent / "decomposition_lab.py")
@@ -80,7 +81,8 @@ if source == "Load a scan CSV":
     upload = c2.file_uploader("or upload it", type=["csv"], key="atlas_upload")
     if st.button("Load", key="atlas_load") and (path.strip() or upload is not None):
         try:
-            table = read_atlas(upload if upload is not None else Path(path.strip()).expanduser())
+            table = read_atlas(upload if upload is not None
+                               else lab_read_path(path.strip(), "scan CSV"))
             st.session_state["atlas_table"] = table
         except (OSError, ValueError) as exc:
             st.error(f"Could not read the scan: {exc}")

@@ -153,3 +153,52 @@ def test_alias_bomb_import_is_refused_on_the_page(minilm):
     assert not at.exception
     (error,) = [e.value for e in at.error]
     assert "more than 500,000 nodes" in error and len(error) < 1000
+
+
+def test_lab_server_reads_typed_paths_only_inside_its_folders(tmp_path, monkeypatch):
+    runs, models = tmp_path / "runs", tmp_path / "models"
+    (models / "bert").mkdir(parents=True)
+    runs.mkdir()
+    (runs / "atlas.csv").write_text("x\n")
+    (runs / "escape").symlink_to("/etc")
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(runs))
+    monkeypatch.delenv("IDLORA_MODELS_DIR", raising=False)
+    monkeypatch.delenv("IDLORA_LAB", raising=False)
+    assert sio.lab_read_path("/etc", "model folder") == Path("/etc").resolve()  # one local user
+    monkeypatch.setenv("IDLORA_LAB", "1")
+    assert sio.lab_read_path(str(runs / "atlas.csv"), "scan CSV") == runs / "atlas.csv"
+    for outside in ("/etc/passwd", str(runs / "escape" / "passwd"), str(runs / ".." / "models")):
+        with pytest.raises(ValueError, match="outside the folders this lab server reads") as err:
+            sio.lab_read_path(outside, "scan CSV")
+        assert outside in str(err.value) and "IDLORA_MODELS_DIR is not set" in str(err.value)
+    monkeypatch.setenv("IDLORA_MODELS_DIR", str(models))
+    assert sio.lab_read_path(str(models / "bert"), "model folder") == models / "bert"
+
+
+def test_lab_server_refuses_a_model_folder_outside_its_models_dir(tmp_path, monkeypatch,
+                                                                  tiny_bert_dir):
+    page = str(ROOT / "app" / "views" / "model_layers.py")
+    monkeypatch.setenv("IDLORA_LAB", "1")
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("IDLORA_MODELS_DIR", str(tmp_path / "models"))
+    at = AppTest.from_file(page, default_timeout=120)
+    at.session_state["model_choice"] = "local"
+    at.session_state["model_path"] = tiny_bert_dir
+    at.run()
+    assert not at.exception and len(at.metric) == 0  # nothing of the folder was read
+    assert "outside the folders this lab server reads" in at.error[0].value
+    monkeypatch.setenv("IDLORA_MODELS_DIR", str(Path(tiny_bert_dir).parent))
+    at.run()
+    assert not at.exception and len(at.error) == 0 and len(at.metric) > 0
+
+
+def test_lab_server_atlas_reads_no_file_outside_the_runs_folder(tmp_path, monkeypatch):
+    page = str(ROOT / "app" / "views" / "layer_atlas.py")
+    monkeypatch.setenv("IDLORA_LAB", "1")
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(page, default_timeout=60).run()
+    at.text_input(key="atlas_path").set_value("/etc/passwd")
+    at.button(key="atlas_load").click().run()
+    assert not at.exception and "atlas_table" not in at.session_state
+    assert "outside the folders this lab server reads" in at.error[0].value
+    assert "root:" not in " ".join(e.value for e in at.error)  # not a line of the file shown
