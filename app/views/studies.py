@@ -32,6 +32,18 @@ def _lr_list(text: str) -> list[float]:
     return values
 
 
+R_OPTIONS = [1, 2, 4, 8, 16, 32, 64]
+K_OPTIONS = [1, 2, 4, 8, 16]
+
+
+def _study_ranks(finetune_ranks: list) -> list[int]:
+    """Return the study's default ranks: the Fine-tune ranks, or r/2, r, 2r for a single one."""
+    ranks = sorted({int(r) for r in finetune_ranks if int(r) >= 1})
+    if len(ranks) == 1:
+        ranks = [r for r in (ranks[0] // 2, ranks[0], ranks[0] * 2) if r >= 1]
+    return ranks or [4, 8, 16]
+
+
 def _built_study(loaded):
     """Draw the grid controls (from the Fine-tune choices); return the StudyConfig or None."""
     state = st.session_state
@@ -46,8 +58,11 @@ def _built_study(loaded):
         methods = st.multiselect("Methods", list(ALL_METHODS), key="st_methods", format_func=sio.METHOD_LABELS.get,
                                  **KEEP,
                                  help="head-only trains the classification head alone; base trains nothing.")
-        ranks = st.multiselect("Ranks r", [1, 2, 4, 8, 16, 32, 64], default=[4, 8, 16], key="st_ranks", **KEEP)
-        ks = st.multiselect("Clusters k / heads N", [1, 2, 4, 8, 16], default=[4], key="st_ks", **KEEP)
+        state.setdefault("st_ranks", _study_ranks(state.get("ft_ranks", sio.DEFAULTS["ft_ranks"])))
+        state.setdefault("st_ks", sorted({int(k) for k in state.get("ft_ks", sio.DEFAULTS["ft_ks"])}) or [4])
+        ranks = st.multiselect("Ranks r", sorted(set(R_OPTIONS) | set(state["st_ranks"])), key="st_ranks", **KEEP,
+                               help="From the Fine-tune ranks: one rank r becomes r/2, r, 2r (a trade-off needs budgets).")
+        ks = st.multiselect("Clusters k / heads N", sorted(set(K_OPTIONS) | set(state["st_ks"])), key="st_ks", **KEEP)
         seeds = st.multiselect("Seeds", list(range(10)), default=[0, 1, 2], key="st_seeds", **KEEP)
     with right:
         st.markdown("**Learning rates per method** (comma-separated; each method is compared at its best)")

@@ -305,7 +305,7 @@ def _outcome(nonfinite_step: int | None, stop: StopFlag, steps: int, seconds: fl
     if stop.requested:
         return "cancelled", (f"stopped by {stop.reason} after step {steps}; checkpoint: {last_good} "
                              "(continue with --resume)")
-    return "finished", f"finished {steps} steps in {seconds:.1f} s"
+    return "finished", f"trained {steps} steps in {seconds:.1f} s"
 
 
 def _summary(config: RunConfig, report, device: str, precision: str, world_size: int) -> dict[str, Any]:

@@ -120,6 +120,25 @@ def test_built_grid_starts_from_the_finetune_defaults_in_a_fresh_session(tmp_pat
     lr_box = at.text_input(key="st_lr_idlora")
     assert lr_box.label == sio.METHOD_LABELS["idlora"]
     assert all(len(v.strip()) <= 7 for v in lr_box.value.split(",")), lr_box.value  # 0.00333, not 0.00333333
+    r = sio.DEFAULTS["ft_ranks"][0]
+    assert at.multiselect(key="st_ranks").value == [r // 2, r, 2 * r]  # budgets around Fine-tune's r
+    assert at.multiselect(key="st_ks").value == sio.DEFAULTS["ft_ks"]
+
+
+def test_built_grid_takes_the_ranks_and_ks_chosen_on_fine_tune(tmp_path, monkeypatch):
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["st_source"] = "Build from the Fine-tune choices"
+    at.session_state["ft_ranks"] = [12]  # not among the page's usual options
+    at.session_state["ft_ks"] = [2, 8]
+    at.run()
+    assert not at.exception
+    ranks = at.multiselect(key="st_ranks")
+    assert ranks.value == [6, 12, 24] and {"6", "12", "24"} <= set(map(str, ranks.options))
+    assert at.multiselect(key="st_ks").value == [2, 8]
+    at.session_state["ft_ranks"] = [4, 16]  # once chosen on this page, the grid keeps its own
+    at.run()
+    assert at.multiselect(key="st_ranks").value == [6, 12, 24]
 
 
 

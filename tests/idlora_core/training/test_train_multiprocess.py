@@ -48,7 +48,7 @@ def test_two_process_launch_writes_one_metrics_file(tiny_bert_dir, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("finished: finished 3 steps") == 2  # both ranks ran to the end
+    assert proc.stdout.count("finished: trained 3 steps") == 2  # both ranks ran to the end
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3]  # one line per step: only rank 0 writes
     single_keys = {"step", "epoch", "loss", "lr", "trainable_params", "total_params", "step_seconds",
