@@ -23,7 +23,7 @@ from analysis import run_queue, runs
 from app import figures, url_state
 from app import settings_io as sio
 from app.common import STRATEGIES, get_model, init_state, model_name, selected_layers, valid
-from app.report import runs_display
+from app.report import readable, runs_display
 from idlora_core.config import ALL_METHODS
 from idlora_core.training import compare
 
@@ -260,9 +260,10 @@ def _compare_section(dirs: list) -> None:
         st.caption("Runs appear here when they finish (or are cancelled).")
         return
     table = _compare_table(dirs)
-    st.dataframe(table, key="compare_table", hide_index=True, width="stretch")
+    st.dataframe(readable(table), key="compare_table", hide_index=True, width="stretch")
     st.download_button("Download comparison (CSV)", table.to_csv(index=False),
-                       file_name="comparison.csv", mime="text/csv", key="download_compare")
+                       file_name="comparison.csv", mime="text/csv", key="download_compare",
+                       help="The columns of `python -m idlora_core.compare RUN_DIR ...`.")
 
 
 def _compare_table(dirs: list) -> pd.DataFrame:

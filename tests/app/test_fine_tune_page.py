@@ -90,9 +90,10 @@ def test_past_runs_reload_into_charts_and_compare_table(app, tmp_path, monkeypat
               for x, y in zip(plotly_array(t["x"]), plotly_array(t["y"]), strict=True)}
     assert points == {(9_000.0, 0.5), (18_000.0, 0.45)}  # final loss vs trainable params
     table = app.dataframe[-1].value.set_index("method")  # the comparison table comes last
-    assert table.loc["idlora", "trainable_params"] == 9_000
-    assert table.loc["idlora", "pct_of_lora"] == pytest.approx(50.0)  # 9000 / 18000
-    assert table.loc["lora", "final_train_loss"] == pytest.approx(0.45)
+    assert table.loc["idlora", "trainable parameters"] == 9_000  # readable headers
+    assert table.loc["idlora", "% of LoRA's trainable"] == pytest.approx(50.0)  # 9000 / 18000
+    assert table.loc["lora", "final training loss (nats)"] == pytest.approx(0.45)
+    assert not [c for c in table.columns if "_" in c], list(table.columns)
     assert app.get("download_button")
 
 
