@@ -30,7 +30,10 @@ CURVE_STYLES: dict[str, tuple[str, str, str]] = {
     "BOUND: cluster-wise ID": ("#d62728", "dot", "circle-open"),
     "BOUND: global ID": ("#8c564b", "dot", "square-open"),
 }
-QUALITATIVE = px.colors.qualitative.Alphabet  # 26 distinct colours for clusters
+# Clusters: Tableau-10 (D3) first, whose ten hues are told apart at a glance, then the rest of
+# Alphabet for k > 10 (Alphabet alone put two violets among the first eight).
+QUALITATIVE = px.colors.qualitative.D3 + [
+    c for c in px.colors.qualitative.Alphabet if c not in px.colors.qualitative.D3]
 TOP_MARGIN = {"l": 10, "r": 10, "t": 50, "b": 10}  # room above the plot for the toolbar
 
 

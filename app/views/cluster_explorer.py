@@ -173,7 +173,8 @@ sizes = px.bar(view.sizes.assign(cluster=view.sizes["cluster"].astype(str)), x="
                y="rows", color="cluster", category_orders={"cluster": order},
                color_discrete_sequence=QUALITATIVE, title="Rows per cluster")
 sizes.update_traces(hovertemplate="cluster %{x}: %{y} rows<extra></extra>", showlegend=False)
-sizes.add_hline(y=r, line_dash="dot", annotation_text=f"minimum size r = {r}")
+sizes.add_hline(y=r, line_dash="dot", annotation_text=f"minimum size r = {r}",  # on a white
+                annotation_position="top left", annotation_bgcolor="rgba(255,255,255,0.85)")  # box over the bars
 sizes.update_layout(xaxis_title="cluster", yaxis_title="rows (count)", height=380,
                     margin=TOP_MARGIN, xaxis={"type": "category", "tickmode": "linear"})
 a.plotly_chart(sizes, key="explorer_sizes")

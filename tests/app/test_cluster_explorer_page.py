@@ -55,6 +55,8 @@ def test_projection_clusters_skeletons_and_errors(minilm):
     sizes = np.array([y for t in charts["explorer_sizes"]["data"] for y in _values(t["y"])])
     assert sizes.tolist() == [len(t["customdata"]) for t in sorted(clusters, key=lambda t: t["name"])]
     assert sizes.sum() == 384 and sizes.min() >= 8
+    label = charts["explorer_sizes"]["layout"]["annotations"][0]
+    assert label["text"] == "minimum size r = 8" and label["bgcolor"].startswith("rgba(255,255,255")
 
     # per-cluster error of the id skeleton, recomputed with least squares from the plotted points
     W = get_weight(minilm.model, LAYER)

@@ -84,3 +84,26 @@ def test_loss_figure_ticks_whole_steps_on_short_runs():
     long = {"LoRA r=8": pd.DataFrame({"step": list(range(1, 501)), "loss": [0.7] * 500})}
     fig = figures.loss_figure(long, {"LoRA r=8": "lora"}, math.log(2))
     assert fig.layout.xaxis.dtick is None  # plotly's own ticks for long runs
+
+
+def _lch(hex_colour: str) -> tuple[float, float, float]:
+    """CIELAB lightness, chroma and hue angle (degrees) of an sRGB hex colour (D65)."""
+    rgb = [int(hex_colour.lstrip("#")[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+    x = (0.4124 * lin[0] + 0.3576 * lin[1] + 0.1805 * lin[2]) / 0.95047
+    y = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    z = (0.0193 * lin[0] + 0.1192 * lin[1] + 0.9505 * lin[2]) / 1.08883
+    f = [t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116 for t in (x, y, z)]
+    a, b = 500 * (f[0] - f[1]), 200 * (f[1] - f[2])
+    return 116 * f[1] - 16, math.hypot(a, b), math.degrees(math.atan2(b, a)) % 360
+
+
+def test_cluster_colours_are_told_apart_up_to_ten_clusters():
+    # QA found two violets among the first eight cluster colours (k = 8 on the explorer)
+    colours = figures.QUALITATIVE
+    assert len(set(colours)) == len(colours) >= 26  # k up to 26 without repeats
+    vivid = [(c, *_lch(c)) for c in colours[:10] if _lch(c)[1] > 35]
+    assert len(vivid) >= 7
+    for i, (c1, _, _, h1) in enumerate(vivid):
+        for c2, _, _, h2 in vivid[i + 1:]:
+            assert min(abs(h1 - h2), 360 - abs(h1 - h2)) >= 20, (c1, c2)  # distinct hues
