@@ -34,7 +34,7 @@ from analysis import runs
 from idlora_core.cache import write_text_atomic
 from idlora_core.config import RunConfig, dumps_config, loads_config
 from idlora_core.training.run_files import ACTIVE_STATES, read_status, write_status
-from idlora_core.training.run_folder import pid_alive
+from idlora_core.training.run_folder import LOCK_FILE, pid_alive, read_lock
 
 QUEUE_DIR = ".queue"
 
@@ -51,6 +51,21 @@ def max_runs() -> int:
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return gpus if gpus > 0 else max(1, (os.cpu_count() or 2) // 2)
+
+
+def hand_started_runs(runs_root: str | Path, known: set[Path] = frozenset()) -> int:
+    """Return the number of training processes alive on this host in run folders directly under
+    `runs_root` that are not in `known`: runs started by hand (`python -m idlora_core.train`
+    with an output_dir in the runs folder) hold the folder's lock and use a slot too."""
+    import socket
+
+    host, busy = socket.gethostname(), 0
+    for lock in Path(runs_root).glob(f"*/{LOCK_FILE}"):
+        holder = read_lock(lock.parent) or {}
+        if (lock.parent.resolve() not in known and holder.get("host") == host
+                and pid_alive(holder.get("pid"))):
+            busy += 1
+    return busy
 
 
 @dataclass(frozen=True)
@@ -156,15 +171,18 @@ class RunQueue:
         with self._locked():
             self._reap()
             alive = study_workers_alive(self.root)  # a running study's workers use slots too
+            mine: set[Path] = set()
             for path, entry in self._entries("active"):
                 if pid_alive(entry.get("pid")):
                     alive += 1
+                    mine.add(Path(entry["run_dir"]).resolve())
                     continue
                 status = read_status(entry["run_dir"])
                 if status.get("state") in ACTIVE_STATES:  # crashed before writing its end
                     write_status(entry["run_dir"], "failed", "the training process ended without a "
                                  "final status (see train.log)", pid=None)
                 path.unlink(missing_ok=True)
+            alive += hand_started_runs(self.root, mine)  # CLI runs in the runs folder
             for path, entry in self._entries("waiting"):
                 if alive >= limit:
                     break

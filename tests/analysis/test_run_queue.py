@@ -189,3 +189,43 @@ def test_a_running_studys_workers_take_slots_from_the_queue(tmp_path, monkeypatc
             time.sleep(0.05)
     monkeypatch.setenv("IDLORA_MAX_RUNS", "3")
     assert free_run_slots(tmp_path) == 3  # the study ended and the sleeper was killed
+
+
+def test_runs_started_by_hand_in_the_runs_folder_take_slots(tmp_path, monkeypatch):
+    import json
+    import socket
+
+    from analysis.studies import free_run_slots
+    from idlora_core.training.run_folder import LOCK_FILE, RunFolder
+
+    monkeypatch.setenv("IDLORA_MAX_RUNS", "2")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    for name, holder in (("other-host", {"pid": os.getpid(), "host": "elsewhere"}),
+                         ("dead", {"pid": gone.pid, "host": socket.gethostname()})):
+        (tmp_path / name).mkdir()  # neither holds a slot here
+        (tmp_path / name / LOCK_FILE).write_text(json.dumps(holder))
+    assert free_run_slots(tmp_path) == 2
+    by_hand = RunFolder(tmp_path / "by-hand").acquire()  # `python -m idlora_core.train` holds it
+    started: list[str] = []
+
+    def locked_sleeper(config, root, name):  # a queued run that holds its folder's lock, as
+        handle = sleeper(60, started)(config, root, name)  # the trainer does
+        (handle.run_dir / LOCK_FILE).write_text(json.dumps(
+            {"pid": handle.process.pid, "host": socket.gethostname()}))
+        return handle
+
+    server = RunQueue(tmp_path, launcher=locked_sleeper)
+    for name in ("q1", "q2"):
+        server.submit(_cfg(), label=name, name=name)
+    try:
+        assert free_run_slots(tmp_path) == 1
+        assert [h.name for h in server.pump()] == ["q1"]  # the hand-started run holds a slot
+        assert server.pump() == [] and free_run_slots(tmp_path) == 0
+        by_hand.release()
+        assert [h.name for h in server.pump()] == ["q2"]  # q1's own lock is not counted twice
+        assert free_run_slots(tmp_path) == 0 and started == ["q1", "q2"]
+    finally:
+        by_hand.release()
+        for entry in server.running():
+            os.kill(entry["pid"], 9)
