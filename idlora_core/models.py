@@ -201,7 +201,30 @@ def resolve_source(name: str) -> tuple[str, str, bool]:
             f"model {name!r} is not embedded and not a local directory, and the Hugging Face hub "
             f"is not reachable from here; available offline: {', '.join(available_models())}"
         )
+    check_hub_model(name)
     return name, name, False
+
+
+def check_hub_model(repo_id: str) -> None:
+    """Return None when the hub answers for model `repo_id` within HF_HUB_ETAG_TIMEOUT seconds
+    (default 5); else raise ModelNotFoundError with a one-line reason. huggingface_hub's own
+    downloads ask the hub with no time limit, so a host that accepts and never answers would
+    hang them: this question, asked first with a limit, fails instead."""
+    from huggingface_hub import HfApi
+
+    try:
+        timeout = max(0.1, float(os.environ.get("HF_HUB_ETAG_TIMEOUT", HUB_DEFAULTS["HF_HUB_ETAG_TIMEOUT"])))
+    except ValueError:
+        timeout = float(HUB_DEFAULTS["HF_HUB_ETAG_TIMEOUT"])
+    try:
+        HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None).model_info(repo_id, timeout=timeout)
+    except Exception as exc:  # timeouts, HTTP errors, gated or missing repos, offline mode
+        text = str(exc).strip()
+        why = (f"no answer within {timeout:g} s" if "timeout" in type(exc).__name__.lower()
+               or "timed out" in text else text.splitlines()[0][:200] if text else type(exc).__name__)
+        raise ModelNotFoundError(
+            f"model {repo_id!r} could not be found on the Hugging Face hub ({why}); give a local "
+            f"model directory instead, or one of: {', '.join(available_models())}") from None
 
 
 def hub_reachable(timeout_s: float = 2.0) -> bool:

@@ -383,5 +383,11 @@ def open_weights(name: str) -> WeightReader:
     if not local:  # a hub id, where the hub is reachable: headers and weights, no code
         from huggingface_hub import snapshot_download
 
-        source = snapshot_download(source, allow_patterns=["*.json", "*.safetensors"])
+        try:
+            source = snapshot_download(source, allow_patterns=["*.json", "*.safetensors"])
+        except Exception as exc:  # huggingface_hub raises many kinds (HTTP, offline, gated, ...)
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ModelNotFoundError(
+                f"could not download model {name!r} from the Hugging Face hub: {first}; "
+                "give a local model directory instead") from None
     return WeightReader(source)

@@ -100,3 +100,13 @@ def test_sharded_bf16_folder_without_tokenizer_opens_without_loading(tmp_path, m
     assert (metrics["Stored as"], metrics["Weights"]) == ("bfloat16", "on disk")
     assert at.dataframe[0].value["name"].tolist() == ["model.layers.0.mlp.down_proj",
                                                       "model.layers.1.mlp.down_proj"]
+
+
+def test_a_hub_id_without_a_hub_is_one_error_not_a_hang(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on these machines: no hub
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["model_choice"] = "local"
+    at.session_state["model_path"] = "owner/name"
+    at.run()
+    assert not at.exception and len(at.metric) == 0
+    assert "'owner/name'" in at.error[0].value and "not reachable" in at.error[0].value
