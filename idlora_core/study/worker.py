@@ -32,18 +32,21 @@ HOST = socket.gethostname()
 
 class ModelPool:
     """Keeps one pristine copy of each loaded model and hands out deep copies (`source` for
-    `run_training`), so a worker loads each base model once for all its trials."""
+    `run_training`), so a worker loads each base model once for all its trials, in the run's
+    precision and on its device (as a fresh run loads it)."""
 
     def __init__(self) -> None:
         self._models: dict[tuple, tuple[Any, Any]] = {}
         self.loads = 0
 
-    def __call__(self, name: str, head: str, num_labels: int, trust_remote_code: bool):
-        key = (name, head, num_labels, trust_remote_code)
+    def __call__(self, name: str, head: str, num_labels: int, trust_remote_code: bool,
+                 dtype: Any = "float32", device: str | None = None):
+        key = (name, head, num_labels, trust_remote_code, str(dtype), device)
         if key not in self._models:
             from idlora_core.models import load_model
 
-            loaded = load_model(name, head=head, num_labels=num_labels, trust_remote_code=trust_remote_code)
+            loaded = load_model(name, head=head, num_labels=num_labels, trust_remote_code=trust_remote_code,
+                                dtype=dtype, device=device)
             self._models[key] = (loaded.model, loaded.tokenizer)
             self.loads += 1
         model, tokenizer = self._models[key]

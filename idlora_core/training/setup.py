@@ -96,8 +96,8 @@ def build_model(config: RunConfig, tasks: list[TaskData], source=None):
     AdaptedModel carries the run config (`save_adapters(adapted, folder)` saves the whole run)
     and `adapted.module` is the nn.Module to train.
 
-    `source(name, head, num_labels, trust_remote_code)` may return a fresh (model, tokenizer)
-    pair to adapt (a study worker hands out copies of a model it keeps loaded); by default the
+    `source(name, head, num_labels, trust_remote_code, dtype=, device=)` may return a fresh
+    (model, tokenizer) pair, loaded in that dtype on that device, to adapt (a study worker hands out copies of a model it keeps loaded); by default the
     model is loaded from disk. Either way the head and adapter initialisation depend on the
     seed only.
     """
@@ -107,14 +107,15 @@ def build_model(config: RunConfig, tasks: list[TaskData], source=None):
     head = model_head(config, tasks)
     num_labels = max(tasks[0].num_labels, 2)
     device, precision = resolve_device(config.train)
+    dtype, place = load_placement(device, precision)
     if source is None:
-        dtype, place = load_placement(device, precision)
         loaded = load_model(config.model.name, head=head, num_labels=num_labels,
                             trust_remote_code=config.model.trust_remote_code, dtype=dtype,
                             device=place)
         model, tokenizer = loaded.model, loaded.tokenizer
     else:
-        model, tokenizer = source(config.model.name, head, num_labels, config.model.trust_remote_code)
+        model, tokenizer = source(config.model.name, head, num_labels, config.model.trust_remote_code,
+                                  dtype=dtype, device=place)
     if tokenizer.pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if head == "classification":

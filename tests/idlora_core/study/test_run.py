@@ -182,6 +182,31 @@ def test_warm_worker_trial_equals_fresh_process(tiny_bert_dir, tmp_path, monkeyp
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
+def test_warm_worker_loads_in_the_runs_precision(tiny_bert_dir, tmp_path, monkeypatch):
+    # the pool used to load every base model in float32, whatever train.precision said
+    import torch
+
+    from idlora_core.config import parse_config
+    from idlora_core.study.worker import ModelPool
+    from idlora_core.training.trainer import run_training
+
+    monkeypatch.setenv("IDLORA_CACHE_DIR", str(tmp_path / "cache"))
+    spec = yaml.safe_load(study_yaml(tmp_path / "s.yaml", tiny_bert_dir, steps=2).read_text())["base"]
+    pool, dtypes = ModelPool(), {}
+    for precision in ("bf16", "fp32"):
+        cfg = parse_config({**spec, "train": {**spec["train"], "precision": precision, "device": "cpu"},
+                            "output_dir": str(tmp_path / f"warm-{precision}")})
+        warm = run_training(cfg, progress=False, source=pool)
+        fresh = run_training(cfg.model_copy(update={"output_dir": str(tmp_path / f"fresh-{precision}")}),
+                             progress=False)
+        for key in ("eval_sentiment_accuracy", "eval_sentiment_loss", "final_train_loss"):
+            assert warm.final_metrics[key] == fresh.final_metrics[key], (precision, key)
+        model, _ = list(pool._models.values())[-1]
+        dtypes[precision] = {p.dtype for n, p in model.named_parameters() if "encoder" in n}
+    assert pool.loads == 2  # one pristine copy per precision
+    assert dtypes == {"bf16": {torch.bfloat16}, "fp32": {torch.float32}}
+
+
 def test_tpe_learning_rate_search(tiny_bert_dir, tmp_path):
     out = tmp_path / "study"
     spec = study_yaml(tmp_path / "s.yaml", tiny_bert_dir, learning_rate={"low": 1e-3, "high": 1e-1, "trials": 2},
