@@ -14,6 +14,15 @@ from idlora_core.models import ModelNotFoundError, load_model, resolve_source
 from idlora_core.weights import open_weights
 
 
+def _direct(monkeypatch) -> None:
+    """Talk to the local test hub directly (no proxy from the environment), on a new client."""
+    from huggingface_hub import close_session
+
+    for key in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(key, "*")
+    close_session()  # the shared client is made again, with this environment
+
+
 @pytest.fixture
 def silent_hub(monkeypatch):
     """A host that accepts connections and never answers (a firewall that swallows packets)."""
@@ -26,6 +35,7 @@ def silent_hub(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    _direct(monkeypatch)
     yield
     server.close()
 
@@ -48,6 +58,7 @@ def empty_hub(monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    _direct(monkeypatch)
     yield
     server.shutdown()
 
