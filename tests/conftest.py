@@ -22,6 +22,16 @@ from idlora_core.models import LoadedModel, load_model
 REPO_MODELS = cache_dir() / "models"
 
 
+@pytest.fixture
+def one_blas_thread():
+    """One BLAS thread for the test: many small LAPACK calls only contend on a 2-core machine
+    (modules that sweep use it with `pytestmark = pytest.mark.usefixtures("one_blas_thread")`)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def minilm() -> LoadedModel:
     """The real all-MiniLM-L6-v2 encoder (AutoModel), float32, eval mode. Do not modify it."""

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 import analysis.sweep as sweep_module
 from analysis.sweep import COLUMNS, SweepSpec, sweep_layer
@@ -14,11 +13,7 @@ from analysis.sweep_model import resolve_layers, sweep_model
 from idlora_core.cache import ResultCache, cache_key
 from idlora_core.layers import get_weight
 
-
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")  # tests/conftest.py
 
 
 def test_key_depends_on_every_byte_and_parameter():

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from threadpoolctl import threadpool_limits
 
 from analysis.sweep import (
     COLUMNS,
@@ -26,11 +25,7 @@ def sweep(W, ks, ranks, strategies=STRATS, *, layer="", progress=None, **options
     return sweep_layer(W, SweepSpec(ks, ranks, strategies, **options), layer=layer, progress=progress)
 
 
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    # Many small LAPACK calls: threads only contend on the shared 2-core machine.
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")  # tests/conftest.py
 
 
 def lstsq_sq_error(M: np.ndarray, rows: np.ndarray) -> float:

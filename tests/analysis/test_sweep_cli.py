@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from threadpoolctl import threadpool_limits
 
 from analysis.sweep import COLUMNS
 from analysis.sweep_cli import main
@@ -19,10 +18,7 @@ from idlora_core.layers import get_weight
 LAYER = "encoder.layer.0.attention.self.query"
 
 
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")  # tests/conftest.py
 
 
 def lstsq_rel_error(W, labels, skeleton):

@@ -5,16 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
-from threadpoolctl import threadpool_limits
 
 from idlora_core.linalg.clustering import MinSizeKMeans, repair_min_size
 
-
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    # Many small LAPACK calls: threads only contend on the shared 2-core machine.
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")  # tests/conftest.py
 
 
 def blobs(sizes, n=12, spread=0.05, seed=0):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.linalg as sla
-from threadpoolctl import threadpool_limits
 
 from idlora_core.layers import get_weight
 from idlora_core.linalg.clustering import MinSizeKMeans
@@ -24,12 +23,7 @@ from idlora_core.linalg.decomposition import (
 )
 from idlora_core.linalg.selection import select_skeleton
 
-
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    # Many small LAPACK calls: threads only contend on the shared 2-core machine.
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")  # tests/conftest.py
 
 
 def lstsq_error(M: np.ndarray, skeleton: np.ndarray) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 from idlora_core.linalg.decomposition import ordered_row_errors, row_id, spectrum, svd_tail_errors
 from idlora_core.linalg.randomized import (
@@ -16,12 +15,7 @@ from idlora_core.linalg.randomized import (
 )
 from idlora_core.linalg.synthetic import decaying_spectrum, random_spectrum_matrix
 
-
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    # Many small LAPACK calls: threads only contend on the shared 2-core machine.
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

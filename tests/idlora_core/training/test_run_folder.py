@@ -218,6 +218,19 @@ def test_sigterm_while_preparing_data_stops_within_seconds(tiny_bert_dir, tmp_pa
     assert not (out / LOCK_FILE).exists()
 
 
+def _stop_at_check(n: int):
+    """Return (check, calls): a stop check that counts its calls and requests a stop at call n."""
+    flag, calls = StopFlag(), []
+
+    def check():
+        calls.append(1)
+        if len(calls) == n:
+            flag.request("test")
+        flag.check()
+
+    return check, calls
+
+
 def test_stop_flag_interrupts_tokenisation_in_process(tiny_bert_dir, tmp_path):
     from transformers import AutoTokenizer
 
@@ -227,13 +240,7 @@ def test_stop_flag_interrupts_tokenisation_in_process(tiny_bert_dir, tmp_path):
 
     tasks = load_tasks([TaskConfig(name="sentiment", num_train=5000, num_eval=4)])
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
-    flag, calls = StopFlag(), []
-
-    def check():
-        calls.append(1)
-        if len(calls) == 3:
-            flag.request("test")
-        flag.check()
+    check, calls = _stop_at_check(3)
 
     with pytest.raises(RunCancelled):
         build_train_dataset(tokenizer, tasks, [1.0], 24, 0, check=check)
@@ -246,13 +253,7 @@ def test_stop_flag_interrupts_example_generation_in_process():
     from idlora_core.tasks import load_tasks
     from idlora_core.tasks.base import polling
 
-    flag, calls = StopFlag(), []
-
-    def check():
-        calls.append(1)
-        if len(calls) == 3:
-            flag.request("test")
-        flag.check()
+    check, calls = _stop_at_check(3)
 
     start = time.process_time()
     with polling(check), pytest.raises(RunCancelled):
@@ -271,13 +272,7 @@ def test_stop_during_evaluation_abandons_it(tiny_bert_dir):
     model, tokenizer, _ = build_model(cfg, tasks)
     forwards = []
     model.register_forward_hook(lambda *a: forwards.append(1))
-    flag, calls = StopFlag(), []
-
-    def check():
-        calls.append(1)
-        if len(calls) == 2:
-            flag.request("test")
-        flag.check()
+    check, calls = _stop_at_check(2)
 
     with pytest.raises(RunCancelled):
         evaluate_tasks(model, tokenizer, tasks, seq_len=24, batch_size=8, device="cpu", check=check)
