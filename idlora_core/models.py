@@ -205,6 +205,12 @@ def resolve_source(name: str) -> tuple[str, str, bool]:
     return name, name, False
 
 
+def error_line(exc: BaseException, limit: int = 200) -> str:
+    """Return the first line of `exc`'s message (at most `limit` characters), or its type name."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 def check_hub_model(repo_id: str) -> None:
     """Return None when the hub answers for model `repo_id` within HF_HUB_ETAG_TIMEOUT seconds
     (default 5); else raise ModelNotFoundError with a one-line reason. huggingface_hub's own
@@ -213,15 +219,14 @@ def check_hub_model(repo_id: str) -> None:
     from huggingface_hub import HfApi
 
     try:
-        timeout = max(0.1, float(os.environ.get("HF_HUB_ETAG_TIMEOUT", HUB_DEFAULTS["HF_HUB_ETAG_TIMEOUT"])))
+        timeout = max(0.1, float(os.environ.get("HF_HUB_ETAG_TIMEOUT", "")))
     except ValueError:
         timeout = float(HUB_DEFAULTS["HF_HUB_ETAG_TIMEOUT"])
     try:
         HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None).model_info(repo_id, timeout=timeout)
     except Exception as exc:  # timeouts, HTTP errors, gated or missing repos, offline mode
-        text = str(exc).strip()
-        why = (f"no answer within {timeout:g} s" if "timeout" in type(exc).__name__.lower()
-               or "timed out" in text else text.splitlines()[0][:200] if text else type(exc).__name__)
+        timed_out = "timeout" in type(exc).__name__.lower() or "timed out" in str(exc)
+        why = f"no answer within {timeout:g} s" if timed_out else error_line(exc)
         raise ModelNotFoundError(
             f"model {repo_id!r} could not be found on the Hugging Face hub ({why}); give a local "
             f"model directory instead, or one of: {', '.join(available_models())}") from None
@@ -290,7 +295,7 @@ def load_model(
             source, trust_remote_code=trust_remote_code, local_files_only=local
         )
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = error_line(exc, limit=10_000)
         where = "local directory" if local else "hub (is it reachable from here?)"
         if isinstance(exc, SafetensorError):
             first = f"a weights file is damaged or truncated ({first[:200]}); copy it again"

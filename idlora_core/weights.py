@@ -377,7 +377,7 @@ def open_weights(name: str) -> WeightReader:
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} is a folder but holds no config.json (not a model directory)")
         return WeightReader(path)
-    from idlora_core.models import resolve_source
+    from idlora_core.models import error_line, resolve_source
 
     _, source, local = resolve_source(name)  # raises a clear error for anything else
     if not local:  # a hub id, where the hub is reachable: headers and weights, no code
@@ -386,8 +386,7 @@ def open_weights(name: str) -> WeightReader:
         try:
             source = snapshot_download(source, allow_patterns=["*.json", "*.safetensors"])
         except Exception as exc:  # huggingface_hub raises many kinds (HTTP, offline, gated, ...)
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise ModelNotFoundError(
-                f"could not download model {name!r} from the Hugging Face hub: {first}; "
+                f"could not download model {name!r} from the Hugging Face hub: {error_line(exc)}; "
                 "give a local model directory instead") from None
     return WeightReader(source)
