@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -57,8 +58,6 @@ def hand_started_runs(runs_root: str | Path, known: set[Path] = frozenset()) -> 
     """Return the number of training processes alive on this host in run folders directly under
     `runs_root` that are not in `known`: runs started by hand (`python -m idlora_core.train`
     with an output_dir in the runs folder) hold the folder's lock and use a slot too."""
-    import socket
-
     host, busy = socket.gethostname(), 0
     for lock in Path(runs_root).glob(f"*/{LOCK_FILE}"):
         holder = read_lock(lock.parent) or {}
@@ -141,6 +140,15 @@ class RunQueue:
         self._reap()
         return [e for _, e in self._entries("active") if pid_alive(e.get("pid"))]
 
+    def slots_in_use(self) -> int:
+        """Return how many training processes hold a slot of the server's limit: this queue's
+        live runs, runs started by hand in the runs folder, and the workers of running studies."""
+        from analysis.studies import study_workers_alive  # studies import this module
+
+        running = self.running()
+        known = {Path(e["run_dir"]).resolve() for e in running}
+        return len(running) + hand_started_runs(self.root, known) + study_workers_alive(self.root)
+
     def _reap(self) -> None:
         for key, proc in list(self._children.items()):
             if proc.poll() is not None:  # ended: reaped, so its pid no longer looks alive
@@ -164,25 +172,19 @@ class RunQueue:
 
         Also closes the books on started runs whose process died without a final status.
         """
-        from analysis.studies import study_workers_alive  # studies import this module
-
         limit = self.limit or max_runs()
         started: list[runs.RunHandle] = []
         with self._locked():
             self._reap()
-            alive = study_workers_alive(self.root)  # a running study's workers use slots too
-            mine: set[Path] = set()
             for path, entry in self._entries("active"):
                 if pid_alive(entry.get("pid")):
-                    alive += 1
-                    mine.add(Path(entry["run_dir"]).resolve())
                     continue
                 status = read_status(entry["run_dir"])
                 if status.get("state") in ACTIVE_STATES:  # crashed before writing its end
                     write_status(entry["run_dir"], "failed", "the training process ended without a "
                                  "final status (see train.log)", pid=None)
                 path.unlink(missing_ok=True)
-            alive += hand_started_runs(self.root, mine)  # CLI runs in the runs folder
+            alive = self.slots_in_use()
             for path, entry in self._entries("waiting"):
                 if alive >= limit:
                     break

@@ -119,12 +119,9 @@ def free_run_slots(runs_root: str | Path) -> int:
     """Return how many more processes may train now under the server's global run limit
     (`analysis.run_queue.max_runs()`): the limit minus queued runs alive, runs started by hand
     in the runs folder and the workers of studies still running."""
-    from analysis.run_queue import RunQueue, hand_started_runs, max_runs
+    from analysis.run_queue import RunQueue, max_runs
 
-    running = RunQueue(runs_root).running()
-    known = {Path(e["run_dir"]).resolve() for e in running}
-    return (max_runs() - len(running) - hand_started_runs(runs_root, known)
-            - study_workers_alive(runs_root))
+    return max_runs() - RunQueue(runs_root).slots_in_use()
 
 
 def list_studies(runs_root: str | Path) -> list[Path]:
