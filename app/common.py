@@ -284,6 +284,16 @@ def plain(message: str) -> str:
     return str(message).replace("*", " × ")
 
 
+RANK_CHOICES = (1, 2, 4, 8, 16, 32, 64)  # ranks r offered by the Fine-tune and Studies pages
+K_CHOICES = (1, 2, 4, 8, 16)  # clusters k / heads N offered by the same pages
+
+
+def choices_with_state(base: tuple[int, ...], key: str) -> list[int]:
+    """Return the base choices plus any value already in session state `key` (an imported YAML,
+    or the Fine-tune values a study starts from), sorted."""
+    return sorted(set(base) | {int(v) for v in st.session_state.get(key) or []})
+
+
 def valid(values: list, options: list) -> list:
     """Return the items of `values` that are among `options`, in order (for multiselect state)."""
     return [v for v in values if v in options]

@@ -22,7 +22,17 @@ import torch
 from analysis import run_queue, runs
 from app import figures, url_state
 from app import settings_io as sio
-from app.common import STRATEGIES, get_model, init_state, model_name, selected_layers, valid
+from app.common import (
+    K_CHOICES,
+    RANK_CHOICES,
+    STRATEGIES,
+    choices_with_state,
+    get_model,
+    init_state,
+    model_name,
+    selected_layers,
+    valid,
+)
 from app.report import readable, runs_display
 from idlora_core.config import ALL_METHODS
 from idlora_core.training import compare
@@ -36,11 +46,6 @@ HANDLES = "ft_handles"  # list[RunHandle] of this session's started runs
 TICKETS = "ft_tickets"  # list[run_queue.Ticket] this session submitted to the server queue
 TAILS = "ft_tails"  # {run_dir: MetricsTail}
 LABELS = "ft_labels"  # {run name: label}
-
-
-def _options(base: tuple[int, ...], key: str) -> list[int]:
-    """Return the base choices plus any value restored into `key` (e.g. from an imported YAML)."""
-    return sorted(set(base) | {int(v) for v in st.session_state.get(key) or []})
 
 
 def _controls(loaded) -> list[str]:
@@ -61,10 +66,10 @@ def _controls(loaded) -> list[str]:
         st.caption(f"Targets: **{len(layers)}** layers from the Model & layers page "
                    f"(types {', '.join(state.get('layer_kinds') or ['all'])}).")
     with mid:
-        st.multiselect("Ranks r", _options((1, 2, 4, 8, 16, 32, 64), "ft_ranks"),
+        st.multiselect("Ranks r", choices_with_state(RANK_CHOICES, "ft_ranks"),
                        key="ft_ranks", **KEEP)
         st.multiselect("Clusters k (ID-LoRA) / heads N (HydraLoRA)",
-                       _options((1, 2, 4, 8, 16), "ft_ks"), key="ft_ks", **KEEP)
+                       choices_with_state(K_CHOICES, "ft_ks"), key="ft_ks", **KEEP)
         st.selectbox("Skeleton strategy (ID-LoRA)", list(STRATEGIES),
                      key="ft_selection", **KEEP,
                      help="id (default): pivoted-QR skeleton, the theory-backed choice and the "

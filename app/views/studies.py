@@ -16,7 +16,15 @@ import streamlit as st
 
 from analysis import studies
 from app import settings_io as sio
-from app.common import get_model, init_state, model_name, selected_layers
+from app.common import (
+    K_CHOICES,
+    RANK_CHOICES,
+    choices_with_state,
+    get_model,
+    init_state,
+    model_name,
+    selected_layers,
+)
 from idlora_core.config import ALL_METHODS, ConfigError
 from idlora_core.study.config import load_study
 from idlora_core.study.summary import to_markdown
@@ -30,10 +38,6 @@ def _lr_list(text: str) -> list[float]:
     if not values or any(v <= 0 for v in values):
         raise ValueError(f"learning rates must be positive numbers separated by commas, got {text!r}")
     return values
-
-
-R_OPTIONS = [1, 2, 4, 8, 16, 32, 64]
-K_OPTIONS = [1, 2, 4, 8, 16]
 
 
 def _study_ranks(finetune_ranks: list) -> list[int]:
@@ -60,9 +64,9 @@ def _built_study(loaded):
                                  help="head-only trains the classification head alone; base trains nothing.")
         state.setdefault("st_ranks", _study_ranks(state.get("ft_ranks", sio.DEFAULTS["ft_ranks"])))
         state.setdefault("st_ks", sorted({int(k) for k in state.get("ft_ks", sio.DEFAULTS["ft_ks"])}) or [4])
-        ranks = st.multiselect("Ranks r", sorted(set(R_OPTIONS) | set(state["st_ranks"])), key="st_ranks", **KEEP,
+        ranks = st.multiselect("Ranks r", choices_with_state(RANK_CHOICES, "st_ranks"), key="st_ranks", **KEEP,
                                help="From the Fine-tune ranks: one rank r becomes r/2, r, 2r (a trade-off needs budgets).")
-        ks = st.multiselect("Clusters k / heads N", sorted(set(K_OPTIONS) | set(state["st_ks"])), key="st_ks", **KEEP)
+        ks = st.multiselect("Clusters k / heads N", choices_with_state(K_CHOICES, "st_ks"), key="st_ks", **KEEP)
         seeds = st.multiselect("Seeds", list(range(10)), default=[0, 1, 2], key="st_seeds", **KEEP)
     with right:
         st.markdown("**Learning rates per method** (comma-separated; each method is compared at its best)")
