@@ -123,13 +123,14 @@ def test_head_only_on_a_causal_lm_is_refused_before_queueing():
         == sio.METHOD_LABELS["head-only"]
 
 
-def test_two_sessions_start_runs_in_their_own_folders(tmp_path, monkeypatch):
-    """Two browser tabs = two sessions: each sees only its own runs, in distinct folders."""
+def _fake_training_processes(monkeypatch) -> list:
+    """Make `analysis.runs` start fake training processes that keep running (their pid is this
+    test's); return the list their command lines are appended to."""
     from analysis import runs
 
     started = []
 
-    class FakePopen:  # a training process that is still running
+    class FakePopen:
         pid = os.getpid()  # alive for as long as the test runs
 
         def __init__(self, cmd, **kwargs):
@@ -139,6 +140,13 @@ def test_two_sessions_start_runs_in_their_own_folders(tmp_path, monkeypatch):
             return None
 
     monkeypatch.setattr(runs.subprocess, "Popen", FakePopen)
+    return started
+
+
+def test_two_sessions_start_runs_in_their_own_folders(tmp_path, monkeypatch):
+    """Two browser tabs = two sessions: each sees only its own runs, in distinct folders."""
+
+    started = _fake_training_processes(monkeypatch)
     monkeypatch.setenv("IDLORA_MAX_RUNS", "3")
     tabs = [AppTest.from_file(PAGE, default_timeout=60) for _ in range(2)]
     for at, methods in zip(tabs, (["idlora"], ["lora", "dora"]), strict=True):
@@ -158,20 +166,8 @@ def test_two_sessions_start_runs_in_their_own_folders(tmp_path, monkeypatch):
 
 def test_global_limit_queues_runs_of_all_sessions_and_shows_places(tmp_path, monkeypatch):
     """Issue 8 #8: one limit for the server; a second tab waits and sees its place in line."""
-    from analysis import runs
 
-    started = []
-
-    class FakePopen:  # training processes that keep running
-        pid = os.getpid()
-
-        def __init__(self, cmd, **kwargs):
-            started.append(cmd)
-
-        def poll(self):
-            return None
-
-    monkeypatch.setattr(runs.subprocess, "Popen", FakePopen)
+    started = _fake_training_processes(monkeypatch)
     monkeypatch.setenv("IDLORA_MAX_RUNS", "1")
     monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
     tabs = [AppTest.from_file(PAGE, default_timeout=60) for _ in range(2)]
