@@ -39,8 +39,8 @@ class ModelPool:
         self._models: dict[tuple, tuple[Any, Any]] = {}
         self.loads = 0
 
-    def __call__(self, name: str, head: str, num_labels: int, trust_remote_code: bool,
-                 dtype: Any = "float32", device: str | None = None):
+    def __call__(self, name: str, head: str, num_labels: int, trust_remote_code: bool, *,
+                 dtype: Any, device: str | None):
         key = (name, head, num_labels, trust_remote_code, str(dtype), device)
         if key not in self._models:
             from idlora_core.models import load_model
