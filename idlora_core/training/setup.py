@@ -97,8 +97,8 @@ def build_model(config: RunConfig, tasks: list[TaskData], source=None):
     and `adapted.module` is the nn.Module to train.
 
     `source(name, head, num_labels, trust_remote_code, dtype=, device=)` may return a fresh
-    (model, tokenizer) pair, loaded in that dtype on that device, to adapt (a study worker hands out copies of a model it keeps loaded); by default the
-    model is loaded from disk. Either way the head and adapter initialisation depend on the
+    (model, tokenizer) pair, loaded in that dtype on that device, to adapt (a study worker
+    hands out copies of a model it keeps loaded); by default the model is loaded from disk. Either way the head and adapter initialisation depend on the
     seed only.
     """
     from idlora_core.adapters.inject import apply_adapters
