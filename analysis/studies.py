@@ -23,6 +23,7 @@ from idlora_core.config import RunConfig
 from idlora_core.study.config import StudyConfig, dumps_study, parse_study
 from idlora_core.study.defaults import DEFAULT_LEARNING_RATES
 from idlora_core.study.grid import expand_grid
+from idlora_core.study.summary import budget_label
 from idlora_core.training.run_folder import pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +140,14 @@ def study_tables(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[
     cfg, meta = read_study_folder(out_dir)
     trials = trials_table(out_dir)
     return trials, summary_table(out_dir, trials), {**meta, "config": cfg}
+
+
+def budget_choices(summary: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Return {label: budget selector} of the summary's rows, e.g. {"lora:r4": {"method": "lora",
+    "r": 4, "k": None}}: every budget column (those before `trainable`), so each selects one row."""
+    keys = list(summary.columns[: summary.columns.get_loc("trainable")]) if "trainable" in summary else []
+    selectors = [{k: None if pd.isna(row[k]) else row[k] for k in keys} for _, row in summary.iterrows()]
+    return {budget_label(sel): sel for sel in selectors}
 
 
 def tradeoff_figure(summary: pd.DataFrame, metric: str, direction: str = "maximize") -> go.Figure:

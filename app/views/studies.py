@@ -4,7 +4,8 @@ A study is a grid of fine-tunes (methods x ranks x learning rates x seeds) run a
 by `python -m idlora_core.study` in its own process session: closing the tab does not stop it.
 The page draws, from the study's storage, the trade-off plot (metric against trainable
 parameters with 95 % CIs and the Pareto frontier), metric against learning rate per budget,
-and the summary table. No maths here: `analysis/studies.py` and `idlora_core/study/`.
+the summary table (validation and test columns) and a paired comparison of two budgets.
+No maths here: `analysis/studies.py` and `idlora_core/study/`.
 """
 
 from __future__ import annotations
@@ -27,10 +28,15 @@ from app.common import (
 )
 from idlora_core.config import ALL_METHODS, ConfigError
 from idlora_core.study.config import load_study
-from idlora_core.study.summary import to_markdown
+from idlora_core.study.summary import paired_difference, to_markdown
 
 KEEP = {"persist_state": "session"}
 CURRENT = "st_current"  # the study folder this page shows
+HEADERS = {"best_learning_rate": "best lr (validation)", "metric_mean": "validation mean",
+           "metric_std": "validation std", "metric_ci95_low": "validation 95 % CI low",
+           "metric_ci95_high": "validation 95 % CI high", "test_mean": "test mean", "test_std": "test std",
+           "test_ci95_low": "test 95 % CI low", "test_ci95_high": "test 95 % CI high", "n_seeds": "seeds",
+           "pareto_confident": "pareto (confident)"}  # display only: the CSV keeps the raw names
 
 
 def _lr_list(text: str) -> list[float]:
@@ -167,7 +173,10 @@ def _show(folder: Path) -> None:
     st.markdown("#### Is the comparison fair? Metric against learning rate")
     st.plotly_chart(studies.lr_figure(trials, metric), key="st_lr")
     st.markdown("#### Summary")
-    st.dataframe(summary, hide_index=True, key="st_summary")
+    st.dataframe(summary, hide_index=True, key="st_summary", column_config=HEADERS)
+    st.caption("The learning rate is chosen on the validation mean; the test columns are the held-out test "
+               "split at that learning rate. pareto: not dominated on the means; pareto (confident): no cheaper "
+               "point's 95 % interval (test when there is one) lies wholly better.")
     c1, c2 = st.columns(2)
     c1.download_button("Summary (CSV)", summary.to_csv(index=False), f"{folder.name}-summary.csv", "text/csv",
                        key="st_csv")
@@ -175,6 +184,33 @@ def _show(folder: Path) -> None:
                        key="st_md")
     with st.expander(f"All {len(trials)} trials"):
         st.dataframe(trials, hide_index=True)
+    _paired(trials, summary, metric, direction)
+
+
+def _paired(trials, summary, metric: str, direction: str) -> None:
+    """Two budgets compared seed by seed (each at its own validation-chosen learning rate)."""
+    st.markdown("#### Paired comparison")
+    choices = studies.budget_choices(summary)
+    if len(choices) < 2:
+        st.caption("Needs two budgets with finished trials.")
+        return
+    labels = list(choices)
+    left, right = st.columns(2)
+    a = left.selectbox("A", labels, index=0, key="st_pair_a")
+    other = next((i for i, label in enumerate(labels) if choices[label]["method"] != choices[labels[0]]["method"]), 1)
+    b = right.selectbox("B", labels, index=other, key="st_pair_b")
+    if a == b:
+        st.info("Pick two different budgets.")
+        return
+    try:
+        res = paired_difference(trials, metric, choices[a], choices[b], direction)
+    except ValueError as exc:
+        st.warning(str(exc))
+        return
+    lr_a, lr_b = ("—" if lr is None else f"{lr:g}" for lr in (res.a_learning_rate, res.b_learning_rate))
+    st.markdown(f"**A − B on `{res.metric}`** ({res.note}), {res.n} paired seeds, A at lr {lr_a}, B at lr "
+                f"{lr_b}: mean difference **{res.mean:+.4g}**, "
+                f"95 % t-interval [{res.ci95_low:+.4g}, {res.ci95_high:+.4g}]. **Verdict:** {res.verdict}.")
 
 
 def main() -> None:

@@ -181,7 +181,7 @@ def _row(t, cell: dict[str, Any], record: dict[str, Any], cfg: StudyConfig, inde
            "run_dir": record.get("run_dir"), "run_state": record.get("run_state"),
            "failure": t.user_attrs.get("failure") or (record.get("message") if t.state.name == "FAIL" else None),
            "retry_of": t.user_attrs.get("retry_of"), "duplicate_of": t.user_attrs.get("duplicate_of")}
-    row.update({k: v for k, v in sorted(final.items()) if k.startswith(("eval_", "final_"))})
+    row.update({k: v for k, v in sorted(final.items()) if k.startswith(("eval_", "test_", "final_"))})
     return row
 
 

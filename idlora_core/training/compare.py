@@ -2,7 +2,8 @@
 
 One row per run: method, trainable params, % of LoRA's (the first LoRA run given), final
 train loss, final eval metrics, seconds, peak memory. Reads run.json and metrics.jsonl only.
-`python -m idlora_core.compare STUDY_DIR` prints a study's summary (idlora_core/study/summary.py).
+`python -m idlora_core.compare STUDY_DIR` prints a study's summary (idlora_core/study/summary.py);
+`... STUDY_DIR --pair idlora:r8 lora:r4` the paired difference of two budgets seed by seed.
 """
 
 from __future__ import annotations
@@ -108,8 +109,18 @@ def main(argv: list[str] | None = None) -> int:
                         "its summary: best learning rate, mean and 95 %% CI over seeds, Pareto)")
     parser.add_argument("--csv", help="also write the table as CSV to this file")
     parser.add_argument("--markdown", help="also write the table as Markdown to this file")
+    parser.add_argument("--pair", nargs=2, metavar=("A", "B"),
+                        help="with one study folder: the paired difference A - B of two budgets (METHOD, "
+                        "METHOD:rN, METHOD:rN:kM or METHOD:kM) on the test metric, seed by seed, each at its "
+                        "validation-chosen learning rate; --csv / --markdown then write the per-seed table")
     args = parser.parse_args(argv)
-    if len(args.runs) == 1 and (Path(args.runs[0]) / "study.json").is_file():
+    study = len(args.runs) == 1 and (Path(args.runs[0]) / "study.json").is_file()
+    if args.pair:
+        if not study:
+            print("error: --pair needs exactly one study folder (holding study.json)", file=sys.stderr)
+            return 1
+        return _pair_main(args)
+    if study:
         return _study_main(args)
     try:
         rows = compare_runs(args.runs)
@@ -140,6 +151,29 @@ def _study_main(args: argparse.Namespace) -> int:
         table.to_csv(args.csv, index=False)
     if args.markdown:
         Path(args.markdown).write_text(study_markdown(table), encoding="utf-8")
+    return 0
+
+
+def _pair_main(args: argparse.Namespace) -> int:
+    """Print the paired difference of the budgets `args.pair` in the study folder `args.runs[0]`."""
+    from idlora_core.config import ConfigError
+    from idlora_core.study.runner import trials_table
+    from idlora_core.study.storage import read_study_folder
+    from idlora_core.study.summary import paired_difference, parse_budget
+    from idlora_core.study.summary import to_markdown as study_markdown
+
+    try:
+        a, b = (parse_budget(text) for text in args.pair)
+        cfg, _ = read_study_folder(args.runs[0])
+        result = paired_difference(trials_table(args.runs[0]), cfg.metric, a, b, cfg.direction)
+    except (ConfigError, KeyError, ValueError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print(result.text(), end="")
+    if args.csv:
+        result.table.to_csv(args.csv, index=False)
+    if args.markdown:
+        Path(args.markdown).write_text(study_markdown(result.table), encoding="utf-8")
     return 0
 
 

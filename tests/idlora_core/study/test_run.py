@@ -75,7 +75,8 @@ def test_two_workers_write_tables_that_agree_with_runs_and_storage(tiny_bert_dir
     assert trials.loc[trials.method == "base", "trainable_params"].item() == 0
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary.columns) == ["method", "r", "k", "trainable", "best_learning_rate", "metric_mean",
-                                     "metric_std", "metric_ci95_low", "metric_ci95_high", "n_seeds", "pareto"]
+                                     "metric_std", "metric_ci95_low", "metric_ci95_high", "test_mean", "test_std",
+                                     "test_ci95_low", "test_ci95_high", "n_seeds", "pareto", "pareto_confident"]
     expected = summarize(trials, "eval_sentiment_accuracy", "maximize", list(cfg.grid.method))
     pd.testing.assert_frame_equal(summary, expected, check_dtype=False)
     assert list(summary.method) == ["idlora", "lora", "head-only", "base"]

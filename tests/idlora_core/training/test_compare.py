@@ -62,3 +62,91 @@ def test_without_lora_and_bad_folder(tmp_path, capsys):
     assert compare_runs([only])[0]["pct_of_lora"] is None
     assert main([str(tmp_path / "missing")]) == 1
     assert "not a run folder" in capsys.readouterr().err
+
+
+# --- `--pair` on a study folder -------------------------------------------------------------
+
+def fake_study(root, metric="eval_sentiment_accuracy"):
+    """A real study folder (study.yaml, study.json, SQLite storage) whose trials are recorded
+    with made-up final metrics instead of trained: {cell index: (cell, validation, test)}."""
+    import numpy as np
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from idlora_core.study.config import parse_study
+    from idlora_core.study.runner import prepare_study
+
+    study = parse_study({"base": {"model": {"name": "minilm"},
+                                  "adapter": {"method": "idlora", "targets": [{"pattern": "query", "r": 2, "k": 4}]},
+                                  "tasks": [{"name": "sentiment", "num_train": 16, "num_eval": 16}],
+                                  "train": {"steps": 2, "batch_size": 4, "seq_len": 24}},
+                         "grid": {"method": ["idlora", "lora"], "r": [4, 8], "learning_rate": [0.01, 0.03],
+                                  "seed": [0, 1, 2, 3]},
+                         "metric": metric})
+    out = root / "study"
+    meta = prepare_study(study, out)
+    storage = optuna.load_study(study_name=meta["name"], storage=meta["storage"])
+    dist = {"cell": CategoricalDistribution(list(range(len(meta["cells"]))))}
+    rng = np.random.default_rng(0)
+    values = {}
+    for i, cell in enumerate(meta["cells"]):
+        good = (cell["method"], cell["learning_rate"]) in {("idlora", 0.03), ("lora", 0.01)}
+        val = 0.7 + 0.1 * good + rng.normal(0, 0.01)
+        test = 0.6 + 0.05 * good + 0.03 * (cell["method"] == "idlora") + 0.02 * cell["seed"] + rng.normal(0, 0.005)
+        final = {metric: val, "test_sentiment_accuracy": test, "trainable_params": 100 * cell["r"]}
+        storage.add_trial(optuna.trial.create_trial(
+            params={"cell": i}, distributions=dist, value=val,
+            user_attrs={"cell": i, "final": final, "run_state": "finished", "run_dir": f"runs/{i}"}))
+        values[i] = (cell, val, test)
+    return out, values
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    return fake_study(tmp_path_factory.mktemp("study"))
+
+
+def test_pair_prints_the_paired_test_difference(study_dir, tmp_path, capsys):
+    import numpy as np
+    from scipy import stats
+
+    out, values = study_dir
+    table = tmp_path / "pair.csv"
+    assert main([str(out), "--pair", "idlora:r8", "lora:r4", "--csv", str(table)]) == 0
+    printed = capsys.readouterr().out
+    # independent: each side's best learning rate on the validation mean, then test by seed
+    sides = []
+    for method, r in (("idlora", 8), ("lora", 4)):
+        cells = [v for v in values.values() if v[0]["method"] == method and v[0]["r"] == r]
+        lrs = sorted({c["learning_rate"] for c, _, _ in cells})
+        best = max(lrs, key=lambda lr: np.mean([v for c, v, _ in cells if c["learning_rate"] == lr]))
+        sides.append((best, {c["seed"]: t for c, _, t in cells if c["learning_rate"] == best}))
+    (lr_a, a), (lr_b, b) = sides
+    assert (lr_a, lr_b) == (0.03, 0.01)
+    diff = np.array([a[s] - b[s] for s in range(4)])
+    lo, hi = stats.ttest_rel([a[s] for s in range(4)], [b[s] for s in range(4)]).confidence_interval(0.95)
+    assert "A: idlora:r8:k4 at learning rate 0.03" in printed and "B: lora:r4 at learning rate 0.01" in printed
+    assert "metric: test_sentiment_accuracy" in printed and "paired seeds: 4" in printed
+    assert f"mean difference A - B: {diff.mean():+.4g}, 95 % t-interval [{lo:+.4g}, {hi:+.4g}]" in printed
+    assert "verdict: A is better" in printed and lo > 0
+    rows = list(csv.DictReader(table.read_text().splitlines()))
+    assert [int(r["seed"]) for r in rows] == [0, 1, 2, 3]
+    assert [float(r["diff"]) for r in rows] == pytest.approx(diff.tolist(), rel=1e-9)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--pair", "idlora:r8", "lora:8"], "bad budget 'lora:8'"),
+    (["--pair", "idlora", "lora:r4"], "matches 2 budgets"),
+    (["--pair", "dora", "lora:r4"], "matches no budget"),
+])
+def test_pair_bad_budget_is_one_error_line(study_dir, capsys, argv, message):
+    out, _ = study_dir
+    assert main([str(out), *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_pair_needs_one_study_folder(runs, capsys):
+    assert main([str(runs[0]), "--pair", "idlora", "lora"]) == 1
+    assert capsys.readouterr().err.strip() == "error: --pair needs exactly one study folder (holding study.json)"
