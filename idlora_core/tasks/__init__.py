@@ -2,8 +2,11 @@
 
 `load_task(task_config, seed)` returns a TaskData; `load_tasks(run_config)` returns all the
 tasks of a run and checks that they agree on the model head they need.
-Causal-LM tasks: arithmetic, code, knowledge, refusal. Classification: sentiment, or a
-user file with text/label. User files: name 'jsonl' or 'csv' with a path.
+Causal-LM tasks: arithmetic, code, knowledge, refusal, math (DeepMind mathematics_dataset
+questions). Classification: rotten_tomatoes (real movie-review snippets) and bbc_news (real news
+articles in 5 topics), both from installed packages with a fixed split; sentiment (synthetic
+templates, saturates: a smoke task); or a user file with text/label. User files: name 'jsonl'
+or 'csv' with a path. Every task has train, eval (validation) and test splits.
 """
 
 from __future__ import annotations
@@ -12,8 +15,19 @@ from collections.abc import Callable
 
 from idlora_core.config import BUILTIN_TASKS, DATA_FILE_TASKS, TaskConfig
 
-from . import arithmetic, code_reading, knowledge, refusal, sentiment, user_data
+from . import (
+    arithmetic,
+    bbc_news,
+    code_reading,
+    knowledge,
+    math_questions,
+    refusal,
+    rotten_tomatoes,
+    sentiment,
+    user_data,
+)
 from .base import Example, TaskData, TaskKind
+from .packaged import DatasetNotInstalledError
 from .user_data import DataFileError
 
 BUILTIN: dict[str, Callable[[int, int, int], TaskData]] = {
@@ -22,12 +36,16 @@ BUILTIN: dict[str, Callable[[int, int, int], TaskData]] = {
     "knowledge": knowledge.build,
     "refusal": refusal.build,
     "sentiment": sentiment.build,
+    "rotten_tomatoes": rotten_tomatoes.build,
+    "bbc_news": bbc_news.build,
+    "math": math_questions.build,
 }
-CLASSIFICATION_TASKS = ("sentiment",)
+CLASSIFICATION_TASKS = ("sentiment", "rotten_tomatoes", "bbc_news")
 CAUSAL_LM_TASKS = tuple(name for name in BUILTIN_TASKS if name not in CLASSIFICATION_TASKS)
 
 __all__ = [
-    "BUILTIN", "CAUSAL_LM_TASKS", "CLASSIFICATION_TASKS", "DataFileError", "Example", "TaskData",
+    "BUILTIN", "CAUSAL_LM_TASKS", "CLASSIFICATION_TASKS", "DataFileError", "DatasetNotInstalledError",
+    "Example", "TaskData",
     "TaskKind", "load_task", "load_tasks",
 ]
 
@@ -36,10 +54,10 @@ def load_task(task: TaskConfig, seed: int = 0) -> TaskData:
     """Return the TaskData for one task configuration; raises ValueError / DataFileError."""
     if task.name in DATA_FILE_TASKS:
         return user_data.build(task.path or "", task.num_train, task.num_eval, seed,
-                               name=_stem(task.path or "") or task.name)
+                               name=_stem(task.path or "") or task.name, num_test=task.test_count)
     if task.name not in BUILTIN:
         raise ValueError(f"unknown task {task.name!r}; built-in: {', '.join(BUILTIN)}, or jsonl / csv with a path")
-    return BUILTIN[task.name](task.num_train, task.num_eval, seed)
+    return BUILTIN[task.name](task.num_train, task.num_eval, seed, num_test=task.test_count)
 
 
 def load_tasks(tasks: list[TaskConfig], seed: int = 0) -> list[TaskData]:

@@ -44,7 +44,9 @@ def score(predictions: list[str], examples: list[Example]) -> dict[str, float]:
     return {"exact_match": mean([number_match(p, e.response) for p, e in zip(predictions, examples, strict=True)])}
 
 
-def build(num_train: int, num_eval: int, seed: int) -> TaskData:
+def build(num_train: int, num_eval: int, seed: int, num_test: int = 0) -> TaskData:
     """Return the arithmetic task with `num_train` / `num_eval` examples generated from `seed`."""
-    train, evaluation = generate_splits(make_problem, num_train, num_eval, seed)
-    return TaskData("arithmetic", "causal-lm", train, evaluation, score, max_new_tokens=24)
+    train, evaluation, test = generate_splits(make_problem, num_train, num_eval, seed,
+                                             num_test=num_test)
+    return TaskData("arithmetic", "causal-lm", train, evaluation, score, max_new_tokens=24,
+                    test=test, source="generated templates (idlora_core/tasks/arithmetic.py)")

@@ -63,14 +63,21 @@ def score(predictions: list[str], examples: list[Example]) -> dict[str, float]:
     return {"accuracy": mean([choice_letter(p) == e.response for p, e in zip(predictions, examples, strict=True)])}
 
 
-def build(num_train: int, num_eval: int, seed: int) -> TaskData:
-    """Return the knowledge task; evaluation facts (about a quarter) never appear in training."""
+def build(num_train: int, num_eval: int, seed: int, num_test: int = 0) -> TaskData:
+    """Return the knowledge task; evaluation facts (about a quarter) and, when `num_test` > 0,
+    test facts (another quarter) never appear in training."""
     facts = fact_list()
     rng = random.Random(f"{seed}-facts")
     rng.shuffle(facts)
     n_eval_facts = max(1, len(facts) // 4)
-    eval_facts, train_facts = facts[:n_eval_facts], facts[n_eval_facts:]
+    n_test_facts = n_eval_facts if num_test else 0
+    eval_facts = facts[:n_eval_facts]
+    test_facts = facts[n_eval_facts:n_eval_facts + n_test_facts]
+    train_facts = facts[n_eval_facts + n_test_facts:]
     rng_eval, rng_train = random.Random(f"{seed}-eval"), random.Random(f"{seed}-train")
+    rng_test = random.Random(f"{seed}-test")
     evaluation = [make_question(rng_eval, *eval_facts[i % len(eval_facts)]) for i in range(num_eval)]
+    test = [make_question(rng_test, *test_facts[i % len(test_facts)]) for i in range(num_test)]
     train = [make_question(rng_train, *rng_train.choice(train_facts)) for _ in range(num_train)]
-    return TaskData("knowledge", "causal-lm", train, evaluation, score, max_new_tokens=4)
+    return TaskData("knowledge", "causal-lm", train, evaluation, score, max_new_tokens=4, test=test,
+                    source="generated questions on a fixed fact table (idlora_core/tasks/knowledge.py)")

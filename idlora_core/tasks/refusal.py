@@ -57,7 +57,9 @@ def score(predictions: list[str], examples: list[Example]) -> dict[str, float]:
     return {"refusal_rate_harmful": mean(harmful), "refusal_rate_benign": mean(benign)}
 
 
-def build(num_train: int, num_eval: int, seed: int) -> TaskData:
+def build(num_train: int, num_eval: int, seed: int, num_test: int = 0) -> TaskData:
     """Return the refusal task; the eval prompts never appear in training."""
-    train, evaluation = generate_splits(make_request, num_train, num_eval, seed)
-    return TaskData("refusal", "causal-lm", train, evaluation, score, max_new_tokens=12)
+    train, evaluation, test = generate_splits(make_request, num_train, num_eval, seed,
+                                             num_test=num_test)
+    return TaskData("refusal", "causal-lm", train, evaluation, score, max_new_tokens=12,
+                    test=test, source="generated templates (idlora_core/tasks/refusal.py)")

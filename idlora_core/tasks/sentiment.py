@@ -38,8 +38,10 @@ def score(predictions: list[int], examples: list[Example]) -> dict[str, float]:
     return {"accuracy": accuracy(predictions, [e.label for e in examples])}
 
 
-def build(num_train: int, num_eval: int, seed: int) -> TaskData:
+def build(num_train: int, num_eval: int, seed: int, num_test: int = 0) -> TaskData:
     """Return the sentiment task with `num_train` / `num_eval` reviews generated from `seed`."""
-    train, evaluation = generate_splits(make_review, num_train, num_eval, seed)
+    train, evaluation, test = generate_splits(make_review, num_train, num_eval, seed,
+                                             num_test=num_test)
     return TaskData("sentiment", "classification", train, evaluation, score,
-                    num_labels=2, label_names=list(LABELS))
+                    num_labels=2, label_names=list(LABELS), test=test,
+                    source="synthetic templates, saturates (idlora_core/tasks/sentiment.py)")

@@ -170,9 +170,11 @@ def _normalise_labels(records: list[dict], numbers: list[int]) -> list[str]:
     return errors
 
 
-def build(path: str | Path, num_train: int, num_eval: int, seed: int, name: str = "user") -> TaskData:
+def build(path: str | Path, num_train: int, num_eval: int, seed: int, name: str = "user",
+          num_test: int = 0) -> TaskData:
     """Return a task from a user file: a seeded shuffle, eval = up to `num_eval` (at most 1/5,
-    at least 1) examples; raises DataFileError for fewer than MIN_EXAMPLES examples."""
+    at least 1) examples, test = the next up to `num_test` (at most 1/5), train = the rest;
+    raises DataFileError for fewer than MIN_EXAMPLES examples."""
     records, layout = read_records(path)
     if len(records) < MIN_EXAMPLES:
         raise DataFileError(path, [
@@ -181,15 +183,20 @@ def build(path: str | Path, num_train: int, num_eval: int, seed: int, name: str 
     rng = random.Random(f"{seed}-user")
     rng.shuffle(records)
     n_eval = min(num_eval, max(1, len(records) // 5))
-    eval_records, train_records = records[:n_eval], records[n_eval:][:num_train]
+    n_test = min(num_test, len(records) // 5)
+    eval_records, test_records = records[:n_eval], records[n_eval:n_eval + n_test]
+    train_records = records[n_eval + n_test:][:num_train]
+    source = f"user file {Path(path).name}"
     if layout == _LM_KEYS:
         train = [Example(prompt=str(r["prompt"]), response=str(r["response"])) for r in train_records]
         evaluation = [Example(prompt=str(r["prompt"]), response=str(r["response"])) for r in eval_records]
+        test = [Example(prompt=str(r["prompt"]), response=str(r["response"])) for r in test_records]
 
         def score_lm(predictions: list[str], examples: list[Example]) -> dict[str, float]:
             return {"exact_match": mean([exact_match(p, e.response) for p, e in zip(predictions, examples, strict=True)])}
 
-        return TaskData(name, "causal-lm", train, evaluation, score_lm, max_new_tokens=32)
+        return TaskData(name, "causal-lm", train, evaluation, score_lm, max_new_tokens=32, test=test,
+                        source=source)
     names = sorted({str(r["label"]) for r in records})
     ids = {label: i for i, label in enumerate(names)}
 
@@ -200,4 +207,4 @@ def build(path: str | Path, num_train: int, num_eval: int, seed: int, name: str 
         return {"accuracy": accuracy(predictions, [e.label for e in examples])}
 
     return TaskData(name, "classification", to_cls(train_records), to_cls(eval_records), score_cls,
-                    num_labels=len(names), label_names=names)
+                    num_labels=len(names), label_names=names, test=to_cls(test_records), source=source)

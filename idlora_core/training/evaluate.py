@@ -1,18 +1,40 @@
 """Evaluation on the held-out splits: greedy generation (causal LM) or argmax (classification).
 
-Returns flat `eval_*` metrics: `eval_loss` (teacher-forced, all tasks together) and
-`eval_<task>_<metric>` per task. Generated text is only compared as text, never run.
+Returns flat metrics named after the split: `eval_loss` (teacher-forced, all tasks together)
+and `eval_<task>_<metric>` per task on the validation split, `test_loss` and
+`test_<task>_<metric>` on the test split. Generated text is only compared as text, never run.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from idlora_core.tasks import TaskData
+from idlora_core.tasks import Example, TaskData
 from idlora_core.training.data import PadCollator, encode, format_prompt
+
+TOP_CLASS_SHARE = "top_class_share"  # metric suffix: the share of the most predicted label
+COLLAPSE_SHARE = 0.99  # a classifier predicting one label for this share of examples has collapsed
+
+
+def top_class_share(predictions: list[int]) -> float:
+    """Return the fraction of predictions equal to the most frequent predicted label (1.0 = the
+    model predicts one class for every example: it has collapsed to a constant)."""
+    if not predictions:
+        return float("nan")
+    return Counter(predictions).most_common(1)[0][1] / len(predictions)
+
+
+def collapsed(metrics: dict, split: str = "eval") -> list[str]:
+    """Return the names of the classification tasks whose `split` predictions are one class
+    (top-class share >= COLLAPSE_SHARE) in a run's metrics dict."""
+    prefix, suffix = f"{split}_", f"_{TOP_CLASS_SHARE}"
+    return [key[len(prefix):-len(suffix)] for key, value in metrics.items()
+            if key.startswith(prefix) and key.endswith(suffix)
+            and isinstance(value, (int, float)) and value >= COLLAPSE_SHARE]
 
 
 def _batches(items: list, size: int, check: Callable[[], None] | None = None):
@@ -24,15 +46,18 @@ def _batches(items: list, size: int, check: Callable[[], None] | None = None):
 
 @torch.no_grad()
 def eval_loss(model: nn.Module, tokenizer, task: TaskData, seq_len: int, batch_size: int,
-              device: torch.device, check: Callable[[], None] | None = None) -> tuple[float, int]:
-    """Return (mean teacher-forced loss per example, number of examples) on `task`'s eval split.
+              device: torch.device, check: Callable[[], None] | None = None,
+              examples: list[Example] | None = None) -> tuple[float, int]:
+    """Return (mean teacher-forced loss per example, number of examples) on `examples`
+    (default: `task`'s validation split).
 
     The loss is the model's own (mean cross-entropy in nats over the response tokens, or
     over the labels for classification), averaged over batches weighted by batch size.
     """
     collate = PadCollator(tokenizer.pad_token_id)
     total, count = 0.0, 0
-    for batch in _batches(encode(tokenizer, task, task.eval, seq_len), batch_size, check):
+    examples = task.eval if examples is None else examples
+    for batch in _batches(encode(tokenizer, task, examples, seq_len), batch_size, check):
         inputs = {k: v.to(device) for k, v in collate(batch).items()}
         total += float(model(**inputs).loss) * len(batch)
         count += len(batch)
@@ -62,11 +87,14 @@ def generate(model: nn.Module, tokenizer, prompts: list[str], max_new_tokens: in
 
 @torch.no_grad()
 def classify(model: nn.Module, tokenizer, task: TaskData, seq_len: int, batch_size: int,
-             device: torch.device, check: Callable[[], None] | None = None) -> list[int]:
-    """Return the argmax label id of every eval example of a classification task."""
+             device: torch.device, check: Callable[[], None] | None = None,
+             examples: list[Example] | None = None) -> list[int]:
+    """Return the argmax label id of every example in `examples` (default: the validation
+    split) of a classification task."""
     collate = PadCollator(tokenizer.pad_token_id)
     predicted: list[int] = []
-    for batch in _batches(encode(tokenizer, task, task.eval, seq_len), batch_size, check):
+    examples = task.eval if examples is None else examples
+    for batch in _batches(encode(tokenizer, task, examples, seq_len), batch_size, check):
         inputs = {k: v.to(device) for k, v in collate(batch).items() if k != "labels"}
         predicted.extend(model(**inputs).logits.argmax(dim=-1).tolist())
     return predicted
@@ -74,10 +102,12 @@ def classify(model: nn.Module, tokenizer, task: TaskData, seq_len: int, batch_si
 
 def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[TaskData], *, seq_len: int,
                    batch_size: int, device: torch.device | str, generation: bool = True,
-                   check: Callable[[], None] | None = None) -> dict[str, float]:
-    """Return {'eval_loss', 'eval_<task>_loss', 'eval_<task>_<metric>': ...} for `tasks`.
+                   check: Callable[[], None] | None = None, split: str = "eval") -> dict[str, float]:
+    """Return {'eval_loss', 'eval_<task>_loss', 'eval_<task>_<metric>': ...} for `tasks` on the
+    validation split (split='eval'), or the same keys with the prefix `test_` on the test split
+    (split='test'; tasks without test examples are left out, and {} when none has any).
 
-    eval_loss averages all eval examples together; the model's train/eval mode is restored.
+    eval_loss averages all examples together; the model's train/eval mode is restored.
 
     generation=False skips the generated-answer metrics of causal-LM tasks (loss only).
     check() is called before every batch; whatever it raises (a stop request) ends the evaluation.
@@ -89,21 +119,28 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[TaskData], *, seq_le
         metrics: dict[str, float] = {}
         total, count = 0.0, 0
         for task in tasks:
-            if not task.eval:
+            examples = task.split(split)
+            if not examples:
                 continue
-            loss, n = eval_loss(model, tokenizer, task, seq_len, batch_size, device, check)
-            metrics[f"eval_{task.name}_loss"] = loss
+            loss, n = eval_loss(model, tokenizer, task, seq_len, batch_size, device, check, examples)
+            metrics[f"{split}_{task.name}_loss"] = loss
             total, count = total + loss * n, count + n
             if task.kind == "classification":
-                predictions = classify(model, tokenizer, task, seq_len, batch_size, device, check)
+                predictions = classify(model, tokenizer, task, seq_len, batch_size, device, check,
+                                       examples)
             elif generation:
-                predictions = generate(model, tokenizer, [e.prompt for e in task.eval],
+                predictions = generate(model, tokenizer, [e.prompt for e in examples],
                                        task.max_new_tokens, seq_len, batch_size, device, check)
             else:
                 continue
-            for key, value in task.score(predictions, task.eval).items():
-                metrics[f"eval_{task.name}_{key}"] = float(value)
-        metrics = {"eval_loss": total / max(count, 1), **metrics}
+            for key, value in task.score(predictions, examples).items():
+                metrics[f"{split}_{task.name}_{key}"] = float(value)
+            if task.kind == "classification":
+                metrics[f"{split}_{task.name}_{TOP_CLASS_SHARE}"] = top_class_share(predictions)
+        if count:
+            metrics = {f"{split}_loss": total / count, **metrics}
+        elif split == "eval":
+            metrics = {"eval_loss": 0.0, **metrics}
     finally:
         model.train(was_training)
     return metrics

@@ -216,18 +216,16 @@ def _run_locked(config: RunConfig, folder: RunFolder, args: TrainingArguments, d
     autocast = (torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
                 if precision in ("bf16", "fp16") else contextlib.nullcontext())
 
-    def evaluate(model_: torch.nn.Module) -> dict[str, float]:
+    def evaluate(model_: torch.nn.Module, split: str = "eval") -> dict[str, float]:
         with autocast:
             return evaluate_tasks(model_, tokenizer, tasks, seq_len=config.train.seq_len,
                                   batch_size=config.train.batch_size * 2, device=args.device,
-                                  check=stop.check)
+                                  check=stop.check, split=split)
 
+    data = {t.name: {"source": t.source, "splits": t.split_hashes()} for t in tasks}
     if config.adapter.method == "base":
         return _evaluate_only(config, model, report, evaluate, trainable, total, device, precision,
-                              args.world_size, main)
-    if config.adapter.method == "base":
-        return _evaluate_only(config, model, report, evaluate, trainable, total, device, precision,
-                              args.world_size, main)
+                              args.world_size, main, data)
     trainer = AdapterTrainer(model=model, args=args, train_dataset=train_set,
                              data_collator=PadCollator(tokenizer.pad_token_id), processing_class=tokenizer)
     metrics_cb = MetricsCallback(
@@ -242,7 +240,7 @@ def _run_locked(config: RunConfig, folder: RunFolder, args: TrainingArguments, d
         trainer.add_callback(ProgressCallback())
     for cb in callbacks or []:
         trainer.add_callback(cb)
-    summary = _summary(config, report, device, precision, args.world_size)
+    summary = _summary(config, report, device, precision, args.world_size, data)
     trainer.run_config_text = dumps_config(RunConfig.model_validate(summary["config"]))
     if main:
         if checkpoint:
@@ -261,6 +259,12 @@ def _run_locked(config: RunConfig, folder: RunFolder, args: TrainingArguments, d
                          if metrics_cb.train_seconds > 0 else None),  # optimiser steps only
         **metrics_cb.last_eval,
     }
+    if state == "finished":  # the test split is scored once, after training, never during it
+        try:
+            final.update(evaluate(model, "test"))
+        except RunCancelled:
+            state, message = "cancelled", (f"stopped by {stop.reason} while scoring the test split "
+                                           f"after step {steps}; checkpoint: {last_good}")
     if main:
         if state != "failed":
             from idlora_core.adapters.io import save_adapters
@@ -273,18 +277,20 @@ def _run_locked(config: RunConfig, folder: RunFolder, args: TrainingArguments, d
 
 
 def _evaluate_only(config: RunConfig, model, report, evaluate, trainable: int, total: int, device: str,
-                   precision: str, world_size: int, main: bool) -> RunResult:
-    """The `base` method: evaluate the untrained model once and write the usual run files."""
+                   precision: str, world_size: int, main: bool, data: dict) -> RunResult:
+    """The `base` method: evaluate the untrained model once (validation and test) and write the
+    usual run files."""
     output_dir = Path(config.output_dir)
-    summary = _summary(config, report, device, precision, world_size)
+    summary = _summary(config, report, device, precision, world_size, data)
     start = time.perf_counter()
     model.to(device)
     metrics = evaluate(model)
+    tested = evaluate(model, "test")
     seconds = time.perf_counter() - start
     message = f"evaluated the base model in {seconds:.1f} s (method 'base' trains nothing)"
     final = {"steps": 0, "train_seconds": 0.0, "final_train_loss": None, "trainable_params": trainable,
              "total_params": total, "peak_memory_mb": peak_memory_mb(device), "tokens_per_s": None,
-             **metrics}
+             **metrics, **tested}
     if main:
         append_metrics(output_dir, {"step": 0, "trainable_params": trainable, "total_params": total,
                                     "time": time.time(), **metrics})
@@ -308,8 +314,10 @@ def _outcome(nonfinite_step: int | None, stop: StopFlag, steps: int, seconds: fl
     return "finished", f"trained {steps} steps in {seconds:.1f} s"
 
 
-def _summary(config: RunConfig, report, device: str, precision: str, world_size: int) -> dict[str, Any]:
-    """Return the run.json fields known before training: resolved config, report, versions, device."""
+def _summary(config: RunConfig, report, device: str, precision: str, world_size: int,
+             data: dict) -> dict[str, Any]:
+    """Return the run.json fields known before training: resolved config, report, versions,
+    device, and `data`: per task its source and the size and SHA-256 of each split."""
     resolved = config
     if report.resolved_skeletons:
         resolved = config.model_copy(update={"adapter": config.adapter.model_copy(
@@ -323,6 +331,7 @@ def _summary(config: RunConfig, report, device: str, precision: str, world_size:
         "model": config.model.name,
         "tasks": [t.name for t in config.tasks],
         "adapter_report": report.to_dict(),
+        "data": data,
         "versions": versions(),
         "device": {"type": device, "name": name, "precision": precision, "world_size": world_size,
                    "torch_threads": torch.get_num_threads()},

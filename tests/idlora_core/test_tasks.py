@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import sys
 
 import pytest
 
@@ -16,13 +17,31 @@ from idlora_core.tasks.knowledge import FACTS
 
 @pytest.mark.parametrize("name", sorted(BUILTIN))
 def test_tasks_are_deterministic_and_splits_disjoint(name):
-    cfg = TaskConfig(name=name, num_train=200, num_eval=40)
+    cfg = TaskConfig(name=name, num_train=200, num_eval=40, num_test=30)
     a, b, c = load_task(cfg, seed=3), load_task(cfg, seed=3), load_task(cfg, seed=4)
-    assert a.train == b.train and a.eval == b.eval
-    assert a.train != c.train
-    assert len(a.train) == 200 and len(a.eval) == 40
-    assert not {e.prompt for e in a.train} & {e.prompt for e in a.eval}
-    assert len({e.prompt for e in a.eval}) == 40
+    assert a.train == b.train and a.eval == b.eval and a.test == b.test
+    packaged = hasattr(sys.modules[BUILTIN[name].__module__], "DISTRIBUTION")
+    if packaged:  # a real dataset's split is fixed: the seed never changes it
+        assert (a.train, a.eval, a.test) == (c.train, c.eval, c.test)
+    else:
+        assert a.train != c.train
+    assert len(a.train) == 200 and len(a.eval) == 40 and len(a.test) == 30
+    train, val, test = ({e.prompt for e in s} for s in (a.train, a.eval, a.test))
+    assert not train & val and not train & test and not val & test
+    assert len(val) == 40
+    if name != "knowledge":  # knowledge repeats questions about its held-out facts
+        assert len(test) == 30
+
+
+def test_a_test_split_leaves_generated_train_and_validation_disjoint_from_it():
+    no_test = load_task(TaskConfig(name="sentiment", num_train=100, num_eval=20, num_test=0))
+    with_test = load_task(TaskConfig(name="sentiment", num_train=100, num_eval=20, num_test=20))
+    assert no_test.test == [] and no_test.eval == with_test.eval
+    assert a_hashes_differ(no_test, with_test, "test")
+
+
+def a_hashes_differ(a, b, split: str) -> bool:
+    return a.split_hashes()[split]["sha256"] != b.split_hashes()[split]["sha256"]
 
 
 def test_arithmetic_answers_are_right():
@@ -117,9 +136,11 @@ def test_jsonl_user_data(tmp_path):
     path = tmp_path / "data.jsonl"
     rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(20)]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    task = load_task(TaskConfig(name="jsonl", path=str(path), num_train=100, num_eval=3), seed=1)
-    assert task.kind == "causal-lm" and len(task.eval) == 3 and len(task.train) == 17
-    assert sorted(e.prompt for e in task.train + task.eval) == sorted(r["prompt"] for r in rows)
+    task = load_task(TaskConfig(name="jsonl", path=str(path), num_train=100, num_eval=3, num_test=2),
+                     seed=1)
+    assert task.kind == "causal-lm" and len(task.eval) == 3 and len(task.test) == 2
+    assert len(task.train) == 15
+    assert sorted(e.prompt for e in task.train + task.eval + task.test) == sorted(r["prompt"] for r in rows)
     assert task.score(["a" + e.prompt[1:] for e in task.eval], task.eval) == {"exact_match": 1.0}
 
 
@@ -139,8 +160,8 @@ def test_csv_text_label_and_bad_rows(tmp_path):
     good.write_text("text,label\n" + "".join(f"text {i},{'pos' if i % 2 else 'neg'}\n" for i in range(10)))
     task = load_task(TaskConfig(name="csv", path=str(good), num_eval=2))
     assert task.kind == "classification" and task.label_names == ["neg", "pos"] and task.num_labels == 2
-    assert len(task.eval) == 2 and len(task.train) == 8
-    for ex in task.train + task.eval:
+    assert len(task.eval) == 2 and len(task.test) == 2 and len(task.train) == 6  # test: at most 1/5
+    for ex in task.train + task.eval + task.test:
         assert ex.label == int(ex.prompt.split()[1]) % 2
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nok,1\n,0\nfine,\n")

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import TrainerCallback
+from transformers import AutoTokenizer, TrainerCallback
 
 from idlora_core.config import METHOD_FIELDS, METHODS, parse_config, save_config
 from idlora_core.tasks import CAUSAL_LM_TASKS, load_tasks
 from idlora_core.training.callbacks import StopFlag
 from idlora_core.training.cli import main as cli_main
-from idlora_core.training.evaluate import evaluate_tasks
+from idlora_core.training.evaluate import classify, evaluate_tasks
 from idlora_core.training.run_files import read_metrics
 from idlora_core.training.setup import build_model, count_params, resolve_device
 from idlora_core.training.trainer import run_training
@@ -135,6 +135,37 @@ def test_metrics_file_and_run_summary(tiny_llama_dir, tmp_path):
     assert status["max_steps"] == 6
     assert (Path(cfg.output_dir) / "adapter" / "config.yaml").is_file()
     assert result.final_metrics["steps"] == 6
+
+
+def test_test_split_is_scored_once_at_the_end_and_recorded(tiny_bert_dir, tmp_path):
+    data = cls_config(tiny_bert_dir, tmp_path / "run", steps=4, eval_interval=2)
+    data["tasks"][0].update(num_eval=12, num_test=20)
+    cfg = parse_config(data)
+
+    class KeepModel(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            self.model = model
+
+    keep = KeepModel()
+    result = run_training(cfg, progress=False, callbacks=[keep])
+    rows = read_metrics(cfg.output_dir)
+    assert [r["step"] for r in rows if "eval_loss" in r] == [2, 4]  # validation during and after
+    assert not any(k.startswith("test_") for r in rows for k in r)  # test never during training
+    final = result.final_metrics
+    # an independent count: the trained model's argmax on the 20 test texts against their labels
+    tasks = load_tasks(cfg.tasks, seed=cfg.train.seed)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    predicted = classify(keep.model, tokenizer, tasks[0], 24, 8, torch.device("cpu"),
+                         examples=tasks[0].test)
+    hits = sum(int(p == e.label) for p, e in zip(predicted, tasks[0].test, strict=True))
+    assert len(tasks[0].test) == 20
+    assert final["test_sentiment_accuracy"] == pytest.approx(hits / 20)
+    assert "test_loss" in final and "eval_sentiment_accuracy" in final
+    run = json.loads((Path(cfg.output_dir) / "run.json").read_text())
+    assert run["final_metrics"]["test_sentiment_accuracy"] == pytest.approx(hits / 20)
+    splits = run["data"]["sentiment"]["splits"]
+    assert splits == json.loads(json.dumps(tasks[0].split_hashes()))
+    assert [splits[s]["n"] for s in ("train", "eval", "test")] == [16, 12, 20]
 
 
 def _losses(out) -> list[float]:
