@@ -148,15 +148,15 @@ def spectra_figure(spectra: pd.DataFrame) -> go.Figure:
 
 # --- Fine-tune -------------------------------------------------------------------------------
 METHOD_COLORS = {"idlora": "#1f77b4", "lora": "#ff7f0e", "dora": "#2ca02c",
-                 "hydralora": "#9467bd", "full": "#d62728"}
+                 "hydralora": "#9467bd", "full": "#d62728", "head-only": "#7f7f7f", "base": "#000000"}
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
 
 
 def loss_figure(frames: dict[str, pd.DataFrame], methods: dict[str, str],
                 chance: float | None = None) -> go.Figure | None:
     """Return the live training-loss curves, one colour per method (runs of the same method
-    differ by dash), with the chance level as a reference line; None while no run has logged
-    a step yet (no empty axes)."""
+    differ by dash), with the chance level (ln of the number of labels) as a reference line;
+    None while no run has logged a step yet (no empty axes)."""
     fig = go.Figure()
     seen: dict[str, int] = {}
     for label, df in frames.items():
@@ -175,7 +175,7 @@ def loss_figure(frames: dict[str, pd.DataFrame], methods: dict[str, str],
         return None
     if chance is not None:
         fig.add_hline(y=chance, line_dash="dot", line_color="black",
-                      annotation_text=f"chance level (ln 2 = {chance:.3f})",
+                      annotation_text=f"chance level (ln {math.exp(chance):.0f} = {chance:.3f})",
                       annotation_position="top right")
     fig.update_layout(
         uirevision="ft-loss", height=380, margin={"t": 50, "b": 40},
@@ -188,26 +188,54 @@ def loss_figure(frames: dict[str, pd.DataFrame], methods: dict[str, str],
     return fig
 
 
-def tradeoff_figure(done: pd.DataFrame, chance: float | None = None) -> go.Figure:
-    """Return final loss against trainable parameters (log x), one colour per method; the y-axis
-    starts at 0 so that a difference of a few thousandths looks as small as it is."""
+REFERENCE_METHODS = ("head-only", "base")  # drawn as stars: what an adapter must beat
+
+
+def tradeoff_figure(done: pd.DataFrame, chance: float | None = None,
+                    metric: str = "loss (nats)") -> go.Figure:
+    """Return each finished run's final validation metric against its trainable parameters.
+
+    `done` has the columns method, label, trainable_params and validation (the metric, named
+    `metric`: "accuracy (rotten tomatoes)", "loss (nats)"), optionally step; without a
+    validation column its `loss` column (final training loss) is drawn instead. Log x (base,
+    which trains nothing, at 1); one colour per method; head-only and base are stars, and a
+    dashed line carries head-only's value across the plot; `chance` is a dotted line. The
+    y-axis starts at 0 (to 1 for a score, to 1.2 x the top for a loss) so that a difference of
+    a few thousandths looks as small as it is.
+    """
+    if "validation" not in done:
+        done, metric = done.rename(columns={"loss": "validation"}), "training loss (nats)"
+    title = metric if metric.startswith("training") else f"validation {metric}"
     fig = go.Figure()
-    for method, part in done.groupby("method", sort=False):
+    data = done.assign(x=done["trainable_params"].clip(lower=1),
+                       step=done["step"] if "step" in done else None)
+    for method, part in data.groupby("method", sort=False):
+        ref = method in REFERENCE_METHODS
         fig.add_trace(go.Scatter(
-            x=part["trainable_params"], y=part["loss"], mode="markers+text", name=str(method),
+            x=part["x"], y=part["validation"], mode="markers+text", name=str(method),
             text=part["label"], textposition="top center",
-            marker={"size": 11, "color": METHOD_COLORS.get(str(method), "#7f7f7f")},
-            customdata=part[["label", "step"]].to_numpy(),
-            hovertemplate="%{customdata[0]}<br>%{x:,} trainable parameters<br>final loss "
-                          "%{y:.4f} (step %{customdata[1]})<extra></extra>",
+            marker={"size": 14 if ref else 11, "symbol": "star" if ref else "circle",
+                    "color": METHOD_COLORS.get(str(method), "#7f7f7f")},
+            customdata=part[["label", "trainable_params", "step"]].to_numpy(),
+            hovertemplate=f"%{{customdata[0]}}<br>%{{customdata[1]:,}} trainable parameters<br>"
+                          f"{title} %{{y:.4f}} (step %{{customdata[2]}})<extra></extra>",
         ))
-    top = max(float(done["loss"].max()), chance or 0.0) * 1.2
+    head = data.loc[data["method"] == "head-only", "validation"]
+    if len(head):
+        fig.add_hline(y=float(head.iloc[-1]), line_dash="dash", line_color=METHOD_COLORS["head-only"],
+                      annotation_text=f"head only (linear probe) {float(head.iloc[-1]):.3f}",
+                      annotation_position="top left")
     if chance is not None:
         fig.add_hline(y=chance, line_dash="dot", line_color="black",
-                      annotation_text="chance level (ln 2)", annotation_position="bottom left")
+                      annotation_text=f"chance level {chance:.3g}", annotation_position="bottom right")
+    values = [float(v) for v in data["validation"]] + ([chance] if chance is not None else [])
+    loss = "loss" in metric.split(" (")[0]
+    top = max(values, default=1.0) * 1.2 if loss or max(values, default=0.0) > 1 else 1.05
+    based = (data["method"] == "base").any()
     fig.update_layout(
         uirevision="ft-scatter", height=380, margin={"t": 50, "b": 40}, legend_title="method",
-        xaxis={"type": "log", "title": "trainable parameters (log scale)"},
-        yaxis={"range": [0, top], "title": "final training loss (nats; axis from 0)"},
+        xaxis={"type": "log", "title": "trainable parameters (log scale"
+               + ("; base, training none, at 1)" if based else ")")},
+        yaxis={"range": [0, top], "title": title + ("; axis from 0" if loss else "")},
     )
     return fig

@@ -14,8 +14,10 @@ import io
 import math
 import tempfile
 import zipfile
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -80,8 +82,90 @@ def runs_display(table: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
+# A run's headline metric: the main metric of its first task, the first of these it has.
+MAIN_METRICS = ("accuracy", "exact_match", "refusal_rate_harmful")
+COLLAPSED_NOTE = "collapsed: predicts one class"
+_NOT_HEADLINE = ("loss", "top_class_share")
+
+
+def headline(metrics: Mapping[str, Any], tasks: Sequence[str] = ()) -> dict[str, Any]:
+    """Return a run's headline metric from its final (or latest) metrics: {"task", "metric"
+    (e.g. "accuracy"), "name" (`metric_name`), "validation" (eval_<task>_<metric>), "test"
+    (test_<task>_<metric>)}; a value the run has not written is None, and so is "name" while
+    it has written neither.
+
+    The task is `tasks[0]` (the run's first task), else the first task whose main metric is
+    in `metrics`; its metric is the first of MAIN_METRICS it has, else its first other score.
+    With none: the validation and test loss (metric "loss", task None).
+    """
+    first = list(tasks[:1]) or [key[len("eval_"):-len(m) - 1] for key in metrics for m in MAIN_METRICS
+                                if key.startswith("eval_") and key.endswith(f"_{m}")
+                                and len(key) > len(f"eval__{m}")]
+    for task in first[:1]:
+        own = [k[len(f"eval_{task}_"):] for k in metrics if k.startswith(f"eval_{task}_")]
+        found = [m for m in MAIN_METRICS if m in own] + [m for m in own if m not in _NOT_HEADLINE]
+        if found:
+            return _headline(metrics, task, found[0])
+    return _headline(metrics, None, "loss")
+
+
+def _headline(metrics: Mapping[str, Any], task: str | None, metric: str) -> dict[str, Any]:
+    key = f"{task}_{metric}" if task else metric
+    values = {"validation": _number(metrics.get(f"eval_{key}")), "test": _number(metrics.get(f"test_{key}"))}
+    written = any(v is not None for v in values.values())
+    return {"task": task, "metric": metric, "name": metric_name(metric, task) if written else None} | values
+
+
+def metric_name(metric: str, task: str | None = None) -> str:
+    """Return a metric's readable name: "accuracy (rotten tomatoes)", "loss (nats)"."""
+    if metric == "loss":
+        return "loss (nats)"
+    return metric.replace("_", " ") + (f" ({task.replace('_', ' ')})" if task else "")
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+LEAD = ("label", "run_label", "method", "validation_metric", "test_metric", "trainable_params",
+        "loss", "final_train_loss", "note")
+
+
+def lead_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """Return a runs or comparison table with its columns in reading order: the run label,
+    method, validation metric, test metric, trainable parameters, training loss, note, the rest.
+
+    The metric columns are "validation_metric" / "test_metric", and "metric" holds each row's
+    `metric_name`. When all rows share one, the two columns are named by it ("validation
+    accuracy (rotten tomatoes)") and "metric" is dropped; otherwise they read "validation
+    metric" / "test metric" and "metric" follows them.
+    """
+    names = table["metric"].dropna().unique() if "metric" in table.columns else []
+    if len(names) == 1:
+        table = table.drop(columns="metric")
+    lead = [c for c in (*LEAD[:5], "metric", *LEAD[5:]) if c in table.columns]
+    out = table[lead + [c for c in table.columns if c not in lead]]
+    prefix = f" {names[0]}" if len(names) == 1 else " metric"
+    return out.rename(columns={"validation_metric": "validation" + prefix, "test_metric": "test" + prefix})
+
+
 def _csv(table: pd.DataFrame) -> bytes:
     return readable(table).to_csv(index=False).encode("utf-8")
+
+
+def _comparison_first(comparison: pd.DataFrame) -> pd.DataFrame:
+    """Return the comparison table (`idlora_core.compare` rows) with the run, method, headline
+    metrics (`headline`, validation and test), trainable parameters and training loss first."""
+    if "validation_metric" in comparison:
+        table = comparison
+    else:
+        tops = [headline(row.dropna().to_dict()) for _, row in comparison.iterrows()]
+        table = comparison.assign(metric=[t["name"] for t in tops],
+                                  validation_metric=[t["validation"] for t in tops],
+                                  test_metric=[t["test"] for t in tops])
+    table = lead_columns(table.drop(columns="task", errors="ignore"))
+    return table[[c for c in ("run",) if c in table] + [c for c in table.columns if c != "run"]]
 
 
 def figure_files(figures: dict[str, go.Figure]) -> dict[str, bytes]:
@@ -129,8 +213,9 @@ def report_files(
         files["sweep_full.csv"] = _csv(sweep)
         lines.append("  sweep_full.csv      every (layer, k, r, strategy) of the sweep")
     if comparison is not None and not comparison.empty:
-        files["run_comparison.csv"] = _csv(comparison)
-        lines.append("  run_comparison.csv  the fine-tune runs (python -m idlora_core.compare)")
+        files["run_comparison.csv"] = _csv(_comparison_first(comparison))
+        lines.append("  run_comparison.csv  the fine-tune runs (python -m idlora_core.compare), "
+                     "the validation and test metric of each run's first task first")
     rendered = figure_files(figures)
     for name, data in rendered.items():
         files[f"figures/{name}"] = data

@@ -17,9 +17,12 @@ kept across page switches by `common.init_state()`.
   ft_normalize_rows   False              Fine-tune: cluster L2-normalised rows (ID-LoRA)
   ft_adapter_seed     0                  Fine-tune: adapter seed (k-means, random skeletons)
   ft_alpha, ft_dropout 16.0, 0.0         adapter scaling numerator and input dropout
-  ft_tasks            [] (= by model)    task names; [] picks the model's default task
-  ft_num_train        512                generated training examples per task
-  ft_num_eval         64                 held-out evaluation examples per task
+  ft_tasks            ["rotten_tomatoes"]
+                                         task names (the first encoder task); names the model
+                                         cannot run are dropped, [] = its first task_options
+  ft_num_train        512                training examples per task
+  ft_num_eval         64                 validation examples per task (choose hyper-parameters)
+  ft_num_test         64                 test examples per task (scored once at the end)
   ft_<train field>    TrainConfig        every field of idlora_core.config.TrainConfig
                                          (ft_steps, ft_batch_size, ft_learning_rate, ...)
   ex_method           "idlora"           Export: the method written to the YAML
@@ -35,6 +38,7 @@ outside a widget's range are refused with the range, never clamped (`check_range
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,10 +57,22 @@ from idlora_core.config import (
 )
 from idlora_core.layers import block_index, layer_kind
 from idlora_core.study.defaults import DEFAULT_LEARNING_RATES
+from idlora_core.tasks import BUILTIN, CAUSAL_LM_TASKS, CLASSIFICATION_TASKS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ENCODER_TASKS: tuple[str, ...] = ("sentiment",)
-CAUSAL_TASKS: tuple[str, ...] = ("arithmetic", "code", "knowledge", "refusal")
+# Built-in tasks by model kind, the default first: real data before the synthetic sentiment task
+# (it saturates: the 30-s smoke task). Only registered names are offered.
+_ENCODER_ORDER = ("rotten_tomatoes", "bbc_news", "sentiment")
+_CLASSIFIERS = [t for t in CLASSIFICATION_TASKS if t in BUILTIN]
+ENCODER_TASKS: tuple[str, ...] = tuple(
+    [t for t in _ENCODER_ORDER if t in _CLASSIFIERS] + [t for t in _CLASSIFIERS if t not in _ENCODER_ORDER])
+CAUSAL_TASKS: tuple[str, ...] = tuple(t for t in CAUSAL_LM_TASKS if t in BUILTIN)
+TASK_LABELS: dict[str, str] = {
+    "rotten_tomatoes": "Rotten Tomatoes (real movie reviews)",
+    "bbc_news": "BBC News (real articles, 5 topics)",
+    "sentiment": "Sentiment (synthetic, saturates — 30-s smoke task)",
+    "math": "Maths questions (DeepMind mathematics_dataset)",
+}
 METHOD_LABELS: dict[str, str] = {
     "idlora": "ID-LoRA",
     "lora": "LoRA",
@@ -82,9 +98,10 @@ DEFAULTS: dict[str, Any] = {
     "ft_rb_splits": 1,
     "ft_alpha": 16.0,
     "ft_dropout": 0.0,
-    "ft_tasks": [],
+    "ft_tasks": list(ENCODER_TASKS[:1]),  # the default model (MiniLM) is an encoder
     "ft_num_train": 512,
     "ft_num_eval": 64,
+    "ft_num_test": 64,
     "ex_method": "idlora",
     "ex_run_name": "my-run",
     "ft_normalize_rows": False,
@@ -115,6 +132,7 @@ WIDGET_LIMITS: dict[str, tuple[float, float | None]] = {
 } | {
     "ft_num_train": _limits(TaskConfig, "num_train"),
     "ft_num_eval": _limits(TaskConfig, "num_eval"),
+    "ft_num_test": _limits(TaskConfig, "num_test"),
     "ft_rb_splits": _limits(TargetConfig, "rb_splits"),
     "ft_alpha": _limits(TargetConfig, "alpha"),
     "adapter_k": _limits(TargetConfig, "k"),
@@ -207,8 +225,22 @@ def _get(state: Mapping[str, Any], key: str) -> Any:
 
 
 def task_options(model_kind: str) -> tuple[str, ...]:
-    """Return the built-in task names that fit a model kind ("encoder" or "causal-lm")."""
+    """Return the built-in task names that fit a model kind ("encoder" or "causal-lm"), the
+    default first."""
     return ENCODER_TASKS if model_kind == "encoder" else CAUSAL_TASKS
+
+
+def task_label(name: str) -> str:
+    """Return the readable label of a task name (the name itself when it has none)."""
+    return TASK_LABELS.get(name, name)
+
+
+def num_labels(task: str) -> int | None:
+    """Return the number of labels of a built-in classification task (None for any other)."""
+    if task not in CLASSIFICATION_TASKS or task not in BUILTIN:
+        return None
+    labels = getattr(inspect.getmodule(BUILTIN[task]), "LABELS", None)  # each module's label names
+    return len(labels) if labels else None
 
 
 def chosen_tasks(state: Mapping[str, Any], model_kind: str) -> list[str]:
@@ -224,9 +256,11 @@ def train_config(state: Mapping[str, Any]) -> TrainConfig:
 
 
 def task_configs(state: Mapping[str, Any], model_kind: str) -> list[TaskConfig]:
-    """Return one TaskConfig per chosen task (equal weights, `ft_num_train`/`ft_num_eval` each)."""
+    """Return one TaskConfig per chosen task (equal weights; `ft_num_train`, `ft_num_eval` and
+    `ft_num_test` examples each)."""
     n, n_eval = int(_get(state, "ft_num_train")), int(_get(state, "ft_num_eval"))
-    return [TaskConfig(name=t, num_train=n, num_eval=n_eval)
+    n_test = int(_get(state, "ft_num_test"))
+    return [TaskConfig(name=t, num_train=n, num_eval=n_eval, num_test=n_test)
             for t in chosen_tasks(state, model_kind)]
 
 
@@ -371,6 +405,7 @@ def settings_from_config(cfg: RunConfig, model_settings: dict[str, Any]) -> dict
         "ft_tasks": [t.name for t in cfg.tasks],
         "ft_num_train": cfg.tasks[0].num_train,
         "ft_num_eval": cfg.tasks[0].num_eval,
+        "ft_num_test": cfg.tasks[0].test_count,
     }
     if kinds:
         values["layer_kinds"] = kinds

@@ -33,9 +33,11 @@ from app.common import (
     selected_layers,
     valid,
 )
-from app.report import readable, runs_display
+from app.report import COLLAPSED_NOTE, headline, lead_columns, readable, runs_display
 from idlora_core.config import ALL_METHODS
 from idlora_core.training import compare
+from idlora_core.training.evaluate import collapsed
+from idlora_core.training.run_files import read_run_json
 
 POLL_SECONDS = 1.0
 LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2, 2e-2,
@@ -46,6 +48,7 @@ HANDLES = "ft_handles"  # list[RunHandle] of this session's started runs
 TICKETS = "ft_tickets"  # list[run_queue.Ticket] this session submitted to the server queue
 TAILS = "ft_tails"  # {run_dir: MetricsTail}
 LABELS = "ft_labels"  # {run name: label}
+SHOWN_ONLY = ("metric", "validation_metric", "test_metric", "task", "note", "dir")  # not in the CSV
 
 
 def _controls(loaded) -> list[str]:
@@ -61,8 +64,11 @@ def _controls(loaded) -> list[str]:
         )
         options = list(sio.task_options(loaded.kind))
         state["ft_tasks"] = valid(state.get("ft_tasks") or [], options) or [options[0]]
-        st.multiselect("Task(s)", options, key="ft_tasks", **KEEP,
-                       help="Built-in offline tasks; several are mixed with equal weights.")
+        st.multiselect("Task(s)", options, key="ft_tasks", format_func=sio.task_label, **KEEP,
+                       help="Built-in offline tasks, each with train / validation / test splits; "
+                       "several are mixed with equal weights. Real data first: the synthetic "
+                       "sentiment task saturates (every adapter reaches 1.0), so it only checks "
+                       "that a run works.")
         st.caption(f"Targets: **{len(layers)}** layers from the Model & layers page "
                    f"(types {', '.join(state.get('layer_kinds') or ['all'])}).")
     with mid:
@@ -103,13 +109,17 @@ def _controls(loaded) -> list[str]:
                         **KEEP)
         c3.number_input("Training examples per task", **sio.bounds("ft_num_train"), key="ft_num_train", **KEEP)
         c4.selectbox("Schedule", ["constant", "linear", "cosine"], key="ft_schedule", **KEEP)
-        c1.number_input("Evaluation examples per task", **sio.bounds("ft_num_eval"), key="ft_num_eval", **KEEP)
-        c2.number_input("Warm-up steps", **sio.bounds("ft_warmup_steps"), key="ft_warmup_steps", **KEEP)
+        c1.number_input("Validation examples per task", **sio.bounds("ft_num_eval"), key="ft_num_eval",
+                        **KEEP, help="Scored during and after training; they choose hyper-parameters.")
+        c2.number_input("Test examples per task", **sio.bounds("ft_num_test"), key="ft_num_test", **KEEP,
+                        help="Scored once, after training (test_* metrics); never used to choose "
+                        "anything. 0 = no test split.")
         c3.number_input("alpha (scale alpha/r)", **sio.bounds("ft_alpha"), key="ft_alpha", **KEEP)
         c4.selectbox("Precision", ["auto", "fp32", "bf16", "fp16"], key="ft_precision", **KEEP)
         c1.selectbox("Device", ["auto", "cpu", "cuda"], key="ft_device", **KEEP)
+        c2.number_input("Warm-up steps", **sio.bounds("ft_warmup_steps"), key="ft_warmup_steps", **KEEP)
         limit = run_queue.max_runs()
-        c2.caption(f"At most **{limit}** run{'' if limit == 1 else 's'} train{'s' if limit == 1 else ''} at once on this server "
+        c4.caption(f"At most **{limit}** run{'' if limit == 1 else 's'} train{'s' if limit == 1 else ''} at once on this server "
                    "(all users; IDLORA_MAX_RUNS); further runs wait in one queue, first come first served.")
         c3.checkbox("Gradient checkpointing", key="ft_gradient_checkpointing", **KEEP,
                     help="Recompute activations in the backward pass: less memory for long "
@@ -190,8 +200,54 @@ def _metrics(run_dir) -> pd.DataFrame:
 
 
 def _chance(loaded) -> float | None:
-    """Return the chance-level loss of the page's task: ln 2 for the two-class sentiment task."""
-    return math.log(2) if loaded.kind == "encoder" else None
+    """Return the chance-level loss of the page's first task: ln(labels) for a classification
+    task (ln 2 for Rotten Tomatoes), None for a causal-LM task."""
+    labels = sio.num_labels(sio.chosen_tasks(st.session_state, loaded.kind)[0])
+    return math.log(labels) if labels else None
+
+
+def _outcome(run_dir: Path, latest: dict) -> dict:
+    """Return a run's headline columns (`report.headline` of its final metrics, else of its
+    `latest` logged ones), "task", and "note" when its final metrics say it collapsed."""
+    summary = read_run_json(run_dir)
+    final = summary.get("final_metrics") or {}
+    top = headline(latest | final, summary.get("tasks") or ())
+    row = {"metric": top["name"], "validation_metric": top["validation"],
+           "test_metric": top["test"], "task": top["task"]}
+    return row | ({"note": COLLAPSED_NOTE} if collapsed(final) else {})
+
+
+def _with_notes(table: pd.DataFrame) -> pd.DataFrame:
+    """Return `table` with its "note" column only when a run has a note (blank for the rest)."""
+    notes = table["note"].fillna("") if "note" in table else pd.Series("", index=table.index)
+    return table.assign(note=notes) if notes.ne("").any() else table.drop(columns="note", errors="ignore")
+
+
+def _learning_rate(run_dir: Path) -> float | None:
+    return ((read_run_json(run_dir).get("config") or {}).get("train") or {}).get("learning_rate")
+
+
+def _tradeoff(table: pd.DataFrame) -> None:
+    """Draw the trade-off section: the final validation metric of the finished runs."""
+    done = table[table["state"].isin(["finished", "cancelled"]) & table["validation_metric"].notna()
+                 & table["trainable_params"].notna()]
+    if done.empty:
+        return
+    metric = done["metric"].mode().iloc[0]  # runs of other tasks would share no axis
+    shown = done[done["metric"] == metric].rename(columns={"validation_metric": "validation"})
+    task = shown["task"].iloc[0]
+    labels = sio.num_labels(task) if isinstance(task, str) else None
+    chance = (1 / labels if labels and metric.startswith("accuracy")
+              else st.session_state.get("_ft_chance") if metric.startswith("loss") else None)
+    other = len(done) - len(shown)
+    st.markdown(f"**The PEFT trade-off** — final validation {metric} of each run's first task "
+                "against trainable parameters (fills in as runs finish; the training loss is in "
+                "the chart above). One seed per run: differences within a few points are noise; "
+                "the Studies page gives intervals over seeds."
+                + (f" {other} run(s) with another metric are left out." if other else ""))
+    with st.container(key="tradeoff_chart"):
+        st.plotly_chart(figures.tradeoff_figure(shown, chance, metric), key="tradeoff_plot",
+                        width="stretch")
 
 
 def _live_view(past: list) -> None:
@@ -216,8 +272,8 @@ def _live_view(past: list) -> None:
         handle = next((h for h in handles if h.run_dir == d), None)
         if handle is not None:
             row["state"] = runs.run_state(handle)
-        rows.append({"label": _label(d)} | row)
-    table = pd.DataFrame(rows)
+        rows.append({"label": _label(d)} | row | _outcome(d, row))
+    table = _with_notes(pd.DataFrame(rows))
     waiting = _queued()
     queued = len(waiting)
     active = int(table["state"].isin(runs.ACTIVE_STATES).sum())
@@ -236,17 +292,15 @@ def _live_view(past: list) -> None:
                     "(ID-LoRA first clusters the rows of every target layer).")
         else:
             st.plotly_chart(fig, key="loss_plot", width="stretch")
-    st.dataframe(runs_display(table), key="runs_table", hide_index=True, width="stretch")
-    done = table[table["state"].isin(["finished", "cancelled"]) & table["loss"].notna()
-                 & table["trainable_params"].notna()]
-    if not done.empty:
-        st.markdown("**The PEFT trade-off** — final loss against trainable parameters "
-                    "(fills in as runs finish). One seed per run: differences of a few "
-                    "thousandths are within run-to-run noise; the y-axis starts at 0 so they "
-                    "look that small.")
-        with st.container(key="tradeoff_chart"):
-            st.plotly_chart(figures.tradeoff_figure(done, chance), key="tradeoff_plot",
-                            width="stretch")
+    st.dataframe(runs_display(lead_columns(table.drop(columns="task"))), key="runs_table",
+                 hide_index=True, width="stretch")
+    for d, note in zip(dirs, table.get("note", [""] * len(dirs)), strict=True):
+        if note:
+            lr = _learning_rate(d)
+            st.warning(f"Run {_label(d)} collapsed: it predicts one class for (almost) every "
+                       f"validation example. Try a lower learning rate"
+                       + (f" than {lr:g}." if isinstance(lr, (int, float)) else "."))
+    _tradeoff(table)
     _compare_section([d for d, state in zip(dirs, table["state"], strict=True)
                       if state not in runs.ACTIVE_STATES])
     failed = table[table["state"] == "failed"]
@@ -265,8 +319,12 @@ def _compare_section(dirs: list) -> None:
         st.caption("Runs appear here when they finish (or are cancelled).")
         return
     table = _compare_table(dirs)
-    st.dataframe(readable(table), key="compare_table", hide_index=True, width="stretch")
-    st.download_button("Download comparison (CSV)", table.to_csv(index=False),
+    shown = _with_notes(table.drop(columns="task")).assign(
+        run_label=[_label(Path(d)) for d in table["dir"]])
+    st.dataframe(readable(lead_columns(shown.drop(columns="dir"))), key="compare_table",
+                 hide_index=True, width="stretch")
+    cli = table.drop(columns=[c for c in SHOWN_ONLY if c in table.columns])
+    st.download_button("Download comparison (CSV)", cli.to_csv(index=False),
                        file_name="comparison.csv", mime="text/csv", key="download_compare",
                        help="The columns of `python -m idlora_core.compare RUN_DIR ...`.")
 
@@ -294,10 +352,14 @@ def _has_rows(run_dir: Path) -> bool:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _compare_cached(stamps: tuple) -> pd.DataFrame:
-    """Cached on the run folders' file times, so the live view does not re-read finished runs."""
+    """Cached on the run folders' file times, so the live view does not re-read finished runs.
+    The columns of `idlora_core.compare`, then SHOWN_ONLY (the page's, not in the CSV)."""
     readable = [Path(d) for d, run_json, metrics in stamps if run_json or metrics]
-    rows = compare.compare_runs([d for d in readable if _has_rows(d)])
-    return pd.DataFrame(rows, columns=compare.columns(rows) if rows else None)
+    dirs = [d for d in readable if _has_rows(d)]
+    rows = compare.compare_runs(dirs)
+    extra = [{"dir": str(d)} | _outcome(d, row) for d, row in zip(dirs, rows, strict=True)]
+    columns = (compare.columns(rows) if rows else []) + list(SHOWN_ONLY)
+    return pd.DataFrame([row | more for row, more in zip(rows, extra, strict=True)], columns=columns)
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """Compare finished runs: `python -m idlora_core.compare RUN_DIR... [--csv F] [--markdown F]`.
 
 One row per run: method, trainable params, % of LoRA's (the first LoRA run given), final
-train loss, final eval metrics, seconds, peak memory. Reads run.json and metrics.jsonl only.
+train loss, seconds, peak memory, final validation (eval_*) and test (test_*) metrics.
+Reads run.json and metrics.jsonl only.
 `python -m idlora_core.compare STUDY_DIR` prints a study's summary (idlora_core/study/summary.py);
 `... STUDY_DIR --pair idlora:r8 lora:r4` the paired difference of two budgets seed by seed.
 """
@@ -43,7 +44,7 @@ def run_row(run_dir: str | Path) -> dict[str, Any]:
         "peak_memory_mb": final.get("peak_memory_mb", last.get("peak_memory_mb")),
     }
     evals = {k: v for r in rows for k, v in r.items() if k.startswith("eval_")}  # latest value wins
-    evals.update({k: v for k, v in final.items() if k.startswith("eval_")})
+    evals.update({k: v for k, v in final.items() if k.startswith(("eval_", "test_"))})
     row.update(sorted(evals.items()))
     return row
 
@@ -59,7 +60,7 @@ def compare_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
 
 
 def columns(rows: list[dict[str, Any]]) -> list[str]:
-    """Return the table columns: the fixed ones, then every eval metric seen, sorted."""
+    """Return the table columns: the fixed ones, then every eval / test metric seen, sorted."""
     extra = sorted({k for r in rows for k in r if k not in BASE_COLUMNS})
     return BASE_COLUMNS + extra
 

@@ -38,12 +38,33 @@ def test_loss_figure_colours_by_method_and_draws_the_chance_level():
 
 def test_tradeoff_axis_starts_at_zero_so_small_differences_look_small():
     done = pd.DataFrame({"method": ["idlora", "lora"], "label": ["a", "b"],
-                         "trainable_params": [38018, 74498], "loss": [0.678, 0.675], "step": [60, 60]})
-    fig = figures.tradeoff_figure(done, math.log(2))
+                         "trainable_params": [38018, 74498], "validation": [0.678, 0.675],
+                         "step": [60, 60]})
+    fig = figures.tradeoff_figure(done, math.log(2))  # a validation loss
     low, high = fig.layout.yaxis.range
     assert low == 0 and high >= math.log(2)
     assert (0.678 - 0.675) / (high - low) < 0.01  # a 0.003 difference is under 1 % of the axis
     assert len({t.marker.color for t in fig.data}) == 2
+    assert fig.layout.yaxis.title.text.startswith("validation loss (nats)")
+
+
+def test_tradeoff_plots_the_validation_metric_with_head_only_and_chance_references():
+    done = pd.DataFrame({"method": ["idlora", "lora", "head-only", "base"],
+                         "label": ["ID-LoRA r=8 k=4", "LoRA r=8", "Head only", "Base"],
+                         "trainable_params": [38018, 74498, 770, 0],
+                         "validation": [0.81, 0.83, 0.72, 0.5], "step": [60, 60, 60, 0]})
+    fig = figures.tradeoff_figure(done, 0.5, "accuracy (rotten tomatoes)")
+    assert fig.layout.yaxis.title.text == "validation accuracy (rotten tomatoes)"
+    assert list(fig.layout.yaxis.range) == [0, 1.05]  # a score: the whole 0-1 range
+    traces = {t.name: t for t in fig.data}
+    assert list(traces["lora"].y) == [0.83] and traces["head-only"].marker.symbol == "star"
+    assert list(traces["base"].x) == [1]  # trains nothing: drawn at 1 on the log axis
+    lines = {round(shape.y0, 3): shape.line.dash for shape in fig.layout.shapes}
+    assert lines == {0.72: "dash", 0.5: "dot"}  # head-only and chance, each a line across
+    notes = [a.text for a in fig.layout.annotations]
+    assert notes == ["head only (linear probe) 0.720", "chance level 0.5"]
+    old = figures.tradeoff_figure(done.rename(columns={"validation": "loss"}), None)  # lab report input
+    assert old.layout.yaxis.title.text.startswith("training loss")
 
 
 def test_log_ticks_are_1_2_3_5_and_bars_are_linear():

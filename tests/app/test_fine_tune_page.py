@@ -17,11 +17,14 @@ from idlora_core.config import RunConfig, save_config
 PAGE = str(Path(__file__).resolve().parents[2] / "app" / "views" / "fine_tune.py")
 
 
-def _fake_run(root: Path, name: str, method: str, losses: list[float], trainable: int) -> Path:
+def _fake_run(root: Path, name: str, method: str, losses: list[float], trainable: int,
+              final: dict | None = None) -> Path:
+    """A finished run folder; `final`: more final metrics (eval_* / test_*) for run.json."""
     run_dir = root / name
     run_dir.mkdir(parents=True)
     cfg = RunConfig()
     cfg.adapter.method = method
+    cfg.train.learning_rate = 0.02
     save_config(cfg, run_dir / "config.yaml")
     with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
         for step, loss in enumerate(losses, start=1):
@@ -29,11 +32,19 @@ def _fake_run(root: Path, name: str, method: str, losses: list[float], trainable
                                  "total_params": 22_700_000, "step_seconds": 0.05}) + "\n")
     (run_dir / "status.json").write_text(json.dumps({"state": "finished", "step": len(losses)}))
     (run_dir / "run.json").write_text(json.dumps({
-        "method": method, "state": "finished",
+        "method": method, "state": "finished", "tasks": ["rotten_tomatoes"],
+        "config": {"train": {"learning_rate": 0.02}},
         "final_metrics": {"steps": len(losses), "final_train_loss": losses[-1],
-                          "trainable_params": trainable, "train_seconds": 1.5},
+                          "trainable_params": trainable, "train_seconds": 1.5, **(final or {})},
     }))
     return run_dir
+
+
+def _scores(validation: float, test: float, share: float = 0.55) -> dict:
+    """Final metrics of a Rotten Tomatoes run: validation and test accuracy, top-class share."""
+    return {"eval_loss": 0.5, "eval_rotten_tomatoes_accuracy": validation,
+            "eval_rotten_tomatoes_top_class_share": share, "test_loss": 0.52,
+            "test_rotten_tomatoes_accuracy": test, "test_rotten_tomatoes_top_class_share": share}
 
 
 def plotly_array(value) -> np.ndarray:
@@ -63,16 +74,50 @@ def test_page_renders_alone_with_controls(app):
     app.run()
     assert not app.exception
     assert app.multiselect(key="ft_methods").value == ["idlora", "lora"]
-    assert app.multiselect(key="ft_tasks").value == ["sentiment"]  # MiniLM: the encoder task
+    tasks = app.multiselect(key="ft_tasks")
+    assert tasks.value == ["rotten_tomatoes"]  # MiniLM: the real-data encoder task first
+    assert tasks.options[0] == "Rotten Tomatoes (real movie reviews)"  # format_func labels
+    assert "Sentiment (synthetic, saturates — 30-s smoke task)" in tasks.options
     assert app.multiselect(key="ft_ranks").value == [8]
     assert app.number_input(key="ft_steps").value == 60  # bench/finetune_defaults.py measures it
     assert app.button(key="start_runs") is not None and app.button(key="cancel_runs") is not None
     assert any("No runs yet" in i.value for i in app.info)
+    app.toggle(key="ft_more").set_value(True).run()
+    assert app.number_input(key="ft_num_eval").label == "Validation examples per task"
+    test = app.number_input(key="ft_num_test")
+    assert test.label == "Test examples per task" and test.value == sio.DEFAULTS["ft_num_test"]
+    assert (test.min, test.max) == (0, 1_000_000)  # TaskConfig.num_test's range
+
+
+def test_task_options_follow_the_registry():
+    from idlora_core.tasks import BUILTIN
+
+    encoder = sio.task_options("encoder")
+    assert encoder[0] == "rotten_tomatoes" and "sentiment" in encoder
+    assert ("bbc_news" in encoder) == ("bbc_news" in BUILTIN)  # offered once registered
+    causal = sio.task_options("causal-lm")
+    assert causal[:4] == ("arithmetic", "code", "knowledge", "refusal")
+    assert ("math" in causal) == ("math" in BUILTIN)
+    assert sio.task_label("bbc_news") == "BBC News (real articles, 5 topics)"
+    assert sio.task_label("math") == "Maths questions (DeepMind mathematics_dataset)"
+    assert sio.chosen_tasks(dict(sio.DEFAULTS), "causal-lm") == ["arithmetic"]  # not the encoder default
+
+
+def test_test_examples_travel_through_the_config_and_back():
+    state = dict(sio.DEFAULTS) | {"ft_num_eval": 100, "ft_num_test": 500}
+    (task,) = sio.task_configs(state, "encoder")
+    assert (task.name, task.num_eval, task.num_test) == ("rotten_tomatoes", 100, 500)
+    label, cfg = sio.finetune_configs(state, "minilm", "encoder",
+                                      ["encoder.layer.0.attention.self.query"])[0]
+    values = sio.settings_from_config(cfg, {"model_choice": "minilm"})
+    assert (values["ft_num_eval"], values["ft_num_test"]) == (100, 500)
+    cfg.tasks[0].num_test = None  # a YAML without num_test: as many as num_eval
+    assert sio.settings_from_config(cfg, {"model_choice": "minilm"})["ft_num_test"] == 100
 
 
 def test_past_runs_reload_into_charts_and_compare_table(app, tmp_path, monkeypatch):
-    _fake_run(tmp_path, "run-a", "idlora", [0.9, 0.7, 0.5], trainable=9_000)
-    _fake_run(tmp_path, "run-b", "lora", [0.9, 0.6, 0.45], trainable=18_000)
+    _fake_run(tmp_path, "run-a", "idlora", [0.9, 0.7, 0.5], trainable=9_000, final=_scores(0.81, 0.79))
+    _fake_run(tmp_path, "run-b", "lora", [0.9, 0.6, 0.45], trainable=18_000, final=_scores(0.84, 0.8))
     monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
     app.run()
     assert set(app.multiselect(key="ft_past").options) == {"run-a", "run-b"}
@@ -88,13 +133,43 @@ def test_past_runs_reload_into_charts_and_compare_table(app, tmp_path, monkeypat
     scatter = json.loads(charts[1].proto.spec)
     points = {(float(x), float(y)) for t in scatter["data"]
               for x, y in zip(plotly_array(t["x"]), plotly_array(t["y"]), strict=True)}
-    assert points == {(9_000.0, 0.5), (18_000.0, 0.45)}  # final loss vs trainable params
-    table = app.dataframe[-1].value.set_index("method")  # the comparison table comes last
+    assert points == {(9_000.0, 0.81), (18_000.0, 0.84)}  # validation accuracy vs trainable params
+    assert scatter["layout"]["yaxis"]["title"]["text"] == "validation accuracy (rotten tomatoes)"
+    chance = [s for s in scatter["layout"]["shapes"] if s["y0"] == 0.5]  # 1 / 2 labels
+    assert chance and scatter["layout"]["yaxis"]["range"] == [0, 1.05]
+    lead = ["method", "validation accuracy (rotten tomatoes)", "test accuracy (rotten tomatoes)",
+            "trainable parameters"]
+    runs_table = app.dataframe[0].value
+    assert list(runs_table.columns[:6]) == ["label", *lead, "training loss"]
+    assert runs_table.set_index("label").loc["run-b", "test accuracy (rotten tomatoes)"] == "0.8000"
+    compared = app.dataframe[-1].value  # the comparison table comes last
+    assert list(compared.columns[:6]) == ["run label", *lead, "final training loss (nats)"]
+    assert "note" not in compared and "note" not in runs_table and not app.warning  # none collapsed
+    table = compared.set_index("method")
+    assert table.loc["lora", "validation accuracy (rotten tomatoes)"] == pytest.approx(0.84)
+    assert table.loc["lora", "test accuracy (rotten tomatoes)"] == pytest.approx(0.8)
     assert table.loc["idlora", "trainable parameters"] == 9_000  # readable headers
     assert table.loc["idlora", "% of LoRA's trainable"] == pytest.approx(50.0)  # 9000 / 18000
     assert table.loc["lora", "final training loss (nats)"] == pytest.approx(0.45)
     assert not [c for c in table.columns if "_" in c], list(table.columns)
     assert app.get("download_button")
+
+
+def test_a_collapsed_run_is_marked_and_warned_about(app, tmp_path, monkeypatch):
+    """A run whose final validation predictions are one class gets a note and one warning."""
+    _fake_run(tmp_path, "run-ok", "idlora", [0.7, 0.5], trainable=9_000, final=_scores(0.8, 0.78))
+    _fake_run(tmp_path, "run-flat", "lora", [0.7, 0.69], trainable=18_000,
+              final=_scores(0.5, 0.5, share=1.0))
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
+    app.run()
+    app.multiselect(key="ft_past").set_value(["run-ok", "run-flat"]).run()
+    assert not app.exception
+    for table, label in ((app.dataframe[0].value, "label"), (app.dataframe[-1].value, "run label")):
+        notes = dict(zip(table[label], table["note"], strict=True))
+        assert notes == {"run-ok": "", "run-flat": "collapsed: predicts one class"}
+        assert list(table.columns).index("note") < list(table.columns).index("state")
+    (warning,) = app.warning
+    assert "run-flat" in warning.value and "lower learning rate than 0.02" in warning.value
 
 
 def test_run_plan_matches_the_choices():
@@ -107,7 +182,8 @@ def test_run_plan_matches_the_choices():
                       "LoRA r=4", "LoRA r=8", "Full fine-tuning"]
     cfg = plan[2][1]
     assert cfg.adapter.targets[0].r == 8 and cfg.adapter.targets[0].k == 2
-    assert cfg.train.steps == 60 and cfg.tasks[0].name == "sentiment"
+    assert cfg.train.steps == 60 and cfg.tasks[0].name == "rotten_tomatoes"
+    assert cfg.tasks[0].num_test == sio.DEFAULTS["ft_num_test"]
 
 
 def test_head_only_on_a_causal_lm_is_refused_before_queueing():

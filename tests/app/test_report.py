@@ -30,10 +30,11 @@ def test_report_zip_holds_tables_with_readable_headers_and_figures():
         {"run": "a", "method": "idlora", "state": "finished", "steps": 60,
          "trainable_params": 38018, "pct_of_lora": 51.03224247630809,
          "final_train_loss": 0.678123456, "seconds": 123.456789, "peak_memory_mb": None,
-         "eval_accuracy": 0.71875},
+         "eval_rotten_tomatoes_accuracy": 0.71875, "test_rotten_tomatoes_accuracy": 0.7025},
         {"run": "b", "method": "lora", "state": "finished", "steps": 60,
          "trainable_params": 74498, "pct_of_lora": 100.0, "final_train_loss": 0.646,
-         "seconds": 99.0, "peak_memory_mb": None, "eval_accuracy": 0.796875},
+         "seconds": 99.0, "peak_memory_mb": None, "eval_rotten_tomatoes_accuracy": 0.796875,
+         "test_rotten_tomatoes_accuracy": 0.77},
     ])
     summary_fig = figures.gain_figure(
         sweep[(sweep["r"] == 4) & (sweep["k"] == 4) & (sweep["strategy"] == "id")].assign(
@@ -53,11 +54,14 @@ def test_report_zip_holds_tables_with_readable_headers_and_figures():
         assert read[figure][:8] == b"\x89PNG\r\n\x1a\n"
 
     runs = pd.read_csv(io.BytesIO(read["run_comparison.csv"]))
-    assert list(runs.columns[:7]) == ["run", "method", "state", "steps", "trainable parameters",
-                                      "% of LoRA's trainable", "final training loss (nats)"]
+    # the validation and test metric of the run's first task lead, the training loss follows
+    assert list(runs.columns[:8]) == ["run", "method", "validation accuracy (rotten tomatoes)",
+                                      "test accuracy (rotten tomatoes)", "trainable parameters",
+                                      "final training loss (nats)", "state", "steps"]
+    assert runs["test accuracy (rotten tomatoes)"].tolist() == [0.7025, 0.77]
     assert runs["% of LoRA's trainable"].tolist() == [51.0, 100.0]
     assert runs["final training loss (nats)"].tolist() == [0.6781, 0.646]
-    assert "eval accuracy" in runs.columns
+    assert "eval rotten tomatoes accuracy" in runs.columns
     summary = pd.read_csv(io.BytesIO(read["sweep_summary.csv"]))
     assert {"block · type", "gain over SVD(r) (difference)",
             "cluster-wise ID error (rel. Frobenius)"} <= set(summary.columns)
@@ -94,3 +98,37 @@ def test_runs_display_has_no_none_cells_and_rounds():
                                    "trainable parameters", "mean step (s)", "eval loss"]
     assert shown.iloc[0].tolist() == ["LoRA r=8", "running", "3", "0.6931", "74,498", "2.72", "—"]
     assert "None" not in shown.to_string() and "nan" not in shown.to_string()
+
+
+def test_headline_is_the_first_tasks_main_metric_else_the_loss():
+    from app.report import headline
+
+    final = {"eval_loss": 0.4, "eval_rotten_tomatoes_loss": 0.4, "eval_rotten_tomatoes_accuracy": 0.8,
+             "eval_rotten_tomatoes_top_class_share": 0.6, "test_rotten_tomatoes_accuracy": 0.78}
+    top = headline(final)  # the task is read from the keys
+    assert (top["task"], top["metric"], top["validation"], top["test"]) == (
+        "rotten_tomatoes", "accuracy", 0.8, 0.78)
+    assert top["name"] == "accuracy (rotten tomatoes)"
+    causal = {"eval_loss": 1.2, "eval_math_exact_match": 0.25, "eval_code_exact_match": 0.5}
+    assert headline(causal, ["code"])["validation"] == 0.5  # the run's first task
+    assert headline({"eval_loss": 1.2, "eval_math_loss": 1.1}, ["math"]) == {
+        "task": None, "metric": "loss", "name": "loss (nats)", "validation": 1.2, "test": None}
+    assert headline({}, ["math"])["name"] is None  # nothing written yet
+
+
+def test_lead_columns_put_the_metrics_first_and_name_them():
+    from app.report import lead_columns
+
+    table = pd.DataFrame([
+        {"label": "LoRA r=8", "run": "b", "state": "finished", "loss": 0.4, "method": "lora",
+         "trainable_params": 74498, "metric": "accuracy (rotten tomatoes)",
+         "validation_metric": 0.8, "test_metric": 0.78},
+        {"label": "DoRA r=8", "run": "c", "state": "running", "loss": 0.5, "method": "dora",
+         "trainable_params": 80000, "metric": None, "validation_metric": None, "test_metric": None},
+    ])
+    assert list(lead_columns(table).columns) == [
+        "label", "method", "validation accuracy (rotten tomatoes)", "test accuracy (rotten tomatoes)",
+        "trainable_params", "loss", "run", "state"]
+    mixed = table.assign(metric=["accuracy (rotten tomatoes)", "exact match (math)"])
+    assert list(lead_columns(mixed).columns)[:6] == [
+        "label", "method", "validation metric", "test metric", "metric", "trainable_params"]

@@ -150,3 +150,18 @@ def test_pair_bad_budget_is_one_error_line(study_dir, capsys, argv, message):
 def test_pair_needs_one_study_folder(runs, capsys):
     assert main([str(runs[0]), "--pair", "idlora", "lora"]) == 1
     assert capsys.readouterr().err.strip() == "error: --pair needs exactly one study folder (holding study.json)"
+
+
+def test_final_test_metrics_are_shown(tmp_path, capsys):
+    # test_* metrics are scored once, after training: only run.json's final_metrics holds them
+    run = fake_run(tmp_path, "r", "lora", 9216, [0.7, 0.5],
+                   {"eval_loss": 0.4, "eval_rotten_tomatoes_accuracy": 0.81})
+    summary = json.loads((run / "run.json").read_text())
+    summary["final_metrics"] |= {"test_loss": 0.45, "test_rotten_tomatoes_accuracy": 0.79}
+    (run / "run.json").write_text(json.dumps(summary))
+    (row,) = compare_runs([run])
+    assert row["test_rotten_tomatoes_accuracy"] == 0.79 and row["test_loss"] == 0.45
+    assert row["eval_rotten_tomatoes_accuracy"] == 0.81
+    assert main([str(run)]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert {"test_loss", "test_rotten_tomatoes_accuracy"} <= set(header)
