@@ -91,7 +91,8 @@ def _built_study(loaded):
     if not methods or not ranks or not ks or not seeds or not layers:
         st.info("Pick at least one method, rank, k and seed (and target layers on the Model & layers page).")
         return None
-    kind_metric = ("eval_sentiment_accuracy", "maximize") if loaded.kind == "encoder" else ("eval_loss", "minimize")
+    # validation metrics choose the learning rate; the summary reports their test_* twins
+    kind_metric = (f"eval_{tasks[0]}_accuracy", "maximize") if loaded.kind == "encoder" else ("eval_loss", "minimize")
     probe = {**dict(state), "ft_methods": ["lora"], "ft_tasks": tasks}
     try:
         base = sio.finetune_configs(probe, model_name(), loaded.kind, layers)[0][1]

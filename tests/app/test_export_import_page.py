@@ -37,7 +37,7 @@ def test_export_yaml_is_a_valid_config_with_skeletons(app, minilm):
     names = [t.pattern for t in cfg.adapter.targets]
     assert names == [f"encoder.layer.{b}.attention.self.{kind}"
                      for b in (0, 1) for kind in ("query", "value")]
-    assert cfg.model.name == "minilm" and cfg.tasks[0].name == "sentiment"
+    assert cfg.model.name == "minilm" and cfg.tasks[0].name == "rotten_tomatoes"
     assert cfg.output_dir == "runs/my-run"
     # k=4 clusters of r=8 distinct rows, each row from its own k-means cluster (independent fit)
     skeleton = cfg.adapter.skeletons[Q0]
