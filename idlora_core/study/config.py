@@ -8,6 +8,7 @@
       k: [4]
       learning_rate: [1.0e-3, 3.0e-3, 1.0e-2]    # or {low: 1e-4, high: 1e-2, trials: 8} (TPE)
       learning_rates: {head-only: [1.0e-2]}      # optional per-method lists (override the above)
+      ranks: {idlora: [8], lora: [4, 8]}         # optional per-method ranks (override r)
       seed: [0, 1, 2]
     metric: eval_sentiment_accuracy
     direction: maximize
@@ -65,6 +66,9 @@ class Grid(_Strict):
         None, description="a list (grid) or {low, high, trials} (TPE search)")
     learning_rates: dict[Method, list[float]] | None = Field(
         None, description="per-method learning-rate lists, overriding learning_rate for that method")
+    ranks: dict[Method, list[int]] | None = Field(
+        None, description="per-method rank lists, overriding r for that method (e.g. ID-LoRA at r=8 "
+        "against LoRA at r=4 and r=8: equal and twice the trainable parameters)")
     seed: list[int] = Field([0], min_length=1)
     steps: list[int] | None = Field(None, min_length=1)
     selection: list[Selection] | None = Field(None, min_length=1)
@@ -88,6 +92,14 @@ class Grid(_Strict):
             if not values:
                 raise ValueError("give at least one learning rate")
         return values
+
+    @field_validator("ranks")
+    @classmethod
+    def _positive_ranks(cls, table):
+        for method, values in (table or {}).items():
+            if not values or any(v < 1 for v in values):
+                raise ValueError(f"{method}: give ranks >= 1, got {values}")
+        return table
 
     @field_validator("learning_rates")
     @classmethod
@@ -114,9 +126,10 @@ class StudyConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
-        unknown = set(self.grid.learning_rates or {}) - set(self.grid.method)
-        if unknown:
-            raise ValueError(f"grid.learning_rates names methods not in grid.method: {sorted(unknown)}")
+        for field in ("learning_rates", "ranks"):
+            unknown = set(getattr(self.grid, field) or {}) - set(self.grid.method)
+            if unknown:
+                raise ValueError(f"grid.{field} names methods not in grid.method: {sorted(unknown)}")
         if self.grid.tpe and self.grid.learning_rates:
             raise ValueError("grid.learning_rates (lists) cannot be combined with a TPE range in "
                              "grid.learning_rate; use one or the other")

@@ -32,7 +32,7 @@ def method_values(study: StudyConfig, method: str) -> dict[str, list[Any]]:
     the learning rate is [None] in TPE mode, where Optuna samples it)."""
     g = study.grid
     lrs = None if g.tpe else ((g.learning_rates or {}).get(method) or g.learning_rate)
-    given = {"r": g.r, "k": g.k, "selection": g.selection, "rb_splits": g.rb_splits, "steps": g.steps,
+    given = {"r": (g.ranks or {}).get(method) or g.r, "k": g.k, "selection": g.selection, "rb_splits": g.rb_splits, "steps": g.steps,
              "learning_rate": lrs, "seed": g.seed}
     return {key: (list(values) if values and key in USES[method] else [None])
             for key, values in given.items()}

@@ -48,6 +48,19 @@ def test_per_method_learning_rates_and_rb_split_notes():
     assert sorted(c["learning_rate"] for c in cells if c["method"] == "head-only") == [1e-2, 3e-2]
 
 
+def test_per_method_ranks_override_r_for_that_method_only():
+    grid = {"method": ["idlora", "lora", "head-only"], "r": [16], "ranks": {"idlora": [8], "lora": [4, 8]},
+            "learning_rate": [1e-3, 1e-2], "seed": [0, 1]}
+    cells, _ = expand_grid(parse_study(study(grid)))
+    ranks = {m: sorted({c["r"] for c in cells if c["method"] == m}) for m in grid["method"]}
+    assert ranks == {"idlora": [8], "lora": [4, 8], "head-only": [None]}
+    assert len(cells) == (1 + 2) * 2 * 2 + 2 * 2  # ranks x lr x seed, head-only lr x seed
+    with pytest.raises(ConfigError, match="grid.ranks names methods not in grid.method"):
+        parse_study(study({**grid, "ranks": {"dora": [4]}}))
+    with pytest.raises(ConfigError, match="ranks >= 1"):
+        parse_study(study({**grid, "ranks": {"lora": [0]}}))
+
+
 def test_cell_config_sets_values_on_every_target():
     base = parse_config({**BASE, "adapter": {"method": "idlora", "targets": [
         {"pattern": "query", "r": 8, "k": 4}, {"pattern": "value", "r": 8, "k": 4}]}})
