@@ -35,6 +35,7 @@ from app.common import (
 )
 from app.report import COLLAPSED_NOTE, headline, lead_columns, readable, runs_display
 from idlora_core.config import ALL_METHODS
+from idlora_core.tasks import pool_sizes
 from idlora_core.training import compare
 from idlora_core.training.evaluate import collapsed
 from idlora_core.training.run_files import read_run_json
@@ -55,6 +56,7 @@ def _controls(loaded) -> list[str]:
     """Draw the run settings; return the target layer names."""
     state = st.session_state
     layers = selected_layers(loaded)
+    sio.sizes_for_kind(state, loaded.kind)  # a causal LM generates its answers: smaller held-out sets
     left, mid, right = st.columns(3)
     with left:
         st.multiselect(
@@ -71,6 +73,12 @@ def _controls(loaded) -> list[str]:
                        "that a run works.")
         st.caption(f"Targets: **{len(layers)}** layers from the Model & layers page "
                    f"(types {', '.join(state.get('layer_kinds') or ['all'])}).")
+        for task in state["ft_tasks"]:
+            pools = pool_sizes(task)
+            if pools and any(want > have for want, have in zip(
+                    (state["ft_num_train"], state["ft_num_eval"], state["ft_num_test"]), pools, strict=True)):
+                st.caption(f"{sio.task_label(task)} holds {pools[0]:,} training, {pools[1]:,} "
+                           f"validation and {pools[2]:,} test examples: its runs use at most these.")
     with mid:
         st.multiselect("Ranks r", choices_with_state(RANK_CHOICES, "ft_ranks"),
                        key="ft_ranks", **KEEP)

@@ -11,6 +11,7 @@ or 'csv' with a path. Every task has train, eval (validation) and test splits.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from idlora_core.config import BUILTIN_TASKS, DATA_FILE_TASKS, TaskConfig
@@ -46,7 +47,7 @@ CAUSAL_LM_TASKS = tuple(name for name in BUILTIN_TASKS if name not in CLASSIFICA
 __all__ = [
     "BUILTIN", "CAUSAL_LM_TASKS", "CLASSIFICATION_TASKS", "DataFileError", "DatasetNotInstalledError",
     "Example", "TaskData",
-    "TaskKind", "load_task", "load_tasks",
+    "TaskKind", "load_task", "load_tasks", "pool_sizes",
 ]
 
 
@@ -58,6 +59,16 @@ def load_task(task: TaskConfig, seed: int = 0) -> TaskData:
     if task.name not in BUILTIN:
         raise ValueError(f"unknown task {task.name!r}; built-in: {', '.join(BUILTIN)}, or jsonl / csv with a path")
     return BUILTIN[task.name](task.num_train, task.num_eval, seed, num_test=task.test_count)
+
+
+def pool_sizes(name: str) -> tuple[int, int, int] | None:
+    """Return the (train, validation, test) example counts a packaged real dataset holds (its
+    fixed split), or None for a generated task or a user file (no fixed pool)."""
+    module = sys.modules[BUILTIN[name].__module__] if name in BUILTIN else None
+    if module is None or not hasattr(module, "load_splits"):
+        return None
+    train, validation, test = module.load_splits()
+    return len(train), len(validation), len(test)
 
 
 def load_tasks(tasks: list[TaskConfig], seed: int = 0) -> list[TaskData]:

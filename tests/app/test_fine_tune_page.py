@@ -79,14 +79,33 @@ def test_page_renders_alone_with_controls(app):
     assert tasks.options[0] == "Rotten Tomatoes (real movie reviews)"  # format_func labels
     assert "Sentiment (synthetic, saturates — 30-s smoke task)" in tasks.options
     assert app.multiselect(key="ft_ranks").value == [8]
-    assert app.number_input(key="ft_steps").value == 60  # bench/finetune_defaults.py measures it
-    assert app.button(key="start_runs") is not None and app.button(key="cancel_runs") is not None
+    assert app.number_input(key="ft_steps").value == 150  # bench/finetune_defaults.py measures it
+    assert app.number_input(key="ft_batch_size").value == 16
+    assert app.selectbox(key="ft_lr_idlora").value == 1e-2 and app.selectbox(key="ft_lr_lora").value == 3e-3
+    assert (app.button(key="start_runs").label, app.button(key="cancel_runs").label) == (
+        "Start runs", "Cancel my runs")
     assert any("No runs yet" in i.value for i in app.info)
     app.toggle(key="ft_more").set_value(True).run()
     assert app.number_input(key="ft_num_eval").label == "Validation examples per task"
     test = app.number_input(key="ft_num_test")
     assert test.label == "Test examples per task" and test.value == sio.DEFAULTS["ft_num_test"]
     assert (test.min, test.max) == (0, 1_000_000)  # TaskConfig.num_test's range
+
+
+def test_task_sizes_follow_the_model_kind_and_the_dataset_pools():
+    state: dict = {}
+    sio.init_defaults(state)
+    assert [state[k] for k in ("ft_num_train", "ft_num_eval", "ft_num_test")] == [2000, 500, 1000]
+    assert sio.sizes_for_kind(state, "causal-lm")  # untouched encoder sizes -> a causal LM's
+    assert [state[k] for k in ("ft_num_train", "ft_num_eval", "ft_num_test")] == [512, 32, 32]
+    state["ft_num_eval"] = 48  # the user's own choice survives a change of model
+    assert not sio.sizes_for_kind(state, "encoder") and state["ft_num_eval"] == 48
+    state.update(ft_num_train=5000, ft_num_eval=5000, ft_num_test=5000, ft_tasks=["bbc_news"])
+    (task,) = sio.task_configs(state, "encoder")  # BBC News holds 1,525 / 200 / 400
+    assert (task.num_train, task.num_eval, task.num_test) == (1525, 200, 400)
+    state["ft_tasks"] = ["sentiment"]  # a generated task has no pool: the sizes as chosen
+    (task,) = sio.task_configs(state, "encoder")
+    assert (task.num_train, task.num_eval, task.num_test) == (5000, 5000, 5000)
 
 
 def test_task_options_follow_the_registry():
