@@ -23,7 +23,7 @@ from idlora_core.config import RunConfig
 from idlora_core.study.config import StudyConfig, dumps_study, parse_study
 from idlora_core.study.defaults import DEFAULT_LEARNING_RATES
 from idlora_core.study.grid import expand_grid
-from idlora_core.study.summary import budget_label
+from idlora_core.study.summary import budget_label, pareto_mask, test_metric_name
 from idlora_core.training.run_folder import pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -151,19 +151,24 @@ def budget_choices(summary: pd.DataFrame) -> dict[str, dict[str, Any]]:
 
 
 def tradeoff_figure(summary: pd.DataFrame, metric: str, direction: str = "maximize") -> go.Figure:
-    """Return the trade-off plot: metric (mean, 95 % CI error bars) against trainable parameters
-    (log x; base at 1 parameter so it shows), one colour per method, the Pareto frontier as a
-    dashed line; head-only and base drawn as reference points."""
+    """Return the trade-off plot: the TEST metric (mean over seeds at the validation-chosen
+    learning rate, 95 % CI error bars) against trainable parameters when the runs report one,
+    else the validation metric (log x; base at 1 parameter so it shows), one colour per method,
+    the Pareto frontier of the plotted means as a dashed line; head-only and base drawn as
+    reference points."""
     fig = go.Figure()
     df = summary.copy()
+    on_test = "test_mean" in df and df["test_mean"].notna().any()
+    prefix = "test" if on_test else "metric"
+    df["y"], df["lo"], df["hi"] = df[f"{prefix}_mean"], df[f"{prefix}_ci95_low"], df[f"{prefix}_ci95_high"]
     df["x"] = df["trainable"].clip(lower=1)
     for method, part in df.groupby("method", sort=False):
         ref = method in ("head-only", "base")
-        err_hi = (part["metric_ci95_high"] - part["metric_mean"]).fillna(0)
-        err_lo = (part["metric_mean"] - part["metric_ci95_low"]).fillna(0)
+        err_hi = (part["hi"] - part["y"]).fillna(0)
+        err_lo = (part["y"] - part["lo"]).fillna(0)
         label = part.apply(lambda r: f"r={r['r']}" if pd.notna(r["r"]) else "", axis=1)
         fig.add_trace(go.Scatter(
-            x=part["x"], y=part["metric_mean"], mode="markers+text" if not ref else "markers", name=method,
+            x=part["x"], y=part["y"], mode="markers+text" if not ref else "markers", name=method,
             text=label, textposition="top center",
             marker={"size": 12 if ref else 9, "symbol": "star" if ref else "circle",
                     "color": COLORS.get(method)},
@@ -171,12 +176,14 @@ def tradeoff_figure(summary: pd.DataFrame, metric: str, direction: str = "maximi
             customdata=part[["trainable", "best_learning_rate", "n_seeds"]].to_numpy(),
             hovertemplate="%{fullData.name} %{text}<br>trainable %{customdata[0]:,}<br>"
                           "best lr %{customdata[1]}<br>mean %{y:.3f} over %{customdata[2]} seeds<extra></extra>"))
-    front = df[df["pareto"].astype(bool)].sort_values("x")
+    front = df[pareto_mask(df["x"], df["y"], direction == "maximize")].sort_values("x")
     if len(front):
-        fig.add_trace(go.Scatter(x=front["x"], y=front["metric_mean"], mode="lines", name="Pareto frontier",
+        fig.add_trace(go.Scatter(x=front["x"], y=front["y"], mode="lines", name="Pareto frontier",
                                  line={"dash": "dash", "color": "#444"}, line_shape="hv"))
+    shown = test_metric_name(metric) if on_test else metric
+    note = " (held-out test; lr chosen on validation)" if on_test else ""
     fig.update_layout(xaxis_type="log", xaxis_title="trainable parameters (log; base shown at 1)",
-                      yaxis_title=f"{metric} ({'higher' if direction == 'maximize' else 'lower'} is better)",
+                      yaxis_title=f"{shown}{note}, {'higher' if direction == 'maximize' else 'lower'} is better",
                       legend_title="method", margin={"t": 30})
     return fig
 
