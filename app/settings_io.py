@@ -38,7 +38,6 @@ outside a widget's range are refused with the range, never clamped (`check_range
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,7 +56,13 @@ from idlora_core.config import (
 )
 from idlora_core.layers import block_index, layer_kind
 from idlora_core.study.defaults import DEFAULT_LEARNING_RATES
-from idlora_core.tasks import BUILTIN, CAUSAL_LM_TASKS, CLASSIFICATION_TASKS, pool_sizes
+from idlora_core.tasks import (
+    BUILTIN,
+    CAUSAL_LM_TASKS,
+    CLASSIFICATION_TASKS,
+    pool_sizes,
+    task_module,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Built-in tasks by model kind, the default first: real data before the synthetic sentiment task
@@ -86,7 +91,7 @@ TRAIN_FIELDS: tuple[str, ...] = tuple(TrainConfig.model_fields)
 # Short demo-sized training by default (the schema's defaults are sized for real runs): 150 steps
 # of batch 16 on real text, 15 warm-up steps, gradient clipping at norm 1 (transformers' default),
 # each method at the learning rate study preset (a) chose on validation (ft_lr_<method>, below the
-# rate at which some seeds collapse). Preset (a) trains 100 steps to fit 30 minutes; the page
+# rate at which some seeds collapse). Preset (a) trains 80 steps to fit 30 minutes; the page
 # trains 150 for margin on unlucky seeds. bench/finetune_defaults.py runs them on 10 new seeds.
 _TRAIN_DEFAULTS = TrainConfig().model_dump() | {
     "steps": 150, "batch_size": 16, "seq_len": 48, "learning_rate": 3e-3, "warmup_steps": 15,
@@ -263,7 +268,7 @@ def num_labels(task: str) -> int | None:
     """Return the number of labels of a built-in classification task (None for any other)."""
     if task not in CLASSIFICATION_TASKS or task not in BUILTIN:
         return None
-    labels = getattr(inspect.getmodule(BUILTIN[task]), "LABELS", None)  # each module's label names
+    labels = getattr(task_module(task), "LABELS", None)  # each module's label names
     return len(labels) if labels else None
 
 

@@ -1,5 +1,5 @@
 """Default learning rate per method, chosen by study preset (a) on real data (MiniLM,
-Rotten Tomatoes, 100 steps of batch 16 with 10 warm-up steps, ID-LoRA r = 8 and LoRA r = 4 / 8,
+Rotten Tomatoes, 80 steps of batch 16 with 8 warm-up steps, ID-LoRA r = 8 and LoRA r = 4 / 8,
 k = 4, 5 seeds; `configs/studies/minilm_rotten_tomatoes.yaml`): for each method the learning
 rate of its grid with the best mean VALIDATION accuracy over seeds (docs/STUDIES.md). DoRA and
 HydraLoRA were not in that study: they start at LoRA's rate (DoRA is LoRA plus a magnitude

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from types import ModuleType
 
 from idlora_core.config import BUILTIN_TASKS, DATA_FILE_TASKS, TaskConfig
 
@@ -47,7 +48,7 @@ CAUSAL_LM_TASKS = tuple(name for name in BUILTIN_TASKS if name not in CLASSIFICA
 __all__ = [
     "BUILTIN", "CAUSAL_LM_TASKS", "CLASSIFICATION_TASKS", "DataFileError", "DatasetNotInstalledError",
     "Example", "TaskData",
-    "TaskKind", "load_task", "load_tasks", "pool_sizes",
+    "TaskKind", "load_task", "load_tasks", "pool_sizes", "task_module",
 ]
 
 
@@ -61,10 +62,15 @@ def load_task(task: TaskConfig, seed: int = 0) -> TaskData:
     return BUILTIN[task.name](task.num_train, task.num_eval, seed, num_test=task.test_count)
 
 
+def task_module(name: str) -> ModuleType | None:
+    """Return the module of built-in task `name` (its LABELS, its data), None for any other name."""
+    return sys.modules[BUILTIN[name].__module__] if name in BUILTIN else None
+
+
 def pool_sizes(name: str) -> tuple[int, int, int] | None:
     """Return the (train, validation, test) example counts a packaged real dataset holds (its
     fixed split), or None for a generated task or a user file (no fixed pool)."""
-    module = sys.modules[BUILTIN[name].__module__] if name in BUILTIN else None
+    module = task_module(name)
     if module is None or not hasattr(module, "load_splits"):
         return None
     train, validation, test = module.load_splits()

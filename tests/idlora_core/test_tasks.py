@@ -5,12 +5,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import sys
 
 import pytest
 
 from idlora_core.config import TaskConfig
-from idlora_core.tasks import BUILTIN, DataFileError, load_task, load_tasks
+from idlora_core.tasks import BUILTIN, DataFileError, load_task, load_tasks, task_module
 from idlora_core.tasks import metrics as M
 from idlora_core.tasks.knowledge import FACTS
 
@@ -20,7 +19,7 @@ def test_tasks_are_deterministic_and_splits_disjoint(name):
     cfg = TaskConfig(name=name, num_train=200, num_eval=40, num_test=30)
     a, b, c = load_task(cfg, seed=3), load_task(cfg, seed=3), load_task(cfg, seed=4)
     assert a.train == b.train and a.eval == b.eval and a.test == b.test
-    packaged = hasattr(sys.modules[BUILTIN[name].__module__], "DISTRIBUTION")
+    packaged = hasattr(task_module(name), "DISTRIBUTION")
     if packaged:  # a real dataset's split is fixed: the seed never changes it
         assert (a.train, a.eval, a.test) == (c.train, c.eval, c.test)
     else:
