@@ -20,6 +20,7 @@ grid is expanded in `grid.py` and run in `runner.py`.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,8 +46,8 @@ class _Strict(BaseModel):
 class LearningRateRange(_Strict):
     """A log-uniform learning-rate range searched by Optuna's TPE sampler, `trials` per budget."""
 
-    low: float = Field(..., gt=0)
-    high: float = Field(..., gt=0)
+    low: float = Field(..., gt=0, allow_inf_nan=False)
+    high: float = Field(..., gt=0, allow_inf_nan=False)
     trials: int = Field(..., ge=1, description="TPE trials per (method, r, k, ...) budget")
 
     @model_validator(mode="after")
@@ -86,9 +87,9 @@ class Grid(_Strict):
     @classmethod
     def _positive_lr(cls, values):
         if isinstance(values, list):
-            bad = [v for v in values if v <= 0]
+            bad = [v for v in values if not (math.isfinite(v) and v > 0)]
             if bad:
-                raise ValueError(f"learning rates must be > 0, got {bad}")
+                raise ValueError(f"learning rates must be finite and > 0, got {bad}")
             if not values:
                 raise ValueError("give at least one learning rate")
         return values
@@ -105,8 +106,8 @@ class Grid(_Strict):
     @classmethod
     def _positive_lrs(cls, table):
         for method, values in (table or {}).items():
-            if not values or any(v <= 0 for v in values):
-                raise ValueError(f"{method}: give learning rates > 0, got {values}")
+            if not values or not all(math.isfinite(v) and v > 0 for v in values):
+                raise ValueError(f"{method}: give finite learning rates > 0, got {values}")
         return table
 
     @property

@@ -90,7 +90,9 @@ def _line_of(error: str) -> int:
 
 
 def _decode_lines(data: bytes) -> tuple[str, list[str]]:
-    """Return (text, errors): UTF-8 text with every undecodable line reported by number."""
+    """Return (text, errors): UTF-8 text (a leading byte-order mark, as spreadsheet programs write
+    it, is dropped) with every undecodable line reported by number."""
+    data = data.removeprefix(b"\xef\xbb\xbf")
     try:
         return data.decode("utf-8"), []
     except UnicodeDecodeError:

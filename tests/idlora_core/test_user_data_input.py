@@ -76,3 +76,17 @@ def test_folder_and_deep_json(tmp_path):
     with pytest.raises(DataFileError) as info:
         read_records(path)
     assert info.value.errors[0].startswith("line 2:")
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_a_byte_order_mark_is_read_as_utf8(tmp_path, suffix):
+    """Spreadsheet programs save 'CSV UTF-8' with a BOM; it was refused as key '\\ufefftext'."""
+    path = tmp_path / f"bom.{suffix}"
+    rows = [("bon film", "pos"), ("ennuyeux", "neg")] * 3
+    if suffix == "csv":
+        text = "text,label\n" + "".join(f"{t},{label}\n" for t, label in rows)
+    else:
+        text = "".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in rows)
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    records, _ = read_records(path)
+    assert [(r["text"], r["label"]) for r in records] == rows

@@ -139,3 +139,12 @@ def test_changed_keys_ignores_new_schema_fields():
            "metric": "m"}
     assert changed_keys(old, new) == ["base.adapter.targets.0.r"]
     assert changed_keys(old, {**old, "name": "c"}) == []
+
+
+@pytest.mark.parametrize("lrs", [{"learning_rate": [1e-3, float("nan")]}, {"learning_rate": [float("inf")]},
+                                 {"learning_rates": {"lora": [float("nan")]}},
+                                 {"learning_rate": {"low": 1e-4, "high": float("inf"), "trials": 2}}])
+def test_nan_and_inf_learning_rates_are_refused_before_anything_runs(lrs):
+    """They passed --dry-run and failed at run time with an empty failure column (issue 18 #10)."""
+    with pytest.raises(ConfigError, match="finite|infinity|nan"):
+        parse_study(study({"method": ["idlora", "lora"], **lrs}))
