@@ -20,8 +20,10 @@ from typing import Any
 import optuna
 import pandas as pd
 import yaml
+from sqlalchemy.exc import SQLAlchemyError
 
 from idlora_core.config import ConfigError
+from idlora_core.models import error_line
 from idlora_core.study.config import StudyConfig, dumps_study
 from idlora_core.study.grid import GRID_KEYS, budget_key, expand_grid
 from idlora_core.study.storage import (
@@ -63,10 +65,19 @@ def prepare_study(study: StudyConfig, out_dir: str | Path, storage: str | None =
     if not cells:
         raise ConfigError(["the grid is empty after leaving out invalid combinations: " + "; ".join(notes)])
     url = storage or default_storage(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError([f"--out {out}: cannot create the study folder ({exc.strerror or exc}); "
+                           "choose a folder you can write to"]) from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    created = optuna.create_study(study_name=name, storage=open_storage(url), load_if_exists=True,
-                                  direction=study.direction)
+    try:
+        created = optuna.create_study(study_name=name, storage=open_storage(url), load_if_exists=True,
+                                      direction=study.direction)
+    except (OSError, SQLAlchemyError) as exc:  # not a database / journal file, a folder, /proc/...
+        raise ConfigError([f"--storage {url}: cannot open it as an Optuna storage ({error_line(exc)}); "
+                           "give a new or existing study database (sqlite:///PATH.db) or journal "
+                           "file (journal:PATH)"]) from None
     stored = created.user_attrs.get("study_yaml")
     if stored is None:
         created.set_user_attr("study_hash", study_hash(study))

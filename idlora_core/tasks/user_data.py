@@ -20,6 +20,10 @@ from .metrics import accuracy, exact_match, mean
 _LM_KEYS = ("prompt", "response")
 _CLS_KEYS = ("text", "label")
 MIN_EXAMPLES = 2  # one to train on, one to evaluate
+# A model reads at most seq_len tokens of a text; a 99 MB one-line text took the tokenizer to
+# 10 GB and an abort. Longer texts are refused by line, larger files before they are read.
+MAX_TEXT_CHARS = 100_000
+MAX_FILE_BYTES = 1 << 30
 
 
 class DataFileError(ValueError):
@@ -44,6 +48,9 @@ def _record_errors(record: object, layout: tuple[str, str] | None) -> tuple[list
             problems.append(f"missing or empty {key!r}")
         elif key in ("prompt", "response", "text") and not isinstance(value, str):
             problems.append(f"{key!r} must be text, got {type(value).__name__}")
+        elif isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+            problems.append(f"{key!r} is {len(value):,} characters; at most {MAX_TEXT_CHARS:,} "
+                            "(a model reads only seq_len tokens): shorten or split it")
         elif key == "label" and not isinstance(value, (str, int, float)):
             problems.append(f"'label' must be text or a number, got {type(value).__name__}")
     extra = sorted(set(record) - set(layout))
@@ -59,6 +66,10 @@ def read_records(path: str | Path) -> tuple[list[dict], tuple[str, str]]:
         raise DataFileError(path, [f"{path} is a folder, not a data file"])
     if not path.is_file():
         raise DataFileError(path, [f"file not found: {path}"])
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise DataFileError(path, [f"{path} is {size:,} bytes; a data file is at most "
+                                   f"{MAX_FILE_BYTES:,} bytes: use a sample of it"])
     try:
         text, errors = _decode_lines(path.read_bytes())
     except OSError as exc:

@@ -90,3 +90,18 @@ def test_a_byte_order_mark_is_read_as_utf8(tmp_path, suffix):
     path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
     records, _ = read_records(path)
     assert [(r["text"], r["label"]) for r in records] == rows
+
+
+def test_a_huge_text_is_refused_by_line_and_a_huge_file_before_reading(tmp_path, monkeypatch):
+    from idlora_core.tasks import user_data
+
+    rows = [{"text": "short", "label": 0}, {"text": "x" * (user_data.MAX_TEXT_CHARS + 1), "label": 1},
+            {"text": "fine", "label": 1}]
+    with pytest.raises(DataFileError) as info:
+        read_records(_jsonl(tmp_path / "big.jsonl", rows))
+    assert info.value.errors == [f"line 2: 'text' is {user_data.MAX_TEXT_CHARS + 1:,} characters; at "
+                                 f"most {user_data.MAX_TEXT_CHARS:,} (a model reads only seq_len "
+                                 "tokens): shorten or split it"]
+    monkeypatch.setattr(user_data, "MAX_FILE_BYTES", 10)
+    with pytest.raises(DataFileError, match="at most 10 bytes"):
+        read_records(_jsonl(tmp_path / "ok.jsonl", rows[:1]))

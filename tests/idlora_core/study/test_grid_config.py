@@ -148,3 +148,21 @@ def test_nan_and_inf_learning_rates_are_refused_before_anything_runs(lrs):
     """They passed --dry-run and failed at run time with an empty failure column (issue 18 #10)."""
     with pytest.raises(ConfigError, match="finite|infinity|nan"):
         parse_study(study({"method": ["idlora", "lora"], **lrs}))
+
+
+def test_bad_out_and_storage_are_one_error_line_not_a_traceback(tmp_path, capsys):
+    """Issue 18 #10: --out /proc/x, a storage that is not a database, a journal that is a folder."""
+    from idlora_core.study.__main__ import main
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(study({"method": ["base"], "seed": [0]})))
+    not_a_db = tmp_path / "notes.txt"
+    not_a_db.write_text("not a database\n" * 10)
+    cases = [(["--out", "/proc/no-such/x"], "cannot create the study folder"),
+             (["--out", str(tmp_path / "a"), "--storage", f"sqlite:///{not_a_db}"], "file is not a database"),
+             (["--out", str(tmp_path / "b"), "--storage", f"journal:{tmp_path}"], "Is a directory")]
+    for args, reason in cases:
+        assert main([str(spec), *args]) == 1
+        err = capsys.readouterr().err
+        assert reason in err and "Traceback" not in err
+    assert not_a_db.read_text() == "not a database\n" * 10  # nothing written into it
