@@ -50,11 +50,12 @@ def encode(value: Any, kind: str) -> str:
 
 
 def decode(text: str, kind: str) -> Any:
-    """Return the setting value of URL text; raises ValueError when it does not parse."""
+    """Return the setting value of URL text; raises ValueError when it does not parse. Lists
+    keep each value once (`id,id` named two widgets alike: StreamlitDuplicateElementKey)."""
     if kind == "strs":
-        return [t for t in text.split(",") if t]
+        return list(dict.fromkeys(t for t in text.split(",") if t))
     if kind == "ints":
-        return [int(t) for t in text.split(",") if t]
+        return list(dict.fromkeys(int(t) for t in text.split(",") if t))
     if kind == "int":
         return int(text)
     if kind == "float":
