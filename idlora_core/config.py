@@ -285,6 +285,8 @@ class RunConfig(_Strict):
         # an empty value would put the run's files into the working directory
         if value is None or (isinstance(value, str) and not value.strip()):
             raise ValueError("output_dir is empty: name a folder for the run's files, e.g. runs/my-run")
+        if isinstance(value, str) and "\x00" in value:  # no file system takes it; paths raise later
+            raise ValueError("output_dir holds a NUL byte: name a folder, e.g. runs/my-run")
         return value
 
 

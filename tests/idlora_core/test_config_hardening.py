@@ -174,3 +174,10 @@ def test_cli_prints_one_line_errors(tmp_path, capsys, content, args, expect):
     err = capsys.readouterr().err
     assert expect in err and "Traceback" not in err
     assert len(err) < 1000
+
+
+def test_a_nul_byte_in_output_dir_is_a_config_error():
+    """Issue 18 #10: an imported output_dir with a NUL byte broke the Export page on every render."""
+    with pytest.raises(ConfigError, match="NUL byte"):
+        loads_config('output_dir: "runs/a\\0b"\n')
+    assert loads_config("output_dir: runs/ab\n").output_dir == "runs/ab"
