@@ -46,7 +46,11 @@ def read_atlas(path_or_buffer) -> pd.DataFrame:
     if missing:
         raise ValueError(f"not a scan table: missing columns {', '.join(missing[:4])}; "
                          "write one with `python -m analysis.scan ... --out atlas.csv`")
-    return tidy_table(table)
+    try:
+        return tidy_table(table)
+    except (OverflowError, ValueError, TypeError) as exc:  # r = 10**30, text in a number column
+        raise ValueError(f"not a scan table: a value does not fit its column ({str(exc)[:120]}); "
+                         "write one with `python -m analysis.scan ... --out atlas.csv`") from None
 
 
 def atlas_cells(table: pd.DataFrame, r: int) -> pd.DataFrame:

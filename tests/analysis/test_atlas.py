@@ -69,3 +69,14 @@ def test_read_atlas_refuses_devices_folders_and_huge_files_before_reading(tmp_pa
         f.truncate(atlas.MAX_ATLAS_BYTES + 1)
     with pytest.raises(ValueError, match="a scan CSV is at most"):
         read_atlas(big)
+
+
+@pytest.mark.parametrize("column, value", [("r", "1" + "0" * 30), ("k", "four")])
+def test_read_atlas_refuses_values_that_do_not_fit_their_column(table, tmp_path, column, value):
+    """Issue 18 #10: r = 10^30 raised OverflowError through the page."""
+    path = tmp_path / "atlas.csv"
+    bad = table.astype({column: object})
+    bad.loc[0, column] = value
+    bad.to_csv(path, index=False)
+    with pytest.raises(ValueError, match="not a scan table: a value does not fit its column"):
+        read_atlas(path)
