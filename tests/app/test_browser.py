@@ -160,7 +160,7 @@ def test_sweep_finetune_and_export_in_a_real_browser(page, app_url):
     page.wait_for_selector(".st-key-start_runs button")
     page.get_by_text("More training settings").click()
     for key, value in (("ft_steps", STEPS), ("ft_batch_size", 2), ("ft_seq_len", 16),
-                       ("ft_num_eval", 4), ("ft_num_train", 32)):
+                       ("ft_num_eval", 4), ("ft_num_test", 4), ("ft_num_train", 32)):
         box = page.locator(f".st-key-{key} input")
         box.fill(str(value))
         box.press("Enter")
