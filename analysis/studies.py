@@ -161,6 +161,9 @@ def tradeoff_figure(summary: pd.DataFrame, metric: str, direction: str = "maximi
     on_test = "test_mean" in df and df["test_mean"].notna().any()
     prefix = "test" if on_test else "metric"
     df["y"], df["lo"], df["hi"] = df[f"{prefix}_mean"], df[f"{prefix}_ci95_low"], df[f"{prefix}_ci95_high"]
+    if not metric.endswith("loss") and df["y"].dropna().between(0, 1).all():
+        # a score in [0, 1]: a 2-seed t-interval can pass 1.0; draw it within the metric's range
+        df["lo"], df["hi"] = df["lo"].clip(lower=0), df["hi"].clip(upper=1)
     df["x"] = df["trainable"].clip(lower=1)
     for method, part in df.groupby("method", sort=False):
         ref = method in ("head-only", "base")
@@ -207,6 +210,8 @@ def lr_figure(trials: pd.DataFrame, metric: str) -> go.Figure:
             line={"color": COLORS.get(method)},
             error_y={"type": "data", "symmetric": False, "array": stats["max"] - stats["mean"],
                      "arrayminus": stats["mean"] - stats["min"]}))
+    rates = sorted(done["learning_rate"].astype(float).unique())
     fig.update_layout(xaxis_type="log", xaxis_title="learning rate (log)", yaxis_title=f"{metric} (mean over seeds)",
                       legend_title="budget", margin={"t": 30})
+    fig.update_xaxes(tickvals=rates, ticktext=[f"{v:g}" for v in rates])  # 0.003 reads as 0.003, not "3"
     return fig

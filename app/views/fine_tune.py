@@ -42,7 +42,7 @@ from idlora_core.training.run_files import read_run_json
 
 POLL_SECONDS = 1.0
 LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2, 2e-2,
-                  3e-2, 5e-2, 1e-1)
+                  3e-2, 5e-2, 1e-1, 3e-1, 1.0)
 # Widget values survive page switches and fragment reruns (Streamlit >= 1.67).
 KEEP = {"persist_state": "session"}
 HANDLES = "ft_handles"  # list[RunHandle] of this session's started runs

@@ -16,7 +16,7 @@ DEFAULT_LEARNING_RATES: dict[str, float] = {
     "dora": 3e-3,
     "hydralora": 3e-3,
     "full": 1e-4,
-    "head-only": 1e-1,
+    "head-only": 1.0,
     "base": 1e-2,  # trains nothing; kept so every method has an entry
 }
 

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.studies import tradeoff_figure
+from analysis.studies import lr_figure, tradeoff_figure
 
 
 def _summary(with_test: bool) -> pd.DataFrame:
@@ -36,3 +36,17 @@ def test_tradeoff_plots_test_means_and_intervals_when_present(with_test):
     # the frontier joins the plotted means (test: LoRA r=4 beats ID-LoRA with fewer parameters)
     front = next(t for t in fig.data if t.name == "Pareto frontier")
     assert list(front.y) == ([0.61, 0.74] if with_test else [0.63, 0.75, 0.76])
+
+
+def test_score_intervals_stay_within_0_and_1_and_lr_ticks_read_as_values():
+    summary = _summary(True)
+    summary.loc[0, ["test_ci95_low", "test_ci95_high"]] = [-0.23, 1.46]  # 2 seeds can do this
+    fig = tradeoff_figure(summary, "eval_x_accuracy")
+    idlora = next(t for t in fig.data if t.name == "idlora")
+    assert idlora.error_y.array[0] == pytest.approx(1 - 0.73)
+    assert idlora.error_y.arrayminus[0] == pytest.approx(0.73)
+    trials = pd.DataFrame({"state": "COMPLETE", "method": "lora", "r": 4, "k": None,
+                           "learning_rate": [0.003, 0.003, 0.03, 0.03], "eval_x_accuracy": [0.7, 0.8, 0.6, 0.5]})
+    fig = lr_figure(trials, "eval_x_accuracy")
+    assert list(fig.layout.xaxis.ticktext) == ["0.003", "0.03"]
+    assert list(fig.data[0].y) == pytest.approx([0.75, 0.55])
