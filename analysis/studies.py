@@ -68,15 +68,36 @@ def estimate_seconds(study: StudyConfig, workers: int, seconds_per_step: float =
     return sum(per) * run_count(study) / max(len(cells), 1) / max(workers, 1)
 
 
+def study_dir(runs_root: str | Path, name: str) -> Path:
+    """Return the folder RUNS/studies/NAME of a study name; raises RunPathError unless the name is
+    one plain folder name (a name such as `a/b`, `` or `.` made a study the page never listed
+    and the run limit never counted)."""
+    from analysis.runs import RunPathError, safe_run_dir
+
+    text = str(name).strip()
+    if not text or text in (".", "..") or any(c in text for c in "/\\\x00"):
+        raise RunPathError(f"study name {name!r} must be one folder name (no '/', not empty, not '.'), "
+                           "e.g. my-study")
+    return safe_run_dir(Path(runs_root), f"{STUDIES_DIR}/{text}")
+
+
 def start_study(study: StudyConfig, runs_root: str | Path, name: str, workers: int = 1) -> Path:
     """Write the study into RUNS/studies/NAME and start it in a new process session (it survives
-    the browser tab); return the folder. The process output goes to study.log."""
-    from analysis.runs import safe_run_dir
+    the browser tab); return the folder. The process output goes to study.log.
 
-    out = safe_run_dir(Path(runs_root), f"{STUDIES_DIR}/{name}")
-    out.mkdir(parents=True, exist_ok=True)
+    Raises ValueError when the name is not one folder name, when a study of that name is still
+    running, or when the folder holds a study with other settings (the same settings resume it:
+    finished trials are never repeated)."""
+    out = study_dir(runs_root, name)
     spec = out / "input.yaml"
-    write_text_atomic(spec, dumps_study(study))
+    text = dumps_study(study)
+    if study_running(out):
+        raise ValueError(f"study {name!r} is running; choose another name, or wait for it to finish")
+    if spec.is_file() and spec.read_text(encoding="utf-8") != text:
+        raise ValueError(f"a study with other settings is named {name!r}; choose another name "
+                         "(the same settings resume it)")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(spec, text)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     with open(out / "study.log", "ab") as log:

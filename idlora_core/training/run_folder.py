@@ -9,7 +9,9 @@
     `replaced-<time>/` inside the folder only by `claim()`, which the trainer calls after the
     new run's config, model and data have loaded.
   - `--resume` continues only the same configuration: `check_resume_config` compares the new
-    config with the one saved with the checkpoint and refuses a mismatch, naming the keys.
+    config with the one saved with the checkpoint and refuses a mismatch, naming the keys; it
+    starts from the newest COMPLETE checkpoint (`last_complete_checkpoint`), skipping one that a
+    full disk or a kill left half-written.
 This file does not train; `trainer.run_training` drives it.
 """
 
@@ -34,6 +36,27 @@ RUN_OUTPUTS = (METRICS_FILE, RUN_FILE, STATUS_FILE, "checkpoints", "adapter")
 # evaluates, and its total length (continue a finished run for more steps)
 RESUMABLE_KEYS = ("output_dir", "train.steps", "train.log_interval", "train.save_interval",
                   "train.eval_interval")
+
+
+# what `--resume` reads from a checkpoint folder; one missing (a full disk or a kill while it was
+# written) makes the folder partial, and resume takes the newest complete one instead
+TRAINABLE_FILE = "trainable.safetensors"
+CHECKPOINT_FILES = ("trainer_state.json", TRAINABLE_FILE, "optimizer.pt", "scheduler.pt")
+
+
+def last_complete_checkpoint(folder: str | Path) -> str | None:
+    """Return the path of the newest `checkpoint-N` folder in `folder` that holds every file in
+    CHECKPOINT_FILES (non-empty), or None when there is none; partial checkpoints are skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = []
+    for path in folder.glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if step.isdigit() and path.is_dir() and all(
+                (path / name).is_file() and (path / name).stat().st_size > 0 for name in CHECKPOINT_FILES):
+            found.append((int(step), path))
+    return str(max(found)[1]) if found else None
 
 
 class RunFolderError(ValueError):

@@ -22,7 +22,6 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_callback import ProgressCallback as HFProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from idlora_core.config import RunConfig, dumps_config
 from idlora_core.tasks import load_tasks
@@ -44,12 +43,17 @@ from idlora_core.training.run_files import (
     write_json_atomic,
     write_status,
 )
-from idlora_core.training.run_folder import CHECKPOINT_CONFIG, RunFolder, check_resume_config
+from idlora_core.training.run_folder import (
+    CHECKPOINT_CONFIG,
+    TRAINABLE_FILE,
+    RunFolder,
+    check_resume_config,
+    last_complete_checkpoint,
+)
 from idlora_core.training.setup import build_model, count_params, resolve_device
 
 CHECKPOINT_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
-TRAINABLE_FILE = "trainable.safetensors"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -192,9 +196,10 @@ def _run_locked(config: RunConfig, folder: RunFolder, args: TrainingArguments, d
     output_dir = folder.path
     checkpoint = None
     if resume:
-        checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        checkpoint = last_complete_checkpoint(args.output_dir)
         if checkpoint is None:
-            raise ValueError(f"--resume: no checkpoint in {args.output_dir}; start the run without --resume")
+            raise ValueError(f"--resume: no complete checkpoint in {args.output_dir} (partial ones are "
+                             "skipped); start the run without --resume")
         config = check_resume_config(config, output_dir, checkpoint)  # refuses before any write
         folder.claim()
     if main and folder.claimed:
@@ -250,7 +255,7 @@ def _run_locked(config: RunConfig, folder: RunFolder, args: TrainingArguments, d
     trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
     steps = trainer.state.global_step
-    last_good = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    last_good = last_complete_checkpoint(args.output_dir)
     state, message = _outcome(metrics_cb.nonfinite_step, stop, steps, seconds, last_good)
     final = {
         "steps": steps, "train_seconds": seconds, "final_train_loss": metrics_cb.last_loss,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from idlora_core.training.callbacks import StopFlag
 from idlora_core.training.cli import main as cli_main
 from idlora_core.training.evaluate import classify, evaluate_tasks
 from idlora_core.training.run_files import read_metrics
+from idlora_core.training.run_folder import CHECKPOINT_FILES, last_complete_checkpoint
 from idlora_core.training.setup import build_model, count_params, resolve_device
 from idlora_core.training.trainer import run_training
 
@@ -210,9 +212,39 @@ def test_stop_then_resume_continues_the_same_curve(tiny_bert_dir, tmp_path):
     assert _losses(cfg.output_dir) == pytest.approx(_losses(full.output_dir), rel=1e-5)
 
 
+def test_resume_skips_a_truncated_checkpoint(tiny_bert_dir, tmp_path):
+    """Issue 18 #7: a partial checkpoint-6 (no trainer_state.json: a full disk mid-save) was picked
+    by --resume, which failed; the good checkpoint-3 was ignored."""
+    cfg = parse_config(cls_config(tiny_bert_dir, tmp_path / "run", steps=6))
+    flag = StopFlag()
+    run_training(cfg, progress=False, stop=flag, callbacks=[StopAt(flag, 3)])
+    checkpoints = tmp_path / "run" / "checkpoints"
+    partial = checkpoints / "checkpoint-6"
+    shutil.copytree(checkpoints / "checkpoint-3", partial)
+    (partial / "trainer_state.json").unlink()
+    (partial / "optimizer.pt").write_bytes(b"")
+    assert last_complete_checkpoint(checkpoints) == str(checkpoints / "checkpoint-3")
+    resumed = run_training(cfg, resume=True, progress=False)
+    assert resumed.state == "finished" and resumed.steps == 6
+    assert [r["step"] for r in read_metrics(cfg.output_dir)] == list(range(1, 7))
+
+
+def test_last_complete_checkpoint_needs_every_file(tmp_path):
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+    for step, files in ((2, CHECKPOINT_FILES), (10, CHECKPOINT_FILES[1:]), (7, CHECKPOINT_FILES)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_bytes(b"x")
+    (tmp_path / "checkpoint-x").mkdir()  # not a step number
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-7")  # 10 is partial
+    (tmp_path / "checkpoint-7" / "scheduler.pt").write_bytes(b"")  # empty: a full disk
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+
+
 def test_resume_without_checkpoint_is_an_error(tiny_bert_dir, tmp_path):
     cfg = parse_config(cls_config(tiny_bert_dir, tmp_path / "none"))
-    with pytest.raises(ValueError, match="no checkpoint"):
+    with pytest.raises(ValueError, match="no complete checkpoint"):
         run_training(cfg, resume=True, progress=False)
 
 
