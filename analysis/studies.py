@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,20 @@ def study_running(out_dir: str | Path) -> bool:
     except ChildProcessError:
         pass
     return pid_alive(pid)
+
+
+def stop_study(out_dir: str | Path) -> bool:
+    """Ask the study started for `out_dir` to stop: SIGTERM to its process group (the coordinator
+    and its workers, which finish their current step, keep its checkpoint and exit; a re-start
+    with the same settings resumes). Return True when a running study was signalled."""
+    if not study_running(out_dir):
+        return False
+    pid = json.loads((Path(out_dir) / LAUNCH_FILE).read_text(encoding="utf-8")).get("pid")
+    try:
+        os.killpg(os.getpgid(pid), signal.SIGTERM)  # started with start_new_session: its own group
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def study_workers_alive(runs_root: str | Path) -> int:

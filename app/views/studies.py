@@ -163,14 +163,22 @@ def _show(folder: Path) -> None:
     total = len(meta["cells"])
     st.progress(min(done / max(total, 1), 1.0), text=f"{done} / {total} trials complete"
                 + (" — running" if running else ""))
+    if running and st.button("Stop this study", key="st_stop",
+                             help="Its runs stop after their current step; starting it again with the "
+                             "same settings resumes it (finished trials are never repeated)."):
+        if studies.stop_study(folder):
+            st.toast(f"Asked {folder.name} to stop after the current step of each run.")
     metric, direction = meta["metric"], meta["direction"]
     if summary.empty:
         st.info("No finished trial yet.")
         return
     st.markdown("#### Trade-off: quality against trainable parameters")
     st.plotly_chart(studies.tradeoff_figure(summary, metric, direction), key="st_tradeoff")
-    st.caption("Mean over seeds at each budget's best learning rate, 95 % t-interval bars; dashed: Pareto "
-               "frontier (fewer parameters, better metric). Stars: head-only and base, the reference points.")
+    st.caption("Held-out test mean over seeds (the validation mean when the runs report no test metric) at "
+               "each budget's learning rate chosen on validation; bars: 95 % t-interval, drawn within [0, 1] "
+               "for scores. With 2-3 seeds an interval is wide: that is the honest width of so few samples; "
+               "the paired comparison below is sharper. Dashed: Pareto frontier (fewer parameters, better "
+               "metric). Stars: head-only and base, the reference points.")
     st.markdown("#### Is the comparison fair? Metric against learning rate")
     st.plotly_chart(studies.lr_figure(trials, metric), key="st_lr")
     st.markdown("#### Summary")

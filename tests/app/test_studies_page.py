@@ -102,7 +102,9 @@ def test_finished_study_draws_tradeoff_and_summary(tiny_study, monkeypatch):
     assert list(shown.method) == list(summary.method) == ["lora", "head-only", "base"]
     assert shown.metric_mean.tolist() == pytest.approx(summary.metric_mean.tolist())
     lora = [t for t in fig["data"] if t.get("name") == "lora"][0]
-    assert plotly_array(lora["y"])[0] == pytest.approx(summary.metric_mean[0])
+    assert summary.test_mean.notna().all()  # the runs score their test split: the plot shows it
+    assert plotly_array(lora["y"])[0] == pytest.approx(summary.test_mean[0])
+    assert fig["layout"]["yaxis"]["title"]["text"].startswith("test_")
 
 
 def test_built_grid_starts_from_the_finetune_defaults_in_a_fresh_session(tmp_path, monkeypatch):

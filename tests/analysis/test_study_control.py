@@ -1,4 +1,4 @@
-"""Study names are folder names, and one name holds one study (issue 18 #3, #4)."""
+"""Study names are folder names, one name holds one study, and a study can be stopped (issue 18 #3, #4, #6)."""
 
 from __future__ import annotations
 
@@ -41,3 +41,45 @@ def test_a_name_in_use_is_refused_and_its_files_are_kept(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="study 'mine' is running"):
         studies.start_study(_study([0]), tmp_path, "mine")
     assert len(started) == 2
+
+
+def test_stop_study_ends_the_coordinator_and_its_workers(tmp_path):
+    """The Studies page's Stop button: SIGTERM to the study's process group (issue 18 #6)."""
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    script = ("import subprocess, sys, time, pathlib; "
+              "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+              f"pathlib.Path({str(pid_file)!r}).write_text(str(w.pid)); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    try:
+        (tmp_path / studies.LAUNCH_FILE).write_text(json.dumps({"pid": proc.pid, "workers": 1}))
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        worker = int(pid_file.read_text())
+        assert studies.study_running(tmp_path)
+        assert studies.stop_study(tmp_path)
+        assert proc.wait(timeout=30) == -15
+        deadline = time.monotonic() + 30
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(worker)
+        assert not studies.study_running(tmp_path) and not studies.stop_study(tmp_path)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:  # a zombie (reaped later by init) counts as gone
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
