@@ -38,9 +38,10 @@ from idlora_core.weights import open_weights  # noqa: E402
 
 # Seeds never used to choose the defaults (the unlucky seeds first).
 SEEDS = (3, 5, 7, 11, 13, 23, 42, 99, 123, 2026)
-# Test accuracy a default run must reach: the majority class of the test split is 0.576 and the
-# linear probe (head-only) averages 0.60 on it (docs/STUDIES.md); 0.65 is clearly above both.
-THRESHOLD = 0.65
+# Test accuracy a default run must reach: always answering "fresh" scores 0.574 on the 1,000 test
+# snippets, and the linear probe (head-only, the page's settings) averaged 0.633 over these 10
+# seeds (best seed 0.651); 0.70 is 7 points above its mean and above every one of its seeds.
+THRESHOLD = 0.70
 MAX_SECONDS = 120.0  # per run, process start to exit, on an idle 2-core CPU
 
 
