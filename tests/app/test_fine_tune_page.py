@@ -201,7 +201,7 @@ def test_run_plan_matches_the_choices():
                       "LoRA r=4", "LoRA r=8", "Full fine-tuning"]
     cfg = plan[2][1]
     assert cfg.adapter.targets[0].r == 8 and cfg.adapter.targets[0].k == 2
-    assert cfg.train.steps == 60 and cfg.tasks[0].name == "rotten_tomatoes"
+    assert cfg.train.steps == 150 and cfg.tasks[0].name == "rotten_tomatoes"
     assert cfg.tasks[0].num_test == sio.DEFAULTS["ft_num_test"]
 
 

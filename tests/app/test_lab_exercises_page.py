@@ -131,8 +131,10 @@ def test_exercise_4_preset_sets_the_fine_tune_controls():
     at = _start(4)
     assert not at.exception
     assert at.multiselect(key="ft_methods").value == ["idlora", "lora", "head-only", "base"]
-    assert at.number_input(key="ft_steps").value == 30
-    assert at.selectbox(key="ft_lr_idlora").value == 0.01 and at.selectbox(key="ft_lr_lora").value == 0.01
-    assert at.selectbox(key="ft_selection").value == "centroid"  # as the handout measured
+    assert at.number_input(key="ft_steps").value == 150
+    assert at.selectbox(key="ft_lr_idlora").value == 0.01 and at.selectbox(key="ft_lr_lora").value == 0.003
+    assert at.selectbox(key="ft_lr_head-only").value == 1.0
+    assert at.selectbox(key="ft_selection").value == "id"  # exercise 3's best strategy
+    assert at.multiselect(key="ft_tasks").value == ["rotten_tomatoes"]  # the real-data task
     assert at.session_state["layer_kinds"] == ["q", "v"]
     assert "Exercise 4" in " ".join(m.value for m in at.sidebar.markdown)
