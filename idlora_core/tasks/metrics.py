@@ -65,3 +65,9 @@ def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
     if len(predictions) != len(labels):
         raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
     return mean([int(p) == int(t) for p, t in zip(predictions, labels, strict=True)])
+
+
+def accuracy_score(predictions: Sequence[int], examples: Sequence) -> dict[str, float]:
+    """Return {'accuracy': fraction of predicted label ids equal to the examples' labels}: the
+    score of every classification task."""
+    return {"accuracy": accuracy(predictions, [e.label for e in examples])}

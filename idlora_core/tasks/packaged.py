@@ -16,7 +16,7 @@ import importlib.metadata
 from pathlib import Path
 
 from .base import Example, TaskData, example_key
-from .metrics import accuracy
+from .metrics import accuracy_score
 
 
 class DatasetNotInstalledError(ValueError):
@@ -100,11 +100,6 @@ def take(pool: list[Example], count: int, what: str, task: str, field: str) -> l
         raise ValueError(f"task {task!r} has {len(pool):,} {what} examples; {field}={count:,} is "
                          f"more: set {field} to at most {len(pool):,}")
     return pool[:count]
-
-
-def accuracy_score(predictions: list[int], examples: list[Example]) -> dict[str, float]:
-    """Return {'accuracy': fraction of predicted label ids equal to the true labels}."""
-    return {"accuracy": accuracy(predictions, [e.label for e in examples])}
 
 
 def classification_task(name: str, pools: tuple, num_train: int, num_eval: int, num_test: int,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 from .base import Example, TaskData, generate_splits
-from .metrics import accuracy
+from .metrics import accuracy_score
 
 _SUBJECTS = ("The movie", "This phone", "The hotel", "Our dinner", "The concert", "This book",
              "The service", "The new album", "That game", "The tour", "This laptop", "The class")
@@ -33,15 +33,10 @@ def make_review(rng: random.Random) -> Example:
     return Example(prompt=text, label=int(positive))
 
 
-def score(predictions: list[int], examples: list[Example]) -> dict[str, float]:
-    """Return {'accuracy': fraction of predicted labels equal to the true labels}."""
-    return {"accuracy": accuracy(predictions, [e.label for e in examples])}
-
-
 def build(num_train: int, num_eval: int, seed: int, num_test: int = 0) -> TaskData:
     """Return the sentiment task with `num_train` / `num_eval` reviews generated from `seed`."""
     train, evaluation, test = generate_splits(make_review, num_train, num_eval, seed,
                                              num_test=num_test)
-    return TaskData("sentiment", "classification", train, evaluation, score,
+    return TaskData("sentiment", "classification", train, evaluation, accuracy_score,
                     num_labels=2, label_names=list(LABELS), test=test,
                     source="synthetic templates, saturates (idlora_core/tasks/sentiment.py)")

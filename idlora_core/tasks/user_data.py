@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 
 from .base import Example, TaskData
-from .metrics import accuracy, exact_match, mean
+from .metrics import accuracy_score, exact_match, mean
 
 _LM_KEYS = ("prompt", "response")
 _CLS_KEYS = ("text", "label")
@@ -216,8 +216,5 @@ def build(path: str | Path, num_train: int, num_eval: int, seed: int, name: str 
     def to_cls(rs: list[dict]) -> list[Example]:
         return [Example(prompt=str(r["text"]), label=ids[str(r["label"])]) for r in rs]
 
-    def score_cls(predictions: list[int], examples: list[Example]) -> dict[str, float]:
-        return {"accuracy": accuracy(predictions, [e.label for e in examples])}
-
-    return TaskData(name, "classification", to_cls(train_records), to_cls(eval_records), score_cls,
+    return TaskData(name, "classification", to_cls(train_records), to_cls(eval_records), accuracy_score,
                     num_labels=len(names), label_names=names, test=to_cls(test_records), source=source)
