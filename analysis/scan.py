@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.sweep import SweepSpec, parse_grid, parse_strategies, sweep_layer, tidy_table
+from analysis.sweep_cli import output_problem
 from analysis.sweep_model import resolve_layers
 from idlora_core.cache import ResultCache
 from idlora_core.weights import open_weights
@@ -170,8 +171,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = SweepSpec(parse_grid(args.ks, "ks"), parse_grid(args.ranks, "ranks"),
                          parse_strategies(args.strategies), seed=args.seed,
                          normalize_rows=args.normalize_rows)
-        from analysis.sweep_cli import output_problem
-
         problem = output_problem(args.out, "--out")  # before the scan, not after its hours
         if problem:
             raise ValueError(problem)

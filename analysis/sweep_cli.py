@@ -2,7 +2,7 @@
 
 Parses strings into the library's sequences, opens the checkpoint's weights (no model is
 loaded: one tensor is read), sweeps one layer through the cache and writes the CSV / JSON
-files. The sweep itself is `analysis/sweep.py`.
+files. The sweep itself is `analysis/sweep/__init__.py`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What a sweep is asked (`SweepSpec`) and what it returns (`SweepResult`, the table's columns).
 
 The library takes sequences; only the command lines parse strings like "1,2,4"
-(`parse_grid`, `parse_strategies`). The sweep itself is `analysis/sweep.py`.
+(`parse_grid`, `parse_strategies`). The sweep itself is `analysis/sweep/__init__.py`.
 """
 
 from __future__ import annotations

@@ -59,12 +59,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
+from analysis.layers import filter_layers, layer_table
+from app.settings_io import lab_read_path
 from idlora_core.linalg.validation import STRATEGIES
 from idlora_core.models import (
     EMBEDDED,
@@ -199,20 +202,6 @@ def open_named(name: str) -> ModelHandle:
     return _open(name)
 
 
-def open_page(title: str, url_key: str) -> ModelHandle:
-    """Start an analysis page: defaults, its title, its choices mirrored into the URL under
-    `url_key`; return the shared model handle (the page stops after an error when there is none)."""
-    from app import url_state  # url_state imports this module
-
-    init_state()
-    st.title(title)
-    url_state.mirror(url_key)
-    loaded = get_model()
-    if loaded is None:
-        st.stop()
-    return loaded
-
-
 def get_model() -> ModelHandle | None:
     """Return the shared handle of the model chosen in the sidebar, or None after an st.error.
 
@@ -226,8 +215,6 @@ def get_model() -> ModelHandle | None:
                  "(one that holds config.json) in the sidebar, or pick an embedded model.")
         return None
     if st.session_state.get("model_choice") == "local":
-        from app.settings_io import lab_read_path
-
         try:
             lab_read_path(name, "model folder")
         except ValueError as exc:
@@ -247,8 +234,6 @@ def get_model() -> ModelHandle | None:
 
 def model_name_is_local() -> bool:
     """Return True when the sidebar points at an existing local model directory (not a hub id)."""
-    from pathlib import Path
-
     path = str(st.session_state.get("model_path", "")).strip()
     return st.session_state.get("model_choice") == "local" and bool(path) and Path(
         path).expanduser().is_dir()
@@ -256,8 +241,6 @@ def model_name_is_local() -> bool:
 
 def selected_layers(loaded: ModelHandle) -> list[str]:
     """Return the names of the linear layers matching the chosen layer kinds and block range."""
-    from analysis.layers import filter_layers, layer_table
-
     table = filter_layers(
         layer_table(loaded.weights),
         kinds=st.session_state.get("layer_kinds") or None,

@@ -16,6 +16,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 
 from analysis.views import short_label
+from idlora_core.study.summary import pareto_mask, test_metric_name
 
 STRATEGY_COLORS = {"id": "#1f77b4", "centroid": "#ff7f0e", "random": "#2ca02c"}
 STRATEGY_SYMBOLS = {"id": "circle", "centroid": "diamond", "random": "x"}
@@ -238,4 +239,72 @@ def tradeoff_figure(done: pd.DataFrame, chance: float | None = None,
                + ("; base, training none, at 1)" if based else ")")},
         yaxis={"range": [0, top], "title": title + ("; axis from 0" if loss else "")},
     )
+    return fig
+
+
+# --- Studies ---------------------------------------------------------------------------------
+def study_tradeoff_figure(summary: pd.DataFrame, metric: str, direction: str = "maximize") -> go.Figure:
+    """Return the trade-off plot: the TEST metric (mean over seeds at the validation-chosen
+    learning rate, 95 % CI error bars) against trainable parameters when the runs report one,
+    else the validation metric (log x; base at 1 parameter so it shows), one colour per method,
+    the Pareto frontier of the plotted means as a dashed line; head-only and base drawn as
+    reference points."""
+    fig = go.Figure()
+    df = summary.copy()
+    on_test = "test_mean" in df and df["test_mean"].notna().any()
+    prefix = "test" if on_test else "metric"
+    df["y"], df["lo"], df["hi"] = df[f"{prefix}_mean"], df[f"{prefix}_ci95_low"], df[f"{prefix}_ci95_high"]
+    if not metric.endswith("loss") and df["y"].dropna().between(0, 1).all():
+        # a score in [0, 1]: a 2-seed t-interval can pass 1.0; draw it within the metric's range
+        df["lo"], df["hi"] = df["lo"].clip(lower=0), df["hi"].clip(upper=1)
+    df["x"] = df["trainable"].clip(lower=1)
+    for method, part in df.groupby("method", sort=False):
+        ref = method in ("head-only", "base")
+        err_hi = (part["hi"] - part["y"]).fillna(0)
+        err_lo = (part["y"] - part["lo"]).fillna(0)
+        label = part.apply(lambda r: f"r={r['r']}" if pd.notna(r["r"]) else "", axis=1)
+        fig.add_trace(go.Scatter(
+            x=part["x"], y=part["y"], mode="markers+text" if not ref else "markers", name=method,
+            text=label, textposition="top center",
+            marker={"size": 12 if ref else 9, "symbol": "star" if ref else "circle",
+                    "color": METHOD_COLORS.get(method, "#7f7f7f")},
+            error_y={"type": "data", "symmetric": False, "array": err_hi, "arrayminus": err_lo},
+            customdata=part[["trainable", "best_learning_rate", "n_seeds"]].to_numpy(),
+            hovertemplate="%{fullData.name} %{text}<br>trainable %{customdata[0]:,}<br>"
+                          "best lr %{customdata[1]}<br>mean %{y:.3f} over %{customdata[2]} seeds<extra></extra>"))
+    front = df[pareto_mask(df["x"], df["y"], direction == "maximize")].sort_values("x")
+    if len(front):
+        fig.add_trace(go.Scatter(x=front["x"], y=front["y"], mode="lines", name="Pareto frontier",
+                                 line={"dash": "dash", "color": "#444"}, line_shape="hv"))
+    shown = test_metric_name(metric) if on_test else metric
+    note = " (held-out test; lr chosen on validation)" if on_test else ""
+    fig.update_layout(xaxis_type="log", xaxis_title="trainable parameters (log; base shown at 1)",
+                      yaxis_title=f"{shown}{note}, {'higher' if direction == 'maximize' else 'lower'} is better",
+                      legend_title="method", margin={"t": 30})
+    return fig
+
+
+def study_lr_figure(trials: pd.DataFrame, metric: str) -> go.Figure:
+    """Return metric against learning rate (log x), one line per (method, r, k) budget, mean over
+    seeds with min-max bars: is every method compared at its own best learning rate?"""
+    fig = go.Figure()
+    done = trials[(trials["state"] == "COMPLETE") & trials["learning_rate"].notna()]
+    if metric not in done:
+        return fig
+    order = {m: i for i, m in enumerate(METHOD_COLORS)}
+    done = done.assign(_m=done["method"].map(order)).sort_values(["_m", "r", "k", "learning_rate"])
+    done = done.assign(budget=done.apply(lambda r: f"{r['method']}" + (f" r={r['r']}" if pd.notna(r["r"]) else "")
+                                         + (f" k={r['k']}" if pd.notna(r["k"]) else ""), axis=1))
+    for budget, part in done.groupby("budget", sort=False):
+        stats = part.groupby("learning_rate")[metric].agg(["mean", "min", "max"]).reset_index()
+        method = part["method"].iloc[0]
+        fig.add_trace(go.Scatter(
+            x=stats["learning_rate"], y=stats["mean"], mode="lines+markers", name=budget,
+            line={"color": METHOD_COLORS.get(method, "#7f7f7f")},
+            error_y={"type": "data", "symmetric": False, "array": stats["max"] - stats["mean"],
+                     "arrayminus": stats["mean"] - stats["min"]}))
+    rates = sorted(done["learning_rate"].astype(float).unique())
+    fig.update_layout(xaxis_type="log", xaxis_title="learning rate (log)", yaxis_title=f"{metric} (mean over seeds)",
+                      legend_title="budget", margin={"t": 30})
+    fig.update_xaxes(tickvals=rates, ticktext=[f"{v:g}" for v in rates])  # 0.003 reads as 0.003, not "3"
     return fig

@@ -176,7 +176,7 @@ def runs_root() -> Path:
     """Return the server's runs folder (absolute): IDLORA_RUNS_DIR, else `runs/` in the repo.
 
     A server setting read at each call: pages never take a folder from the user, only a run
-    name checked by `analysis.runs.safe_run_dir`.
+    name checked by `idlora_core.jobs.runs.safe_run_dir`.
     """
     raw = os.environ.get("IDLORA_RUNS_DIR", "").strip() or "runs"
     path = Path(raw).expanduser()
@@ -320,7 +320,7 @@ def finetune_configs(
     """Return (label, RunConfig) for every run the Fine-tune page would start.
 
     One run per method x r x k; k only varies for methods that use it (ID-LoRA, HydraLoRA),
-    and full fine-tuning ignores r and k. `output_dir` is filled in by `analysis.runs.start_run`.
+    and full fine-tuning ignores r and k. `output_dir` is filled in by `idlora_core.jobs.runs.start_run`.
     """
     if not layers:
         raise ValueError("no target layers: pick layer types on the Model & layers page")

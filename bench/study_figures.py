@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.studies import lr_figure, study_tables, tradeoff_figure
+from analysis.studies import study_tables
+from app.figures import study_lr_figure as lr_figure
+from app.figures import study_tradeoff_figure as tradeoff_figure
 from idlora_core.study.summary import to_markdown
 
 

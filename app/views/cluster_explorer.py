@@ -19,10 +19,10 @@ from app.common import (
     STRATEGIES,
     ensure_layer,
     layer_weight,
-    open_page,
     plain,
 )
 from app.figures import QUALITATIVE, STRATEGY_COLORS, TOP_MARGIN
+from app.page import open_page
 
 SYMBOLS = {"id": "circle-open", "centroid": "diamond-open", "random": "x-thin-open"}
 

@@ -19,11 +19,11 @@ from app.common import (
     STRATEGIES,
     ensure_layer,
     layer_weight,
-    open_page,
     plain,
     selected_layers,
     valid,
 )
+from app.page import open_page
 from app.sweeps import run_sweeps, spectral_sweep, stored_sweeps
 
 K_OPTIONS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]

@@ -13,7 +13,6 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from analysis.runs import RunPathError, safe_run_dir
 from app import settings_io as sio
 from app.common import (
     STRATEGIES,
@@ -28,6 +27,7 @@ from app.common import (
 from idlora_core.adapters.budget import trainable_params
 from idlora_core.adapters.skeletons import layer_skeletons
 from idlora_core.config import METHODS, ConfigError, RunConfig, dumps_config, loads_config
+from idlora_core.jobs.runs import RunPathError, safe_run_dir
 
 MAX_UPLOAD_BYTES = 256 * 1024
 # Widget values survive page switches (Streamlit >= 1.67).

@@ -1,9 +1,9 @@
 """Fine-tune page: start short runs of several PEFT methods, watch them live, compare them.
 
-Runs are `python -m idlora_core.train` subprocesses (see `analysis/runs.py`), each in its own
+Runs are `python -m idlora_core.train` subprocesses (see `idlora_core/jobs/runs.py`), each in its own
 folder under the runs folder; this page only writes their configs, starts/cancels them and
 tails their `metrics.jsonl`. The live view is a fragment that polls only while a run of this
-session is active. Runs wait in the server's one queue (`analysis/run_queue.py`: one FIFO for
+session is active. Runs wait in the server's one queue (`idlora_core/jobs/run_queue.py`: one FIFO for
 all sessions, one limit, on disk under the runs folder, pumped by a server thread), so a closed
 tab loses nothing; this tab's tickets and handles live in its session state, so two tabs never
 touch each other's runs.
@@ -19,7 +19,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from analysis import run_queue, runs
+from analysis import runs as run_tables
 from app import figures, url_state
 from app import settings_io as sio
 from app.common import (
@@ -35,10 +35,11 @@ from app.common import (
 )
 from app.report import COLLAPSED_NOTE, headline, lead_columns, readable, runs_display
 from idlora_core.config import ALL_METHODS
+from idlora_core.jobs import run_queue, runs, slots
 from idlora_core.tasks import pool_sizes
 from idlora_core.training import compare
 from idlora_core.training.evaluate import collapsed
-from idlora_core.training.run_files import read_run_json
+from idlora_core.training.run_files import ACTIVE_STATES, MetricsTail, read_run_json
 
 POLL_SECONDS = 1.0
 LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2, 2e-2,
@@ -126,7 +127,7 @@ def _controls(loaded) -> list[str]:
         c4.selectbox("Precision", ["auto", "fp32", "bf16", "fp16"], key="ft_precision", **KEEP)
         c1.selectbox("Device", ["auto", "cpu", "cuda"], key="ft_device", **KEEP)
         c2.number_input("Warm-up steps", **sio.bounds("ft_warmup_steps"), key="ft_warmup_steps", **KEEP)
-        limit = run_queue.max_runs()
+        limit = slots.max_runs()
         c4.caption(f"At most **{limit}** run{'' if limit == 1 else 's'} train{'s' if limit == 1 else ''} at once on this server "
                    "(all users; IDLORA_MAX_RUNS); further runs wait in one queue, first come first served.")
         c3.checkbox("Gradient checkpointing", key="ft_gradient_checkpointing", **KEEP,
@@ -202,7 +203,7 @@ def _metrics(run_dir) -> pd.DataFrame:
     tails = st.session_state[TAILS]
     key = str(run_dir)
     if key not in tails:
-        tails[key] = runs.MetricsTail(run_dir)
+        tails[key] = MetricsTail(run_dir)
     tails[key].read()
     return tails[key].frame
 
@@ -276,7 +277,7 @@ def _live_view(past: list) -> None:
     frames = {_label(d): _metrics(d) for d in dirs}
     rows = []
     for d, df in zip(dirs, frames.values(), strict=True):
-        row = runs.run_summary(d, df)
+        row = run_tables.run_summary(d, df)
         handle = next((h for h in handles if h.run_dir == d), None)
         if handle is not None:
             row["state"] = runs.run_state(handle)
@@ -284,7 +285,7 @@ def _live_view(past: list) -> None:
     table = _with_notes(pd.DataFrame(rows))
     waiting = _queued()
     queued = len(waiting)
-    active = int(table["state"].isin(runs.ACTIVE_STATES).sum())
+    active = int(table["state"].isin(ACTIVE_STATES).sum())
     st.caption(f"{active} running, {queued} queued, {len(table) - active} done · "
                + ("updating every second" if active or queued else "idle"))
     if waiting:
@@ -310,7 +311,7 @@ def _live_view(past: list) -> None:
                        + (f" than {lr:g}." if isinstance(lr, (int, float)) else "."))
     _tradeoff(table)
     _compare_section([d for d, state in zip(dirs, table["state"], strict=True)
-                      if state not in runs.ACTIVE_STATES])
+                      if state not in ACTIVE_STATES])
     failed = table[table["state"] == "failed"]
     for d in [d for d in dirs if d.name in set(failed["run"])]:
         st.error(f"Run {_label(d)} failed. Last lines of its log:\n\n"
@@ -401,7 +402,7 @@ def main() -> None:
     st.multiselect(f"Reload past runs from {root}", past_names, key="ft_past", **KEEP)
     past = [root / name for name in state["ft_past"]]
 
-    active = any(runs.run_state(h) in runs.ACTIVE_STATES for h in state[HANDLES])
+    active = any(runs.run_state(h) in ACTIVE_STATES for h in state[HANDLES])
     waiting = any(_queue().place(t.id) is not None for t in state[TICKETS])
     st.fragment(run_every=POLL_SECONDS if active or waiting else None)(_live_view)(past)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from analysis.layers import block_span, filter_layers, layer_table, model_summary
-from app.common import RANGE_OWNER, open_page, valid
+from app.common import RANGE_OWNER, valid
+from app.page import open_page
 
 loaded = open_page("Model & layers", "model")
 

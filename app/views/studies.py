@@ -5,7 +5,7 @@ by `python -m idlora_core.study` in its own process session: closing the tab doe
 The page draws, from the study's storage, the trade-off plot (metric against trainable
 parameters with 95 % CIs and the Pareto frontier), metric against learning rate per budget,
 the summary table (validation and test columns) and a paired comparison of two budgets.
-No maths here: `analysis/studies.py` and `idlora_core/study/`.
+No maths here: `analysis/studies.py`, `idlora_core/study/` and `idlora_core/jobs/studies.py`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import streamlit as st
 
 from analysis import studies
+from app import figures
 from app import settings_io as sio
 from app.common import (
     K_CHOICES,
@@ -27,6 +28,8 @@ from app.common import (
     selected_layers,
 )
 from idlora_core.config import ALL_METHODS, ConfigError
+from idlora_core.jobs import run_queue
+from idlora_core.jobs import studies as jobs
 from idlora_core.study.config import load_study
 from idlora_core.study.summary import paired_difference, to_markdown
 
@@ -122,7 +125,7 @@ def _setup(loaded) -> None:
         st.info("Load a model (sidebar) to build a grid from the Fine-tune choices.")
     if study is None:
         return
-    slots = studies.free_run_slots(sio.runs_root())
+    slots = run_queue.free_run_slots(sio.runs_root())
     if slots < 1:
         st.warning("The server's run limit is reached (IDLORA_MAX_RUNS): wait for running fine-tunes or "
                    "studies to finish before starting a study.")
@@ -143,7 +146,7 @@ def _setup(loaded) -> None:
     name = st.text_input("Study name", key="st_name")
     if st.button("Start study", type="primary", key="st_start"):
         try:
-            out = studies.start_study(study.model_copy(update={"name": name}), sio.runs_root(), name, int(workers))
+            out = jobs.start_study(study.model_copy(update={"name": name}), sio.runs_root(), name, int(workers))
         except (ValueError, OSError) as exc:
             st.error(f"Could not start the study: {exc}")
             return
@@ -158,7 +161,7 @@ def _show(folder: Path) -> None:
     except (ConfigError, ValueError, KeyError) as exc:
         st.warning(f"{folder.name}: {exc}")
         return
-    running = studies.study_running(folder)
+    running = jobs.study_running(folder)
     done = int((trials["state"] == "COMPLETE").sum()) if len(trials) else 0
     total = len(meta["cells"])
     st.progress(min(done / max(total, 1), 1.0), text=f"{done} / {total} trials complete"
@@ -166,21 +169,21 @@ def _show(folder: Path) -> None:
     if running and st.button("Stop this study", key="st_stop",
                              help="Its runs stop after their current step; starting it again with the "
                              "same settings resumes it (finished trials are never repeated)."):
-        if studies.stop_study(folder):
+        if jobs.stop_study(folder):
             st.toast(f"Asked {folder.name} to stop after the current step of each run.")
     metric, direction = meta["metric"], meta["direction"]
     if summary.empty:
         st.info("No finished trial yet.")
         return
     st.markdown("#### Trade-off: quality against trainable parameters")
-    st.plotly_chart(studies.tradeoff_figure(summary, metric, direction), key="st_tradeoff")
+    st.plotly_chart(figures.study_tradeoff_figure(summary, metric, direction), key="st_tradeoff")
     st.caption("Held-out test mean over seeds (the validation mean when the runs report no test metric) at "
                "each budget's learning rate chosen on validation; bars: 95 % t-interval, drawn within [0, 1] "
                "for scores. With 2-3 seeds an interval is wide: that is the honest width of so few samples; "
                "the paired comparison below is sharper. Dashed: Pareto frontier (fewer parameters, better "
                "metric). Stars: head-only and base, the reference points.")
     st.markdown("#### Is the comparison fair? Metric against learning rate")
-    st.plotly_chart(studies.lr_figure(trials, metric), key="st_lr")
+    st.plotly_chart(figures.study_lr_figure(trials, metric), key="st_lr")
     st.markdown("#### Summary")
     st.dataframe(summary, hide_index=True, key="st_summary", column_config=HEADERS)
     st.caption("The learning rate is chosen on the validation mean; the test columns are the held-out test "
@@ -228,9 +231,9 @@ def main() -> None:
     st.caption("A fair comparison: every method at its own best learning rate, several seeds, against "
                "head-only and base. Run as Optuna trials; each trial is an ordinary run folder.")
     loaded = get_model()
-    with st.expander("New study", expanded=not studies.list_studies(sio.runs_root())):
+    with st.expander("New study", expanded=not jobs.list_studies(sio.runs_root())):
         _setup(loaded)
-    past = studies.list_studies(sio.runs_root())
+    past = jobs.list_studies(sio.runs_root())
     if not past:
         return
     names = [str(p) for p in past]
@@ -238,7 +241,7 @@ def main() -> None:
     index = names.index(current) if current in names else 0
     chosen = st.selectbox("Study", names, index=index, format_func=lambda p: Path(p).name, key="st_open")
     st.session_state[CURRENT] = chosen
-    every = 3.0 if studies.study_running(chosen) else None
+    every = 3.0 if jobs.study_running(chosen) else None
 
     @st.fragment(run_every=every)
     def live() -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from analysis.runs import RunPathError, safe_run_dir
 from app import settings_io as sio
 from idlora_core.config import RunConfig, dumps_config
+from idlora_core.jobs.runs import RunPathError, safe_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPORT_PAGE = str(ROOT / "app" / "views" / "export_import.py")

@@ -59,7 +59,7 @@ def _no_queue_left_running():
     """The page starts the server's queue thread; stop it after each test so that no waiting
     run is started once the fake process is gone."""
     yield
-    from analysis import run_queue
+    from idlora_core.jobs import run_queue
 
     run_queue.stop_workers()
 
@@ -219,9 +219,9 @@ def test_head_only_on_a_causal_lm_is_refused_before_queueing():
 
 
 def _fake_training_processes(monkeypatch) -> list:
-    """Make `analysis.runs` start fake training processes that keep running (their pid is this
+    """Make `idlora_core.jobs.runs` start fake training processes that keep running (their pid is this
     test's); return the list their command lines are appended to."""
-    from analysis import runs
+    from idlora_core.jobs import runs
 
     started = []
 

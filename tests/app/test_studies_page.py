@@ -53,7 +53,7 @@ def test_preset_shows_run_count_and_estimate(tmp_path, monkeypatch):
 
 
 def test_start_refused_when_the_run_limit_is_reached(tmp_path, monkeypatch):
-    from analysis import studies
+    from idlora_core.jobs import studies
 
     monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
     monkeypatch.setenv("IDLORA_MAX_RUNS", "1")

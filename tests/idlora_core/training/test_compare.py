@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from idlora_core.training.compare import compare_runs, main, to_markdown
+from idlora_core.compare import main
+from idlora_core.training.compare import compare_runs, to_markdown
 
 
 def fake_run(root, name, method, trainable, losses, evals, seconds=10.0):

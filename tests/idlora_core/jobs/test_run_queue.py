@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from analysis import run_queue, runs
-from analysis.run_queue import QueueWorker, RunQueue, max_runs, ticket_state
 from idlora_core.config import parse_config
+from idlora_core.jobs import runs, slots
+from idlora_core.jobs.run_queue import QueueWorker, RunQueue, free_run_slots, ticket_state
+from idlora_core.jobs.slots import max_runs
 from idlora_core.training.run_files import read_status, write_status
 
 
@@ -53,9 +54,9 @@ def test_limit_from_env_gpus_or_cpu_cores(monkeypatch):
             max_runs()
     monkeypatch.delenv("IDLORA_MAX_RUNS")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(run_queue.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(slots.os, "cpu_count", lambda: 8)
     assert max_runs() == 4
-    monkeypatch.setattr(run_queue.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(slots.os, "cpu_count", lambda: 1)
     assert max_runs() == 1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -165,7 +166,7 @@ def test_real_training_runs_one_after_the_other(tiny_bert_dir, tmp_path):
 def test_a_running_studys_workers_take_slots_from_the_queue(tmp_path, monkeypatch):
     import json
 
-    from analysis.studies import LAUNCH_FILE, STUDIES_DIR, free_run_slots
+    from idlora_core.jobs.studies import LAUNCH_FILE, STUDIES_DIR
 
     started: list = []
     queue = RunQueue(tmp_path, limit=2, launcher=sleeper(30, started))
@@ -195,7 +196,6 @@ def test_runs_started_by_hand_in_the_runs_folder_take_slots(tmp_path, monkeypatc
     import json
     import socket
 
-    from analysis.studies import free_run_slots
     from idlora_core.training.run_folder import LOCK_FILE, RunFolder
 
     monkeypatch.setenv("IDLORA_MAX_RUNS", "2")

@@ -14,7 +14,6 @@ float32 size on top of the imports; the exact path (small layers) works in float
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 
@@ -282,9 +281,3 @@ def _order(Z: np.ndarray, idx: np.ndarray, strategy: str, seed: int, c: int) -> 
 def _spectral(W: np.ndarray, labels: np.ndarray, skeleton: list[np.ndarray], s1: float) -> float:
     # Explicit residual: no identity gives the spectral norm of every rank at once.
     return float(sla.svdvals(clusterwise_residual(W, labels, skeleton), check_finite=False)[0]) / s1
-
-
-if __name__ == "__main__":  # `python -m analysis.sweep`: the CLI lives in sweep_cli.py
-    from analysis.sweep_cli import main
-
-    sys.exit(main())

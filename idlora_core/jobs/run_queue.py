@@ -1,4 +1,4 @@
-"""The lab server's one run queue: runs from every session wait in one FIFO under one limit.
+"""The lab server's one run queue: runs from every session wait in one FIFO under one limit (`idlora_core.jobs.slots`).
 
 The queue lives on disk, in `RUNS_ROOT/.queue/`, not in any browser session: closing a tab
 does not lose or stall its queued runs, a restarted server finds them again, and two server
@@ -8,8 +8,8 @@ processes on one runs folder share it. Layout:
   active/<id>.json              a started run: its folder and process id
   lock                          flock'ed while the queue is changed
 `QueueWorker` (one thread per server process) calls `pump()` every second: while fewer
-runs are alive than `max_runs()`, the oldest waiting run is started with
-`analysis.runs.start_run`. Sessions only `submit`, `cancel` and ask for their `place`.
+runs are alive than `slots.max_runs()`, the oldest waiting run is started with
+`idlora_core.jobs.runs.start_run`. Sessions only `submit`, `cancel` and ask for their `place`.
 
 No Streamlit here; the Fine-tune page shows the places.
 """
@@ -21,7 +21,6 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -31,40 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis import runs
 from idlora_core.cache import write_text_atomic
 from idlora_core.config import RunConfig, dumps_config, loads_config
+from idlora_core.jobs import runs, slots
 from idlora_core.training.run_files import ACTIVE_STATES, read_status, write_status
-from idlora_core.training.run_folder import LOCK_FILE, pid_alive, read_lock
+from idlora_core.training.run_folder import pid_alive
 
 QUEUE_DIR = ".queue"
-
-
-def max_runs() -> int:
-    """Return how many runs may train at once on this server: $IDLORA_MAX_RUNS when set, else one
-    per GPU, else one per 2 CPU cores (at least 1). Raises ValueError for a bad setting."""
-    raw = os.environ.get("IDLORA_MAX_RUNS", "").strip()
-    if raw:
-        if not raw.isdigit() or int(raw) < 1:
-            raise ValueError(f"IDLORA_MAX_RUNS must be a whole number >= 1, got {raw[:40]!r}")
-        return int(raw)
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return gpus if gpus > 0 else max(1, (os.cpu_count() or 2) // 2)
-
-
-def hand_started_runs(runs_root: str | Path, known: set[Path] = frozenset()) -> int:
-    """Return the number of training processes alive on this host in run folders directly under
-    `runs_root` that are not in `known`: runs started by hand (`python -m idlora_core.train`
-    with an output_dir in the runs folder) hold the folder's lock and use a slot too."""
-    host, busy = socket.gethostname(), 0
-    for lock in Path(runs_root).glob(f"*/{LOCK_FILE}"):
-        holder = read_lock(lock.parent) or {}
-        if (lock.parent.resolve() not in known and holder.get("host") == host
-                and pid_alive(holder.get("pid"))):
-            busy += 1
-    return busy
 
 
 @dataclass(frozen=True)
@@ -78,10 +50,10 @@ class Ticket:
 
 
 class RunQueue:
-    """The on-disk FIFO of runs under `runs_root` with at most `limit` (default `max_runs()`) alive.
+    """The on-disk FIFO of runs under `runs_root` with at most `limit` (default `slots.max_runs()`) alive.
 
     launcher(config, runs_root, name) starts one run and returns its RunHandle (default
-    `analysis.runs.start_run`).
+    `idlora_core.jobs.runs.start_run`).
     """
 
     def __init__(self, runs_root: str | Path, limit: int | None = None,
@@ -143,11 +115,7 @@ class RunQueue:
     def slots_in_use(self) -> int:
         """Return how many training processes hold a slot of the server's limit: this queue's
         live runs, runs started by hand in the runs folder, and the workers of running studies."""
-        from analysis.studies import study_workers_alive  # studies import this module
-
-        running = self.running()
-        known = {Path(e["run_dir"]).resolve() for e in running}
-        return len(running) + hand_started_runs(self.root, known) + study_workers_alive(self.root)
+        return slots.slots_in_use(self.root, [Path(e["run_dir"]) for e in self.running()])
 
     def _reap(self) -> None:
         for key, proc in list(self._children.items()):
@@ -172,7 +140,7 @@ class RunQueue:
 
         Also closes the books on started runs whose process died without a final status.
         """
-        limit = self.limit or max_runs()
+        limit = self.limit or slots.max_runs()
         started: list[runs.RunHandle] = []
         with self._locked():
             self._reap()
@@ -208,6 +176,13 @@ class RunQueue:
         return started
 
 
+def free_run_slots(runs_root: str | Path) -> int:
+    """Return how many more processes may train now under the server's global run limit
+    (`slots.max_runs()`): the limit minus queued runs alive, runs started by hand in the runs
+    folder and the workers of studies still running."""
+    return slots.max_runs() - RunQueue(runs_root).slots_in_use()
+
+
 def ticket_state(queue: RunQueue, ticket: Ticket) -> tuple[str, int | None]:
     """Return (state, place) of a ticket: ('queued', place in line) while waiting, else the run
     folder's state ('starting' until its folder appears) and None."""
@@ -216,11 +191,7 @@ def ticket_state(queue: RunQueue, ticket: Ticket) -> tuple[str, int | None]:
         return "queued", place
     if not ticket.run_dir.exists():
         return "starting", None
-    state = read_status(ticket.run_dir).get("state", "starting")
-    pid = read_status(ticket.run_dir).get("pid")
-    if state in ACTIVE_STATES and isinstance(pid, int) and not pid_alive(pid):
-        return "failed", None
-    return state, None
+    return runs.recorded_state(ticket.run_dir), None
 
 
 _WORKERS: list[QueueWorker] = []

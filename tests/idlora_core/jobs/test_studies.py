@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from analysis import studies
-from analysis.runs import RunPathError
+from idlora_core.jobs import studies
+from idlora_core.jobs.runs import RunPathError
 from idlora_core.study.config import parse_study
 
 BASE = {"adapter": {"method": "idlora", "targets": [{"pattern": "query", "r": 8, "k": 4}]},

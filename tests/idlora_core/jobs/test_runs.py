@@ -1,4 +1,4 @@
-"""Tests for analysis.runs: path safety, incremental metrics reading, run summaries, start/cancel."""
+"""Tests for idlora_core.jobs.runs (path safety, start/cancel) and the run tables of analysis.runs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis import runs
+from analysis import runs as tables
 from idlora_core.config import RunConfig, load_config
+from idlora_core.jobs import runs
+from idlora_core.training import run_files
 
 
 def _write_fake_run(root: Path, name: str, method: str, losses: list[float], state="finished"):
@@ -56,7 +58,7 @@ def test_new_run_names_are_distinct():
 
 def test_metrics_tail_reads_only_new_complete_lines(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    tail = runs.MetricsTail(tmp_path)
+    tail = run_files.MetricsTail(tmp_path)
     assert tail.read() == 0 and tail.frame.empty  # no file yet
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo', encoding="utf-8")
     assert tail.read() == 1
@@ -72,7 +74,7 @@ def test_metrics_tail_reads_only_new_complete_lines(tmp_path):
 def test_run_summary_and_table_from_fake_runs(tmp_path):
     a = _write_fake_run(tmp_path, "a", "idlora", [3.0, 2.0, 1.5])
     b = _write_fake_run(tmp_path, "b", "lora", [3.0, 2.5], state="cancelled")
-    table = runs.runs_table([a, b])
+    table = tables.runs_table([a, b])
     assert table["run"].tolist() == ["a", "b"]
     assert table["method"].tolist() == ["idlora", "lora"]
     assert table["state"].tolist() == ["finished", "cancelled"]
@@ -93,9 +95,9 @@ def test_list_runs_skips_other_folders(tmp_path):
 
 
 def test_read_metrics_missing_is_empty(tmp_path):
-    assert isinstance(runs.read_metrics(tmp_path), pd.DataFrame)
-    assert runs.read_metrics(tmp_path).empty
-    assert runs.read_status(tmp_path) == {} and runs.read_run_json(tmp_path) == {}
+    assert isinstance(tables.read_metrics(tmp_path), pd.DataFrame)
+    assert tables.read_metrics(tmp_path).empty
+    assert run_files.read_status(tmp_path) == {} and run_files.read_run_json(tmp_path) == {}
 
 
 def test_train_command_is_an_argument_list(tmp_path):
@@ -123,7 +125,7 @@ def test_start_run_writes_config_in_own_folder(tmp_path, monkeypatch):
     cmd, kwargs = started[0]
     assert cmd[1:4] == ["-m", "idlora_core.train", str(h1.run_dir / "config.yaml")]
     assert "shell" not in kwargs and kwargs["start_new_session"] is True
-    assert runs.read_status(h1.run_dir)["state"] == "starting"
+    assert run_files.read_status(h1.run_dir)["state"] == "starting"
     with pytest.raises(runs.RunPathError):
         runs.start_run(RunConfig(), tmp_path, name="../evil")
 
@@ -147,7 +149,7 @@ def test_real_run_streams_metrics_and_cancel_keeps_them(tmp_path, tiny_bert_dir)
     })
     handle = runs.start_run(cfg, tmp_path)
     try:
-        tail = runs.MetricsTail(handle.run_dir)
+        tail = run_files.MetricsTail(handle.run_dir)
         assert _wait(lambda: tail.read() >= 0 and len(tail.rows) >= 3, 90), runs.log_tail(
             handle.run_dir)
         assert runs.run_state(handle) == "running"
@@ -157,17 +159,17 @@ def test_real_run_streams_metrics_and_cancel_keeps_them(tmp_path, tiny_bert_dir)
         if handle.process.poll() is None:
             handle.process.kill()
     assert runs.run_state(handle) == "cancelled"
-    assert runs.read_status(handle.run_dir)["state"] == "cancelled"
+    assert run_files.read_status(handle.run_dir)["state"] == "cancelled"
     tail.read()
     frame = tail.frame
     steps = frame.loc[frame["loss"].notna(), "step"].tolist()
     assert steps[:3] == [1, 2, 3] and 3 <= len(steps) < 10_000
-    assert runs.read_metrics(handle.run_dir)["step"].tolist() == frame["step"].tolist()
+    assert tables.read_metrics(handle.run_dir)["step"].tolist() == frame["step"].tolist()
     # trainable = ID-LoRA on the 2 query layers (32 x 32): m*r + k*r each (docs/THEORY.md)
-    summary = runs.run_summary(handle.run_dir)
+    summary = tables.run_summary(handle.run_dir)
     assert summary["method"] == "idlora" and summary["state"] == "cancelled"
     assert summary["step"] == steps[-1]
-    report = runs.read_run_json(handle.run_dir)["adapter_report"]
+    report = run_files.read_run_json(handle.run_dir)["adapter_report"]
     assert [row["trainable"] for row in report["rows"]] == [32 * 2 + 2 * 2] * 2
     assert summary["trainable_params"] > 2 * (32 * 2 + 2 * 2)  # + the classification head
 
@@ -176,8 +178,8 @@ def test_every_state_the_ui_writes_is_a_run_files_state(tmp_path):
     from idlora_core.training import run_files
 
     run_files.write_status(tmp_path, "starting", "process starting", pid=None)
-    status = runs.read_status(tmp_path)
+    status = run_files.read_status(tmp_path)
     assert status["state"] == "starting" and status["pid"] is None
-    assert set(runs.ACTIVE_STATES) | set(runs.FINAL_STATES) == set(run_files.STATES)
+    assert set(run_files.ACTIVE_STATES) | set(run_files.FINAL_STATES) == set(run_files.STATES)
     with pytest.raises(ValueError, match="state must be one of"):
         run_files.write_status(tmp_path, "queued-ish")

@@ -7,7 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.studies import lr_figure, tradeoff_figure
+from app.figures import study_lr_figure as lr_figure
+from app.figures import study_tradeoff_figure as tradeoff_figure
 
 
 def _summary(with_test: bool) -> pd.DataFrame:

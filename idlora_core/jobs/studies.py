@@ -1,0 +1,111 @@
+"""Study processes: start one in the background, ask it to stop, say whether it runs, list them.
+
+A study runs as `python -m idlora_core.study` in its own process session, so it keeps running
+when the browser tab closes; its folder (`RUNS/studies/NAME`) holds the study (`input.yaml`), the
+Optuna storage and `launcher.json` (the pid and worker count that the run limit counts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from idlora_core.cache import write_text_atomic
+from idlora_core.jobs.runs import REPO_ROOT, RunPathError, safe_run_dir
+from idlora_core.study.config import StudyConfig, dumps_study
+from idlora_core.training.run_folder import pid_alive
+
+STUDIES_DIR = "studies"
+LAUNCH_FILE = "launcher.json"
+
+
+def study_dir(runs_root: str | Path, name: str) -> Path:
+    """Return the folder RUNS/studies/NAME of a study name; raises RunPathError unless the name is
+    one plain folder name (a name such as `a/b`, `` or `.` made a study the page never listed
+    and the run limit never counted)."""
+    text = str(name).strip()
+    if not text or text in (".", "..") or any(c in text for c in "/\\\x00"):
+        raise RunPathError(f"study name {name!r} must be one folder name (no '/', not empty, not '.'), "
+                           "e.g. my-study")
+    return safe_run_dir(Path(runs_root), f"{STUDIES_DIR}/{text}")
+
+
+def start_study(study: StudyConfig, runs_root: str | Path, name: str, workers: int = 1) -> Path:
+    """Write the study into RUNS/studies/NAME and start it in a new process session (it survives
+    the browser tab); return the folder. The process output goes to study.log.
+
+    Raises ValueError when the name is not one folder name, when a study of that name is still
+    running, or when the folder holds a study with other settings (the same settings resume it:
+    finished trials are never repeated)."""
+    out = study_dir(runs_root, name)
+    spec = out / "input.yaml"
+    text = dumps_study(study)
+    if study_running(out):
+        raise ValueError(f"study {name!r} is running; choose another name, or wait for it to finish")
+    if spec.is_file() and spec.read_text(encoding="utf-8") != text:
+        raise ValueError(f"a study with other settings is named {name!r}; choose another name "
+                         "(the same settings resume it)")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(spec, text)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    with open(out / "study.log", "ab") as log:
+        proc = subprocess.Popen(  # noqa: S603 - argument list, no shell
+            [sys.executable, "-m", "idlora_core.study", str(spec), "--out", str(out), "--workers", str(workers)],
+            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True)
+    write_text_atomic(out / LAUNCH_FILE, json.dumps({"pid": proc.pid, "workers": workers}))
+    return out
+
+
+def study_running(out_dir: str | Path) -> bool:
+    """Return True while the study process started for `out_dir` is alive."""
+    path = Path(out_dir) / LAUNCH_FILE
+    if not path.is_file():
+        return False
+    pid = json.loads(path.read_text(encoding="utf-8")).get("pid")
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    return pid_alive(pid)
+
+
+def stop_study(out_dir: str | Path) -> bool:
+    """Ask the study started for `out_dir` to stop: SIGTERM to its process group (the coordinator
+    and its workers, which finish their current step, keep its checkpoint and exit; a re-start
+    with the same settings resumes). Return True when a running study was signalled."""
+    if not study_running(out_dir):
+        return False
+    pid = json.loads((Path(out_dir) / LAUNCH_FILE).read_text(encoding="utf-8")).get("pid")
+    try:
+        os.killpg(os.getpgid(pid), signal.SIGTERM)  # started with start_new_session: its own group
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def study_workers_alive(runs_root: str | Path) -> int:
+    """Return the number of worker processes of the studies under `runs_root` still running."""
+    busy = 0
+    for folder in list_studies(runs_root):
+        if study_running(folder):
+            try:
+                launch = json.loads((folder / LAUNCH_FILE).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                launch = {}
+            busy += int(launch.get("workers", 1))
+    return busy
+
+
+def list_studies(runs_root: str | Path) -> list[Path]:
+    """Return the study folders (holding study.json) under RUNS/studies, newest first."""
+    root = Path(runs_root) / STUDIES_DIR
+    found = [p.parent for p in root.glob("*/study.json")] if root.is_dir() else []
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
