@@ -78,11 +78,3 @@ def atlas_grid(table: pd.DataFrame, r: int, measure: str = "gain") -> pd.DataFra
     grid = cells.pivot_table(index="block", columns="type", values=MEASURES[measure], aggfunc="first")
     order = [k for k in KIND_ORDER if k in grid.columns]
     return grid.reindex(columns=order).sort_index()
-
-
-def clicked_layer(chart_state) -> str | None:
-    """Return the layer of the first selected cell in a Plotly chart's selection state
-    (`{"selection": {"points": [{"customdata": [layer, ...]}, ...]}}`), or None."""
-    points = ((chart_state or {}).get("selection") or {}).get("points") or []
-    data = points[0].get("customdata") if points else None
-    return str(data[0]) if data else None

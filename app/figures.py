@@ -308,3 +308,12 @@ def study_lr_figure(trials: pd.DataFrame, metric: str) -> go.Figure:
                       legend_title="budget", margin={"t": 30})
     fig.update_xaxes(tickvals=rates, ticktext=[f"{v:g}" for v in rates])  # 0.003 reads as 0.003, not "3"
     return fig
+
+
+# --- Reading a chart's selection ----------------------------------------------------------
+def clicked_layer(chart_state) -> str | None:
+    """Return the layer of the first selected cell in a Plotly chart's selection state
+    (`{"selection": {"points": [{"customdata": [layer, ...]}, ...]}}`), or None."""
+    points = ((chart_state or {}).get("selection") or {}).get("points") or []
+    data = points[0].get("customdata") if points else None
+    return str(data[0]) if data else None

@@ -10,10 +10,11 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from analysis.atlas import atlas_cells, clicked_layer, read_atlas
+from analysis.atlas import atlas_cells, read_atlas
 from analysis.scan import scan
 from analysis.sweep import SweepSpec
 from app.common import STRATEGIES, get_model, init_state, model_name
+from app.figures import clicked_layer
 from app.report import readable
 from app.settings_io import lab_read_path
 

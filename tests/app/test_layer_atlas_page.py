@@ -47,7 +47,7 @@ def test_scan_csv_shows_two_heatmaps_and_opens_the_lab(tmp_path):
 
 
 def test_a_clicked_cell_opens_that_layer(tmp_path):
-    from analysis.atlas import clicked_layer
+    from app.figures import clicked_layer
 
     names = write_scan(tmp_path / "atlas.csv")
     at = AppTest.from_file(PAGE, default_timeout=120).run()
