@@ -23,7 +23,7 @@ STRATEGY_SYMBOLS = {"id": "circle", "centroid": "diamond", "random": "x"}
 # error-vs-rank curve styles: colour, dash, marker; bounds dotted, references dashed
 CURVE_STYLES: dict[str, tuple[str, str, str]] = {
     "global SVD, same r": ("#000000", "dash", "square"),
-    "global SVD, same r (σ_{r+1}/σ₁)": ("#000000", "dash", "square"),
+    "global SVD, same r (σᵣ₊₁/σ₁)": ("#000000", "dash", "square"),
     "global SVD, same total rank k·r": ("#7f7f7f", "dashdot", "triangle-up"),
     "global ID, same r": ("#9467bd", "longdash", "star"),
     "BOUND: cluster-wise ID (spectral, /σ₁)": ("#d62728", "dot", "circle-open"),
@@ -61,7 +61,7 @@ def heatmap(grid: pd.DataFrame, lo: float, hi: float, colorbar: bool = False) ->
     them: a bar inside one heatmap would make that one narrower. A figure on its own (the
     report) takes `colorbar=True`."""
     fig = px.imshow(grid.to_numpy(), x=[str(r) for r in grid.columns],
-                    y=[str(k) for k in grid.index], text_auto=".3f", aspect="auto", zmin=lo,
+                    y=[str(k) for k in grid.index], text_auto=".3f" if grid.shape[1] <= 4 else ".2f", aspect="auto", zmin=lo,
                     zmax=hi, color_continuous_scale="Viridis_r")
     fig.update_traces(hovertemplate="k = %{y}, r = %{x}<br>relative error %{z:.3f}<extra></extra>")
     fig.update_xaxes(type="category", title="rank r (rows per cluster)", showgrid=False)
@@ -225,7 +225,7 @@ def tradeoff_figure(done: pd.DataFrame, chance: float | None = None,
     if len(head):
         fig.add_hline(y=float(head.iloc[-1]), line_dash="dash", line_color=METHOD_COLORS["head-only"],
                       annotation_text=f"head only (linear probe) {float(head.iloc[-1]):.3f}",
-                      annotation_position="top left")
+                      annotation_position="top right")  # above its line; chance is below its own
     if chance is not None:
         fig.add_hline(y=chance, line_dash="dot", line_color="black",
                       annotation_text=f"chance level {chance:.3g}", annotation_position="bottom right")

@@ -168,15 +168,49 @@ def _comparison_first(comparison: pd.DataFrame) -> pd.DataFrame:
     return table[[c for c in ("run",) if c in table] + [c for c in table.columns if c != "run"]]
 
 
+EXPORT_SIZE = (1100, 600)  # PNG width, height in pixels
+EXPORT_MARGIN = {"l": 100, "r": 60, "t": 90, "b": 90}  # room for tick labels, axis and figure titles
+FIGURE_TITLES = {
+    "error_vs_rank_frobenius": "Error against rank, Frobenius norm",
+    "error_vs_rank_spectral": "Error against rank, spectral norm",
+    "gain_per_layer": "Gain of cluster-wise ID over SVD, per layer",
+    "tradeoff": "Validation metric against trainable parameters",
+    "training_loss": "Training loss",
+}
+
+
+def export_title(stem: str) -> str:
+    """Return the title a report figure file `stem` gets ("heatmap_id" -> "Relative error, k x r,
+    strategy id")."""
+    if stem.startswith("heatmap_"):
+        return f"Relative error, k x r, strategy {stem[len('heatmap_'):]}"
+    return FIGURE_TITLES.get(stem, stem.replace("_", " ").capitalize())
+
+
+def export_layout(fig: go.Figure, title: str) -> go.Figure:
+    """Return a copy of `fig` laid out for a PNG: its title (kept when it has one), fixed margins
+    wide enough for the tick labels, axis titles pushed out of the plot (automargin) and every
+    axis's ticks shown, so nothing is clipped at EXPORT_SIZE."""
+    out = go.Figure(fig)
+    text = out.layout.title.text or title
+    out.update_layout(title={"text": text, "x": 0.5, "xanchor": "center"}, margin=EXPORT_MARGIN,
+                      width=EXPORT_SIZE[0], height=EXPORT_SIZE[1])
+    out.update_xaxes(automargin=True, showticklabels=True)
+    out.update_yaxes(automargin=True, showticklabels=True)
+    return out
+
+
 def figure_files(figures: dict[str, go.Figure]) -> dict[str, bytes]:
-    """Return {"<stem>.png": PNG bytes} for every figure, rendered in one kaleido browser
-    session; when kaleido or a Chromium browser is missing, {"<stem>.html": standalone page}."""
+    """Return {"<stem>.png": PNG bytes} for every figure (laid out by `export_layout`), rendered
+    in one kaleido browser session; when kaleido or a Chromium browser is missing,
+    {"<stem>.html": standalone page}."""
     if not figures:
         return {}
+    figures = {stem: export_layout(fig, export_title(stem)) for stem, fig in figures.items()}
     with tempfile.TemporaryDirectory() as folder:
         paths = [Path(folder) / f"{stem}.png" for stem in figures]
         try:
-            pio.write_images(list(figures.values()), paths, width=1100, height=600)
+            pio.write_images(list(figures.values()), paths, width=EXPORT_SIZE[0], height=EXPORT_SIZE[1])
             return {path.name: path.read_bytes() for path in paths}
         except Exception:  # noqa: BLE001 - kaleido missing or no browser: keep them as HTML
             return {f"{stem}.html": fig.to_html(include_plotlyjs="cdn").encode("utf-8")

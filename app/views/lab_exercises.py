@@ -47,6 +47,7 @@ def _report_inputs():
     from analysis.views import error_vs_rank, heatmap_grid, layer_summary
     from app import figures
     from app.common import get_model
+    from app.report import headline
     from app.sweeps import stored_spectral, stored_sweeps
     from idlora_core.training import compare
 
@@ -88,11 +89,14 @@ def _report_inputs():
     if finished:
         rows = compare.compare_runs(finished)
         comparison = pd.DataFrame(rows, columns=compare.columns(rows) if rows else None)
-        done = comparison.dropna(subset=["final_train_loss", "trainable_params"]).rename(
-            columns={"final_train_loss": "loss", "steps": "step"}).assign(
-            label=lambda t: t["run"])
-        if not done.empty:
-            figs["tradeoff"] = figures.tradeoff_figure(done, state.get("_ft_chance"))
+        tops = [headline(row.dropna().to_dict()) for _, row in comparison.iterrows()]
+        done = comparison.assign(validation=[t["validation"] for t in tops], label=comparison["run"])
+        done = done.dropna(subset=["validation", "trainable_params"]).rename(columns={"steps": "step"})
+        names = {t["name"] for t in tops if t["validation"] is not None}
+        if not done.empty and len(names) == 1:  # the validation metric, never the last batch's loss
+            metric = names.pop()
+            chance = state.get("_ft_chance") if metric == "loss (nats)" else None
+            figs["tradeoff"] = figures.tradeoff_figure(done, chance, metric)
     tails = state.get("ft_tails") or {}
     frames = {Path(d).name: tail.frame for d, tail in tails.items()}
     methods = dict(zip(comparison["run"], comparison["method"], strict=False)) \

@@ -46,10 +46,14 @@ def heatmap(cells, column: str, key: str) -> None:
         hovertemplate="%{customdata[0]}<br>best k=%{customdata[1]}, %{customdata[2]}<br>"
                       f"{column} = %{{text}}<extra></extra>",
     ))
-    fig.update_layout(height=max(300, 30 * cells["block"].nunique() + 120), title=TITLES[column],
+    blocks = sorted(int(b) for b in cells["block"].unique())
+    fig.update_layout(height=max(300, 30 * len(blocks) + 140), title=TITLES[column],
+                      margin={"l": 110, "r": 20, "t": 60, "b": 50},
                       xaxis={"tickvals": list(range(len(types))), "ticktext": types,
                              "title": "layer type"},
-                      yaxis={"title": "block", "autorange": "reversed", "dtick": 1})
+                      yaxis={"title": "block", "range": [blocks[-1] + 0.5, blocks[0] - 0.5],
+                             "tickvals": blocks,  # no ticks between blocks; -1 is outside them
+                             "ticktext": ["outside blocks" if b < 0 else str(b) for b in blocks]})
     # A callback, not the return value: it fires once per click, so coming back to this page
     # (whose chart keeps its selection) does not jump to the lab again.
     st.plotly_chart(fig, key=key, on_select=functools.partial(_clicked, key),

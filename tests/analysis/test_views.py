@@ -73,7 +73,7 @@ def test_spectral_panel_uses_measured_spectral_errors_and_the_bounds():
         assert value == row["rel_spec_error"]
         # W_hat has rank <= k*r (Eckart-Young floor) and ||.||_2 <= ||.||_F
         assert s[2 * r] / s[0] - 1e-12 <= value <= row["rel_fro_error"] * fro / s[0] + 1e-12
-    assert set(curves["curve"]) == {"cluster-wise ID (id)", "global SVD, same r (σ_{r+1}/σ₁)",
+    assert set(curves["curve"]) == {"cluster-wise ID (id)", "global SVD, same r (σᵣ₊₁/σ₁)",
                                     "BOUND: cluster-wise ID", "BOUND: global ID"}
     frob = error_vs_rank(spec, 2, norm="frobenius")
     assert not (frob["kind"] == "bound").any()  # bounds live on the spectral panel only

@@ -132,3 +132,32 @@ def test_lead_columns_put_the_metrics_first_and_name_them():
     mixed = table.assign(metric=["accuracy (rotten tomatoes)", "exact match (math)"])
     assert list(lead_columns(mixed).columns)[:6] == [
         "label", "method", "validation metric", "test metric", "metric", "trainable_params"]
+
+
+def test_exported_figures_have_title_axis_titles_ticks_and_room_for_them():
+    """Every kind of report figure, laid out for export: a title, both axis titles, tick labels
+    shown and margins at least EXPORT_MARGIN (nothing clipped at EXPORT_SIZE)."""
+    from analysis.views import error_vs_rank, heatmap_grid
+    from app.report import EXPORT_MARGIN, EXPORT_SIZE, export_layout, export_title
+
+    sweep = _sweep()
+    one = sweep[sweep["layer"] == sweep["layer"].iloc[0]]
+    done = pd.DataFrame({"method": ["idlora", "head-only"], "label": ["a", "b"],
+                         "trainable_params": [1000, 10], "validation": [0.7, 0.6]})
+    built = {
+        "heatmap_id": figures.heatmap(heatmap_grid(one, "id"), 0.1, 0.9, colorbar=True),
+        "error_vs_rank_frobenius": figures.error_vs_rank_figure(error_vs_rank(one, 4, norm="frobenius"), "err"),
+        "tradeoff": figures.tradeoff_figure(done, 0.5, "accuracy (rotten tomatoes)"),
+    }
+    for stem, fig in built.items():
+        out = export_layout(fig, export_title(stem))
+        assert out.layout.title.text, stem
+        assert out.layout.xaxis.title.text and out.layout.yaxis.title.text, stem
+        assert out.layout.xaxis.showticklabels and out.layout.yaxis.showticklabels, stem
+        assert out.layout.xaxis.automargin and out.layout.yaxis.automargin, stem
+        margin = out.layout.margin
+        assert all(getattr(margin, side) >= EXPORT_MARGIN[side] for side in "lrtb"), stem
+        assert (out.layout.width, out.layout.height) == EXPORT_SIZE
+        assert fig.layout.width is None  # the page's own figure is not changed
+    assert export_title("heatmap_random") == "Relative error, k x r, strategy random"
+    assert "σ_{" not in " ".join(t.name for t in built["error_vs_rank_frobenius"].data)
