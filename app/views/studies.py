@@ -30,6 +30,7 @@ from app.common import (
 from idlora_core.config import ALL_METHODS, ConfigError
 from idlora_core.jobs import run_queue
 from idlora_core.jobs import studies as jobs
+from idlora_core.jobs.runs import log_tail
 from idlora_core.study.config import load_study
 from idlora_core.study.summary import paired_difference, to_markdown
 
@@ -150,12 +151,20 @@ def _setup(loaded) -> None:
         except (ValueError, OSError) as exc:
             st.error(f"Could not start the study: {exc}")
             return
-        st.session_state[CURRENT] = str(out)
+        st.session_state[CURRENT] = st.session_state["st_open"] = str(out)  # show it at once
         st.success(f"Started in the background: {out} (it keeps running if you close the tab).")
 
 
 def _show(folder: Path) -> None:
     """Draw the tables and figures of one study folder (live while it runs)."""
+    if not (folder / "study.json").is_file():
+        if jobs.study_running(folder):
+            st.info(f"{folder.name} is starting: the coordinator is preparing its grid and first runs "
+                    "(loading the model and data takes up to a minute on a CPU).")
+        else:
+            st.warning(f"{folder.name} ended before its first trial; its study.log says why:\n\n"
+                       f"```\n{log_tail(folder, 1500, 'study.log')}\n```")
+        return
     try:
         trials, summary, meta = studies.study_tables(folder)
     except (ConfigError, ValueError, KeyError) as exc:

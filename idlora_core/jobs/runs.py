@@ -162,9 +162,9 @@ def run_state(handle: RunHandle) -> str:
     return "finished" if code == 0 else ("cancelled" if code in (-15, 143, 130) else "failed")
 
 
-def log_tail(run_dir: str | Path, max_chars: int = 2000) -> str:
-    """Return the last `max_chars` characters of the run's `train.log` ('' when absent)."""
-    path = Path(run_dir) / "train.log"
+def log_tail(run_dir: str | Path, max_chars: int = 2000, name: str = "train.log") -> str:
+    """Return the last `max_chars` characters of the log `name` in `run_dir` ('' when absent)."""
+    path = Path(run_dir) / name
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)

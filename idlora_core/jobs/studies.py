@@ -105,7 +105,10 @@ def study_workers_alive(runs_root: str | Path) -> int:
 
 
 def list_studies(runs_root: str | Path) -> list[Path]:
-    """Return the study folders (holding study.json) under RUNS/studies, newest first."""
+    """Return the study folders under RUNS/studies, newest first: those holding study.json and
+    those just started (launcher.json written, the coordinator not yet at its first trial)."""
     root = Path(runs_root) / STUDIES_DIR
-    found = [p.parent for p in root.glob("*/study.json")] if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    found = {p.parent for pattern in ("*/study.json", f"*/{LAUNCH_FILE}") for p in root.glob(pattern)}
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)

@@ -168,3 +168,36 @@ def test_study_name_follows_the_chosen_study(tmp_path, monkeypatch):
     assert at.text_input(key="st_name").value != preset_name
     at.text_input(key="st_name").set_value("mine").run()  # a typed name stays while the study does
     assert at.text_input(key="st_name").value == "mine"
+
+
+def test_a_study_this_tab_started_shows_at_once_even_before_its_first_trial(tiny_study, tmp_path, monkeypatch):
+    """The tab that started a study shows that study (not the previous one) before the
+    coordinator has written study.json; a study that died before it shows its log."""
+    import shutil
+
+    from idlora_core.jobs import studies as jobs
+
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_study / "studies", root / "studies")
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(root))
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.run()
+    assert at.selectbox(key="st_open").value.endswith("tiny")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        fresh = root / "studies" / "fresh"
+        fresh.mkdir()
+        (fresh / jobs.LAUNCH_FILE).write_text(json.dumps({"pid": sleeper.pid, "workers": 1}))
+        assert jobs.list_studies(root)[0] == fresh  # listed before it has a study.json
+        at = AppTest.from_file(PAGE, default_timeout=120)  # the tab whose Start set these two keys
+        at.session_state["st_current"] = at.session_state["st_open"] = str(fresh)
+        at.run()
+        assert at.session_state["st_open"] == str(fresh)
+        assert at.selectbox(key="st_open").options[0] == "fresh"
+        assert any("fresh is starting" in m.value for m in at.info)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    (fresh / "study.log").write_text("error: the model folder does not exist\n")
+    at.run()
+    assert any("ended before its first trial" in w.value and "does not exist" in w.value for w in at.warning)
