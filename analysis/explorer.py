@@ -90,24 +90,29 @@ def points_frame(xy: pd.DataFrame, view: ClusterView) -> pd.DataFrame:
     return out
 
 
-def spectra_frame(
-    W: np.ndarray, k: int, *, min_size: int = 1, normalize_rows: bool = False, seed: int = 0
-) -> pd.DataFrame:
-    """Return the singular values of W and of each of its k row clusters (min-size k-means).
+def spectra_frame(W: np.ndarray, labels: np.ndarray | None = None) -> pd.DataFrame:
+    """Return the singular values of W and of each of its row clusters.
 
+    labels: the cluster of every row of W (int, (m,); e.g. a sweep's own clustering,
+    `SweepResult.labels(k)`), or None for the layer alone; with one cluster only the layer
+    is shown (the cluster is the layer). No clustering happens here.
     Columns: part ("layer" or "cluster <c>"), rows (rows in that part), index (j = 1, 2, ...),
     sigma (singular value, units of W's entries), relative (sigma / sigma_1 of the whole layer).
+    Raises ValueError when labels do not give one cluster id >= 0 per row.
     """
     W = np.asarray(W, dtype=np.float64)
     s = spectrum(W)
     s1 = float(s[0]) if len(s) and s[0] > 0 else 1.0
     parts = [("layer", W.shape[0], s)]
-    if k > 1:
-        labels = MinSizeKMeans(k, min_size=min_size, normalize_rows=normalize_rows,
-                               random_state=seed).fit(W).labels_
-        for c in range(k):
-            block = W[labels == c]
-            parts.append((f"cluster {c}", block.shape[0], spectrum(block)))
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (W.shape[0],) or labels.dtype.kind not in "iu" or labels.min() < 0:
+            raise ValueError(f"labels must be one cluster id >= 0 per row of W ({W.shape[0]}), "
+                             f"got shape {labels.shape}")
+        clusters = np.unique(labels)
+        if len(clusters) > 1:
+            parts += [(f"cluster {c}", int((labels == c).sum()), spectrum(W[labels == c]))
+                      for c in clusters]
     return pd.concat(
         [pd.DataFrame({"part": name, "rows": rows, "index": np.arange(1, len(sv) + 1),
                        "sigma": sv, "relative": sv / s1}) for name, rows, sv in parts],

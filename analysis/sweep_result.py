@@ -2,6 +2,9 @@
 
 The library takes sequences; only the command lines parse strings like "1,2,4"
 (`parse_grid`, `parse_strategies`). The sweep itself is `analysis/sweep/__init__.py`.
+A `SweepResult` keeps, besides its table, the labels and skeletons behind every row and the
+global ID's row order, so the measured spectral columns (`SPECTRAL_COLUMNS`) can be added
+to it later without clustering again (`analysis.sweep.add_spectral`).
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ from idlora_core.linalg.validation import STRATEGIES, check_strategy
 COLUMNS = [
     "layer", "m", "n", "k", "r", "strategy", "feasible", "total_rank", "min_cluster_size",
     "rel_fro_error", "svd_same_r", "svd_same_total", "global_id_same_r",
-    "svd_spec_same_r", "bound_cluster", "bound_global", "rel_spec_error",
+    "svd_spec_same_r", "global_id_spec_same_r", "bound_cluster", "bound_global", "rel_spec_error",
     "trainable_idlora", "trainable_lora", "seconds", "randomized",
 ]
 # The relative-error columns (measured errors and bounds), in table order: defined only here.
 ERROR_COLUMNS = COLUMNS[COLUMNS.index("rel_fro_error"): COLUMNS.index("rel_spec_error") + 1]
+# The measured spectral errors: one residual SVD per row, filled only when asked for
+# (`SweepSpec.spectral`, `analysis.sweep.add_spectral`); NaN until then.
+SPECTRAL_COLUMNS = ["global_id_spec_same_r", "rel_spec_error"]
 
 
 def _grid(values: Sequence[int], name: str) -> tuple[int, ...]:
@@ -48,7 +54,8 @@ class SweepSpec:
     ks, ranks: distinct integers >= 1 (duplicates dropped, order kept); strategies: names of
     `STRATEGIES`; seed: k-means and random-selection seed; normalize_rows: cluster in cosine
     geometry; randomized: True / False force the randomized path, None picks it by size;
-    spectral: also measure the spectral error (slow); n_init: k-means restarts (None: 4 on
+    spectral: also measure the spectral errors (`SPECTRAL_COLUMNS`; one residual SVD per row,
+    added to the same cached result, not a separate request); n_init: k-means restarts (None: 4 on
     the exact path, 1 on the randomized path). Raises ValueError on a bad value.
     """
 
@@ -106,33 +113,99 @@ def parse_strategies(text: str) -> tuple[str, ...]:
 
 @dataclass
 class SweepResult:
-    """A sweep's table and, per k, the labels and skeletons behind every row (for --clusters-out)."""
+    """A sweep's table and what lies behind its rows.
+
+    table: one row per (k, r, strategy) (`COLUMNS`); attrs: global_seconds, randomized,
+    sigma_1 (s_1(W) the relative spectral errors divide by; absent in entries cached before
+    it was stored); layer: the name in the table; clusterings: per swept k, {"k", "labels"
+    (cluster of every row of W), "selections": [{"r", "strategy", "skeleton": [[global rows
+    of cluster 0], ...]}]}; global_order: the global row ID's first r_max rows (pivot order;
+    None in older cache entries); from_cache: the clusterings were read from the cache.
+    """
 
     table: pd.DataFrame
     layer: str
     clusterings: list[dict] = field(default_factory=list)
     from_cache: bool = False
+    global_order: list[int] | None = None
 
     def clusters_json(self) -> dict:
         """Return {"layer", "clusterings": [{"k", "labels", "selections": [{"r", "strategy",
         "skeleton": [[global rows of cluster 0], ...]}]}]} — enough to recompute every error."""
         return {"layer": self.layer, "clusterings": self.clusterings}
 
+    def labels(self, k: int) -> np.ndarray | None:
+        """Return the sweep's cluster of every row of W at `k` (int64, (m,)), or None when k
+        was not clustered (not swept, or no feasible rank at k)."""
+        for clustering in self.clusterings:
+            if clustering["k"] == k:
+                return np.asarray(clustering["labels"], dtype=np.int64)
+        return None
+
+    def skeleton(self, k: int, r: int, strategy: str) -> list[np.ndarray] | None:
+        """Return the skeleton of (k, r, strategy): one int64 array of r GLOBAL row indices per
+        cluster, or None when the sweep has no such feasible configuration."""
+        for clustering in self.clusterings:
+            if clustering["k"] != k:
+                continue
+            for sel in clustering["selections"]:
+                if sel["r"] == r and sel["strategy"] == strategy:
+                    return [np.asarray(rows, dtype=np.int64) for rows in sel["skeleton"]]
+        return None
+
+    @property
+    def has_spectral(self) -> bool:
+        """True when every feasible row has its measured spectral errors (`SPECTRAL_COLUMNS`)."""
+        feasible = self.table[self.table["feasible"]]
+        return bool(feasible[SPECTRAL_COLUMNS].notna().all().all())
+
+    def check(self) -> None:
+        """Raise ValueError unless the result can be used: rows, labels of every row of W in
+        range for each clustered k, a skeleton of r rows of the right cluster per cluster for
+        every feasible row, and global-order rows in range (a cache entry failing it is
+        recomputed)."""
+        table = self.table
+        if table.empty:
+            raise ValueError("the sweep has no rows")
+        m = int(table["m"].iloc[0])
+        for clustering in self.clusterings:
+            k = int(clustering["k"])
+            labels = np.asarray(clustering["labels"])
+            if labels.shape != (m,) or labels.dtype.kind not in "iu" or labels.min() < 0 \
+                    or labels.max() >= k:
+                raise ValueError(f"the labels at k={k} are not {m} cluster ids in [0, {k})")
+        for row in table[table["feasible"]].itertuples():
+            skeleton, labels = self.skeleton(row.k, row.r, row.strategy), self.labels(row.k)
+            if skeleton is None or labels is None or len(skeleton) != row.k:
+                raise ValueError(f"no skeleton for k={row.k}, r={row.r}, {row.strategy}")
+            for c, rows in enumerate(skeleton):
+                if rows.shape != (row.r,) or rows.min() < 0 or rows.max() >= m \
+                        or not (labels[rows] == c).all():
+                    raise ValueError(f"skeleton of cluster {c} at k={row.k}, r={row.r} is not "
+                                     f"{row.r} rows of that cluster")
+        order = np.asarray(self.global_order if self.global_order is not None else [], dtype=np.int64)
+        if order.size and (order.min() < 0 or order.max() >= m):
+            raise ValueError("global order rows out of range")
+
     def to_payload(self) -> dict:
         """Return a JSON-serialisable dict of the whole result (for the cache)."""
         return {
             "table": json.loads(json.dumps(self.table.to_dict(orient="split"), default=_plain)),
-            "attrs": dict(self.table.attrs),
+            "attrs": json.loads(json.dumps(dict(self.table.attrs), default=_plain)),
             **self.clusters_json(),
+            "global_order": self.global_order,
         }
 
     @classmethod
     def from_payload(cls, payload: dict) -> SweepResult:
-        """Rebuild a result written by `to_payload`."""
+        """Rebuild a result written by `to_payload` (older entries: missing columns are NaN,
+        a missing global order is None)."""
         data = payload["table"]
         table = tidy_table(pd.DataFrame(data["data"], columns=data["columns"]))
         table.attrs.update(payload.get("attrs", {}))
-        return cls(table=table, layer=payload["layer"], clusterings=payload["clusterings"])
+        order = payload.get("global_order")
+        return cls(table=table, layer=payload["layer"], clusterings=payload["clusterings"],
+                   global_order=None if order is None else [int(i) for i in order])
 
 
 def _plain(value: object) -> object:

@@ -22,6 +22,7 @@ REFERENCE_CURVES: list[tuple[str, str, str]] = [
 # the spectral-norm panel: measured spectral errors against the spectral bounds
 SPECTRAL_CURVES: list[tuple[str, str, str]] = [
     ("svd_spec_same_r", "global SVD, same r (σᵣ₊₁/σ₁)", "measured"),
+    ("global_id_spec_same_r", "global ID, same r", "measured"),
     ("bound_cluster", "BOUND: cluster-wise ID", "bound"),
     ("bound_global", "BOUND: global ID", "bound"),
 ]

@@ -35,6 +35,7 @@ HEADERS: dict[str, str] = {
     "svd_same_total": "global SVD error, same k·r (rel. Frobenius)",
     "global_id_same_r": "global ID error, same r (rel. Frobenius)",
     "svd_spec_same_r": "global SVD error, same r (rel. spectral)",
+    "global_id_spec_same_r": "global ID error, same r (rel. spectral)",
     "bound_cluster": "bound, cluster-wise ID (rel. spectral)",
     "bound_global": "bound, global ID (rel. spectral)",
     "rel_spec_error": "cluster-wise ID error (rel. spectral)",
@@ -245,7 +246,8 @@ def report_files(
             lines.append(f"  strategy_means.csv  mean error over the layers at k = {max(ks)}, "
                          f"r = {summary_r}")
         files["sweep_full.csv"] = _csv(sweep)
-        lines.append("  sweep_full.csv      every (layer, k, r, strategy) of the sweep")
+        lines.append("  sweep_full.csv      every (layer, k, r, strategy) of the sweep; "
+                     + _spectral_note(sweep))
     if comparison is not None and not comparison.empty:
         files["run_comparison.csv"] = _csv(_comparison_first(comparison))
         lines.append("  run_comparison.csv  the fine-tune runs (python -m idlora_core.compare), "
@@ -261,6 +263,16 @@ def report_files(
               "and bounds by sigma_1(W). Theory: docs/THEORY.md."]
     files["README.txt"] = ("\n".join(lines) + "\n").encode("utf-8")
     return files
+
+
+def _spectral_note(sweep: pd.DataFrame) -> str:
+    # which layers have the measured spectral errors (the lab measures the inspected layer's)
+    measured = sweep.loc[sweep["feasible"] & sweep["rel_spec_error"].notna(), "layer"].unique()
+    if len(measured) == 0:
+        return ("the measured spectral errors are empty (the Decomposition lab measures them "
+                "for the layer shown in its spectral panel)")
+    names = ", ".join(short_label(name) for name in measured)
+    return f"measured spectral errors for {len(measured)} layer(s): {names} (empty for the others)"
 
 
 def report_zip(files: dict[str, bytes]) -> bytes:

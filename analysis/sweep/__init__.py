@@ -4,8 +4,12 @@
 has one row per (k, r, strategy). It runs k-means once per k, one spectrum per cluster and
 one QR per (cluster, strategy): every rank is read off the same factorisation (docs/THEORY.md),
 never one solve per row. With `cache=True` (or a ResultCache) a repeated request is served
-from disk. `python -m analysis.sweep ...` is the command line (`analysis/sweep_cli.py`); the
-multi-layer variant is `analysis/sweep_model.py`, the whole-model scan `analysis/scan.py`.
+from disk. The measured spectral errors (`SPECTRAL_COLUMNS`, one residual SVD per row) are
+columns of the same result: `add_spectral` fills them from the result's own labels and
+skeletons and re-saves it under the same key, so asking for them after a cached sweep
+clusters nothing again. `python -m analysis.sweep ...` is the command line
+(`analysis/sweep_cli.py`); the multi-layer variant is `analysis/sweep_model.py`, the
+whole-model scan `analysis/scan.py`.
 
 Memory: the randomized path (large layers) works on a float32 copy of W and never makes a
 float64 or transposed copy of the whole layer, so a sweep needs about 2-3x the layer's
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import scipy.linalg as sla
@@ -24,6 +29,7 @@ from threadpoolctl import threadpool_limits
 from analysis.sweep_result import (
     COLUMNS,
     ERROR_COLUMNS,
+    SPECTRAL_COLUMNS,
     SweepResult,
     SweepSpec,
     parse_grid,
@@ -37,6 +43,7 @@ from idlora_core.linalg.decomposition import (
     cluster_id_bound,
     clusterwise_residual,
     id_bound,
+    id_residual,
     ordered_row_errors,
     row_id,
     spectrum,
@@ -54,8 +61,9 @@ from idlora_core.linalg.randomized import (
 from idlora_core.linalg.selection import centroid_order, random_order
 from idlora_core.linalg.validation import check_weight, rank_problem
 
-__all__ = ["COLUMNS", "ERROR_COLUMNS", "CACHE_NAMESPACE", "Progress", "SweepResult", "SweepSpec",
-           "parse_grid", "parse_strategies", "sweep_layer", "tidy_table"]
+__all__ = ["COLUMNS", "ERROR_COLUMNS", "CACHE_NAMESPACE", "SPECTRAL_COLUMNS", "Progress",
+           "SweepResult", "SweepSpec", "add_spectral", "parse_grid", "parse_strategies",
+           "sweep_key", "sweep_layer", "tidy_table"]
 
 Progress = Callable[[int, int, str], None]
 CACHE_NAMESPACE = "sweep"
@@ -96,10 +104,15 @@ def sweep_layer(
     W: weight (m = out_features rows, n = in_features columns), float32 or float64; spec: the
     grid and options (`SweepSpec`); layer: the name written into the table; cache: False (no
     cache), True (the default cache folder) or a ResultCache: an identical request (same
-    weight bytes, spec and layer name) is served from disk and `result.from_cache` says so;
+    weight bytes, spec and layer name) is served from disk and `result.from_cache` says so.
+    The cache key leaves out `spec.spectral`: the spectral columns belong to the same entry.
+    With spec.spectral and a cached entry without them, only they are computed (from the
+    stored labels and skeletons, `add_spectral`) and the entry is re-saved; an entry that
+    already has them is returned with them even when spec.spectral is False.
     progress(done, total, message) is called as the work advances; lookup_only=True computes
-    nothing and returns None when the request is not cached; threads: BLAS/OpenMP threads
-    (default 1, robust on a busy machine; None = the libraries' default).
+    nothing and returns None when the request (spectral columns included, if asked) is not
+    cached; threads: BLAS/OpenMP threads (default 1, robust on a busy machine; None = the
+    libraries' default).
     Raises ValueError for a bad W (SweepSpec checks the grid).
 
     Columns (errors are RELATIVE: divided by ||W||_F for Frobenius, by s_1(W) for spectral):
@@ -115,11 +128,14 @@ def sweep_layer(
       svd_same_total       best rank-k*r error (global SVD); no cluster-wise ID can go below it
       global_id_same_r     global row ID at rank r (first r pivots of a pivoted QR of W.T)
       svd_spec_same_r      s_{r+1}(W) / s_1(W), the best rank-r spectral error
+      global_id_spec_same_r  measured ||W - W_hat||_2 / s_1(W) of the global row ID at rank r
+                           (only with spec.spectral / `add_spectral`, else NaN)
       bound_cluster        sqrt(sum_c (1 + r(m_c - r)) s_{r+1}(W_c)^2) / s_1(W): spectral
                            bound of cluster-wise ID (attainable by strong RRQR; a bound, not
                            a measurement)
       bound_global         sqrt(1 + r(m - r)) s_{r+1}(W) / s_1(W): same for the global ID
-      rel_spec_error       measured ||W - W_hat||_2 / s_1(W) (only with spec.spectral)
+      rel_spec_error       measured ||W - W_hat||_2 / s_1(W) of cluster-wise ID (only with
+                           spec.spectral / `add_spectral`, else NaN)
       trainable_idlora     m*r + k*r trainable parameters of ID-LoRA (B and router)
       trainable_lora       r*(m + n) trainable parameters of LoRA at the same r
       seconds              wall-clock seconds of this row, amortised: (k-means and cluster
@@ -136,12 +152,13 @@ def sweep_layer(
         # Many small LAPACK calls: on a shared, busy machine BLAS threads spin and contend
         # (measured 10-100x slower); one thread is the robust default.
         with threadpool_limits(limits=threads):
-            return _sweep(W, spec, layer, progress)
+            result = _sweep(W, spec, layer, progress)
+            return _add_spectral(W, spec, result, progress) if spec.spectral else result
 
     if cache is False or cache is None:
         return None if lookup_only else compute()
     store = cache if isinstance(cache, ResultCache) else ResultCache()
-    key = cache_key(CACHE_NAMESPACE, [W], dict(spec.params(), layer=layer))
+    key = sweep_key(W, spec, layer)
     if lookup_only:
         payload = store.load(key, validate=_check_payload)
         if payload is None:
@@ -151,26 +168,86 @@ def sweep_layer(
         payload, hit = store.get_or_compute(key, lambda: compute().to_payload(), _check_payload)
     result = SweepResult.from_payload(payload)
     result.from_cache = hit
+    if spec.spectral and not result.has_spectral:
+        if lookup_only:
+            return None
+        result = add_spectral(W, result, spec, cache=store, progress=progress, threads=threads)
     return result
+
+
+def sweep_key(W: np.ndarray, spec: SweepSpec, layer: str = "") -> str:
+    """Return the cache key of the sweep of W with `spec` named `layer`: the weight's bytes,
+    every field of the spec except `spectral` (the spectral columns extend the same entry),
+    and the layer name."""
+    return cache_key(CACHE_NAMESPACE, [W], dict(replace(spec, spectral=False).params(), layer=layer))
+
+
+def add_spectral(
+    W: np.ndarray,
+    result: SweepResult,
+    spec: SweepSpec,
+    *,
+    cache: ResultCache | bool = False,
+    progress: Progress | None = None,
+    threads: int | None = 1,
+) -> SweepResult:
+    """Return `result` with its measured spectral columns (`SPECTRAL_COLUMNS`) filled in.
+
+    Only the missing values are computed, from what the result holds: each feasible row's
+    residual W - W_hat is built from the stored labels and skeleton (each cluster's rows
+    least-squares projected on its skeleton rows) and its largest singular value divided by
+    s_1(W); the global ID's from its stored row order. No k-means, no QR of a cluster. An
+    older result without s_1 or the global order gets them recomputed (one spectrum, one
+    global QR). W and spec must be the sweep's own (ValueError when W's shape differs);
+    cache: False, True or a ResultCache: the extended result is saved atomically under the
+    same key as the sweep (`sweep_key`). The input result is not modified.
+    progress(done, total, message); threads: as in `sweep_layer`.
+    """
+    if not isinstance(spec, SweepSpec):
+        raise TypeError(f"spec must be a SweepSpec, got {type(spec).__name__}")
+    W = check_weight(W)
+    shape = (int(result.table["m"].iloc[0]), int(result.table["n"].iloc[0])) if len(result.table) else None
+    if shape != W.shape:
+        raise ValueError(f"the weight is {W.shape[0]} x {W.shape[1]} but the sweep result of "
+                         f"{result.layer!r} is for {shape}: pass the weight that was swept")
+    if result.has_spectral:
+        return result
+    with threadpool_limits(limits=threads):
+        extended = _add_spectral(W, spec, result, progress)
+    if cache is not False and cache is not None:
+        store = cache if isinstance(cache, ResultCache) else ResultCache()
+        store.save(sweep_key(W, spec, result.layer), extended.to_payload())
+    return extended
 
 
 def _check_payload(payload: dict) -> None:
     # a cache entry with the right key but an unusable payload is recomputed, not trusted
-    if SweepResult.from_payload(payload).table.empty:
-        raise ValueError("cached sweep has no rows")
+    SweepResult.from_payload(payload).check()
+
+
+def _plan(m: int, n: int, spec: SweepSpec) -> tuple[bool, dict[int, list[int]], int, int]:
+    # (randomized?, feasible ranks per k, largest feasible r, largest feasible k*r)
+    feasible = {k: [r for r in spec.ranks if rank_problem(m, n, k, r) is None] for k in spec.ks}
+    r_top = max((max(rs) for rs in feasible.values() if rs), default=0)
+    total_top = max((k * max(rs) for k, rs in feasible.items() if rs), default=0)
+    return use_randomized(m, n, spec.randomized), feasible, r_top, total_top
+
+
+def _global_spectrum(W: np.ndarray, rand: bool, r_top: int, total_top: int, seed: int) -> np.ndarray:
+    # All singular values (exact path) or the top ones the table needs (randomized path).
+    return randomized_spectrum(W, max(total_top, r_top + 1), seed=seed) if rand else spectrum(W)
+
+
+def _sigma_1(s: np.ndarray) -> float:
+    return float(s[0]) if len(s) and s[0] > 0 else 1.0
 
 
 def _sweep(W: np.ndarray, spec: SweepSpec, layer: str, progress: Progress | None) -> SweepResult:
     m, n = W.shape
     ks, ranks, strategies, seed = spec.ks, spec.ranks, spec.strategies, spec.seed
-    rand = use_randomized(m, n, spec.randomized)
-    # float32 on the randomized path (large layers: half the memory, errors within its
-    # tolerance), float64 on the exact path; no copy when W already has that dtype.
-    W = np.asarray(W, dtype=np.float32 if rand else np.float64)
+    rand, feasible, r_top, total_top = _plan(m, n, spec)
+    W = _working_copy(W, rand)
     n_init = spec.n_init if spec.n_init is not None else (1 if rand else 4)
-    feasible = {k: [r for r in ranks if rank_problem(m, n, k, r) is None] for k in ks}
-    r_top = max((max(rs) for rs in feasible.values() if rs), default=0)
-    total_top = max((k * max(rs) for k, rs in feasible.items() if rs), default=0)
     total_steps = 1 + sum(len(strategies) for k in ks if feasible[k])
     done = 0
 
@@ -181,13 +258,9 @@ def _sweep(W: np.ndarray, spec: SweepSpec, layer: str, progress: Progress | None
     tick("global spectrum and ID")
     t0 = time.perf_counter()
     fro = float(np.sqrt(sq_norm(W)))
-    if rand:
-        s = randomized_spectrum(W, max(total_top, r_top + 1), seed=seed)
-        svd_fro = svd_tail_errors(s, fro_norm=fro)
-    else:
-        s = spectrum(W)
-        svd_fro = svd_tail_errors(s)
-    s1 = float(s[0]) if len(s) and s[0] > 0 else 1.0
+    s = _global_spectrum(W, rand, r_top, total_top, seed)
+    svd_fro = svd_tail_errors(s, fro_norm=fro) if rand else svd_tail_errors(s)
+    s1 = _sigma_1(s)
     svd_spec = svd_spectral_errors(s)
     global_id = _order_errors(W, None, r_top, rand, seed) if r_top else None
     global_seconds = time.perf_counter() - t0
@@ -253,7 +326,6 @@ def _sweep(W: np.ndarray, spec: SweepSpec, layer: str, progress: Progress | None
                         svd_spec_same_r=at(svd_spec, r),
                         bound_cluster=cluster_id_bound(spectra, sizes, r) / s1,
                         bound_global=id_bound(s, r, m) / s1,
-                        rel_spec_error=_spectral(W, labels, skeleton, s1) if spec.spectral else np.nan,
                         seconds=seconds,
                     )
                     selections.append(dict(r=r, strategy=st,
@@ -263,9 +335,56 @@ def _sweep(W: np.ndarray, spec: SweepSpec, layer: str, progress: Progress | None
             tick(f"k={k}, strategy={st}")
         clusterings.append(dict(k=k, labels=labels.tolist(), selections=selections))
     table = tidy_table(rows)
-    table.attrs.update(global_seconds=global_seconds, randomized=rand)
+    table.attrs.update(global_seconds=global_seconds, randomized=rand, sigma_1=s1)
     tick("done")
-    return SweepResult(table=table, layer=layer, clusterings=clusterings)
+    order = None if global_id is None else [int(i) for i in global_id.order[:r_top]]
+    return SweepResult(table=table, layer=layer, clusterings=clusterings, global_order=order)
+
+
+def _working_copy(W: np.ndarray, rand: bool) -> np.ndarray:
+    # float32 on the randomized path (large layers: half the memory, errors within its
+    # tolerance), float64 on the exact path; no copy when W already has that dtype.
+    return np.asarray(W, dtype=np.float32 if rand else np.float64)
+
+
+def _add_spectral(W: np.ndarray, spec: SweepSpec, result: SweepResult,
+                  progress: Progress | None) -> SweepResult:
+    # The spectral columns of the rows that lack them, from the result's labels and skeletons.
+    m, n = W.shape
+    rand, _, r_top, total_top = _plan(m, n, spec)
+    W = _working_copy(W, rand)
+    table = result.table.copy()
+    table.attrs = dict(result.table.attrs)
+    todo = table.index[table["feasible"] & table[SPECTRAL_COLUMNS].isna().any(axis=1)]
+    s1 = table.attrs.get("sigma_1")
+    if s1 is None:  # an entry cached before s_1 was stored: the sweep's own spectrum again
+        s1 = _sigma_1(_global_spectrum(W, rand, r_top, total_top, spec.seed))
+        table.attrs["sigma_1"] = s1
+    order = result.global_order
+    if order is None and r_top:  # likewise the global ID's row order (one pivoted QR)
+        order = [int(i) for i in _order_errors(W, None, r_top, rand, spec.seed).order[:r_top]]
+    ranks = sorted({int(r) for r in table.loc[todo, "r"]})
+    total, done = len(todo) + len(ranks), 0
+    t0 = time.perf_counter()
+    global_spec: dict[int, float] = {}
+    for r in ranks:
+        if progress is not None:
+            progress(done, total, f"spectral error of the global ID, r={r}")
+        res = id_residual(W, np.asarray(order[:r], dtype=np.int64))
+        global_spec[r] = float(sla.svdvals(res, check_finite=False)[0]) / s1
+        done += 1
+    for i in todo:
+        k, r, strategy = (table.at[i, c] for c in ("k", "r", "strategy"))
+        if progress is not None:
+            progress(done, total, f"spectral error k={k}, r={r}, {strategy}")
+        table.at[i, "global_id_spec_same_r"] = global_spec[int(r)]
+        table.at[i, "rel_spec_error"] = _spectral(W, result.labels(int(k)),
+                                                  result.skeleton(int(k), int(r), strategy), s1)
+        done += 1
+    table.attrs["spectral_seconds"] = table.attrs.get("spectral_seconds", 0.0) + time.perf_counter() - t0
+    if progress is not None:
+        progress(total, total, "done")
+    return replace(result, table=table, global_order=order)
 
 
 def _order(Z: np.ndarray, idx: np.ndarray, strategy: str, seed: int, c: int) -> np.ndarray | None:

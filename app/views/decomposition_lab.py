@@ -24,15 +24,15 @@ from app.common import (
     valid,
 )
 from app.page import open_page
-from app.sweeps import run_sweeps, spectral_sweep, stored_sweeps
+from app.sweeps import run_sweeps, spectral_sweep, stored_results, sweep_table
 
 K_OPTIONS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
 R_OPTIONS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256]
 
 
-@st.cache_data(max_entries=64, show_spinner="Clustering the rows for the spectra ...")
-def _spectra(model: str, layer: str, k: int, min_size: int, normalize: bool, seed: int, _W):
-    return spectra_frame(_W, k, min_size=min_size, normalize_rows=normalize, seed=seed)
+@st.cache_data(max_entries=64, show_spinner="Singular values of the clusters ...")
+def _spectra(model: str, layer: str, labels, _W):
+    return spectra_frame(_W, labels)  # the sweep's own clusters (labels), no new k-means
 
 
 loaded = open_page("Decomposition lab", "lab")
@@ -85,24 +85,26 @@ if not layers:
     st.info("Pick at least one layer above.")
     st.stop()
 
-table = stored_sweeps(loaded, layers, **params)
-if run and table is None:
+results = stored_results(loaded, layers, **params)  # layer -> SweepResult (table, clusters)
+if run and results is None:
     bar = st.progress(0.0, text="Starting the sweep ...")
 
     def show(fraction: float, message: str) -> None:
         bar.progress(min(max(fraction, 0.0), 1.0), text=message)
 
     try:
-        table = run_sweeps(loaded, layers, progress=show, **params)
+        results = run_sweeps(loaded, layers, progress=show, **params)
     except ValueError as exc:
         st.error(f"The sweep could not run: {plain(str(exc))}\n\nAdjust k and r so that "
                  "k × r ≤ m and r ≤ n for the chosen layers.")
         st.stop()
-    bar.progress(1.0, text=f"Done: {len(layers)} layer(s), {len(table)} configurations.")
-if table is None:
+    bar.progress(1.0, text=f"Done: {len(layers)} layer(s), "
+                 f"{sum(len(r.table) for r in results.values())} configurations.")
+if results is None:
     st.info("Choose layers, cluster counts, ranks and strategies, then press **Run sweep**. "
             "Results already computed for these settings appear here at once.")
     st.stop()
+table = sweep_table(results)
 
 st.success(f"{int(table['feasible'].sum())} configurations over {len(layers)} layer(s) "
            "(cached: changing a plot below does not recompute).", icon=":material/check:")
@@ -156,9 +158,11 @@ else:
                   "same total rank k·r")
     left.plotly_chart(figures.error_vs_rank_figure(curves, "‖W − Ŵ‖_F / ‖W‖_F (log)"),
                       key="lab_error_vs_rank")
-    with st.spinner("Measuring the spectral error of this layer (one SVD per configuration) ..."):
-        spec = spectral_sweep(loaded, layer, **params)
-    spectral = error_vs_rank(spec, k, norm="spectral")
+    with st.spinner("Measuring the spectral error of this layer (one SVD per configuration, "
+                    "on the sweep's own clusters and skeletons) ..."):
+        results[layer] = spectral_sweep(loaded, layer, **params)
+    table = sweep_table(results)  # the full table below holds this layer's spectral columns
+    spectral = error_vs_rank(results[layer].table, k, norm="spectral")
     right.markdown("**Spectral norm** — the measured error against the ID bounds (dotted)")
     right.plotly_chart(figures.error_vs_rank_figure(spectral, "‖W − Ŵ‖₂ / σ₁(W) (log)"),
                        key="lab_error_vs_rank_spectral")
@@ -179,17 +183,17 @@ st.markdown(
 # --- 3. spectra ---------------------------------------------------------------------------------
 st.markdown(f"#### 3 · Singular values of the layer and of its {k} clusters")
 plot, text = st.columns([3, 1])
-feasible_r = one[(one["k"] == k) & one["feasible"]]["r"]
-if len(feasible_r):  # the sweep's clusters: minimum size = largest feasible r at this k
-    spectra = _spectra(loaded.name, layer, k, int(feasible_r.max()), params["normalize_rows"],
-                       params["seed"], layer_weight(loaded, layer))
+labels = results[layer].labels(k)  # the sweep's clusters at this k (None: none feasible)
+if labels is not None:
+    spectra = _spectra(loaded.name, layer, labels, layer_weight(loaded, layer))
     plot.plotly_chart(figures.spectra_figure(spectra), key="lab_spectra")
 else:
     plot.warning(f"The sweep has no clusters at k = {k} (no feasible r); pick a smaller k.")
 with text:
     note = ("The error of any rank-r approximation is governed by the tail "
             r"$\sigma_{r+1},\sigma_{r+2},\dots$: a cluster whose spectrum falls faster than the "
-            "layer's is easier to approximate at rank r.")
+            "layer's is easier to approximate at rank r. The clusters are the sweep's own "
+            "(the ones behind every error above).")
     if "smollm2" in loaded.name.lower():
         note += " SmolLM2's 4-bit origin shows as a flat noise floor at the end."
     st.markdown(note)

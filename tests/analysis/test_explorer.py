@@ -46,12 +46,18 @@ def test_points_frame_marks_skeleton_rows(W):
     assert sorted(pts.index[pts["skeleton_id"]]) == sorted(np.concatenate(view.skeletons["id"]))
 
 
-def test_spectra_frame_matches_numpy(W):
-    df = spectra_frame(W, 3, min_size=5)
+def test_spectra_frame_matches_numpy_on_the_given_clusters(W):
+    labels = np.arange(60) % 3  # any clustering: the frame never clusters itself
+    df = spectra_frame(W, labels)
     layer = df[df["part"] == "layer"]
     s = np.linalg.svd(W, compute_uv=False)
     assert np.allclose(layer["sigma"], s) and np.isclose(layer["relative"].iloc[0], 1.0)
-    clusters = df[df["part"] != "layer"]
-    assert clusters.drop_duplicates("part")["rows"].sum() == 60
     assert set(df["part"]) == {"layer", "cluster 0", "cluster 1", "cluster 2"}
-    assert len(spectra_frame(W, 1)) == 16  # k = 1: the layer only
+    for c in range(3):
+        part = df[df["part"] == f"cluster {c}"]
+        assert (part["rows"] == 20).all()
+        assert np.allclose(part["sigma"], np.linalg.svd(W[labels == c], compute_uv=False))
+        assert np.allclose(part["relative"], part["sigma"] / s[0])
+    assert len(spectra_frame(W)) == len(spectra_frame(W, np.zeros(60, int))) == 16  # the layer only
+    with pytest.raises(ValueError, match="one cluster id"):
+        spectra_frame(W, labels[:10])

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import scipy.linalg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import analysis.sweep as sweep_module
 from analysis.sweep import (
     COLUMNS,
     ERROR_COLUMNS,
+    SPECTRAL_COLUMNS,
     SweepSpec,
+    add_spectral,
     parse_grid,
     parse_strategies,
+    sweep_key,
     sweep_layer,
 )
+from idlora_core.cache import ResultCache
+from idlora_core.linalg.clustering import MinSizeKMeans
 from idlora_core.linalg.synthetic import decaying_spectrum, random_spectrum_matrix
 
 STRATS = ["id", "centroid", "random"]
@@ -197,7 +206,8 @@ def test_spec_is_frozen_normalised_and_takes_no_strings():
     with pytest.raises(ValueError, match="ks must be integers"):
         parse_grid("2,x", "ks")
     assert ERROR_COLUMNS == ["rel_fro_error", "svd_same_r", "svd_same_total", "global_id_same_r",
-                             "svd_spec_same_r", "bound_cluster", "bound_global", "rel_spec_error"]
+                             "svd_spec_same_r", "global_id_spec_same_r", "bound_cluster",
+                             "bound_global", "rel_spec_error"]
 
 
 def test_bad_weights():
@@ -221,3 +231,171 @@ def test_normalized_rows_cluster_in_cosine_geometry():
     recomputed = recompute_from_clusters(scaled, b.clusters_json())
     for row in b.table.itertuples():
         assert row.rel_fro_error == pytest.approx(recomputed[(row.k, row.r, row.strategy)], rel=1e-8)
+
+
+# --- the spectral columns: one more part of the same (cached) result ---------------------------
+
+def numpy_spectral(W: np.ndarray, labels: np.ndarray, skeleton: list) -> float:
+    """||W - W_hat||_2 / s_1(W), W_hat: each cluster's rows least-squares on its skeleton rows."""
+    W = np.asarray(W, dtype=np.float64)
+    residual = np.zeros_like(W)
+    for c, rows in enumerate(skeleton):
+        members = labels == c
+        X, *_ = np.linalg.lstsq(W[rows].T, W[members].T, rcond=None)
+        residual[members] = W[members] - (W[rows].T @ X).T
+    return np.linalg.norm(residual, 2) / np.linalg.norm(W, 2)
+
+
+def check_spectral_against_numpy(W: np.ndarray, res, rtol: float) -> None:
+    table = res.table[res.table["feasible"]]
+    assert res.has_spectral and len(table)
+    for row in table.itertuples():
+        labels = res.labels(row.k)
+        expected = numpy_spectral(W, labels, res.skeleton(row.k, row.r, row.strategy))
+        assert row.rel_spec_error == pytest.approx(expected, rel=rtol), row
+        glob = numpy_spectral(W, np.zeros(len(W), int), [np.asarray(res.global_order[: row.r])])
+        assert row.global_id_spec_same_r == pytest.approx(glob, rel=rtol), row
+
+
+def test_spectral_columns_equal_numpy_from_the_stored_labels_and_skeletons(random_result):
+    W, plain = random_result
+    assert not plain.has_spectral and plain.table["rel_spec_error"].isna().all()
+    res = sweep(W, [1, 2, 3, 8], [2, 5, 9, 30], STRATS, seed=1, layer="rand", spectral=True)
+    check_spectral_against_numpy(W, res, rtol=1e-9)
+    # the global ID's stored order is the pivoted QR of W.T (independently: SciPy's geqp3)
+    _, _, piv = scipy.linalg.qr(W.T, pivoting=True)
+    assert res.global_order == piv[:9].tolist()
+    k1 = res.table[(res.table["k"] == 1) & (res.table["strategy"] == "id") & res.table["feasible"]]
+    np.testing.assert_allclose(k1["rel_spec_error"], k1["global_id_spec_same_r"], rtol=1e-12)
+    s = np.linalg.svd(W, compute_uv=False)
+    feasible = res.table[res.table["feasible"]]
+    assert (feasible["rel_spec_error"] >= s[np.minimum(feasible["total_rank"], 23)] / s[0] - 1e-12).all()
+    cols = [c for c in COLUMNS if c not in ("seconds", "rel_spec_error", "global_id_spec_same_r")]
+    assert res.table[cols].equals(plain.table[cols])  # the rest of the table is unchanged
+
+
+def test_spectral_columns_on_the_randomized_float32_path():
+    W = np.random.default_rng(4).standard_normal((120, 40)) @ np.diag(np.linspace(3, 0.1, 40))
+    res = sweep(W, [2, 4], [3, 6], ["id", "centroid"], randomized=True, spectral=True, seed=2)
+    assert res.table["randomized"].all()
+    check_spectral_against_numpy(W, res, rtol=2e-5)  # float32 residuals
+
+
+class Counter:
+    """Counts the calls of the functions it wraps (monkeypatch them with .wrap)."""
+
+    def __init__(self, monkeypatch):
+        self.monkeypatch, self.calls = monkeypatch, {}
+
+    def wrap(self, owner, name):
+        real = getattr(owner, name)
+        self.calls[name] = 0
+
+        def counted(*args, **kwargs):
+            self.calls[name] += 1
+            return real(*args, **kwargs)
+
+        self.monkeypatch.setattr(owner, name, counted)
+
+
+def count_sweep_work(monkeypatch) -> dict:
+    """Count k-means fits, QR orders (every cluster and global ID), spectra and whole sweeps."""
+    counter = Counter(monkeypatch)
+    counter.wrap(MinSizeKMeans, "fit")
+    for name in ("_order_errors", "_sweep", "_global_spectrum", "spectrum", "top_spectrum",
+                 "randomized_spectrum"):
+        counter.wrap(sweep_module, name)
+    return counter.calls
+
+
+def test_adding_spectral_to_a_cached_sweep_clusters_nothing_and_extends_the_same_entry(
+        tmp_path, monkeypatch):
+    W = np.random.default_rng(5).standard_normal((48, 20))
+    cache = ResultCache(tmp_path)
+    spec = SweepSpec([1, 3], [2, 4], STRATS, seed=3)
+    first = sweep_layer(W, spec, layer="L", cache=cache)
+    assert not first.has_spectral
+    (entry,) = tmp_path.rglob("*.json")
+    assert entry == cache.path(sweep_key(W, spec, "L"))
+    calls = count_sweep_work(monkeypatch)
+    spectral_spec = SweepSpec([1, 3], [2, 4], STRATS, seed=3, spectral=True)
+    ticks = []
+    extended = sweep_layer(W, spectral_spec, layer="L", cache=cache,
+                           progress=lambda d, t, m: ticks.append((d, t)))
+    assert set(calls.values()) == {0}, calls  # no k-means, no QR, no spectrum, no sweep
+    assert extended.from_cache and extended.has_spectral and ticks[-1][0] == ticks[-1][1] > 0
+    assert list(tmp_path.rglob("*")) == [entry.parent, entry]  # no second key, no temp file
+    check_spectral_against_numpy(W, extended, rtol=1e-9)
+    # the saved entry has them: served to both specs with no computation at all
+    for asked in (spec, spectral_spec):
+        again = sweep_layer(W, asked, layer="L", cache=cache, lookup_only=True)
+        assert again is not None and again.has_spectral
+        assert again.table[SPECTRAL_COLUMNS].equals(extended.table[SPECTRAL_COLUMNS])
+    assert set(calls.values()) == {0}, calls
+    monkeypatch.undo()
+    direct = sweep_layer(W, spectral_spec, layer="L")  # no cache: one go
+    np.testing.assert_allclose(direct.table[SPECTRAL_COLUMNS], extended.table[SPECTRAL_COLUMNS],
+                               rtol=1e-12)
+    # in memory (the app's store): the same, and the input result is left as it was
+    again = add_spectral(W, first, spec)
+    assert not first.has_spectral and again.has_spectral
+    with pytest.raises(ValueError, match="pass the weight that was swept"):
+        add_spectral(W[:40], first, spec)
+
+
+def test_old_format_entry_loads_and_gets_only_what_is_missing(tmp_path, monkeypatch):
+    """An entry written before the global order, s_1 and the global-ID spectral column were
+    stored: it still serves the Frobenius sweep, and the spectral columns cost no k-means."""
+    W = np.random.default_rng(6).standard_normal((40, 16))
+    cache = ResultCache(tmp_path)
+    spec = SweepSpec([2, 4], [2, 3], ["id", "random"])
+    fresh = sweep_layer(W, SweepSpec([2, 4], [2, 3], ["id", "random"], spectral=True), layer="old")
+    payload = sweep_layer(W, spec, layer="old").to_payload()
+    del payload["global_order"], payload["attrs"]["sigma_1"]
+    split = payload["table"]
+    drop = split["columns"].index("global_id_spec_same_r")
+    split["columns"].pop(drop)
+    for values in split["data"]:
+        values.pop(drop)
+    cache.save(sweep_key(W, spec, "old"), payload)
+
+    calls = count_sweep_work(monkeypatch)
+    old = sweep_layer(W, spec, layer="old", cache=cache)
+    assert old.from_cache and old.global_order is None and not old.has_spectral
+    assert list(old.table.columns) == COLUMNS and old.table["global_id_spec_same_r"].isna().all()
+    np.testing.assert_allclose(old.table["rel_fro_error"], fresh.table["rel_fro_error"], rtol=1e-12)
+    extended = sweep_layer(W, SweepSpec([2, 4], [2, 3], ["id", "random"], spectral=True),
+                           layer="old", cache=cache)
+    # recomputed: only what the entry lacked (s_1 and the global ID's order: one QR)
+    assert calls["fit"] == calls["_sweep"] == 0 and calls["_order_errors"] == 1, calls
+    np.testing.assert_allclose(extended.table[SPECTRAL_COLUMNS], fresh.table[SPECTRAL_COLUMNS],
+                               rtol=1e-12)
+    stored = json.loads(cache.path(sweep_key(W, spec, "old")).read_text())["payload"]
+    assert stored["global_order"] == fresh.global_order
+    assert stored["attrs"]["sigma_1"] == pytest.approx(np.linalg.norm(W, 2), rel=1e-12)
+
+
+@pytest.mark.parametrize("damage", ["label out of range", "skeleton row of another cluster",
+                                    "selection missing", "global order out of range"])
+def test_entry_with_unusable_clusterings_is_recomputed(tmp_path, damage):
+    W = np.random.default_rng(7).standard_normal((30, 12))
+    cache = ResultCache(tmp_path)
+    spec = SweepSpec([3], [2, 4], ["id"])
+    first = sweep_layer(W, spec, layer="bad", cache=cache)
+    path = cache.path(sweep_key(W, spec, "bad"))
+    entry = json.loads(path.read_text())
+    clustering = entry["payload"]["clusterings"][0]
+    if damage == "label out of range":
+        clustering["labels"][0] = 3
+    elif damage == "skeleton row of another cluster":
+        skeleton = clustering["selections"][0]["skeleton"]
+        skeleton[0][0] = skeleton[1][0]
+    elif damage == "selection missing":
+        clustering["selections"].pop()
+    else:
+        entry["payload"]["global_order"][0] = 30
+    path.write_text(json.dumps(entry))
+    assert sweep_layer(W, spec, layer="bad", cache=cache, lookup_only=True) is None
+    again = sweep_layer(W, spec, layer="bad", cache=cache)
+    assert not again.from_cache
+    assert again.clusters_json() == first.clusters_json()

@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pandas as pd
 
-from analysis.sweep import SweepSpec, sweep_layer
+from analysis.sweep import SweepSpec, add_spectral, sweep_layer
 from app import figures
 from app.report import readable, report_files, report_zip
 
@@ -161,3 +161,34 @@ def test_exported_figures_have_title_axis_titles_ticks_and_room_for_them():
         assert fig.layout.width is None  # the page's own figure is not changed
     assert export_title("heatmap_random") == "Relative error, k x r, strategy random"
     assert "σ_{" not in " ".join(t.name for t in built["error_vs_rank_frobenius"].data)
+
+
+def test_sweep_full_csv_holds_the_measured_spectral_errors_where_they_were_measured():
+    rng = np.random.default_rng(3)
+    spec = SweepSpec(ks=[1, 4], ranks=[2, 4], strategies=["id", "random"])
+    names = ("encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.value")
+    weights = [rng.normal(size=(48, 24)) for _ in names]
+    results = [sweep_layer(W, spec, layer=name) for W, name in zip(weights, names, strict=True)]
+    results[0] = add_spectral(weights[0], results[0], spec)  # the inspected layer only
+    sweep = pd.concat([r.table for r in results], ignore_index=True)
+    files = report_files(sweep, 4, None, {}, {})
+    csv = pd.read_csv(io.BytesIO(files["sweep_full.csv"]))
+    measured = csv["cluster-wise ID error (rel. spectral)"]
+    first = (csv["layer"] == names[0]).to_numpy()
+    assert measured[first].notna().all() and measured[~first].isna().all()
+    # the values: numpy's spectral norm of the residual on the stored clusters and skeletons
+    W = weights[0]
+    for i in csv.index[first]:
+        k, r, strategy = csv.loc[i, ["clusters k", "rank r", "skeleton strategy"]]
+        labels = results[0].labels(k)
+        residual = np.zeros_like(W)
+        for c, rows in enumerate(results[0].skeleton(k, r, strategy)):
+            X, *_ = np.linalg.lstsq(W[rows].T, W[labels == c].T, rcond=None)
+            residual[labels == c] = W[labels == c] - (W[rows].T @ X).T
+        expected = np.linalg.norm(residual, 2) / np.linalg.norm(W, 2)
+        assert abs(measured[i] - expected) <= 5e-5 + 1e-12  # rounded to 4 places
+    assert csv["global ID error, same r (rel. spectral)"][first].notna().all()
+    readme = files["README.txt"].decode()
+    assert "measured spectral errors for 1 layer(s): 0 · q (empty for the others)" in readme
+    plain = report_files(pd.concat([results[1].table]), 4, None, {}, {})["README.txt"].decode()
+    assert "the measured spectral errors are empty" in plain
