@@ -22,6 +22,7 @@ PAGES = [
     ("views/decomposition_lab.py", "Decomposition lab", ":material/grid_on:"),
     ("views/cluster_explorer.py", "Cluster explorer", ":material/scatter_plot:"),
     ("views/layer_atlas.py", "Layer atlas", ":material/grid_view:"),
+    ("views/budget_planner.py", "Budget planner", ":material/tune:"),
     ("views/fine_tune.py", "Fine-tune", ":material/model_training:"),
     ("views/studies.py", "Studies", ":material/query_stats:"),
     ("views/export_import.py", "Export / import", ":material/download:"),

@@ -25,6 +25,8 @@ kept across page switches by `common.init_state()`.
   ft_num_test         1000 / 32          test examples per task (scored once at the end)
   ft_<train field>    TrainConfig        every field of idlora_core.config.TrainConfig
                                          (ft_steps, ft_batch_size, ft_learning_rate, ...)
+  ft_plan             None               a plan sent by the Budget planner: {"model", "adapter"
+                                         (AdapterConfig JSON), "summary"}; Fine-tune starts it
   ex_method           "idlora"           Export: the method written to the YAML
   ex_run_name         "my-run"           Export: output folder name inside the runs folder
   ex_normalize_rows   False              Export: cluster L2-normalised rows
@@ -349,6 +351,17 @@ def finetune_configs(
             out.append((label, RunConfig(model=model, adapter=adapter, tasks=tasks,
                                          train=train.model_copy(update={"learning_rate": lr}))))
     return out
+
+
+def plan_run_config(state: Mapping[str, Any], adapter: AdapterConfig, model_name: str,
+                    model_kind: str, output_dir: str = "runs/budget-plan") -> RunConfig:
+    """Return the RunConfig of a Budget planner plan (`adapter`: its per-layer ID-LoRA targets)
+    with the Fine-tune page's tasks and training at ID-LoRA's learning rate."""
+    train = train_config(state).model_copy(
+        update={"learning_rate": float(_get(state, LR_KEYS["idlora"]))})
+    return RunConfig(model=ModelConfig(name=model_name, trust_remote_code=trust_remote_code(state)),
+                     adapter=adapter, tasks=task_configs(state, model_kind), train=train,
+                     output_dir=output_dir)
 
 
 def export_config(

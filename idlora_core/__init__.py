@@ -43,6 +43,11 @@ _EXPORTS = {
     "MinSizeKMeans": "idlora_core.linalg.clustering",
     "select_skeleton": "idlora_core.linalg.selection",
     "row_id": "idlora_core.linalg.decomposition",
+    # the per-layer budget planner (no torch)
+    "Plan": "idlora_core.planner",
+    "LayerCurve": "idlora_core.planner",
+    "plan_budget": "idlora_core.planner",
+    "parse_budget": "idlora_core.planner",
     # training
     "run_training": "idlora_core.training.trainer",
 }

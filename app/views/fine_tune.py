@@ -34,7 +34,7 @@ from app.common import (
     valid,
 )
 from app.report import COLLAPSED_NOTE, headline, lead_columns, readable, runs_display
-from idlora_core.config import ALL_METHODS
+from idlora_core.config import ALL_METHODS, AdapterConfig, RunConfig
 from idlora_core.jobs import run_queue, runs, slots
 from idlora_core.tasks import pool_sizes
 from idlora_core.training import compare
@@ -50,6 +50,7 @@ HANDLES = "ft_handles"  # list[RunHandle] of this session's started runs
 TICKETS = "ft_tickets"  # list[run_queue.Ticket] this session submitted to the server queue
 TAILS = "ft_tails"  # {run_dir: MetricsTail}
 LABELS = "ft_labels"  # {run name: label}
+PLAN = "ft_plan"  # a plan the Budget planner sent: {"model", "adapter" (JSON), "summary"}
 SHOWN_ONLY = ("metric", "validation_metric", "test_metric", "task", "note", "dir")  # not in the CSV
 
 
@@ -165,6 +166,39 @@ def _start_clicked(loaded, layers: list[str]) -> None:
     if not planned:
         st.error("Pick at least one method.")
         return
+    _submit(planned)
+
+
+def _plan_panel(loaded) -> None:
+    """A plan sent by the Budget planner (`ft_plan`): per-layer ID-LoRA targets, started as one
+    run with this page's tasks and training."""
+    state = st.session_state
+    plan = state.get(PLAN)
+    if not plan:
+        return
+    with st.container(border=True, key="plan_panel"):
+        st.markdown(f"**Budget plan** from the Budget planner ({plan['model']}): ID-LoRA on "
+                    f"{plan['summary']}. Each layer keeps its own k and r; it trains with this "
+                    "page's tasks and training settings at ID-LoRA's learning rate (the methods, "
+                    "ranks and clusters above do not apply to it).")
+        b1, b2, _ = st.columns([1, 1, 3])
+        other = plan["model"] != model_name()
+        if other:
+            st.warning(f"The plan is for {plan['model']}: pick that model in the sidebar to run it.")
+        if b1.button("Start the plan run", key="start_plan", type="primary", disabled=other):
+            try:
+                adapter = AdapterConfig.model_validate_json(plan["adapter"])
+                _submit([("ID-LoRA budget plan",
+                          sio.plan_run_config(state, adapter, model_name(), loaded.kind))])
+            except Exception as exc:  # noqa: BLE001 - invalid settings are shown, not raised
+                st.error(f"Cannot start the plan: {exc}")
+        if b2.button("Discard the plan", key="discard_plan"):
+            state.pop(PLAN, None)
+            st.rerun()
+
+
+def _submit(planned: list[tuple[str, RunConfig]]) -> None:
+    state = st.session_state
     queue = _queue()
     for label, cfg in planned:
         try:
@@ -388,6 +422,7 @@ def main() -> None:
         return
     state["_ft_chance"] = _chance(loaded)
     layers = _controls(loaded)
+    _plan_panel(loaded)
     b1, b2, _ = st.columns([1, 1, 4])
     if b1.button("Start runs", key="start_runs", type="primary"):
         _start_clicked(loaded, layers)
