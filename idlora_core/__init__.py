@@ -3,7 +3,9 @@
 The public API, PEFT-like::
 
     from idlora_core import AdapterConfig, TargetConfig, apply_adapters, save_adapters, load_adapters
-    adapted = apply_adapters(model, AdapterConfig(method="idlora", targets=[TargetConfig(pattern="q_proj")]))
+    adapted = apply_adapters(model, AdapterConfig(method="idlora", r=8, k=4, target_modules=["q_proj", "v_proj"]))
+    # = AdapterConfig(method="idlora", targets=[TargetConfig(pattern="q_proj", r=8, k=4), TargetConfig(pattern="v_proj", ...)])
+    adapted.print_trainable_parameters()               # an nn.Module: Trainer(model=adapted, ...)
     save_adapters(adapted, "out/adapter")              # weights + resolved config
     again = load_adapters(fresh_base_model, "out/adapter")
 

@@ -1,9 +1,13 @@
 """The one on-disk cache of ID-LoRA Lab: its location, content-addressed entries, atomic writes.
 
-Where: `cache_dir()` reads the environment variable IDLORA_CACHE_DIR on every call (default:
-the repository's `cached/`), so a test session or a server can point it elsewhere at any
-time and subprocesses inherit the choice. Below it: `results/` (sweep results),
-`skeletons/` (clustered ID-LoRA skeletons), `models/` (SmolLM2 dequantised to float32).
+Where: `cache_dir()` reads the environment variable IDLORA_CACHE_DIR on every call, so a test
+session or a server can point it elsewhere at any time and subprocesses inherit the choice.
+Unset, it is the repository's `cached/` when the package runs from a writable source checkout
+(a `pyproject.toml` naming idlora-lab beside the package: `make install`'s editable install,
+or a clone on PYTHONPATH), else the user cache folder `platformdirs.user_cache_dir("idlora-lab")`
+(`~/.cache/idlora-lab` on Linux): never inside an installed package. Below it: `results/`
+(sweep results), `skeletons/` (clustered ID-LoRA skeletons), `models/` (SmolLM2 dequantised
+to float32).
 
 What: a key is the SHA-256 of a namespace, the dtype, shape and bytes of every array the
 entry depends on and every parameter (sorted JSON): change one weight entry or one parameter
@@ -22,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable
@@ -30,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 FORMAT_VERSION = 1
-REPO_CACHE = Path(__file__).resolve().parents[1] / "cached"
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_CACHE = PACKAGE_DIR.parent / "cached"  # used only from a source checkout (source_checkout)
 _warned: set[str] = set()
 
 
@@ -38,10 +44,37 @@ class CacheWarning(UserWarning):
     """The cache folder cannot be written (or read): work continues without it."""
 
 
+def source_checkout(package_dir: Path | None = None) -> Path | None:
+    """Return the repository root when `package_dir` (default: this package's folder) lies in a
+    writable source checkout of ID-LoRA Lab (its parent holds a pyproject.toml with name
+    "idlora-lab"), else None."""
+    root = (package_dir or PACKAGE_DIR).parent
+    try:
+        text = (root / "pyproject.toml").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    if not re.search(r'^name\s*=\s*["\']idlora-lab["\']', text, re.MULTILINE):
+        return None
+    folder = root / "cached"
+    return root if os.access(folder if folder.is_dir() else root, os.W_OK) else None
+
+
+def default_cache_dir(package_dir: Path | None = None) -> Path:
+    """Return the cache folder used when IDLORA_CACHE_DIR is unset: `<checkout>/cached` from a
+    writable source checkout, else `platformdirs.user_cache_dir("idlora-lab")`."""
+    root = source_checkout(package_dir)
+    if root is not None:
+        return root / "cached"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("idlora-lab", appauthor=False))
+
+
 def cache_dir() -> Path:
-    """Return the cache folder: $IDLORA_CACHE_DIR when set and not empty, else the repo's `cached/`."""
+    """Return the cache folder: $IDLORA_CACHE_DIR when set and not empty, else
+    `default_cache_dir()` (the checkout's `cached/`, or the user cache folder)."""
     env = os.environ.get("IDLORA_CACHE_DIR", "").strip()
-    return Path(env).expanduser() if env else REPO_CACHE
+    return Path(env).expanduser() if env else default_cache_dir()
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

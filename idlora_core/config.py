@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import annotated_types
+import numpy as np
 import yaml
 from pydantic import (
     BaseModel,
@@ -58,13 +59,19 @@ MAX_SEED = 2**32 - 1  # numpy's seed range
 
 
 def _refuse_bool(value: Any) -> Any:
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         raise ValueError("expected a number, not a boolean")
     return value
 
 
-# Numbers from YAML: booleans are refused (`steps: true` is not 1), ints are never coerced
-# from strings or floats; floats accept ints and YAML-1.1 strings like "1e-3", never inf/nan.
+def _plain_int(value: Any) -> Any:
+    return int(value) if isinstance(value, np.integer) else value  # np.int64(8) from an array
+
+
+# Numbers: booleans are refused (`steps: true` is not 1), ints are never coerced from strings
+# or floats ("8", 8.0, 8.5), but numpy integers given from Python are ints (YAML makes none);
+# floats accept ints, numpy floats and YAML-1.1 strings like "1e-3", never inf/nan.
+Int = Annotated[StrictInt, BeforeValidator(_plain_int)]
 Number = Annotated[float, BeforeValidator(_refuse_bool), Field(allow_inf_nan=False)]
 
 
@@ -108,13 +115,15 @@ class TargetConfig(_Strict):
         "searched in the full module name",
     )
     regex: StrictBool = Field(False, description="treat pattern as a regular expression")
-    layers: list[Annotated[StrictInt, Field(ge=0, le=100_000)]] | None = Field(
+    layers: list[Annotated[Int, Field(ge=0, le=100_000)]] | None = Field(
         None, description="block indices to adapt (e.g. [0, 1]); None = every block"
     )
-    r: StrictInt = Field(8, ge=1, le=65_536, description="rank of each low-rank component")
-    k: StrictInt = Field(4, ge=1, le=4096, description="ID-LoRA clusters, or HydraLoRA heads N")
-    selection: Selection = Field("centroid", description="ID-LoRA skeleton-row strategy")
-    rb_splits: StrictInt = Field(
+    r: Int = Field(8, ge=1, le=65_536, description="rank of each low-rank component")
+    k: Int = Field(4, ge=1, le=4096, description="ID-LoRA clusters, or HydraLoRA heads N")
+    selection: Selection = Field(
+        "id", description="ID-LoRA skeleton-row strategy: id (pivoted QR, the recommended one), "
+        "centroid (the paper's) or random")
+    rb_splits: Int = Field(
         1, ge=1, le=1024, description="rank-boosting splits p (1 = plain ID-LoRA)"
     )
     alpha: Number = Field(
@@ -147,6 +156,10 @@ METHOD_FIELDS: dict[str, frozenset[str]] = {
     "full": frozenset(),
 }
 TUNABLE_FIELDS = METHOD_FIELDS["idlora"]
+# Configs written while selection defaulted to 'centroid' spell it on every target, lora ones too.
+_EARLIER_DEFAULTS: dict[str, object] = {"selection": "centroid"}
+# The TargetConfig fields AdapterConfig takes once for all `target_modules` (PEFT's shorthand).
+SHARED_TARGET_FIELDS: tuple[str, ...] = tuple(n for n in TargetConfig.model_fields if n != "pattern")
 
 
 def target_for(method: str, **values: Any) -> TargetConfig:
@@ -157,6 +170,15 @@ def target_for(method: str, **values: Any) -> TargetConfig:
 
 
 class AdapterConfig(_Strict):
+    """The adapter part of a run: the method, one TargetConfig per layer pattern, the seed.
+
+    PEFT's shorthand is accepted when building one: ``AdapterConfig(method="idlora", r=8, k=4,
+    target_modules=["query", "value"])`` is one TargetConfig per name, each with the shared
+    fields given (any TargetConfig field but `pattern`); shared fields without target_modules
+    apply to the default targets. It expands into `targets` (what a dump holds); giving
+    `targets` as well is an error.
+    """
+
     method: Method = Field(
         "idlora",
         description="idlora | lora | dora | hydralora | full, or the baselines head-only (only the "
@@ -166,10 +188,10 @@ class AdapterConfig(_Strict):
         default_factory=lambda: [TargetConfig(pattern="query"), TargetConfig(pattern="value")],
         min_length=1,
     )
-    seed: StrictInt = Field(
+    seed: Int = Field(
         0, ge=0, le=MAX_SEED, description="seed for clustering and random skeleton selection"
     )
-    skeletons: dict[str, list[list[Annotated[StrictInt, Field(ge=0)]]]] | None = Field(
+    skeletons: dict[str, list[list[Annotated[Int, Field(ge=0)]]]] | None = Field(
         None,
         description="resolved skeleton row indices per adapted layer name: one list of r "
         "global row indices per cluster; when present, no re-clustering happens",
@@ -179,6 +201,27 @@ class AdapterConfig(_Strict):
         description="ID-LoRA only: torch.compile the adapter update (router, mix, B); "
         "measured in docs/ADAPTERS.md",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_target_modules(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        shared = {name: data[name] for name in SHARED_TARGET_FIELDS if name in data}
+        if "target_modules" not in data and not shared:
+            return data
+        given = ", ".join(["target_modules"] * ("target_modules" in data) + sorted(shared))
+        if "targets" in data:
+            raise ValueError(f"give either targets or target_modules with shared fields, not both "
+                             f"(got targets and {given})")
+        names = data.get("target_modules")
+        if names is None:
+            names = [t.pattern for t in cls.model_fields["targets"].default_factory()]
+        if isinstance(names, str) or not isinstance(names, (list, tuple)):
+            raise ValueError(f"target_modules takes a list of module names, e.g. ['query', 'value'], "
+                             f"got {shorten(names)}")
+        rest = {k: v for k, v in data.items() if k != "target_modules" and k not in shared}
+        return {**rest, "targets": [{"pattern": name, **shared} for name in names]}
 
     @model_validator(mode="after")
     def _fields_apply(self) -> AdapterConfig:
@@ -191,7 +234,7 @@ class AdapterConfig(_Strict):
         for i, target in enumerate(self.targets):
             for name in sorted(TUNABLE_FIELDS - used):
                 default = TargetConfig.model_fields[name].default
-                if getattr(target, name) != default:
+                if getattr(target, name) not in (default, _EARLIER_DEFAULTS.get(name, default)):
                     users = [m for m in METHOD_FIELDS if name in METHOD_FIELDS[m]]
                     problems.append(
                         f"targets.{i}.{name}={getattr(target, name)!r} does not apply to method "
@@ -216,15 +259,15 @@ class TaskConfig(_Strict):
     )
     path: str | None = Field(None, description="data file for 'jsonl' / 'csv' tasks")
     weight: Number = Field(1.0, gt=0, le=1e6, description="mixing weight among the tasks")
-    num_train: StrictInt = Field(
+    num_train: Int = Field(
         512, ge=1, le=10_000_000, description="training examples (generated, or the first N of a "
         "dataset's fixed training split)"
     )
-    num_eval: StrictInt = Field(
+    num_eval: Int = Field(
         64, ge=1, le=1_000_000,
         description="validation examples: scored during and after training, they choose "
         "hyper-parameters")
-    num_test: StrictInt | None = Field(
+    num_test: Int | None = Field(
         None, ge=0, le=1_000_000,
         description="test examples: scored once at the end (test_* metrics), never used to choose "
         "anything; None = as many as num_eval, 0 = no test split")
@@ -242,25 +285,25 @@ class TaskConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    steps: StrictInt = Field(100, ge=1, le=10_000_000, description="optimiser steps")
-    batch_size: StrictInt = Field(8, ge=1, le=4096, description="examples per device per step")
-    seq_len: StrictInt = Field(128, ge=8, le=131_072, description="maximum tokens per example")
+    steps: Int = Field(100, ge=1, le=10_000_000, description="optimiser steps")
+    batch_size: Int = Field(8, ge=1, le=4096, description="examples per device per step")
+    seq_len: Int = Field(128, ge=8, le=131_072, description="maximum tokens per example")
     learning_rate: Number = Field(2e-4, gt=0)  # huge values are allowed: NaN tests
     schedule: Schedule = Field("linear", description="learning-rate schedule after warm-up")
-    warmup_steps: StrictInt = Field(0, ge=0, le=10_000_000)
+    warmup_steps: Int = Field(0, ge=0, le=10_000_000)
     weight_decay: Number = Field(0.0, ge=0, le=10)
-    grad_accum: StrictInt = Field(1, ge=1, le=4096, description="gradient accumulation steps")
-    eval_interval: StrictInt = Field(
+    grad_accum: Int = Field(1, ge=1, le=4096, description="gradient accumulation steps")
+    eval_interval: Int = Field(
         50, ge=0, le=10_000_000, description="evaluate every N steps (0 = only at end)"
     )
-    log_interval: StrictInt = Field(
+    log_interval: Int = Field(
         1, ge=1, le=10_000_000, description="write a metrics line every N steps"
     )
-    save_interval: StrictInt = Field(
+    save_interval: Int = Field(
         50, ge=0, le=10_000_000,
         description="save a checkpoint every N steps (0 = only when stopped early)",
     )
-    seed: StrictInt = Field(0, ge=0, le=MAX_SEED)
+    seed: Int = Field(0, ge=0, le=MAX_SEED)
     precision: Precision = "auto"
     device: Device = "auto"
     gradient_checkpointing: bool = Field(

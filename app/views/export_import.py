@@ -68,7 +68,7 @@ def _choices_editor(layers: list[str]) -> None:
         r = o3.number_input("r", **sio.bounds("adapter_r"), value=int(current.get("r", 8)),
                             key=f"ov_r_{layer}")
         strategy = o4.selectbox("strategy", list(STRATEGIES), key=f"ov_strategy_{layer}",
-                                index=list(STRATEGIES).index(current.get("strategy", "centroid")))
+                                index=list(STRATEGIES).index(current.get("strategy", "id")))
         rb = o5.selectbox("p", [1, 2, 4, 8], key=f"ov_rb_{layer}",
                           index=[1, 2, 4, 8].index(int(current.get("rb_splits", 1))))
         b1, b2 = st.columns(2)

@@ -43,6 +43,7 @@ class HydraLoRALinear(nn.Module):
         self.alpha = float(alpha)
         self.scaling = self.alpha / r
         self.hydralora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.adapter_disabled = False  # True: the base layer's output only (AdaptedModel.disable_adapters)
         w = base.weight
         # LoRA's init for A and a Linear's default init for the router (uniform, bound 1/sqrt(n)).
         a = torch.empty(r, n, dtype=torch.float32)
@@ -64,7 +65,7 @@ class HydraLoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
-        return y + self.adapter_delta(x).to(y.dtype)
+        return y if self.adapter_disabled else y + self.adapter_delta(x).to(y.dtype)
 
     def extra_repr(self) -> str:
         return (

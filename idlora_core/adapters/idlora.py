@@ -103,6 +103,7 @@ class IDLoRALinear(nn.Module):
         self.scaling = self.alpha / r
         self.dropout = float(dropout)
         self.compile = bool(compile)
+        self.adapter_disabled = False  # True: the base layer's output only (AdaptedModel.disable_adapters)
         w = base.weight
         self.register_buffer("idlora_skeleton", index.to(w.device))  # (k, r) int64, persistent
         self.idlora_T = nn.Parameter(torch.zeros(k, r, device=w.device, dtype=w.dtype))
@@ -133,7 +134,7 @@ class IDLoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
-        return self._update(self.gather(y), y)
+        return y if self.adapter_disabled else self._update(self.gather(y), y)
 
     def extra_repr(self) -> str:
         return (

@@ -155,7 +155,7 @@ def apply_adapters(
     cache: bool = True,
 ) -> AdaptedModel:
     """Adapt `model` IN PLACE (deep-copy it first to keep the original) and return an
-    `AdaptedModel`: the model that runs (`.model`; a `peft.PeftModel` for lora / dora), the
+    `AdaptedModel` (an nn.Module): the model that runs (`.module`; a `peft.PeftModel` for lora / dora), the
     config with resolved ID-LoRA skeletons (`.adapter_config`) and the `AdapterReport` (`.report`).
 
     Every parameter is frozen except the adapters (or, for `full`, the target layers) and the

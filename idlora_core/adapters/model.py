@@ -1,37 +1,81 @@
 """`AdaptedModel`: what `apply_adapters` and `load_adapters` return, the same for all five methods.
 
-`adapted.module` is the model that runs (a `peft.PeftModel` for lora / dora, the transformers model with
-`IDLoRALinear` / `HydraLoRALinear` layers in it for idlora / hydralora, the model itself for
-full; named like DDP's `.module`, so that a transformers model's own `.model` stays reachable),
-`adapted.adapter_config` the resolved `AdapterConfig` (ID-LoRA skeletons filled in),
-`adapted.report` the `AdapterReport` and `adapted.run_config` the run config if any, so
-`save_adapters(adapted, folder)` needs nothing else. Calling it calls the model; any attribute
-it does not define is the model's (`adapted.config`, `adapted.generate`, `adapted.parameters()`).
-Methods that return the model itself (`to`, `train`, `eval`, ...) return the wrapper.
+An `nn.Module` with one submodule, `module`: the model that runs (a `peft.PeftModel` for
+lora / dora, the transformers model with `IDLoRALinear` / `HydraLoRALinear` layers in it for
+idlora / hydralora, the model itself for full; named like DDP's `.module`, so that a
+transformers model's own `.model` stays reachable). Besides it: `adapter_config` (the resolved
+`AdapterConfig`, ID-LoRA skeletons filled in), `report` (the `AdapterReport`) and `run_config`
+(the run config, if any), so `save_adapters(adapted, folder)` needs nothing else.
+
+It is a module like any other: calling it runs `module`; `parameters()`, `to()`, `train()`,
+`state_dict()` (keys `module.<name>`, as DDP's) are nn.Module's own. Any attribute it does not
+define is the wrapped model's (`adapted.config`, `adapted.generate`). `forward` shows the
+transformers model's signature, so `transformers.Trainer` keeps the dataset columns the model
+takes: give the Trainer the AdaptedModel itself. PEFT's conveniences: `print_trainable_parameters()`,
+`with adapted.disable_adapters():` (the base model's output) and `save_pretrained(folder)` /
+`AdaptedModel.from_pretrained(base_model, folder)` (= `save_adapters` / `load_adapters`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import types
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from idlora_core.adapters.hydralora import HydraLoRALinear
+from idlora_core.adapters.idlora import IDLoRALinear
 from idlora_core.adapters.report import AdapterReport
 from idlora_core.config import AdapterConfig, RunConfig
 
-_RETURNS_SELF = ("to", "cpu", "cuda", "train", "eval", "requires_grad_", "float", "half", "bfloat16", "double")
+
+def _forward(self: AdaptedModel, *args: Any, labels: Any = None, **kwargs: Any) -> Any:
+    if labels is not None:
+        kwargs["labels"] = labels
+    return self.module(*args, **kwargs)
 
 
-class AdaptedModel:
+class AdaptedModel(nn.Module):
     """A model with adapters, its AdapterConfig and its AdapterReport (see the module docstring)."""
+
+    # `labels` is named so that Trainer (which reads the class's forward) finds the label column.
+    forward = _forward
 
     def __init__(self, module: nn.Module, adapter_config: AdapterConfig, report: AdapterReport,
                  run_config: RunConfig | None = None):
-        self.__dict__.update(module=module, adapter_config=adapter_config, report=report, run_config=run_config)
+        super().__init__()
+        self.module = module
+        self.adapter_config = adapter_config
+        self.report = report
+        self.run_config = run_config
+        self._show_signature()
+
+    def _show_signature(self) -> None:
+        """Make `self.forward` an instance method with the transformers model's signature (what
+        Trainer's remove_unused_columns and loss-kwargs checks inspect); PEFT does the same."""
+        try:
+            params = list(inspect.signature(self.unwrapped.forward).parameters.values())
+        except (TypeError, ValueError, AttributeError):
+            return
+        fn = types.FunctionType(_forward.__code__, _forward.__globals__, "forward", _forward.__defaults__,
+                                _forward.__closure__)
+        fn.__kwdefaults__ = _forward.__kwdefaults__
+        fn.__doc__ = getattr(type(self.unwrapped).forward, "__doc__", None)
+        fn.__signature__ = inspect.Signature(
+            [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *params])
+        self.forward = types.MethodType(fn, self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # pickle, deepcopy
+        super().__setstate__(state)
+        self._show_signature()
 
     @property
     def method(self) -> str:
-        """The adapter method: idlora, lora, dora, hydralora or full."""
+        """The adapter method: idlora, lora, dora, hydralora or full (or head-only, base)."""
         return self.adapter_config.method
 
     @property
@@ -43,29 +87,64 @@ class AdaptedModel:
         module = self.module
         return module.base_model.model if isinstance(module, PeftModel) else module
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.module(*args, **kwargs)
-
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or "module" not in self.__dict__:
-            raise AttributeError(name)
-        attr = getattr(self.__dict__["module"], name)
-        if name in _RETURNS_SELF and callable(attr):
-            def keep_wrapper(*args: Any, **kwargs: Any) -> AdaptedModel:
-                result = attr(*args, **kwargs)
-                if result is not self.__dict__["module"]:
-                    self.__dict__["module"] = result
-                return self
-            return keep_wrapper
-        return attr
+        try:
+            return super().__getattr__(name)  # parameters, buffers and submodules of the wrapper
+        except AttributeError:
+            modules = self.__dict__.get("_modules") or {}
+            if name.startswith("__") or name == "module" or "module" not in modules:
+                raise
+            return getattr(modules["module"], name)
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in self.__dict__:
-            self.__dict__[name] = value
-        else:
-            setattr(self.__dict__["module"], name, value)
+    def print_trainable_parameters(self) -> None:
+        """Print `trainable params: X || all params: Y || trainable%: Z` (as PEFT does), counted
+        from `parameters()`: adapters and trainable heads over every parameter element."""
+        params = list(self.parameters())
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        total = sum(p.numel() for p in params)
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
+              f"trainable%: {100 * trainable / max(total, 1):.4f}")
 
-    def __repr__(self) -> str:
+    @contextlib.contextmanager
+    def disable_adapters(self) -> Iterator[None]:
+        """Within this context the model computes what the base model does: every ID-LoRA /
+        HydraLoRA layer returns its base layer's output, a PEFT model runs
+        `disable_adapter()` (which also swaps in the original heads). Heads trained in place
+        (idlora, hydralora, head-only) stay as trained; `full` has no adapter to disable."""
+        from peft import PeftModel
+
+        if self.method == "full":
+            raise ValueError("method 'full' trains the layers themselves: there is no adapter to "
+                             "disable (keep a copy of the base model instead)")
+        if isinstance(self.module, PeftModel):
+            with self.module.disable_adapter():
+                yield
+            return
+        layers = [m for m in self.module.modules() if isinstance(m, (IDLoRALinear, HydraLoRALinear))]
+        before = [m.adapter_disabled for m in layers]
+        for m in layers:
+            m.adapter_disabled = True
+        try:
+            yield
+        finally:
+            for m, flag in zip(layers, before, strict=True):
+                m.adapter_disabled = flag
+
+    disable_adapter = disable_adapters  # PEFT's name
+
+    def save_pretrained(self, folder: str | Path, **kwargs: Any) -> Path:
+        """Write the adapters and the resolved config to `folder`: `save_adapters(self, folder)`."""
+        from idlora_core.adapters.io import save_adapters
+
+        return save_adapters(self, folder, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, base_model: nn.Module, folder: str | Path, **kwargs: Any) -> AdaptedModel:
+        """Put the adapters saved in `folder` on `base_model` (in place): `load_adapters`."""
+        from idlora_core.adapters.io import load_adapters
+
+        return load_adapters(base_model, folder, **kwargs)
+
+    def extra_repr(self) -> str:
         totals = self.report.totals
-        return (f"AdaptedModel(method={self.method!r}, layers={len(self.report.rows)}, "
-                f"trainable={totals['trainable']:,}, module={type(self.module).__name__})")
+        return f"method={self.method!r}, layers={len(self.report.rows)}, trainable={totals['trainable']:,}"

@@ -73,7 +73,10 @@ def read_study_folder(out_dir: str | Path) -> tuple[StudyConfig, dict[str, Any]]
     return study, json.loads((out / META_FILE).read_text(encoding="utf-8"))
 
 
-def load_optuna_study(storage_url: str, name: str) -> optuna.Study:
-    """Return the existing Optuna study `name` in the storage at `storage_url`."""
+def load_optuna_study(storage: str | optuna.storages.BaseStorage, name: str) -> optuna.Study:
+    """Return the existing Optuna study `name` in `storage` (a URL for `open_storage`, or a
+    storage it opened)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=name, storage=open_storage(storage_url))
+    if isinstance(storage, str):
+        storage = open_storage(storage)
+    return optuna.load_study(study_name=name, storage=storage)

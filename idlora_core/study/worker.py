@@ -59,14 +59,23 @@ def _cell_of(trial: optuna.trial.FrozenTrial) -> Any:
     return (trial.system_attrs.get("fixed_params") or {}).get("cell", trial.user_attrs.get("cell"))
 
 
-def recover(study: optuna.Study) -> list[int]:
-    """Fail the RUNNING trials of this host whose worker process is gone; return their numbers."""
+def recover(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
+    """Fail the RUNNING trials of this host whose worker process is gone; return their numbers.
+
+    `storage` is the one `study` was opened on: a dead process's trial is not a `Trial` of
+    ours, so its failure is written through the storage's public API (not `study.tell`, which
+    would run the sampler's after_trial: GridSampler calls `study.stop()`, an error outside
+    `optimize`)."""
     failed = []
+    study_id = None
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
         if t.user_attrs.get("host") == HOST and pid and pid != os.getpid() and not pid_alive(pid):
-            study._storage.set_trial_user_attr(t._trial_id, "failure", "worker process died")
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            if study_id is None:
+                study_id = storage.get_study_id_from_name(study.study_name)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            storage.set_trial_user_attr(trial_id, "failure", "worker process died")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
             failed.append(t.number)
     return failed
 
@@ -160,15 +169,16 @@ class Worker:
 
     def run_grid(self) -> int:
         """Run grid trials until none is left (or a stop request); return how many this worker ran."""
-        from idlora_core.study.storage import load_optuna_study
+        from idlora_core.study.storage import load_optuna_study, open_storage
 
-        study = load_optuna_study(self.storage, self.meta["name"])
+        storage = open_storage(self.storage)
+        study = load_optuna_study(storage, self.meta["name"])
         # One seed for every worker: GridSampler shuffles the grid with it, and grid ids must
         # name the same cells in all workers.
         study.sampler = optuna.samplers.GridSampler({"cell": list(range(len(self.cells)))}, seed=0)
         ran = 0
         while not self.stop.requested:
-            recover(study)
+            recover(study, storage)
             requeue(study, len(self.cells))
             unstarted, waiting = open_cells(study, len(self.cells))
             if not unstarted and not waiting:
@@ -186,13 +196,14 @@ class Worker:
         for cell in self.cells:
             groups.setdefault(cell_name(0, {**cell, "seed": None})[5:], []).append(cell)
         ran = 0
+        storage = open_storage(self.storage)
         for group, cells in groups.items():
             name = f"{self.meta['name']}/{group}"
-            study = optuna.create_study(study_name=name, storage=open_storage(self.storage), load_if_exists=True,
+            study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
                                         direction=self.cfg.direction,
                                         sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=3))
             while not self.stop.requested:
-                recover(study)
+                recover(study, storage)
                 live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
                                                                 TrialState.WAITING))
                 if len(live) >= rng.trials:

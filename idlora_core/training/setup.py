@@ -94,7 +94,7 @@ def upcast_trainable(model: torch.nn.Module) -> int:
 def build_model(config: RunConfig, tasks: list[TaskData], source=None):
     """Return (AdaptedModel, tokenizer, AdapterReport) for a run, seeded for repeatable heads; the
     AdaptedModel carries the run config (`save_adapters(adapted, folder)` saves the whole run)
-    and `adapted.module` is the nn.Module to train.
+    and is the nn.Module to train.
 
     `source(name, head, num_labels, trust_remote_code, dtype=, device=)` may return a fresh
     (model, tokenizer) pair, loaded in that dtype on that device, to adapt (a study worker
@@ -131,7 +131,7 @@ def build_model(config: RunConfig, tasks: list[TaskData], source=None):
         model.config.use_cache = False
     adapted = apply_adapters(model, config.adapter, extra_trainable=HEAD_MODULES)
     adapted.run_config = config
-    upcast_trainable(adapted.module)
+    upcast_trainable(adapted)
     return adapted, tokenizer, adapted.report
 
 

@@ -72,6 +72,13 @@ class RunResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
+def _inner(model: torch.nn.Module) -> torch.nn.Module:
+    """Return the model inside an AdaptedModel (checkpoint tensor names stay the model's own)."""
+    from idlora_core.adapters.model import AdaptedModel
+
+    return model.module if isinstance(model, AdaptedModel) else model
+
+
 class AdapterTrainer(Trainer):
     """A Trainer whose checkpoints hold only the trainable tensors, and which notes non-finite losses."""
 
@@ -89,7 +96,7 @@ class AdapterTrainer(Trainer):
             return
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
-        model = self.accelerator.unwrap_model(self.model)
+        model = _inner(self.accelerator.unwrap_model(self.model))
         tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(tensors, os.path.join(output_dir, TRAINABLE_FILE))
         if self.run_config_text:
@@ -97,7 +104,7 @@ class AdapterTrainer(Trainer):
                 fh.write(self.run_config_text)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        model = self.accelerator.unwrap_model(model or self.model)
+        model = _inner(self.accelerator.unwrap_model(model or self.model))
         saved = load_file(os.path.join(resume_from_checkpoint, TRAINABLE_FILE))
         expected = {n for n, p in model.named_parameters() if p.requires_grad}
         if set(saved) != expected:
@@ -208,8 +215,7 @@ def _run_locked(config: RunConfig, folder: RunFolder, args: TrainingArguments, d
     stop.check()
     with polling(stop.check):  # generating 10^6 examples takes minutes: a stop ends it
         tasks = load_tasks(config.tasks, seed=config.train.seed)
-    adapted, tokenizer, report = build_model(config, tasks, source)
-    model = adapted.module
+    model, tokenizer, report = build_model(config, tasks, source)  # an AdaptedModel
     trainable, total = count_params(model)
     train_set = build_train_dataset(tokenizer, tasks, [t.weight for t in config.tasks],
                                     config.train.seq_len, config.train.seed, check=stop.check)
@@ -274,7 +280,7 @@ def _run_locked(config: RunConfig, folder: RunFolder, args: TrainingArguments, d
         if state != "failed":
             from idlora_core.adapters.io import save_adapters
 
-            save_adapters(adapted, output_dir / ADAPTER_DIR)
+            save_adapters(model, output_dir / ADAPTER_DIR)
         write_json_atomic(output_dir / RUN_FILE, {**summary, "state": state, "message": message,
                                                   "final_metrics": final, "checkpoint": last_good})
         write_status(output_dir, state, message, step=steps, max_steps=config.train.steps)

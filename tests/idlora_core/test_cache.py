@@ -1,4 +1,7 @@
-"""write_text_atomic: replaces whole files, creates folders, leaves nothing behind on failure."""
+"""write_text_atomic: replaces whole files, creates folders, leaves nothing behind on failure;
+where the cache lives (IDLORA_CACHE_DIR, the checkout's cached/, or the user cache folder)."""
+
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +95,49 @@ def test_unwritable_cache_warns_once_even_as_root(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once per folder, not once per entry
         assert cache.get_or_compute("ef56", lambda: {"v": 2}) == ({"v": 2}, False)
+
+
+def _tree(root, pyproject: str | None):
+    """Return the package folder of a fake install at `root` (with `pyproject` text beside it)."""
+    package = root / "idlora_core"
+    package.mkdir(parents=True)
+    if pyproject is not None:
+        (root / "pyproject.toml").write_text(pyproject, encoding="utf-8")
+    return package
+
+
+@pytest.mark.parametrize("pyproject, in_checkout", [
+    ('[project]\nname = "idlora-lab"\nversion = "0.1.0"\n', True),  # a clone / editable install
+    (None, False),  # site-packages: no pyproject.toml beside the package
+    ('[project]\nname = "someone-else"\n', False),  # a foreign project that vendors the package
+])
+def test_default_cache_is_the_checkout_or_the_user_cache(tmp_path, monkeypatch, pyproject, in_checkout):
+    import platformdirs
+
+    import idlora_core.cache as cache_module
+
+    package = _tree(tmp_path / "root", pyproject)
+    monkeypatch.setattr(cache_module, "PACKAGE_DIR", package)
+    monkeypatch.delenv("IDLORA_CACHE_DIR")
+    user = Path(platformdirs.user_cache_dir("idlora-lab", appauthor=False))
+    assert cache_module.cache_dir() == (tmp_path / "root" / "cached" if in_checkout else user)
+    assert package not in cache_module.cache_dir().parents  # never inside the package
+    monkeypatch.setenv("IDLORA_CACHE_DIR", str(tmp_path / "mine"))
+    assert cache_module.cache_dir() == tmp_path / "mine"  # the environment wins either way
+
+
+def test_read_only_checkout_uses_the_user_cache(tmp_path, monkeypatch):
+    import platformdirs
+
+    import idlora_core.cache as cache_module
+
+    package = _tree(tmp_path / "root", '[project]\nname = "idlora-lab"\n')
+    monkeypatch.setattr(cache_module.os, "access", lambda path, mode: False)  # as root, chmod is ignored
+    assert cache_module.default_cache_dir(package) == Path(
+        platformdirs.user_cache_dir("idlora-lab", appauthor=False))
+
+
+def test_this_checkout_keeps_its_cached_folder():
+    from idlora_core.cache import REPO_CACHE, default_cache_dir, source_checkout
+
+    assert source_checkout() == REPO_CACHE.parent and default_cache_dir() == REPO_CACHE

@@ -81,7 +81,7 @@ def test_name_lists_derive_from_the_schema_literals():
 
 
 @pytest.mark.parametrize("method,field,value", [
-    ("lora", "k", 8), ("lora", "selection", "id"), ("lora", "rb_splits", 2), ("dora", "normalize_rows", True),
+    ("lora", "k", 8), ("lora", "selection", "random"), ("lora", "rb_splits", 2), ("dora", "normalize_rows", True),
     ("hydralora", "selection", "random"), ("hydralora", "rb_splits", 2), ("full", "r", 4), ("full", "alpha", 8.0),
 ])
 def test_target_field_that_does_not_apply_is_an_error(method, field, value):
@@ -101,6 +101,6 @@ def test_compile_and_skeletons_only_for_idlora():
         AdapterConfig(method="lora", compile_adapters=True)
     with pytest.raises(ValueError, match="skeletons apply to method 'idlora' only"):
         AdapterConfig(method="hydralora", skeletons={"q_proj": [[0, 1]]})
-    t = target_for("lora", pattern="q", r=4, k=9, selection="id", rb_splits=2, alpha=8.0)
-    assert (t.r, t.alpha, t.k, t.selection, t.rb_splits) == (4, 8.0, 4, "centroid", 1)
+    t = target_for("lora", pattern="q", r=4, k=9, selection="random", rb_splits=2, alpha=8.0)
+    assert (t.r, t.alpha, t.k, t.selection, t.rb_splits) == (4, 8.0, 4, "id", 1)
     assert AdapterConfig(method="lora", targets=[t]).targets[0] == t
