@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from idlora_core.adapters.idlora import IDLoRALinear
-from idlora_core.adapters.inject import apply_adapters
+from idlora_core.adapters.model import apply_adapters
 from idlora_core.config import AdapterConfig, TargetConfig
 from idlora_core.models import load_model
 

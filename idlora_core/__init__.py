@@ -32,9 +32,9 @@ _EXPORTS = {
     "get_weight": "idlora_core.layers",
     # adapters
     "AdaptedModel": "idlora_core.adapters.model",
-    "apply_adapters": "idlora_core.adapters.inject",
+    "apply_adapters": "idlora_core.adapters.model",
     "save_adapters": "idlora_core.adapters.io",
-    "load_adapters": "idlora_core.adapters.io",
+    "load_adapters": "idlora_core.adapters.model",
     "AdapterLoadError": "idlora_core.adapters.io",
     "AdapterReport": "idlora_core.adapters.report",
     "IDLoRALinear": "idlora_core.adapters.idlora",

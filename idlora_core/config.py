@@ -1,7 +1,7 @@
 """The one YAML configuration of ID-LoRA Lab: model, adapter, tasks, training, output.
 
 The Export page writes it, `python -m idlora_core.train CONFIG.yaml` reads it, and
-`idlora_core.adapters.inject.apply_adapters` takes its `adapter` part. Loading always uses
+`idlora_core.adapters.model.apply_adapters` takes its `adapter` part. Loading always uses
 `yaml.safe_load` semantics with bounded alias expansion (`idlora_core.safe_yaml`); strict
 booleans and integers, documented ranges; unknown keys are errors; every validation error is reported at once,
 each naming the field path, the bad value and what is allowed.

@@ -1,7 +1,7 @@
 """Parameter budgets of every adapter method for one `(m, n)` linear layer (docs/ADAPTERS.md table).
 
 Pure arithmetic, no torch: the sweep, the app and the tests call it to predict what
-`idlora_core.adapters.inject.apply_adapters` will count from the real modules.
+`idlora_core.adapters.model.apply_adapters` will count from the real modules.
 """
 
 from __future__ import annotations

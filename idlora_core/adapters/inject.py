@@ -1,6 +1,7 @@
 """Put adapters on a transformers model: find the target linears, create the adapter, replace.
 
-One entry point, `apply_adapters(model, adapter_config)`, for all five methods and two baselines:
+One entry point, `inject_adapters(model, adapter_config)` (wrapped by `model.apply_adapters`), for
+all five methods and two baselines:
   idlora     -> `IDLoRALinear` (skeleton rows from `clustering` + `selection`, or from
                 `adapter_config.skeletons` when given, so a saved config needs no re-clustering)
   hydralora  -> `HydraLoRALinear`
@@ -9,8 +10,8 @@ One entry point, `apply_adapters(model, adapter_config)`, for all five methods a
   head-only  -> no adapter: only the head modules train (targets ignored)
   base       -> nothing trains (the reference point with 0 trainable parameters)
 Everything else is frozen, except head modules named in `extra_trainable` (counted apart).
-Save / load lives in `io.py`; skeleton resolution in `skeletons.py`; the returned wrapper in
-`model.py`.
+Save / load lives in `io.py`; skeleton resolution in `skeletons.py`; the wrapper and the public
+`apply_adapters` / `load_adapters` in `model.py`, which sits on top of this module and `io.py`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from torch import nn
 from idlora_core.adapters.budget import trainable_params
 from idlora_core.adapters.hydralora import HydraLoRALinear
 from idlora_core.adapters.idlora import IDLoRALinear
-from idlora_core.adapters.model import AdaptedModel
 from idlora_core.adapters.report import AdapterReport, LayerRow
 from idlora_core.adapters.skeletons import compute_skeleton, resolve_skeletons  # noqa: F401 (re-export)
 from idlora_core.config import AdapterConfig, TargetConfig
@@ -119,7 +119,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     """Return the transformers model inside a PEFT wrapper or an AdaptedModel (else the model)."""
     from peft import PeftModel
 
-    if isinstance(model, AdaptedModel):
+    if is_adapted(model):
         return model.unwrapped
     return model.base_model.model if isinstance(model, PeftModel) else model
 
@@ -145,7 +145,13 @@ def _apply_peft(model, targets, adapter_config, adapter_name, heads):
     return get_peft_model(model, config, adapter_name=adapter_name)
 
 
-def apply_adapters(
+def is_adapted(model: object) -> bool:
+    """True for what `apply_adapters` / `load_adapters` return (an AdaptedModel, told apart by its
+    resolved `adapter_config` so that this module need not import the class that imports it)."""
+    return isinstance(getattr(model, "adapter_config", None), AdapterConfig) and hasattr(model, "module")
+
+
+def inject_adapters(
     model: nn.Module,
     adapter_config: AdapterConfig,
     *,
@@ -153,10 +159,11 @@ def apply_adapters(
     extra_trainable: Sequence[str] = ("classifier", "score"),
     progress: Callable[[int, int, str], None] | None = None,
     cache: bool = True,
-) -> AdaptedModel:
-    """Adapt `model` IN PLACE (deep-copy it first to keep the original) and return an
-    `AdaptedModel` (an nn.Module): the model that runs (`.module`; a `peft.PeftModel` for lora / dora), the
-    config with resolved ID-LoRA skeletons (`.adapter_config`) and the `AdapterReport` (`.report`).
+) -> tuple[nn.Module, AdapterConfig, AdapterReport]:
+    """Adapt `model` IN PLACE (deep-copy it first to keep the original) and return its three parts:
+    the model that runs (a `peft.PeftModel` for lora / dora), the config with resolved ID-LoRA
+    skeletons and the `AdapterReport`. `idlora_core.adapters.model.apply_adapters` wraps them in
+    an `AdaptedModel`.
 
     Every parameter is frozen except the adapters (or, for `full`, the target layers) and the
     head modules whose names end with one of `extra_trainable`; the head is reported apart as
@@ -168,7 +175,7 @@ def apply_adapters(
     base_params = sum(p.numel() for p in model.parameters())
     if adapter_config.method in ("head-only", "base"):
         model, report = _apply_baseline(model, adapter_config.method, extra_trainable, base_params)
-        return AdaptedModel(model, adapter_config, report)
+        return model, adapter_config, report
     targets = resolve_targets(model, adapter_config)
     names = {name for name, _ in targets}
     heads = head_module_names(model, extra_trainable, names)
@@ -204,7 +211,7 @@ def apply_adapters(
     report = build_report(model, method, targets, heads, base_params)
     report.resolved_skeletons = skeletons
     resolved = adapter_config.model_copy(update={"skeletons": skeletons or None})
-    return AdaptedModel(model, resolved, report)
+    return model, resolved, report
 
 
 def _apply_baseline(model: nn.Module, method: str, extra_trainable: Sequence[str],
@@ -266,10 +273,10 @@ def build_report(
     )
 
 
-def adapter_state_dict(model: nn.Module | AdaptedModel) -> dict[str, torch.Tensor]:
-    """Return the trainable tensors of an idlora / hydralora / full model (adapters and heads),
-    keyed by their parameter names, detached."""
-    model = model.module if isinstance(model, AdaptedModel) else model
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Return the trainable tensors of an idlora / hydralora / full model or AdaptedModel
+    (adapters and heads), keyed by the inner model's parameter names, detached."""
+    model = model.module if is_adapted(model) else model
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 

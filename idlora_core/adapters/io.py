@@ -35,13 +35,14 @@ from torch import nn
 
 from idlora_core.adapters.inject import (
     adapter_state_dict,
-    apply_adapters,
     build_report,
     head_module_names,
     idlora_layers,
+    inject_adapters,
+    is_adapted,
     resolve_targets,
 )
-from idlora_core.adapters.model import AdaptedModel
+from idlora_core.adapters.report import AdapterReport
 from idlora_core.cache import write_text_atomic
 from idlora_core.config import MAX_CONFIG_BYTES, AdapterConfig, RunConfig, dumps_config
 from idlora_core.safe_yaml import YAMLInputError, safe_load_bounded
@@ -85,7 +86,7 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, metadata
 
 
-def _resolved(adapted: AdaptedModel, run_config: RunConfig | None) -> RunConfig | AdapterConfig:
+def _resolved(adapted: nn.Module, run_config: RunConfig | None) -> RunConfig | AdapterConfig:
     """Return the config to save: the run config (if any) with the adapter's resolved config."""
     skeletons = {name: layer.skeleton for name, layer in idlora_layers(adapted).items()}
     adapter = adapted.adapter_config.model_copy(update={"skeletons": skeletons or None})
@@ -93,11 +94,11 @@ def _resolved(adapted: AdaptedModel, run_config: RunConfig | None) -> RunConfig 
     return adapter if run_config is None else run_config.model_copy(update={"adapter": adapter})
 
 
-def save_adapters(model: AdaptedModel, folder: str | Path, *, run_config: RunConfig | None = None) -> Path:
+def save_adapters(model: nn.Module, folder: str | Path, *, run_config: RunConfig | None = None) -> Path:
     """Write the adapters of `model` (what `apply_adapters` / `load_adapters` returned) and its
     resolved config to `folder`; return the folder path. With `run_config` (or the model's own
     `run_config`) the whole run config is saved, its `adapter` section replaced by the model's."""
-    if not isinstance(model, AdaptedModel):
+    if not is_adapted(model):
         raise TypeError(f"save_adapters takes the AdaptedModel apply_adapters returned, got {type(model).__name__}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -168,16 +169,17 @@ def _peft_folder(folder: Path) -> tuple[Path, str]:
     return subs[0], subs[0].name
 
 
-def load_adapters(
+def load_adapter_parts(
     base_model: nn.Module,
     folder: str | Path,
     *,
     extra_trainable: tuple[str, ...] = ("classifier", "score"),
     is_trainable: bool = True,
-) -> AdaptedModel:
-    """Put the adapters saved in `folder` on `base_model` (modified in place) and return the
-    `AdaptedModel` (its `run_config` set when the folder holds a whole run config). The model
-    computes exactly what the saved one did."""
+) -> tuple[nn.Module, AdapterConfig, AdapterReport, RunConfig | None]:
+    """Put the adapters saved in `folder` on `base_model` (modified in place) and return the parts
+    of its AdaptedModel: the model that runs, the adapter config, the report and the run config
+    (None unless the folder holds a whole run config). The model computes exactly what the saved
+    one did; `idlora_core.adapters.model.load_adapters` wraps the parts."""
     folder = Path(folder)
     adapter, run_config = _read_configs(folder)
     if adapter.method in ("lora", "dora"):
@@ -189,8 +191,7 @@ def load_adapters(
         where, name = _peft_folder(folder)
         _read_weights(where / "adapter_model.safetensors")  # one-line errors, NaN / inf check
         model = PeftModel.from_pretrained(base_model, str(where), adapter_name=name, is_trainable=is_trainable)
-        return AdaptedModel(model, adapter, build_report(model, adapter.method, targets, heads, base_params),
-                            run_config)
+        return model, adapter, build_report(model, adapter.method, targets, heads, base_params), run_config
     path = folder / WEIGHTS_FILE
     saved, metadata = _read_weights(path)
     for name, skeleton in (adapter.skeletons or {}).items():
@@ -200,8 +201,7 @@ def load_adapters(
                 f"{path}: the skeleton of {name!r} in {CONFIG_FILE} differs from the saved one "
                 "(edited, duplicated, swapped or re-derived rows); refusing to load"
             )
-    model = apply_adapters(base_model, adapter, extra_trainable=extra_trainable)
-    model.run_config = run_config
+    model, adapter, report = inject_adapters(base_model, adapter, extra_trainable=extra_trainable)
     _verify_skeletons(model, saved, metadata, path)
     expected = adapter_state_dict(model)
     missing = sorted(set(expected) - set(saved))
@@ -214,13 +214,13 @@ def load_adapters(
     for name, value in saved.items():
         if value.shape != expected[name].shape:
             raise ValueError(f"{name}: saved shape {tuple(value.shape)} != model {tuple(expected[name].shape)}")
-    model.module.load_state_dict(saved, strict=False)
+    model.load_state_dict(saved, strict=False)
     if not is_trainable:
-        model.module.requires_grad_(False)
-    return model
+        model.requires_grad_(False)
+    return model, adapter, report, run_config
 
 
-def _verify_skeletons(model: AdaptedModel, saved: dict[str, torch.Tensor], metadata: dict[str, str],
+def _verify_skeletons(model: nn.Module, saved: dict[str, torch.Tensor], metadata: dict[str, str],
                       path: Path) -> None:
     """Refuse (AdapterLoadError) an ID-LoRA skeleton that differs from the one saved in `path`,
     or base-model rows W0[J] whose hash differs from the saved one; pops the skeleton tensors."""

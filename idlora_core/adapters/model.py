@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from torch import nn
 
 from idlora_core.adapters.hydralora import HydraLoRALinear
 from idlora_core.adapters.idlora import IDLoRALinear
+from idlora_core.adapters.inject import inject_adapters
+from idlora_core.adapters.io import load_adapter_parts, save_adapters
 from idlora_core.adapters.report import AdapterReport
 from idlora_core.config import AdapterConfig, RunConfig
 
@@ -134,17 +136,47 @@ class AdaptedModel(nn.Module):
 
     def save_pretrained(self, folder: str | Path, **kwargs: Any) -> Path:
         """Write the adapters and the resolved config to `folder`: `save_adapters(self, folder)`."""
-        from idlora_core.adapters.io import save_adapters
-
         return save_adapters(self, folder, **kwargs)
 
     @classmethod
     def from_pretrained(cls, base_model: nn.Module, folder: str | Path, **kwargs: Any) -> AdaptedModel:
         """Put the adapters saved in `folder` on `base_model` (in place): `load_adapters`."""
-        from idlora_core.adapters.io import load_adapters
-
         return load_adapters(base_model, folder, **kwargs)
 
     def extra_repr(self) -> str:
         totals = self.report.totals
         return f"method={self.method!r}, layers={len(self.report.rows)}, trainable={totals['trainable']:,}"
+
+
+def apply_adapters(
+    model: nn.Module,
+    adapter_config: AdapterConfig,
+    *,
+    adapter_name: str = "default",
+    extra_trainable: Sequence[str] = ("classifier", "score"),
+    progress: Callable[[int, int, str], None] | None = None,
+    cache: bool = True,
+) -> AdaptedModel:
+    """Adapt `model` IN PLACE (deep-copy it first to keep the original) and return the
+    `AdaptedModel` (an nn.Module): the model that runs (`.module`; a `peft.PeftModel` for lora /
+    dora), the config with resolved ID-LoRA skeletons (`.adapter_config`) and the `AdapterReport`
+    (`.report`). The arguments are `inject.inject_adapters`'s: every parameter is frozen except
+    the adapters (for `full`, the target layers) and the heads named in `extra_trainable`;
+    `progress(done, total, message)` follows ID-LoRA's skeletons; `cache` reuses them.
+    Configuration errors are raised before the model is touched."""
+    return AdaptedModel(*inject_adapters(model, adapter_config, adapter_name=adapter_name,
+                                         extra_trainable=extra_trainable, progress=progress, cache=cache))
+
+
+def load_adapters(
+    base_model: nn.Module,
+    folder: str | Path,
+    *,
+    extra_trainable: tuple[str, ...] = ("classifier", "score"),
+    is_trainable: bool = True,
+) -> AdaptedModel:
+    """Put the adapters saved in `folder` (by `save_adapters`) on `base_model` (modified in place)
+    and return the `AdaptedModel` (its `run_config` set when the folder holds a whole run config).
+    The model computes exactly what the saved one did; every check is `io.load_adapter_parts`'s."""
+    return AdaptedModel(*load_adapter_parts(base_model, folder, extra_trainable=extra_trainable,
+                                            is_trainable=is_trainable))

@@ -101,7 +101,7 @@ def build_model(config: RunConfig, tasks: list[TaskData], source=None):
     hands out copies of a model it keeps loaded); by default the model is loaded from disk. Either way the head and adapter initialisation depend on the
     seed only.
     """
-    from idlora_core.adapters.inject import apply_adapters
+    from idlora_core.adapters.model import apply_adapters
     from idlora_core.training.preflight import check_run_fits
 
     head = model_head(config, tasks)

@@ -133,7 +133,7 @@ def test_settings_round_trip_without_streamlit():
 def test_exported_skeletons_are_used_by_the_training_model():
     """Skeletons keyed by base-model names (as exported) are honoured on the classification
     model, whose modules are named `bert.encoder...`: no re-clustering happens."""
-    from idlora_core.adapters.inject import apply_adapters
+    from idlora_core.adapters.model import apply_adapters
     from idlora_core.config import AdapterConfig
     from idlora_core.models import load_model
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from idlora_core.adapters import inject
+from idlora_core.adapters import model as model_module
 from idlora_core.adapters import skeletons as skeleton_module
 from idlora_core.cache import cached_skeleton, skeleton_key
 from idlora_core.config import AdapterConfig, TargetConfig
@@ -76,13 +76,13 @@ def test_out_of_range_entry_does_not_break_training(empty_cache):
     """An entry with out-of-range rows used to make every later adaptation fail."""
     cfg = AdapterConfig(method="idlora", targets=[TargetConfig(pattern="layers.0.self_attn.q_proj",
                                                                 r=4, k=2)])
-    adapted = inject.apply_adapters(make_tiny_llama(), cfg)
+    adapted = model_module.apply_adapters(make_tiny_llama(), cfg)
     first = adapted.report
     (entry,) = _entries(empty_cache)
     doc = json.loads(entry.read_text())
     doc["payload"]["skeleton"][0][0] = 10_000
     entry.write_text(json.dumps(doc))
-    adapted = inject.apply_adapters(make_tiny_llama(), cfg)
+    adapted = model_module.apply_adapters(make_tiny_llama(), cfg)
     second = adapted.report
     assert second.resolved_skeletons == first.resolved_skeletons
     assert json.loads(entry.read_text())["payload"]["skeleton"] == next(
@@ -91,7 +91,7 @@ def test_out_of_range_entry_does_not_break_training(empty_cache):
 
 def test_apply_adapters_reuses_cached_skeletons(monkeypatch, empty_cache):
     cfg = AdapterConfig(method="idlora", targets=[TargetConfig(pattern="q_proj", r=4, k=2)])
-    adapted = inject.apply_adapters(make_tiny_llama(), cfg)
+    adapted = model_module.apply_adapters(make_tiny_llama(), cfg)
     first = adapted.report
     assert len(_entries(empty_cache)) == 2
 
@@ -99,11 +99,11 @@ def test_apply_adapters_reuses_cached_skeletons(monkeypatch, empty_cache):
         raise AssertionError("clustering ran although the cache holds the skeletons")
 
     monkeypatch.setattr(skeleton_module, "compute_skeleton", boom)
-    adapted = inject.apply_adapters(make_tiny_llama(), cfg)
+    adapted = model_module.apply_adapters(make_tiny_llama(), cfg)
     second = adapted.report
     assert second.resolved_skeletons == first.resolved_skeletons
     with pytest.raises(AssertionError, match="clustering ran"):
-        inject.apply_adapters(make_tiny_llama(), cfg, cache=False)
+        model_module.apply_adapters(make_tiny_llama(), cfg, cache=False)
     other_seed = cfg.model_copy(update={"seed": 1})
     with pytest.raises(AssertionError, match="clustering ran"):
-        inject.apply_adapters(make_tiny_llama(), other_seed)
+        model_module.apply_adapters(make_tiny_llama(), other_seed)

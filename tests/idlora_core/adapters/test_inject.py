@@ -14,7 +14,8 @@ from idlora_core.adapters import inject
 from idlora_core.adapters import skeletons as skeleton_module
 from idlora_core.adapters.budget import trainable_params
 from idlora_core.adapters.idlora import IDLoRALinear
-from idlora_core.adapters.inject import apply_adapters, resolve_targets
+from idlora_core.adapters.inject import resolve_targets
+from idlora_core.adapters.model import apply_adapters
 from idlora_core.config import AdapterConfig, TargetConfig, target_for
 from tests.conftest import make_tiny_bert, make_tiny_llama, shared_weight_copy
 

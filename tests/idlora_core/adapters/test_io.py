@@ -8,15 +8,15 @@ import pytest
 import torch
 import yaml
 
-from idlora_core.adapters import inject
+from idlora_core.adapters import model as model_module
 from idlora_core.adapters import skeletons as skeleton_module
 from idlora_core.adapters.io import (
     AdapterLoadError,
-    load_adapters,
     read_adapter_config,
     save_adapters,
     skeleton_rows_hash,
 )
+from idlora_core.adapters.model import load_adapters
 from idlora_core.config import AdapterConfig, RunConfig, TargetConfig, target_for
 from tests.conftest import make_tiny_bert, make_tiny_llama, shared_weight_copy
 
@@ -46,7 +46,7 @@ def _out(model, ids):
 def test_roundtrip_reproduces_outputs_exactly(method, factory, tmp_path, monkeypatch):
     patterns = ["query", "value"] if factory().__class__.__name__.startswith("Bert") else ["q_proj", "down_proj"]
     cfg = AdapterConfig(method=method, targets=[target_for(method, pattern=p, r=4, k=2) for p in patterns], seed=3)
-    model = inject.apply_adapters(factory(), cfg)
+    model = model_module.apply_adapters(factory(), cfg)
     report = model.report
     _perturb(model)
     ids = torch.randint(5, 1000, (2, 7), generator=torch.Generator().manual_seed(1))
@@ -73,7 +73,7 @@ def test_roundtrip_reproduces_outputs_exactly(method, factory, tmp_path, monkeyp
 def test_run_config_is_saved_whole_with_skeletons(tmp_path):
     run = RunConfig(adapter=AdapterConfig(method="idlora", targets=[TargetConfig(pattern="q_proj", r=4, k=2)]),
                     output_dir=str(tmp_path / "run"))
-    model = inject.apply_adapters(make_tiny_llama(), run.adapter)
+    model = model_module.apply_adapters(make_tiny_llama(), run.adapter)
     report = model.report
     save_adapters(model, tmp_path / "a", run_config=run)
     data = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
@@ -86,7 +86,7 @@ def test_real_minilm_roundtrip(minilm, tmp_path):
     cfg = AdapterConfig(method="idlora", targets=[TargetConfig(pattern="value", layers=[0, 3], r=8, k=4, rb_splits=2)])
     ids = minilm.tokenizer("Low-rank adapters, reloaded.", return_tensors="pt")["input_ids"]
     with shared_weight_copy(minilm.model) as copied:
-        model = inject.apply_adapters(copied, cfg)
+        model = model_module.apply_adapters(copied, cfg)
         _perturb(model)  # adapter tensors only: the shared base weights stay as they are
         with torch.no_grad():
             expected = model(input_ids=ids).last_hidden_state
@@ -103,7 +103,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not an adapter folder"):
         load_adapters(make_tiny_llama(), tmp_path)
     cfg = AdapterConfig(method="hydralora", targets=[TargetConfig(pattern="q_proj", r=4, k=2)])
-    model = inject.apply_adapters(make_tiny_llama(), cfg)
+    model = model_module.apply_adapters(make_tiny_llama(), cfg)
     save_adapters(model, tmp_path)
     other = cfg.model_copy(update={"targets": [TargetConfig(pattern="q_proj", r=2, k=2)]})
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"adapter": other.model_dump(mode="json")}))
@@ -113,7 +113,7 @@ def test_load_errors(tmp_path):
 
 def test_peft_adapter_with_its_own_name(tmp_path):
     cfg = AdapterConfig(method="lora", targets=[TargetConfig(pattern="v_proj", r=4)])
-    model = inject.apply_adapters(make_tiny_llama(), cfg, adapter_name="mine")
+    model = model_module.apply_adapters(make_tiny_llama(), cfg, adapter_name="mine")
     _perturb(model)
     ids = torch.randint(5, 1000, (1, 6), generator=torch.Generator().manual_seed(2))
     expected = _out(model, ids)
@@ -129,7 +129,7 @@ def test_peft_adapter_with_its_own_name(tmp_path):
 
 def _saved_idlora(tmp_path, seed=3):
     cfg = AdapterConfig(method="idlora", targets=[TargetConfig(pattern="q_proj", r=4, k=2)], seed=seed)
-    model = inject.apply_adapters(make_tiny_llama(), cfg)
+    model = model_module.apply_adapters(make_tiny_llama(), cfg)
     report = model.report
     _perturb(model)
     save_adapters(model, tmp_path)
@@ -162,7 +162,7 @@ def test_nonfinite_weights_are_an_error(method, bad, tmp_path):
     from safetensors.torch import load_file, save_file
 
     cfg = AdapterConfig(method=method, targets=[target_for(method, pattern="q_proj", r=4, k=2)])
-    model = inject.apply_adapters(make_tiny_llama(), cfg)
+    model = model_module.apply_adapters(make_tiny_llama(), cfg)
     save_adapters(model, tmp_path)
     path = tmp_path / "adapter_model.safetensors"
     with safe_open_meta(path) as metadata:

@@ -9,9 +9,8 @@ import sys
 import pytest
 import torch
 
-from idlora_core.adapters.inject import apply_adapters
-from idlora_core.adapters.io import load_adapters, save_adapters
-from idlora_core.adapters.model import AdaptedModel
+from idlora_core.adapters.io import save_adapters
+from idlora_core.adapters.model import AdaptedModel, apply_adapters, load_adapters
 from idlora_core.config import AdapterConfig, RunConfig, TargetConfig, target_for
 from tests.conftest import make_tiny_llama
 

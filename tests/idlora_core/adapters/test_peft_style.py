@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from idlora_core.adapters.inject import apply_adapters
-from idlora_core.adapters.model import AdaptedModel
+from idlora_core.adapters.model import AdaptedModel, apply_adapters
 from idlora_core.config import (
     AdapterConfig,
     ConfigError,

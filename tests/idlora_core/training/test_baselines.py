@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from idlora_core.adapters.inject import apply_adapters
+from idlora_core.adapters.model import apply_adapters
 from idlora_core.config import AdapterConfig, parse_config
 from idlora_core.training.run_files import read_metrics
 from idlora_core.training.setup import count_params
