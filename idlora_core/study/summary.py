@@ -170,8 +170,8 @@ def summarize(trials: pd.DataFrame, metric: str = "value", direction: str = "max
     budget at its learning rate span training seeds x cluster seeds: metric_* and test_* are
     over all of them (n_seeds counts the runs) and `CLUSTER_COLUMNS` are appended: seed_std
     (across training seeds of the means over cluster seeds), cluster_std (across cluster seeds
-    of the means over training seeds), their test_ twins and n_cluster_seeds (0 and NaN spreads
-    for a method without k-means, e.g. LoRA)."""
+    of the means over training seeds), their test_ twins and n_cluster_seeds (0, with
+    cluster_std NaN, for a method without k-means, e.g. LoRA)."""
     maximize = direction == "maximize"
     done = _complete(trials, metric)
     keys = _group_keys(done)
