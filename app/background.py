@@ -146,7 +146,7 @@ class JobPool:
         """
         with self._lock:
             if key is not None:
-                same = next((j for j in self._jobs.values() if j.key == key), None)
+                same = next((j for j in reversed(self._jobs.values()) if j.key == key), None)
                 if same is not None and same.state in ("waiting", "running", "done"):
                     return same
             active = [j for j in self._jobs.values() if not j.done()]
