@@ -168,3 +168,26 @@ def test_study_name_follows_the_chosen_study(tmp_path, monkeypatch):
     assert at.text_input(key="st_name").value != preset_name
     at.text_input(key="st_name").set_value("mine").run()  # a typed name stays while the study does
     assert at.text_input(key="st_name").value == "mine"
+
+
+def test_only_the_owner_sees_stop_on_a_running_study(tiny_study, monkeypatch):
+    """Issue 18 #2: a user stops their own studies, not another student's."""
+    from idlora_core.jobs import studies
+
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tiny_study))
+    launch = tiny_study / "studies" / "tiny" / studies.LAUNCH_FILE
+    kept = launch.read_text() if launch.exists() else None
+    try:
+        for owner, stop_shown in (("session:someone-else", False), ("session:me", True), ("", True)):
+            launch.write_text(json.dumps({"pid": os.getpid(), "workers": 1, "owner": owner}))  # "running"
+            at = AppTest.from_file(PAGE, default_timeout=120)
+            at.session_state["_idlora_session"] = "me"
+            at.run()
+            assert not at.exception
+            assert ("st_stop" in [b.key for b in at.button]) is stop_shown, owner
+            assert any("Another user started this study" in c.value for c in at.caption) is not stop_shown
+    finally:
+        if kept is None:
+            launch.unlink()
+        else:
+            launch.write_text(kept)
