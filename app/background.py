@@ -138,17 +138,23 @@ class JobPool:
             del self._jobs[job.id]
 
     def submit(self, fn: Callable[..., Any], *args: Any, owner: str, kind: str, label: str,
-               key: str | None = None, **kwargs: Any) -> Job:
+               key: str | None = None, supersede: bool = False, **kwargs: Any) -> Job:
         """Run `fn(job, *args, **kwargs)` on a worker; return its Job.
 
         A job with the same `key` that is waiting, running or done is returned instead (a failed
-        or cancelled one is retried). Raises JobRefused when the pool or the owner's share is full.
+        or cancelled one is retried). supersede: first cancel the owner's other unfinished jobs of
+        this `kind` (a new layer's UMAP replaces the old one's). Raises JobRefused when the pool
+        or the owner's share is full.
         """
         with self._lock:
             if key is not None:
                 same = next((j for j in reversed(self._jobs.values()) if j.key == key), None)
                 if same is not None and same.state in ("waiting", "running", "done"):
                     return same
+            if supersede:
+                for old in self._jobs.values():
+                    if old.owner == owner and old.kind == kind and not old.done():
+                        old.cancel()
             active = [j for j in self._jobs.values() if not j.done()]
             if len(active) >= self.max_jobs:
                 raise JobRefused(f"the server's background queue is full ({self.max_jobs} jobs, "
@@ -259,9 +265,10 @@ def keep_alive() -> None:
 
 
 def submit(fn: Callable[..., Any], *args: Any, kind: str, label: str, key: str | None = None,
-           **kwargs: Any) -> Job:
+           supersede: bool = False, **kwargs: Any) -> Job:
     """Submit `fn(job, ...)` to the server's pool as this session's user (see JobPool.submit)."""
-    return pool().submit(fn, *args, owner=user_id(), kind=kind, label=label, key=key, **kwargs)
+    return pool().submit(fn, *args, owner=user_id(), kind=kind, label=label, key=key,
+                         supersede=supersede, **kwargs)
 
 
 def show_job(job: Job, cancel_key: str) -> None:
@@ -291,15 +298,16 @@ def umap_async(
     """Return the Job (Future-like) of `umap_2d(W, ...)` computed in the background pool.
 
     The same matrix and parameters return the same job, so callers can poll it on every rerun;
-    a failed job is retried on the next call. When the pool is full, returns a finished Future
-    whose exception (JobRefused) says so in one line.
+    a failed job is retried on the next call, and a session's new request cancels its older
+    unfinished ones (no queue of abandoned layers). When the pool is full, returns a finished
+    Future whose exception (JobRefused) says so in one line.
     """
     X = np.ascontiguousarray(W, dtype=np.float64)
     key = "umap-" + hashlib.sha1(
         X.tobytes() + repr((X.shape, normalize_rows, n_neighbors, seed)).encode()
     ).hexdigest()
     try:
-        return submit(_umap, X, kind="umap", label="UMAP projection", key=key,
+        return submit(_umap, X, kind="umap", label="UMAP projection", key=key, supersede=True,
                       normalize_rows=normalize_rows, n_neighbors=n_neighbors, seed=seed)
     except JobRefused as exc:
         return _failed(exc)

@@ -83,9 +83,9 @@ def start_scan(pattern: str, names, spec: SweepSpec) -> None:
     if not chosen:
         st.error(f"No linear layer matches {pattern!r}: try a part of a name, e.g. 'query' or 'layer\\.0\\.'")
         return
-    try:
+    try:  # a new scan of this session replaces its unfinished one
         st.session_state[JOB] = background.submit(
-            _scan_job, model_name(), spec, chosen, kind="scan",
+            _scan_job, model_name(), spec, chosen, kind="scan", supersede=True,
             label=f"scan of {len(chosen)} layer{'s' * (len(chosen) != 1)}")
     except background.JobRefused as exc:
         st.error(str(exc))

@@ -86,3 +86,35 @@ def test_umap_refused_when_the_pool_is_full_is_a_failed_future(monkeypatch):
     finally:
         release.set()
         full.shutdown()
+
+
+def test_a_new_request_supersedes_the_sessions_older_ones(small_pool):
+    """Finding 10: a request waited 20.6 s behind 24 UMAP jobs of layers the user had left."""
+    release = threading.Event()
+    try:
+        busy = small_pool.submit(_stuck(release), owner="other", kind="scan", label="other's scan")
+        jobs = [small_pool.submit(lambda job, i=i: i, owner="A", kind="umap", label=f"layer {i}",
+                                  key=f"u{i}", supersede=True) for i in range(24)]
+        assert [j.state for j in jobs[:-1]] == ["cancelled"] * 23 and jobs[-1].state == "waiting"
+        assert small_pool.busy() == 2  # the other user's scan and A's newest request
+        small_pool.cancel(busy.id, "other")
+        assert jobs[-1].result(timeout=5) == 23
+    finally:
+        release.set()
+
+
+def test_an_open_page_keeps_its_queued_runs_alive(tmp_path):
+    """The heartbeat `app/main.py` draws on every page of a session that queued runs."""
+    from streamlit.testing.v1 import AppTest
+
+    from idlora_core.jobs.run_queue import RunQueue
+
+    script = "from app import background\nbackground.keep_alive()\n"
+    at = AppTest.from_string(script, default_timeout=30)
+    at.run()
+    queue = RunQueue(tmp_path)
+    assert queue._last_seen("session:me") == 0.0
+    at.session_state["_idlora_session"] = "me"
+    at.session_state[background.QUEUE_ROOT] = str(tmp_path)
+    at.run()
+    assert not at.exception and time.time() - queue._last_seen("session:me") < 5
