@@ -236,8 +236,11 @@ def _mine_waiting() -> tuple[list[dict], int]:
 
 def _waiting_panel(mine: list[dict], total: int) -> None:
     """List this user's waiting runs with their place in line and a Withdraw button each."""
-    st.caption("Waiting for a free slot (server queue, first come first served; "
-               f"{limits.server_limits().queued_per_user} queued or running per user):")
+    try:
+        share = f"; {limits.server_limits().queued_per_user} queued or running per user"
+    except ValueError:  # a bad server setting is reported by Start runs
+        share = ""
+    st.caption(f"Waiting for a free slot (server queue, first come first served{share}):")
     for entry in mine:
         left, right = st.columns([5, 1], vertical_alignment="center")
         left.caption(f"{entry['label']} — place {entry['place']} of {total}")
