@@ -11,7 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import exercise_panel, url_state
+from app import background, exercise_panel, url_state
 from app.common import MODEL_CHOICES, init_state
 from app.settings_io import lab_mode
 
@@ -66,4 +66,5 @@ pages = [
 navigation = st.navigation(pages, position="sidebar")
 model_picker()
 exercise_panel.sidebar_panel()
+background.keep_alive()  # this session's queued runs stay queued while any page of it is open
 navigation.run()

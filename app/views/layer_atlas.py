@@ -13,11 +13,16 @@ import streamlit as st
 from analysis.atlas import atlas_cells, read_atlas
 from analysis.scan import scan
 from analysis.sweep import SweepSpec
+from app import background
+from app.background import Job
 from app.common import STRATEGIES, get_model, init_state, model_name
 from app.figures import clicked_layer
 from app.report import readable
 from app.settings_io import lab_read_path
+from idlora_core.patterns import PatternError, matching
 
+JOB = "atlas_job"  # this session's background scan (app.background.Job), None when none
+POLL_SECONDS = 1.0
 PENDING = "_atlas_open_layer"  # set by a click on a cell, consumed after the charts are drawn
 LAB_PAGE = str(Path(__file__).resolve().parent / "decomposition_lab.py")
 TITLES = {"gain_vs_svd": "Gain of cluster-wise ID over SVD at the same r  (SVD(r) − ID; > 0: ID wins)",
@@ -66,6 +71,50 @@ def _clicked(key: str) -> None:
         st.session_state[PENDING] = layer
 
 
+def _scan_job(job: Job, model: str, spec: SweepSpec, names: list[str]):
+    return scan(model, spec, layers=names, progress=lambda d, t, layer, hit: job.report(
+        d / t, f"[{d}/{t}] {layer} ({'cached' if hit else 'swept'})"))
+
+
+def start_scan(pattern: str, names, spec: SweepSpec) -> None:
+    """Check the layer pattern (within MATCH_SECONDS: a pattern that backtracks without end is one
+    error line) and start the scan of the layers it matches in the background pool."""
+    try:
+        chosen = matching(pattern, names) if pattern else list(names)
+    except PatternError as exc:
+        st.error(str(exc))
+        return
+    if not chosen:
+        st.error(f"No linear layer matches {pattern!r}: try a part of a name, e.g. 'query' or 'layer\\.0\\.'")
+        return
+    try:  # a new scan of this session replaces its unfinished one
+        st.session_state[JOB] = background.submit(
+            _scan_job, model_name(), spec, chosen, kind="scan", supersede=True,
+            label=f"scan of {len(chosen)} layer{'s' * (len(chosen) != 1)}")
+    except background.JobRefused as exc:
+        st.error(str(exc))
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def scan_progress() -> None:
+    """Poll this session's scan: progress and Cancel while it runs; its table (a full rerun) or its
+    error once it ends."""
+    job = st.session_state.get(JOB)
+    if job is None:
+        return
+    if not job.done():
+        background.show_job(job, "atlas_cancel")
+        return
+    st.session_state[JOB] = None
+    if job.state == "done":
+        st.session_state["atlas_table"] = job.result()
+        st.rerun()
+    elif job.state == "cancelled":
+        st.info("The scan was cancelled; the layers it finished are cached and are not recomputed.")
+    else:
+        st.error(f"Could not scan: {job.exception()}")
+
+
 def _kind_rank(series):
     from analysis.atlas import KIND_ORDER
 
@@ -102,17 +151,13 @@ else:
                                 key="atlas_strategies")
     pattern = c4.text_input("Layers (regex, empty = all)", key="atlas_layers")
     st.caption(f"{len(loaded.weights.linear)} linear layers; each is read alone, swept, cached "
-               "and released. Cached layers are not recomputed.")
+               "and released. Cached layers are not recomputed. The scan runs in the background: "
+               "other pages stay usable, and Cancel stops it after the current layer.")
     if st.button("Run the scan", key="atlas_run", type="primary", disabled=not (ks and ranks and strategies)):
-        bar = st.progress(0.0, text="starting ...")
-        try:
-            table = scan(model_name(), SweepSpec(sorted(ks), sorted(ranks), strategies),
-                         layers=pattern.strip() or None,
-                         progress=lambda d, t, layer, hit: bar.progress(
-                             d / t, text=f"[{d}/{t}] {layer} ({'cached' if hit else 'swept'})"))
-            st.session_state["atlas_table"] = table
-        except ValueError as exc:
-            st.error(f"Could not scan: {exc}")
+        start_scan(pattern.strip(), loaded.weights.linear, SweepSpec(sorted(ks), sorted(ranks), strategies))
+    if st.session_state.get(JOB) is not None:
+        scan_progress()
+        table = st.session_state.get("atlas_table")
 
 if table is None:
     st.info("Load a scan CSV or run a scan to see the atlas.")

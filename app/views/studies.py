@@ -5,18 +5,23 @@ by `python -m idlora_core.study` in its own process session: closing the tab doe
 The page draws, from the study's storage, the trade-off plot (metric against trainable
 parameters with 95 % CIs and the Pareto frontier), metric against learning rate per budget,
 the summary table (validation and test columns) and a paired comparison of two budgets.
+Served to a lab, a study is sized before anything is expanded or started (its run count from the
+grid's axis lengths, its steps and its base run's estimated memory against the server's limits,
+`idlora_core/jobs/limits.py`), each user runs at most IDLORA_MAX_STUDIES_PER_USER studies at
+once, and only the user who started a study can stop it here.
 No maths here: `analysis/studies.py`, `idlora_core/study/` and `idlora_core/jobs/studies.py`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import streamlit as st
 
 from analysis import studies
-from app import figures
+from app import background, figures
 from app import settings_io as sio
 from app.common import (
     K_CHOICES,
@@ -25,14 +30,16 @@ from app.common import (
     get_model,
     init_state,
     model_name,
+    open_named,
     selected_layers,
 )
 from idlora_core.config import ALL_METHODS, ConfigError
-from idlora_core.jobs import run_queue
+from idlora_core.jobs import limits, run_queue
 from idlora_core.jobs import studies as jobs
 from idlora_core.jobs.runs import log_tail
 from idlora_core.study.config import load_study
 from idlora_core.study.summary import paired_difference, to_markdown
+from idlora_core.training import preflight
 
 KEEP = {"persist_state": "session"}
 CURRENT = "st_current"  # the study folder this page shows
@@ -106,6 +113,18 @@ def _built_study(loaded):
         return None
 
 
+def _memory(study) -> list[int]:
+    """The estimated peak memory of the study's base run (bytes, from its model's headers), or []
+    when its model cannot be opened here (the run's own preflight then decides)."""
+    try:
+        weights = open_named(study.base.model.name).weights
+    except Exception:  # noqa: BLE001 - a model missing here is reported when the study runs
+        return []
+    shapes = {n: tuple(t.shape[:2]) for n, t in weights.linear.items()}
+    params = sum(math.prod(t.shape) for t in weights.tensors.values())
+    return [preflight.estimate_from_headers(study.base, weights.config, params, shapes).total]
+
+
 def _setup(loaded) -> None:
     """The 'new study' panel: preset or built grid, trial count, estimate, start button."""
     source = st.radio("Study", ["Preset", "Build from the Fine-tune choices"], horizontal=True, key="st_source")
@@ -125,6 +144,13 @@ def _setup(loaded) -> None:
     else:
         st.info("Load a model (sidebar) to build a grid from the Fine-tune choices.")
     if study is None:
+        return
+    try:  # from the grid's axis lengths and headers: refused before anything is expanded
+        lim = limits.server_limits()
+        limits.check_study(study, lim)
+        limits.check_runs([study.base], _memory(study), lim)
+    except (limits.LimitError, ValueError) as exc:
+        st.error(str(exc))
         return
     slots = run_queue.free_run_slots(sio.runs_root())
     if slots < 1:
@@ -146,8 +172,12 @@ def _setup(loaded) -> None:
         st.session_state["st_name"] = study.name or time.strftime("study-%Y%m%d-%H%M%S")
     name = st.text_input("Study name", key="st_name")
     if st.button("Start study", type="primary", key="st_start"):
+        me = background.user_id()
         try:
-            out = jobs.start_study(study.model_copy(update={"name": name}), sio.runs_root(), name, int(workers))
+            limits.check_share(len(jobs.running_studies_of(sio.runs_root(), me)), 1, lim.studies_per_user,
+                               "studies", "IDLORA_MAX_STUDIES_PER_USER")
+            out = jobs.start_study(study.model_copy(update={"name": name}), sio.runs_root(), name, int(workers),
+                                   owner=me, memory_cap_gb=lim.run_memory_gb)
         except (ValueError, OSError) as exc:
             st.error(f"Could not start the study: {exc}")
             return
@@ -175,9 +205,11 @@ def _show(folder: Path) -> None:
     total = len(meta["cells"])
     st.progress(min(done / max(total, 1), 1.0), text=f"{done} / {total} trials complete"
                 + (" — running" if running else ""))
-    if running and st.button("Stop this study", key="st_stop",
-                             help="Its runs stop after their current step; starting it again with the "
-                             "same settings resumes it (finished trials are never repeated)."):
+    if running and not jobs.may_stop(folder, background.user_id()):
+        st.caption("Another user started this study: only they (or the server's admin) can stop it.")
+    elif running and st.button("Stop this study", key="st_stop",
+                               help="Its runs stop after their current step; starting it again with the "
+                               "same settings resumes it (finished trials are never repeated)."):
         if jobs.stop_study(folder):
             st.toast(f"Asked {folder.name} to stop after the current step of each run.")
     metric, direction = meta["metric"], meta["direction"]
