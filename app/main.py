@@ -56,7 +56,7 @@ def model_picker() -> None:
 
 st.set_page_config(page_title="ID-LoRA Lab", page_icon=":material/hub:", layout="wide")
 init_state()
-url_state.restore()  # a refresh or a shared link brings the page's choices back
+url_state.restore()  # a refresh, a new tab or a shared link brings the choices (and runs) back
 pages = [
     st.Page(str(HERE / path), title=title, icon=icon, default=(i == 0))
     for i, (path, title, icon) in enumerate(PAGES)
@@ -65,4 +65,7 @@ pages = [
 navigation = st.navigation(pages, position="sidebar")
 model_picker()
 exercise_panel.sidebar_panel()
-navigation.run()
+try:
+    navigation.run()
+finally:  # also after st.stop() / st.rerun(): the settings and runs survive a refresh
+    url_state.persist()

@@ -516,9 +516,10 @@ def parse_all_json(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def all_json(state: Mapping[str, Any]) -> dict[str, Any]:
-    """Return {key: JSON value} of every page's settings in `state` (LOCAL ones left out)."""
+def all_json(state: Mapping[str, Any], changed_only: bool = False) -> dict[str, Any]:
+    """Return {key: JSON value} of every page's settings in `state` (LOCAL ones left out; only
+    those that differ from their defaults with `changed_only`)."""
     out: dict[str, Any] = {}
     for cls in PAGES:
-        out |= cls.from_state(state).to_json()
+        out |= cls.from_state(state).to_json(changed_only)
     return out

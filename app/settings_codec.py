@@ -22,6 +22,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 LOCAL = {"local": True}  # field metadata: session only (never in the URL or the store)
+MAX_QUERY_CHARS = 2000  # a longer value stays out of the URL (browsers and proxies cap addresses)
 
 
 class PageSettings:
@@ -59,10 +60,12 @@ class PageSettings:
 
     def to_query(self) -> dict[str, str]:
         """Return the URL parameters of the values that differ from the defaults (LOCAL fields
-        never)."""
+        never; nor a value longer than MAX_QUERY_CHARS, e.g. overrides for hundreds of layers:
+        the session store keeps it)."""
         local = _local(type(self))
-        return {key: encode(value, _hint(type(self), _field(type(self), key)))
-                for key, value in self.changed().items() if key not in local}
+        texts = {key: encode(value, _hint(type(self), _field(type(self), key)))
+                 for key, value in self.changed().items() if key not in local}
+        return {key: text for key, text in texts.items() if len(text) <= MAX_QUERY_CHARS}
 
     @classmethod
     def parse_query(cls, params: Mapping[str, str]) -> dict[str, Any]:
@@ -82,11 +85,13 @@ class PageSettings:
         """Return the settings of URL `params`: the defaults, replaced by every value that parses."""
         return cls.from_state(cls.parse_query(params))
 
-    def to_json(self) -> dict[str, Any]:
-        """Return {key: JSON-able value} of every non-LOCAL field (for the session store)."""
+    def to_json(self, changed_only: bool = False) -> dict[str, Any]:
+        """Return {key: JSON-able value} of every non-LOCAL field (only those that differ from
+        their defaults with `changed_only`), for the session store."""
         local = _local(type(self))
+        values = self.changed() if changed_only else self.values()
         return {key: _adapter(type(self), _field(type(self), key)).dump_python(value, mode="json")
-                for key, value in self.values().items() if key not in local}
+                for key, value in values.items() if key not in local}
 
     @classmethod
     def parse_json(cls, data: Mapping[str, Any]) -> dict[str, Any]:

@@ -161,6 +161,14 @@ def test_an_old_url_with_garbage_loads_the_defaults():
     assert ps.ModelLayersSettings.from_query({"block_range": "7-3"}).block_range == (3, 7)
 
 
+def test_a_value_too_long_for_an_address_stays_out_of_the_url():
+    choice = {"k": 2, "r": 4, "strategy": "id", "rb_splits": 1}
+    many = ps.ExportSettings(ex_seed=3, layer_choices={f"encoder.layer.{i}.attention.self.query": choice
+                                                       for i in range(200)})
+    assert many.to_query() == {"ex_seed": "3"}  # the session store keeps the overrides
+    assert ps.ExportSettings.from_json(many.to_json()) == many
+
+
 def _yaml(cfg):
     return loads_config(dumps_config(cfg))
 
@@ -220,9 +228,10 @@ def test_settings_from_config_keeps_the_other_learning_rates():
     assert values["ex_method"] == "lora" and values["layer_kinds"] == ["q"] and values["block_range"] == (0, 0)
 
 
-def test_learning_rates_live_in_the_url_and_an_old_link_loads():
+def test_learning_rates_live_in_the_url_and_an_old_link_loads(tmp_path, monkeypatch):
     """A refresh or a shared link keeps each method's learning rate (issue 20); an old link
     with the stale ft_learning_rate and garbage loads the defaults without an error."""
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))  # the session store goes there
     at = AppTest.from_file(MAIN, default_timeout=180)
     at.switch_page("views/fine_tune.py").run()
     assert not at.exception
@@ -230,9 +239,10 @@ def test_learning_rates_live_in_the_url_and_an_old_link_loads():
     at.selectbox(key="ft_lr_lora").set_value(1e-3).run()
     at.number_input(key="ft_steps").set_value(40).run()
     url = {key: value[0] if isinstance(value, list) else value for key, value in dict(at.query_params).items()}
+    assert url.pop("sid")  # the session's id (test_url_state_session.py)
     assert url == {"ft_lr_idlora": "0.02", "ft_lr_lora": "0.001", "ft_steps": "40"}
     again = AppTest.from_file(MAIN, default_timeout=180)
-    again.query_params.update(url)
+    again.query_params.update(url)  # a shared link without the session id: the choices alone
     again.switch_page("views/fine_tune.py").run()
     assert not again.exception
     assert again.selectbox(key="ft_lr_idlora").value == 2e-2 and again.selectbox(key="ft_lr_lora").value == 1e-3
