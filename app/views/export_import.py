@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from app import settings_io as sio
+from app import url_state
 from app.common import (
     STRATEGIES,
     apply_settings,
@@ -205,6 +206,7 @@ def main() -> None:
     init_state()
     sio.init_defaults(st.session_state)
     st.header("Export / import")
+    url_state.mirror("export")
     message = st.session_state.pop("ex_import_message", None)
     if message:
         st.success(message)

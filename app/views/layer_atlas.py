@@ -13,9 +13,9 @@ import streamlit as st
 from analysis.atlas import atlas_cells, read_atlas
 from analysis.scan import scan
 from analysis.sweep import SweepSpec
-from app import background
+from app import background, url_state
 from app.background import Job
-from app.common import STRATEGIES, get_model, init_state, model_name
+from app.common import STRATEGIES, get_model, init_state, model_name, valid
 from app.figures import clicked_layer
 from app.report import readable
 from app.settings_io import lab_read_path
@@ -23,6 +23,7 @@ from idlora_core.patterns import PatternError, matching
 
 JOB = "atlas_job"  # this session's background scan (app.background.Job), None when none
 POLL_SECONDS = 1.0
+K_OPTIONS, R_OPTIONS = [1, 2, 4, 8, 16], [4, 8, 16, 32, 64]
 PENDING = "_atlas_open_layer"  # set by a click on a cell, consumed after the charts are drawn
 LAB_PAGE = str(Path(__file__).resolve().parent / "decomposition_lab.py")
 TITLES = {"gain_vs_svd": "Gain of cluster-wise ID over SVD at the same r  (SVD(r) − ID; > 0: ID wins)",
@@ -123,6 +124,7 @@ def _kind_rank(series):
 
 init_state()
 st.title("Layer atlas")
+url_state.mirror("atlas")
 st.caption("A whole-model scan (`python -m analysis.scan --model DIR ... --out atlas.csv`), one "
            "cell per layer: its best clustering (k, strategy) at rank r against global SVD. "
            "Click a cell to open that layer in the Decomposition lab.")
@@ -145,10 +147,13 @@ else:
     if loaded is None:
         st.stop()
     c1, c2, c3, c4 = st.columns(4)
-    ks = c1.multiselect("Clusters k", [1, 2, 4, 8, 16], default=[1, 4], key="atlas_ks")
-    ranks = c2.multiselect("Ranks r", [4, 8, 16, 32, 64], default=[16, 64], key="atlas_ranks")
-    strategies = c3.multiselect("Strategies", list(STRATEGIES), default=["id"],
-                                key="atlas_strategies")
+    state = st.session_state
+    for key, options in (("atlas_ks", K_OPTIONS), ("atlas_ranks", R_OPTIONS),
+                         ("atlas_strategies", list(STRATEGIES))):
+        state[key] = valid(state.get(key) or [], options)  # a URL may name others
+    ks = c1.multiselect("Clusters k", K_OPTIONS, key="atlas_ks")
+    ranks = c2.multiselect("Ranks r", R_OPTIONS, key="atlas_ranks")
+    strategies = c3.multiselect("Strategies", list(STRATEGIES), key="atlas_strategies")
     pattern = c4.text_input("Layers (regex, empty = all)", key="atlas_layers")
     st.caption(f"{len(loaded.weights.linear)} linear layers; each is read alone, swept, cached "
                "and released. Cached layers are not recomputed. The scan runs in the background: "
@@ -163,7 +168,9 @@ if table is None:
     st.info("Load a scan CSV or run a scan to see the atlas.")
     st.stop()
 ranks = sorted(int(r) for r in table["r"].unique())
-r = st.select_slider("Rank r", ranks, value=ranks[-1], key="atlas_r")
+if st.session_state.get("atlas_r") not in ranks:  # default: the largest rank of the scan
+    st.session_state["atlas_r"] = ranks[-1]
+r = st.select_slider("Rank r", ranks, key="atlas_r")
 cells = atlas_cells(table, int(r))
 if cells.empty:
     st.warning(f"No feasible (k, r = {r}) in this scan.")

@@ -21,7 +21,7 @@ from pathlib import Path
 import streamlit as st
 
 from analysis import studies
-from app import background, figures
+from app import background, figures, url_state
 from app import settings_io as sio
 from app.common import (
     K_CHOICES,
@@ -32,7 +32,9 @@ from app.common import (
     model_name,
     open_named,
     selected_layers,
+    valid,
 )
+from app.page_settings import lr_text
 from idlora_core.config import ALL_METHODS, ConfigError
 from idlora_core.jobs import limits, run_queue
 from idlora_core.jobs import studies as jobs
@@ -74,26 +76,31 @@ def _built_study(loaded):
     with left:
         chosen = state.get("ft_methods", sio.DEFAULTS["ft_methods"])  # Fine-tune not visited: its defaults
         baselines = ["head-only", "base"] if loaded.kind == "encoder" else ["base"]  # head-only: classification
-        state.setdefault("st_methods", list(dict.fromkeys(
-            [m for m in chosen if m != "head-only" or loaded.kind == "encoder"] + baselines)))
+        if state.get("st_methods") is None:  # first visit: from the Fine-tune choices
+            state["st_methods"] = list(dict.fromkeys(
+                [m for m in chosen if m != "head-only" or loaded.kind == "encoder"] + baselines))
         methods = st.multiselect("Methods", list(ALL_METHODS), key="st_methods", format_func=sio.METHOD_LABELS.get,
                                  **KEEP,
                                  help="head-only trains the classification head alone; base trains nothing.")
-        state.setdefault("st_ranks", _study_ranks(state.get("ft_ranks", sio.DEFAULTS["ft_ranks"])))
-        state.setdefault("st_ks", sorted({int(k) for k in state.get("ft_ks", sio.DEFAULTS["ft_ks"])}) or [4])
+        if state.get("st_ranks") is None:
+            state["st_ranks"] = _study_ranks(state.get("ft_ranks", sio.DEFAULTS["ft_ranks"]))
+        if state.get("st_ks") is None:
+            state["st_ks"] = sorted({int(k) for k in state.get("ft_ks", sio.DEFAULTS["ft_ks"])}) or [4]
         ranks = st.multiselect("Ranks r", choices_with_state(RANK_CHOICES, "st_ranks"), key="st_ranks", **KEEP,
                                help="From the Fine-tune ranks: one rank r becomes r/2, r, 2r (a trade-off needs budgets).")
         ks = st.multiselect("Clusters k / heads N", choices_with_state(K_CHOICES, "st_ks"), key="st_ks", **KEEP)
-        seeds = st.multiselect("Seeds", list(range(10)), default=[0, 1, 2], key="st_seeds", **KEEP)
+        state["st_seeds"] = valid(state.get("st_seeds") or [], list(range(10)))
+        seeds = st.multiselect("Seeds", list(range(10)), key="st_seeds", **KEEP)
     with right:
         st.markdown("**Learning rates per method** (comma-separated; each method is compared at its best)")
         lrs = {}
         for method in methods:
             if method == "base":
                 continue
-            default = studies.DEFAULT_LR.get(method, 1e-3)
-            text = st.text_input(sio.METHOD_LABELS[method], f"{default / 3:.3g}, {default:.3g}, {default * 3:.3g}",
-                                 key=f"st_lr_{method}", **KEEP)
+            key = f"st_lr_{method}"
+            if state.get(key) is None:  # a method StudiesSettings does not know
+                state[key] = lr_text(method)
+            text = st.text_input(sio.METHOD_LABELS[method], key=key, **KEEP)
             try:
                 lrs[method] = _lr_list(text)
             except ValueError as exc:
@@ -131,6 +138,8 @@ def _setup(loaded) -> None:
     study = None
     if source == "Preset":
         presets = studies.list_presets()
+        if st.session_state.get("st_preset") not in presets:  # none yet, or a stale URL/store value
+            st.session_state["st_preset"] = next(iter(presets), None)
         name = st.selectbox("Preset", list(presets), key="st_preset")
         if name:
             try:
@@ -269,6 +278,7 @@ def _paired(trials, summary, metric: str, direction: str) -> None:
 def main() -> None:
     init_state()
     st.title("Studies")
+    url_state.mirror("studies")
     st.caption("A fair comparison: every method at its own best learning rate, several seeds, against "
                "head-only and base. Run as Optuna trials; each trial is an ordinary run folder.")
     loaded = get_model()

@@ -100,7 +100,7 @@ def test_import_good_yaml_restores_every_page_setting(app):
     s = app.session_state
     assert s["ex_method"] == "idlora" and s["ft_methods"] == ["idlora"]
     assert s["layer_kinds"] == ["k"] and tuple(s["block_range"]) == (2, 3)
-    assert s["ex_seed"] == 3 and s["ft_adapter_seed"] == 3 and s["ft_steps"] == 77 and s["ft_learning_rate"] == 0.005
+    assert s["ex_seed"] == 3 and s["ft_adapter_seed"] == 3 and s["ft_steps"] == 77 and s["ft_lr_idlora"] == 0.005
     assert s["ex_run_name"] == "imported" and "ft_runs_root" not in s
     assert s["layer_choices"]["encoder.layer.3.attention.self.key"]["k"] == 3
     assert (s["adapter_k"], s["adapter_r"], s["adapter_strategy"], s["adapter_rb"]) == (2, 4, "id", 2)
