@@ -36,7 +36,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from analysis.projection import umap_2d, umap_is_warm, warm_umap
 from idlora_core.jobs.limits import server_limits
-from idlora_core.jobs.run_queue import RunQueue
+from idlora_core.jobs.run_queue import QueueWorker, RunQueue
 
 __all__ = ["Job", "JobCancelled", "JobPool", "JobRefused", "keep_alive", "pool", "session_id", "show_job",
            "submit", "umap_async", "umap_is_warm", "user_id", "warm_umap_async"]
@@ -320,3 +320,16 @@ def warm_umap_async() -> Job | Future:
                              label="UMAP warm-up", key="umap-warm")
     except JobRefused as exc:
         return _failed(exc)
+
+
+@st.cache_resource(show_spinner=False)
+def _server_queue(root: str) -> RunQueue:
+    queue = RunQueue(root)
+    QueueWorker(queue).start()
+    return queue
+
+
+def server_queue(root: str) -> RunQueue:
+    """Return the server's one run queue for the runs folder `root`, pumped by one thread per
+    server process (the Fine-tune page and the class study both submit to it)."""
+    return _server_queue(str(root))

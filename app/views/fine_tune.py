@@ -147,16 +147,8 @@ def _controls(loaded) -> list[str]:
     return layers
 
 
-@st.cache_resource(show_spinner=False)
-def _server_queue(root: str) -> run_queue.RunQueue:
-    """The server's run queue for the runs folder `root`, pumped by one thread per server process."""
-    queue = run_queue.RunQueue(root)
-    run_queue.QueueWorker(queue).start()
-    return queue
-
-
 def _queue() -> run_queue.RunQueue:
-    return _server_queue(str(sio.runs_root()))
+    return background.server_queue(sio.runs_root())
 
 
 def _planned_count(state) -> int:

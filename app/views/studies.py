@@ -21,7 +21,7 @@ from pathlib import Path
 import streamlit as st
 
 from analysis import studies
-from app import background, figures, url_state
+from app import background, class_panel, figures, url_state
 from app import settings_io as sio
 from app.common import (
     K_CHOICES,
@@ -284,6 +284,7 @@ def main() -> None:
     loaded = get_model()
     with st.expander("New study", expanded=not jobs.list_studies(sio.runs_root())):
         _setup(loaded)
+    class_panel.panel()  # the class study: Join for students, open / watch / cancel for the instructor
     past = jobs.list_studies(sio.runs_root())
     if not past:
         return
