@@ -22,7 +22,8 @@ from scipy import stats
 
 SUMMARY_COLUMNS: list[str] = ["method", "r", "k", "trainable", "best_learning_rate", "metric_mean",
                               "metric_std", "metric_ci95_low", "metric_ci95_high", "test_mean", "test_std",
-                              "test_ci95_low", "test_ci95_high", "n_seeds", "pareto", "pareto_confident"]
+                              "test_ci95_low", "test_ci95_high", "n_seeds", "seeds_missing", "pareto",
+                              "pareto_confident"]
 GROUP_KEYS: list[str] = ["method", "r", "k"]
 EXTRA_KEYS: tuple[str, ...] = ("selection", "rb_splits", "steps")
 BUDGET_FORM = "METHOD, METHOD:rN, METHOD:rN:kM or METHOD:kM (e.g. idlora:r8:k4)"
@@ -124,7 +125,7 @@ def _values(rows: pd.DataFrame, column: str | None) -> np.ndarray:
 
 
 def summarize(trials: pd.DataFrame, metric: str = "value", direction: str = "maximize",
-              methods: list[str] | None = None) -> pd.DataFrame:
+              methods: list[str] | None = None, grid_seeds: int | None = None) -> pd.DataFrame:
     """Return one row per budget (SUMMARY_COLUMNS, plus varying grid columns after k) from a
     trials table with columns method, r, k, learning_rate, seed, trainable_params, state and
     `metric`. Only trials in state COMPLETE count; rows are sorted by method (in the order of
@@ -136,7 +137,9 @@ def summarize(trials: pd.DataFrame, metric: str = "value", direction: str = "max
     the trials have no such column or it is all NaN). `pareto`: not dominated in (trainable,
     metric_mean). `pareto_confident`: `pareto_confident_mask` on the TEST interval
     (test_ci95_low/high, test_mean) when any budget has a test mean, else on the VALIDATION
-    interval (metric_ci95_low/high, metric_mean) — a budget without a test mean is then off it."""
+    interval (metric_ci95_low/high, metric_mean) — a budget without a test mean is then off it.
+    `seeds_missing`: `grid_seeds` (the grid's seed count) minus n_seeds, so a budget whose
+    statistics rest on fewer seeds than the grid asked for is flagged (> 0); NA without grid_seeds."""
     maximize = direction == "maximize"
     done = _complete(trials, metric)
     keys = _group_keys(done)
@@ -154,8 +157,10 @@ def summarize(trials: pd.DataFrame, metric: str = "value", direction: str = "max
                      "best_learning_rate": None if best_lr == "-" else float(best_lr),
                      "metric_mean": mean, "metric_std": std, "metric_ci95_low": low, "metric_ci95_high": high,
                      "test_mean": t_mean, "test_std": t_std, "test_ci95_low": t_low, "test_ci95_high": t_high,
-                     "n_seeds": len(values)})
+                     "n_seeds": len(values),
+                     "seeds_missing": None if grid_seeds is None else max(grid_seeds - len(values), 0)})
     table = pd.DataFrame(rows)
+    table["seeds_missing"] = table["seeds_missing"].astype("Int64")
     table["pareto"] = pareto_mask(table["trainable"], table["metric_mean"], maximize)
     side = "test" if table["test_mean"].notna().any() else "metric"
     table["pareto_confident"] = pareto_confident_mask(table["trainable"], table[f"{side}_mean"],
