@@ -26,7 +26,8 @@ from scipy import stats
 
 SUMMARY_COLUMNS: list[str] = ["method", "r", "k", "trainable", "best_learning_rate", "metric_mean",
                               "metric_std", "metric_ci95_low", "metric_ci95_high", "test_mean", "test_std",
-                              "test_ci95_low", "test_ci95_high", "n_seeds", "pareto", "pareto_confident"]
+                              "test_ci95_low", "test_ci95_high", "n_seeds", "seeds_missing", "pareto",
+                              "pareto_confident"]
 # Added when the trials have a cluster_seed column with values: n_cluster_seeds, and the sample
 # std across training seeds of the per-training-seed means (seed_std) and across cluster seeds
 # of the per-cluster-seed means (cluster_std), on the validation metric and on test.
@@ -151,8 +152,13 @@ def _cluster_stats(at_best: pd.DataFrame, metric: str, test: str | None) -> dict
             "test_cluster_std": between_std(at_best, test, "cluster_seed")}
 
 
+def _n_seeds(at_best: pd.DataFrame, values) -> int:
+    """The distinct training seeds behind a budget's statistics (its runs, without a seed column)."""
+    return int(at_best["seed"].nunique()) if "seed" in at_best and at_best["seed"].notna().any() else len(values)
+
+
 def summarize(trials: pd.DataFrame, metric: str = "value", direction: str = "maximize",
-              methods: list[str] | None = None) -> pd.DataFrame:
+              methods: list[str] | None = None, grid_seeds: int | None = None) -> pd.DataFrame:
     """Return one row per budget (SUMMARY_COLUMNS, plus varying grid columns after k) from a
     trials table with columns method, r, k, learning_rate, seed, trainable_params, state and
     `metric`. Only trials in state COMPLETE count; rows are sorted by method (in the order of
@@ -171,7 +177,11 @@ def summarize(trials: pd.DataFrame, metric: str = "value", direction: str = "max
     over all of them (n_seeds counts the runs) and `CLUSTER_COLUMNS` are appended: seed_std
     (across training seeds of the means over cluster seeds), cluster_std (across cluster seeds
     of the means over training seeds), their test_ twins and n_cluster_seeds (0, with
-    cluster_std NaN, for a method without k-means, e.g. LoRA)."""
+    cluster_std NaN, for a method without k-means, e.g. LoRA).
+
+    `seeds_missing`: `grid_seeds` (the grid's seed count) minus the budget's distinct training
+    seeds (n_seeds without cluster seeds), so a budget whose
+    statistics rest on fewer seeds than the grid asked for is flagged (> 0); NA without grid_seeds."""
     maximize = direction == "maximize"
     done = _complete(trials, metric)
     keys = _group_keys(done)
@@ -191,8 +201,11 @@ def summarize(trials: pd.DataFrame, metric: str = "value", direction: str = "max
                      "best_learning_rate": None if best_lr == "-" else float(best_lr),
                      "metric_mean": mean, "metric_std": std, "metric_ci95_low": low, "metric_ci95_high": high,
                      "test_mean": t_mean, "test_std": t_std, "test_ci95_low": t_low, "test_ci95_high": t_high,
-                     "n_seeds": len(values), **(_cluster_stats(at_best, metric, test) if clustered else {})})
+                     "n_seeds": len(values),
+                     "seeds_missing": None if grid_seeds is None else max(grid_seeds - _n_seeds(at_best, values), 0),
+                     **(_cluster_stats(at_best, metric, test) if clustered else {})})
     table = pd.DataFrame(rows)
+    table["seeds_missing"] = table["seeds_missing"].astype("Int64")
     table["pareto"] = pareto_mask(table["trainable"], table["metric_mean"], maximize)
     side = "test" if table["test_mean"].notna().any() else "metric"
     table["pareto_confident"] = pareto_confident_mask(table["trainable"], table[f"{side}_mean"],

@@ -132,5 +132,5 @@ def test_the_trials_table_carries_the_cluster_seed_to_the_summary():
     s = parse_study(study({"method": ["idlora"], "cluster_seed": [2], "seed": [1]}))
     cell = expand_grid(s)[0][0]
     trial = SimpleNamespace(number=0, state=SimpleNamespace(name="COMPLETE"), user_attrs={})
-    row = _row(trial, cell, {"final": {"eval_sentiment_accuracy": 0.8}}, s, 0)
+    row = _row(trial, cell, {"final": {"eval_sentiment_accuracy": 0.8}}, s, 0, {})
     assert (row["cluster_seed"], row["seed"], row["method"]) == (2, 1, "idlora")
