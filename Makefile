@@ -39,15 +39,16 @@ browser-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
 	  else echo "chromium missing and not root: browser tests will be skipped"; fi; }
 
+# --durations=15: every run lists its 15 slowest tests (tests/README.md keeps the budget).
 test: install browser-deps
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" --durations=15
 
 # Local inner loop: the default suite without the browser and multi-process tests.
 test-quick: install
-	$(BIN)/python -m pytest -m "not slow and not browser and not multiprocess"
+	$(BIN)/python -m pytest -m "not slow and not browser and not multiprocess" --durations=15
 
 test-slow: install browser-deps
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m slow --durations=15
 
 lint: install
 	$(BIN)/ruff check .

@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import itertools
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from idlora_core.cache import cache_dir
 from idlora_core.models import LoadedModel, load_model
 
+REPO = Path(__file__).resolve().parents[1]
 # where the dequantised SmolLM2 lives: the cache chosen when the session starts (before the
 # session fixture below points results and skeletons at a temporary folder)
 REPO_MODELS = cache_dir() / "models"
@@ -194,14 +199,76 @@ def private_skeleton_cache(tmp_path_factory):
         yield folder
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Run one module with one torch / OpenMP / BLAS thread: small inputs are as fast, and far
-    steadier when the CPU is shared."""
+@contextlib.contextmanager
+def single_thread():
+    """One torch / OpenMP / BLAS thread inside the block (the previous counts come back after).
+
+    Small inputs are as fast on one thread, and far steadier when the CPU is shared: a parallel
+    region waits until both threads are scheduled, so on a busy 2-core machine a tiny model's
+    training test took 147 s with two threads and 28 s with one."""
     from threadpoolctl import threadpool_limits
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run one module with one torch / OpenMP / BLAS thread (`single_thread`)."""
+    with single_thread():
         yield
-    torch.set_num_threads(threads)
+
+
+def write_study_yaml(path: Path, model_dir: str, steps: int = 2, **grid) -> Path:
+    """Write a study of `model_dir` (ID-LoRA r=2 k=2 on `query`, sentiment 16 / 16 examples,
+    `steps` steps of 4) over methods idlora, lora, head-only and base, seed 0; `grid` adds or
+    replaces grid keys. Returns `path`."""
+    data = {
+        "base": {"model": {"name": model_dir},
+                 "adapter": {"method": "idlora", "targets": [{"pattern": "query", "r": 2, "k": 2}]},
+                 "tasks": [{"name": "sentiment", "num_train": 16, "num_eval": 16}],
+                 "train": {"steps": steps, "batch_size": 4, "seq_len": 24, "learning_rate": 0.01,
+                           "eval_interval": 0, "save_interval": 0}},
+        "grid": {"method": ["idlora", "lora", "head-only", "base"], "r": [2], "seed": [0], **grid},
+        "metric": "eval_sentiment_accuracy",
+    }
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def study_cli(args: list[str], tmp_path: Path, **kw) -> subprocess.Popen:
+    """Start `python -m idlora_core.study ARGS` (one thread a process, cache under `tmp_path`,
+    2-s heartbeats); stdout and stderr together as text."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), IDLORA_CACHE_DIR=str(tmp_path / "cache"),
+               OMP_NUM_THREADS="1", IDLORA_STUDY_HEARTBEAT_S="2")
+    return subprocess.Popen([sys.executable, "-m", "idlora_core.study", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@dataclasses.dataclass
+class FinishedStudy:
+    """A study folder `out` = `root`/studies/tiny (`root` serves as IDLORA_RUNS_DIR) and the
+    output `log` of the command that ran it."""
+
+    root: Path
+    out: Path
+    log: str
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_study(tiny_bert_dir, tmp_path_factory) -> FinishedStudy:
+    """A study run once a session by the real command with 2 workers on the tiny BERT: idlora,
+    lora and head-only at learning rates 0.01 and 0.03, and base, each on seeds 0 and 1
+    (14 trials). Read by tests/idlora_core/study/test_run.py and tests/app/test_studies_page.py."""
+    root = tmp_path_factory.mktemp("study-runs")
+    out = root / "studies" / "tiny"
+    spec = write_study_yaml(root / "tiny.yaml", tiny_bert_dir, learning_rate=[0.01, 0.03], seed=[0, 1])
+    proc = study_cli([str(spec), "--out", str(out), "--workers", "2"], root)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log
+    return FinishedStudy(root, out, log)

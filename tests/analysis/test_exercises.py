@@ -18,6 +18,10 @@ from analysis.exercises import (
     same,
 )
 
+# One torch / BLAS thread: the presets' sweeps are many small factorisations (tests/conftest.py;
+# on a busy 2-core machine 10.7 s with one thread against 18.5 s with two).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_handout_sections_are_generated_from_the_yaml():
     exercises = load_exercises()

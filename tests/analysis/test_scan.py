@@ -52,12 +52,19 @@ def test_resumed_scan_skips_cached_layers(ckpt, tmp_path, monkeypatch):
 
 
 @pytest.mark.multiprocess
-def test_joblib_and_dask_paths_equal_the_local_path(ckpt, tmp_path):
-    from distributed import Client, LocalCluster
-
+def test_joblib_path_equals_the_local_path(ckpt, tmp_path):
     local = scan(ckpt, SPEC, layers="mlp", cache_root=str(tmp_path / "a"))
     pooled = scan(ckpt, SPEC, layers="mlp", workers=2, cache_root=str(tmp_path / "b"))
     pd.testing.assert_frame_equal(errors(pooled), errors(local))
+    assert list((tmp_path / "b" / "results").rglob("*.json"))  # the workers wrote the cache
+
+
+@pytest.mark.slow  # a dask LocalCluster of 2 processes: about 10 s to start (tests/README.md)
+@pytest.mark.multiprocess
+def test_dask_path_equals_the_local_path(ckpt, tmp_path):
+    from distributed import Client, LocalCluster
+
+    local = scan(ckpt, SPEC, layers="mlp", cache_root=str(tmp_path / "a"))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         on_dask = scan(ckpt, SPEC, layers="mlp", dask=client, cache_root=str(tmp_path / "c"))

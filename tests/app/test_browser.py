@@ -217,39 +217,50 @@ def _declared_pages() -> list[tuple[str, str]]:
     raise AssertionError("app/main.py has no PAGES list")
 
 
-def test_every_page_url_opened_first_on_a_fresh_server_keeps_the_app(browser, tmp_path):
+# One fresh server per page (the first page is at "/"). The default suite opens the Fine-tune
+# page's URL; the other pages (a server start of about 4 s each) run with `make test-slow`.
+DEEP_LINK_DEFAULT = "fine_tune"
+
+
+@pytest.mark.parametrize("url_path,title", [
+    pytest.param(path, title, id=path, marks=() if path == DEEP_LINK_DEFAULT else pytest.mark.slow)
+    for path, title in _declared_pages()[1:]])
+def test_page_url_opened_first_on_a_fresh_server_keeps_the_app(browser, tmp_path, url_path, title):
     # Streamlit's legacy `pages/` discovery used to take over a deep link opened as the first
     # request: raw file names in the sidebar, no model picker. st.navigation must own every URL.
     ARTIFACTS.mkdir(exist_ok=True)
-    pages = _declared_pages()
-    titles = [title for _, title in pages]
-    for url_path, title in pages[1:]:  # one fresh server per page; the first is at "/"
-        port = free_port()
-        proc = start_app(port, tmp_path / "runs", ARTIFACTS / f"deeplink-{url_path}.log")
-        url = f"http://127.0.0.1:{port}"
-        try:
-            assert wait_health(url, 60), f"server for /{url_path} did not start"
-            context = browser.new_context(viewport={"width": 1400, "height": 1200})
-            pg = context.new_page()
-            pg.set_default_timeout(60_000)
-            goto(pg, f"{url}/{url_path}")
-            sidebar = pg.locator("[data-testid='stSidebar']")
-            sidebar.get_by_text("Model", exact=True).first.wait_for()
-            nav_text = sidebar.locator("[data-testid='stSidebarNav']").inner_text()
-            for expected in titles:
-                assert expected in nav_text, (url_path, nav_text)
-            assert "main" not in nav_text.split("\n"), nav_text  # no legacy file names
-            assert pg.locator(".st-key-model_choice").count() == 1, url_path
-            current = pg.locator("[data-testid='stSidebarNav'] a[aria-current='page']")
-            assert title in current.inner_text(), (url_path, current.inner_text())
-            pg.locator("[data-testid='stMain'] :is(h1, h2)").first.wait_for(timeout=120_000)
-            no_exception(pg)
-            shot(pg, f"deeplink_{url_path}")
-            context.close()
-        finally:
-            stop_app(proc)
+    titles = [t for _, t in _declared_pages()]
+    port = free_port()
+    proc = start_app(port, tmp_path / "runs", ARTIFACTS / f"deeplink-{url_path}.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_health(url, 60), f"server for /{url_path} did not start"
+        context = browser.new_context(viewport={"width": 1400, "height": 1200})
+        pg = context.new_page()
+        pg.set_default_timeout(60_000)
+        goto(pg, f"{url}/{url_path}")
+        sidebar = pg.locator("[data-testid='stSidebar']")
+        sidebar.get_by_text("Model", exact=True).first.wait_for()
+        nav_text = sidebar.locator("[data-testid='stSidebarNav']").inner_text()
+        for expected in titles:
+            assert expected in nav_text, (url_path, nav_text)
+        assert "main" not in nav_text.split("\n"), nav_text  # no legacy file names
+        assert pg.locator(".st-key-model_choice").count() == 1, url_path
+        current = pg.locator("[data-testid='stSidebarNav'] a[aria-current='page']")
+        assert title in current.inner_text(), (url_path, current.inner_text())
+        pg.locator("[data-testid='stMain'] :is(h1, h2)").first.wait_for(timeout=120_000)
+        no_exception(pg)
+        shot(pg, f"deeplink_{url_path}")
+        context.close()
+    finally:
+        stop_app(proc)
 
 
+def test_deep_link_default_is_a_declared_page():
+    assert DEEP_LINK_DEFAULT in [path for path, _ in _declared_pages()[1:]]
+
+
+@pytest.mark.slow  # about 25 s; the default suite covers the same code through AppTest (tests/README.md)
 def test_each_lab_exercise_in_a_real_browser(page, app_url):
     """One click per exercise sets its controls; its main view is saved as an artifact
     (test-artifacts/exercise_N.png); a refresh keeps the page's choices (they are in the URL)."""

@@ -1,41 +1,21 @@
 """AppTest of the Studies page: presets with run counts, a grid built from the Fine-tune choices,
-and the figures and tables of a finished tiny study read back from its storage."""
+and the figures and tables of a finished tiny study (the session's, tests/conftest.py) read
+back from its storage."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from streamlit.testing.v1 import AppTest
 
 from tests.app.test_fine_tune_page import plotly_array
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = str(REPO / "app" / "views" / "studies.py")
-
-
-@pytest.fixture(scope="module")
-def tiny_study(tiny_bert_dir, tmp_path_factory) -> Path:
-    """A finished study (lora at two learning rates x 2 seeds, head-only, base) on a tiny BERT."""
-    root = tmp_path_factory.mktemp("runs")
-    spec = root / "tiny.yaml"
-    spec.write_text(yaml.safe_dump({
-        "base": {"model": {"name": tiny_bert_dir},
-                 "adapter": {"method": "lora", "targets": [{"pattern": "query", "r": 2}]},
-                 "tasks": [{"name": "sentiment", "num_train": 16, "num_eval": 16}],
-                 "train": {"steps": 2, "batch_size": 4, "seq_len": 24, "eval_interval": 0, "save_interval": 0}},
-        "grid": {"method": ["lora", "head-only", "base"], "learning_rate": [0.01, 0.1], "seed": [0, 1]},
-        "metric": "eval_sentiment_accuracy"}))
-    env = dict(os.environ, PYTHONPATH=str(REPO), IDLORA_CACHE_DIR=str(root / "cache"), OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "idlora_core.study", str(spec), "--out", str(root / "studies" / "tiny")],
-                   cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
-    return root
 
 
 def test_preset_shows_run_count_and_estimate(tmp_path, monkeypatch):
@@ -84,8 +64,9 @@ def test_build_grid_from_finetune_choices(tmp_path, monkeypatch):
     assert any("learning rates must be positive" in e.value for e in at.error)
 
 
-def test_finished_study_draws_tradeoff_and_summary(tiny_study, monkeypatch):
-    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tiny_study))
+def test_finished_study_draws_tradeoff_and_summary(finished_tiny_study, monkeypatch):
+    """The session's finished study (tests/conftest.py: 4 methods, 2 learning rates, 2 seeds)."""
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(finished_tiny_study.root))
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.run()
     assert not at.exception
@@ -95,15 +76,17 @@ def test_finished_study_draws_tradeoff_and_summary(tiny_study, monkeypatch):
 
     fig = json.loads(charts[0].proto.spec)
     names = [t.get("name") for t in fig["data"]]
-    assert {"lora", "head-only", "base", "Pareto frontier"} <= set(names)
+    assert {"idlora", "lora", "head-only", "base", "Pareto frontier"} <= set(names)
     assert fig["layout"]["xaxis"]["type"] == "log"
-    summary = pd.read_csv(tiny_study / "studies" / "tiny" / "summary.csv")
+    summary = pd.read_csv(finished_tiny_study.out / "summary.csv")
     shown = at.dataframe[0].value
-    assert list(shown.method) == list(summary.method) == ["lora", "head-only", "base"]
+    assert list(shown.method) == list(summary.method) == ["idlora", "lora", "head-only", "base"]
     assert shown.metric_mean.tolist() == pytest.approx(summary.metric_mean.tolist())
+    assert (summary.n_seeds == 2).all()
     lora = [t for t in fig["data"] if t.get("name") == "lora"][0]
     assert summary.test_mean.notna().all()  # the runs score their test split: the plot shows it
-    assert plotly_array(lora["y"])[0] == pytest.approx(summary.test_mean[0])
+    lora_test = summary.loc[summary.method == "lora", "test_mean"].item()
+    assert plotly_array(lora["y"])[0] == pytest.approx(lora_test)
     assert fig["layout"]["yaxis"]["title"]["text"].startswith("test_")
 
 

@@ -143,8 +143,9 @@ def test_submit_refuses_a_taken_folder_name(tmp_path):
 
 
 @pytest.mark.multiprocess  # two real training processes (about 45 s on 2 busy cores)
-def test_real_training_runs_one_after_the_other(tiny_bert_dir, tmp_path):
+def test_real_training_runs_one_after_the_other(tiny_bert_dir, tmp_path, monkeypatch):
     """Two real training processes through the queue with a limit of one never overlap."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny BERT: one thread each (tests/conftest.py)
     queue = RunQueue(tmp_path, limit=1)
     raw = {"model": {"name": tiny_bert_dir},
            "adapter": {"method": "lora", "targets": [{"pattern": "query", "r": 2}]},

@@ -139,8 +139,9 @@ def _wait(predicate, timeout_s: float) -> bool:
     return False
 
 
-def test_real_run_streams_metrics_and_cancel_keeps_them(tmp_path, tiny_bert_dir):
+def test_real_run_streams_metrics_and_cancel_keeps_them(tmp_path, tiny_bert_dir, monkeypatch):
     """A real `python -m idlora_core.train` subprocess on a tiny BERT: tail it, then SIGTERM it."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny BERT: one thread (tests/conftest.py)
     cfg = RunConfig.model_validate({
         "model": {"name": tiny_bert_dir},
         "adapter": {"method": "idlora", "targets": [{"pattern": "query", "r": 2, "k": 2}]},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from idlora_core.linalg.clustering import MinSizeKMeans, repair_min_size
@@ -49,11 +50,22 @@ def test_repair_was_needed_and_tight():
     assert sorted(np.bincount(km.labels_)) == [16, 16, 18]
 
 
-def test_same_seed_same_labels_different_seed_may_differ():
-    W = np.random.default_rng(1).standard_normal((120, 16))
+def test_same_seed_same_labels_and_the_seed_reaches_kmeans():
+    W = np.random.default_rng(1).standard_normal((120, 16))  # no structure: seeds disagree
     a = MinSizeKMeans(5, min_size=10, random_state=3).fit(W).labels_
     b = MinSizeKMeans(5, min_size=10, random_state=3).fit(W).labels_
     np.testing.assert_array_equal(a, b)
+    # each seed gives scikit-learn's own KMeans partition for that seed (no repair needed at
+    # min_size=1), and those partitions differ: random_state is passed on, not dropped
+    labels = {}
+    for seed in range(4):
+        km = MinSizeKMeans(5, random_state=seed, n_init=1).fit(W)
+        ref = KMeans(5, random_state=seed, n_init=1, max_iter=100).fit(W)
+        assert not km.repaired_
+        np.testing.assert_array_equal(km.labels_, ref.labels_)
+        labels[seed] = km.labels_
+    scores = [adjusted_rand_score(labels[0], labels[s]) for s in (1, 2, 3)]
+    assert min(scores) < 0.9, scores
 
 
 def test_normalized_geometry_ignores_row_scale():

@@ -3,6 +3,11 @@ the CPU by monkeypatching the device), within the tolerance the randomized tests
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -56,24 +61,71 @@ def test_sweep_on_the_torch_branch_matches_cpu(torch_branch):
         np.testing.assert_allclose(on_torch[col], on_cpu[col], rtol=0.02, err_msg=col)
 
 
-def test_device_detection(monkeypatch):
+def test_torch_products_compute_the_products_in_the_matrix_dtype():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((50, 30))
+    X, Y = rng.standard_normal((30, 4)), rng.standard_normal((50, 3))
+    engine = products.TorchProducts(A, "cpu")
+    AX, ATY = engine.mul(X), engine.tmul(Y)
+    assert (AX.shape, ATY.shape) == ((50, 4), (30, 3))
+    assert AX.dtype == ATY.dtype == np.float64  # float32 on the device, A's dtype back
+    np.testing.assert_allclose(AX, A @ X, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ATY, A.T @ Y, rtol=1e-5, atol=1e-5)
+
+
+def test_products_choose_torch_only_for_large_matrices_on_a_device(monkeypatch):
+    """products(A) dispatches on gpu_device() and A's size; "cpu" stands in for "cuda" so that
+    the chosen engine is a real TorchProducts whose products can be checked."""
+    n = products.GPU_MIN_ELEMENTS
+    below, at = np.ones((1, n - 1)), np.full((1, n), 2.0)
+    X = np.ones((n, 1))
+    monkeypatch.setattr(products, "gpu_device", lambda: None)
+    assert type(products.products(at)) is products.NumpyProducts  # no device: NumPy at any size
+    monkeypatch.setattr(products, "gpu_device", lambda: "cpu")
+    assert type(products.products(below)) is products.NumpyProducts  # not worth a round trip
+    engine = products.products(at)
+    assert type(engine) is products.TorchProducts and engine.device == "cpu"
+    assert engine.mul(X)[0, 0] == pytest.approx(2.0 * n)  # it holds this A
+
+
+@pytest.mark.parametrize("env,driver,cuda,expected", [
+    ("", True, True, "cuda"), ("0", True, True, "cuda"), ("1", True, True, None),
+    ("", True, False, None), ("", False, True, None)])
+def test_gpu_device_needs_driver_and_cuda_and_honours_idlora_no_gpu(monkeypatch, env, driver, cuda,
+                                                                    expected):
     import torch
 
     products.gpu_device.cache_clear()
-    monkeypatch.setattr(products.Path, "exists", lambda self: True)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.delenv("IDLORA_NO_GPU", raising=False)
-    assert products.gpu_device() == "cuda"
-    products.gpu_device.cache_clear()
-    monkeypatch.setenv("IDLORA_NO_GPU", "1")
-    assert products.gpu_device() is None
-    products.gpu_device.cache_clear()
-    monkeypatch.delenv("IDLORA_NO_GPU")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert products.gpu_device() is None
-    products.gpu_device.cache_clear()
-    small, large = np.ones((10, 10)), np.ones((1000, 1001))
-    monkeypatch.setattr(products, "gpu_device", lambda: "cuda")
-    monkeypatch.setattr(products, "TorchProducts", lambda A, device: ("torch", device))
-    assert isinstance(products.products(small), products.NumpyProducts)  # not worth a round trip
-    assert products.products(large) == ("torch", "cuda")
+    monkeypatch.setenv("IDLORA_NO_GPU", env)
+    monkeypatch.setattr(products.Path, "exists",
+                        lambda self: driver if str(self) == "/proc/driver/nvidia/version" else False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    try:
+        assert products.gpu_device() == expected
+    finally:
+        products.gpu_device.cache_clear()
+
+
+def test_without_a_gpu_driver_torch_is_never_imported():
+    if Path("/proc/driver/nvidia/version").exists():
+        pytest.skip("this machine has an NVIDIA driver")
+    code = ("import sys, numpy as np; from idlora_core.linalg import products; "
+            "e = products.products(np.ones((2000, 1000))); "
+            "print(products.gpu_device(), type(e).__name__, 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "IDLORA_NO_GPU"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120, check=True).stdout.split()
+    assert out == ["None", "NumpyProducts", "False"]
+
+
+@pytest.mark.skipif(products.gpu_device() is None, reason="no CUDA GPU here")
+def test_cuda_engine_matches_numpy():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((1200, 1000)).astype(np.float32)
+    X = rng.standard_normal((1000, 8)).astype(np.float32)
+    engine = products.products(A)
+    assert type(engine) is products.TorchProducts and engine.device == "cuda"
+    A64, X64 = A.astype(np.float64), X.astype(np.float64)
+    for got, ref in ((engine.mul(X), A64 @ X64), (engine.tmul(A @ X), A64.T @ (A64 @ X64))):
+        assert got.dtype == np.float32
+        assert np.linalg.norm(got - ref) <= 1e-4 * np.linalg.norm(ref)  # float32 round-off

@@ -19,44 +19,23 @@ from safetensors.torch import load_file
 from idlora_core.study.runner import summary_table, trials_table
 from idlora_core.study.storage import load_optuna_study, read_study_folder
 from idlora_core.study.summary import summarize
+from tests.conftest import study_cli, write_study_yaml
 
 REPO = Path(__file__).resolve().parents[3]
+# One thread here, and OMP_NUM_THREADS=1 in every process these tests start: tiny models, and
+# a warm trial must equal a fresh process's to the bit (same thread count, same sums).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def study_yaml(path: Path, model_dir: str, steps: int = 2, **grid) -> Path:
-    data = {
-        "base": {"model": {"name": model_dir},
-                 "adapter": {"method": "idlora", "targets": [{"pattern": "query", "r": 2, "k": 2}]},
-                 "tasks": [{"name": "sentiment", "num_train": 16, "num_eval": 16}],
-                 "train": {"steps": steps, "batch_size": 4, "seq_len": 24, "learning_rate": 0.01,
-                           "eval_interval": 0, "save_interval": 0}},
-        "grid": {"method": ["idlora", "lora", "head-only", "base"], "r": [2], "seed": [0], **grid},
-        "metric": "eval_sentiment_accuracy",
-    }
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def cli(args: list[str], tmp_path: Path, **kw) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO), IDLORA_CACHE_DIR=str(tmp_path / "cache"),
-               OMP_NUM_THREADS="1", IDLORA_STUDY_HEARTBEAT_S="2")
-    return subprocess.Popen([sys.executable, "-m", "idlora_core.study", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
-
-
-def test_two_workers_write_tables_that_agree_with_runs_and_storage(tiny_bert_dir, tmp_path):
-    out = tmp_path / "study"
-    proc = cli([str(study_yaml(tmp_path / "s.yaml", tiny_bert_dir, learning_rate=[0.01, 0.03])), "--out", str(out),
-                "--workers", "2"], tmp_path)
-    log, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, log
+def test_two_workers_write_tables_that_agree_with_runs_and_storage(finished_tiny_study):
+    out, log = finished_tiny_study.out, finished_tiny_study.log  # run once (tests/conftest.py)
     assert "[worker 0]" in log and "[worker 1]" in log  # both workers took trials
     table = pd.read_csv(out / "trials.csv")
     # Two workers may draw the same grid cell at once; the later one is pruned before it
     # trains (state PRUNED, duplicate_of the trial that ran it) and stays listed.
     pruned = table[table.state == "PRUNED"]
     trials = table[table.state != "PRUNED"]
-    assert len(trials) == 7 and set(trials.state) == {"COMPLETE"}  # 3 methods x 2 lr + base
+    assert len(trials) == 14 and set(trials.state) == {"COMPLETE"}  # (3 methods x 2 lr + base) x 2 seeds
     assert trials.cell.is_unique
     for row in pruned.itertuples():
         assert row.duplicate_of in set(trials.trial) and pd.isna(row.run_dir)
@@ -72,7 +51,7 @@ def test_two_workers_write_tables_that_agree_with_runs_and_storage(tiny_bert_dir
         assert (out / row.run_dir / "metrics.jsonl").is_file() and (out / row.run_dir / "config.yaml").is_file()
         if row.method != "base":
             assert run["config"]["train"]["learning_rate"] == row.learning_rate
-    assert trials.loc[trials.method == "base", "trainable_params"].item() == 0
+    assert trials.loc[trials.method == "base", "trainable_params"].tolist() == [0, 0]
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary.columns) == ["method", "r", "k", "trainable", "best_learning_rate", "metric_mean",
                                      "metric_std", "metric_ci95_low", "metric_ci95_high", "test_mean", "test_std",
@@ -101,12 +80,12 @@ def _wait_for(predicate, timeout: float) -> bool:
 @pytest.mark.slow
 def test_killed_worker_then_rerun_completes_without_repeating(tiny_bert_dir, tmp_path):
     out = tmp_path / "study"
-    spec = study_yaml(tmp_path / "s.yaml", tiny_bert_dir, steps=150)
+    spec = write_study_yaml(tmp_path / "s.yaml", tiny_bert_dir, steps=150)
     spec_data = yaml.safe_load(spec.read_text())
     spec_data["grid"]["steps"] = [2, 150]  # the 150-step lora/idlora trials are the ones killed
     spec_data["grid"]["method"] = ["head-only", "lora"]
     spec.write_text(yaml.safe_dump(spec_data))
-    proc = cli([str(spec), "--out", str(out), "--workers", "1"], tmp_path, start_new_session=True)
+    proc = study_cli([str(spec), "--out", str(out), "--workers", "1"], tmp_path, start_new_session=True)
 
     def long_run_training() -> bool:
         for status in out.glob("runs/*-n150-*/status.json"):
@@ -130,7 +109,7 @@ def test_killed_worker_then_rerun_completes_without_repeating(tiny_bert_dir, tmp
     for row in trials[trials.state == "COMPLETE"].itertuples():
         mtimes[row.run_dir] = (out / row.run_dir / "run.json").stat().st_mtime_ns
     # the same command again (an override that changes nothing keeps the study's identity)
-    proc = cli([str(spec), "--out", str(out), "--workers", "1", "--set", "base.train.steps=150"], tmp_path)
+    proc = study_cli([str(spec), "--out", str(out), "--workers", "1", "--set", "base.train.steps=150"], tmp_path)
     log, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, log
     trials = pd.read_csv(out / "trials.csv")
@@ -144,7 +123,7 @@ def test_killed_worker_then_rerun_completes_without_repeating(tiny_bert_dir, tmp
         assert (out / run_dir / "run.json").stat().st_mtime_ns == mtime
     assert finished_before <= set(done.trial)
     # a third run has nothing left to do
-    proc = cli([str(spec), "--out", str(out), "--set", "base.train.steps=150"], tmp_path)
+    proc = study_cli([str(spec), "--out", str(out), "--set", "base.train.steps=150"], tmp_path)
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "[worker" not in log, log
     assert len(pd.read_csv(out / "trials.csv")) == len(trials)
@@ -162,7 +141,7 @@ def test_warm_worker_trial_equals_fresh_process(tiny_bert_dir, tmp_path, monkeyp
     from idlora_core.training.trainer import run_training
 
     monkeypatch.setenv("IDLORA_CACHE_DIR", str(tmp_path / "cache"))
-    spec = yaml.safe_load(study_yaml(tmp_path / "s.yaml", tiny_bert_dir, steps=4).read_text())["base"]
+    spec = yaml.safe_load(write_study_yaml(tmp_path / "s.yaml", tiny_bert_dir, steps=4).read_text())["base"]
     pool = ModelPool()
     for method in ("idlora", "lora"):  # the pool's model has served (and been adapted in) other trials
         warmup = parse_config({**spec, "adapter": adapter(method),
@@ -176,7 +155,8 @@ def test_warm_worker_trial_equals_fresh_process(tiny_bert_dir, tmp_path, monkeyp
     save_config(fresh_cfg, tmp_path / "fresh.yaml")
     subprocess.run([sys.executable, "-m", "idlora_core.train", str(tmp_path / "fresh.yaml"), "--no-progress"],
                    cwd=REPO, check=True, capture_output=True,
-                   env=dict(os.environ, PYTHONPATH=str(REPO), IDLORA_CACHE_DIR=str(tmp_path / "cache")))
+                   env=dict(os.environ, PYTHONPATH=str(REPO), IDLORA_CACHE_DIR=str(tmp_path / "cache"),
+                            OMP_NUM_THREADS="1"))
     fresh = json.loads((tmp_path / "fresh" / "run.json").read_text())["final_metrics"]
     for key in ("eval_sentiment_accuracy", "eval_sentiment_loss", "final_train_loss"):
         assert warm.final_metrics[key] == fresh[key], key
@@ -194,7 +174,7 @@ def test_warm_worker_loads_in_the_runs_precision(tiny_bert_dir, tmp_path, monkey
     from idlora_core.training.trainer import run_training
 
     monkeypatch.setenv("IDLORA_CACHE_DIR", str(tmp_path / "cache"))
-    spec = yaml.safe_load(study_yaml(tmp_path / "s.yaml", tiny_bert_dir, steps=2).read_text())["base"]
+    spec = yaml.safe_load(write_study_yaml(tmp_path / "s.yaml", tiny_bert_dir, steps=2).read_text())["base"]
     pool, dtypes = ModelPool(), {}
     for precision in ("bf16", "fp32"):
         cfg = parse_config({**spec, "train": {**spec["train"], "precision": precision, "device": "cpu"},
@@ -212,12 +192,12 @@ def test_warm_worker_loads_in_the_runs_precision(tiny_bert_dir, tmp_path, monkey
 
 def test_tpe_learning_rate_search(tiny_bert_dir, tmp_path):
     out = tmp_path / "study"
-    spec = study_yaml(tmp_path / "s.yaml", tiny_bert_dir, learning_rate={"low": 1e-3, "high": 1e-1, "trials": 2},
+    spec = write_study_yaml(tmp_path / "s.yaml", tiny_bert_dir, learning_rate={"low": 1e-3, "high": 1e-1, "trials": 2},
                       seed=[0, 1])
     data = yaml.safe_load(spec.read_text())
     data["grid"]["method"] = ["lora"]
     spec.write_text(yaml.safe_dump(data))
-    proc = cli([str(spec), "--out", str(out)], tmp_path)
+    proc = study_cli([str(spec), "--out", str(out)], tmp_path)
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log
     trials = pd.read_csv(out / "trials.csv")

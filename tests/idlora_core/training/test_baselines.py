@@ -14,6 +14,8 @@ from idlora_core.training.setup import count_params
 from idlora_core.training.trainer import run_training
 from tests.conftest import make_tiny_bert
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (tests/conftest.py)
+
 
 def cfg(model_dir: str, out: Path, method: str, **train) -> dict:
     return {"model": {"name": model_dir}, "adapter": {"method": method, "targets": [{"pattern": "query"}]},

@@ -151,13 +151,31 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
 
 
 def test_concurrent_runs_get_exactly_one_lock(tmp_path):
-    code = ("import sys, time; from idlora_core.training.run_folder import RunFolder, RunFolderError\n"
+    """Four processes race for one folder; the winner holds the lock until the test lets it go
+    (a line on its stdin), so every loser meets a held lock whatever the start-up order."""
+    code = ("import sys; from idlora_core.training.run_folder import RunFolder, RunFolderError\n"
             "try:\n    f = RunFolder(sys.argv[1]).acquire()\nexcept RunFolderError:\n    sys.exit(3)\n"
-            "time.sleep(3)\nf.release()\n")
+            "print('locked', flush=True)\nsys.stdin.readline()\nf.release()\n")
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env) for _ in range(4)]
-    codes = sorted(p.wait(timeout=120) for p in procs)
-    assert codes == [0, 3, 3, 3]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(4)]
+    try:
+        deadline = time.monotonic() + 120  # failure guard only: the losers exit at once
+        while sum(p.poll() is not None for p in procs) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        losers = [p for p in procs if p.poll() is not None]
+        assert [p.returncode for p in losers] == [3, 3, 3]
+        (winner,) = [p for p in procs if p.poll() is None]
+        assert winner.stdout.readline() == "locked\n"
+        assert read_lock(tmp_path)["pid"] == winner.pid
+        winner.stdin.write("release\n")
+        winner.stdin.flush()
+        assert winner.wait(timeout=60) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert not (tmp_path / LOCK_FILE).exists()
 
 
@@ -191,30 +209,61 @@ def test_resume_with_another_config_is_refused_touching_nothing(tiny_bert_dir, t
 
 # ---- #16: cancel is quick during data preparation and evaluation -----------------------------
 
-def test_sigterm_while_preparing_data_stops_within_seconds(tiny_bert_dir, tmp_path):
-    out = tmp_path / "big"
+# The real command line (`idlora_core.training.cli.main`) with one hook: the 300th example to be
+# tokenised writes HOLD and waits there for the test's SIGTERM (at most 120 s, then exit 97).
+# On exit it writes how many examples it tokenised to COUNT.
+_HOLD_IN_TOKENISATION = """
+import os, sys, time
+from pathlib import Path
+from idlora_core.training import cli, data
+
+config, hold, count = sys.argv[1:4]
+calls, encode = [], data.encode
+
+def held_encode(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 300:  # past the stop check at example 256, before the next at 512
+        Path(hold).write_text(str(os.getpid()))
+        for _ in range(2400):
+            time.sleep(0.05)  # SIGTERM's handler raises here
+        os._exit(97)
+    return encode(*args, **kwargs)
+
+data.encode = held_encode
+code = cli.main([config, "--no-progress"])
+Path(count).write_text(str(len(calls)))
+sys.exit(code)
+"""
+
+
+def test_sigterm_while_preparing_data_stops_at_once(tiny_bert_dir, tmp_path):
+    """SIGTERM while the data is tokenised ends the run where it is (no further example),
+    exit 130, status 'cancelled' and the lock released."""
+    out, hold, count = tmp_path / "big", tmp_path / "hold", tmp_path / "count"
     raw = cls_config(tiny_bert_dir, out, steps=5)
-    raw["tasks"][0]["num_train"] = 1_000_000  # minutes of tokenisation before the first step
+    raw["tasks"][0]["num_train"] = 5000
     cfg_path = save_config(parse_config(raw), tmp_path / "c.yaml")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "idlora_core.train", str(cfg_path), "--no-progress"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_IN_TOKENISATION, str(cfg_path), str(hold),
+                             str(count)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and "loading" not in read_status(out).get("message", ""):
-            time.sleep(0.2)
-        time.sleep(2)  # well inside data generation / tokenisation
-        sent = time.time()
+        deadline = time.monotonic() + 180  # failure guard only
+        while not hold.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hold.exists(), proc.communicate(timeout=60) if proc.poll() is not None else "no hold"
+        assert read_status(out)["message"] == "loading model and data"
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
-        waited = time.time() - sent
+        stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert code == 130, proc.stderr.read().decode()
-    assert waited < 15, f"took {waited:.1f} s (wall, loaded machine) to stop"
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert count.read_text() == "300"  # not one example tokenised after the signal
     status = json.loads((out / "status.json").read_text())
-    assert status["state"] == "cancelled" and "before training started" in status["message"]
+    assert status["state"] == "cancelled", status
+    assert status["message"] == "stopped by SIGTERM before training started; nothing to keep"
     assert not (out / LOCK_FILE).exists()
 
 
