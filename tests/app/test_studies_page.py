@@ -155,7 +155,8 @@ def test_study_name_follows_the_chosen_study(tmp_path, monkeypatch):
     assert at.text_input(key="st_name").value == "mine"
 
 
-def test_a_study_this_tab_started_shows_at_once_even_before_its_first_trial(tiny_study, tmp_path, monkeypatch):
+def test_a_study_this_tab_started_shows_at_once_even_before_its_first_trial(finished_tiny_study, tmp_path,
+                                                                            monkeypatch):
     """The tab that started a study shows that study (not the previous one) before the
     coordinator has written study.json; a study that died before it shows its log."""
     import shutil
@@ -163,7 +164,7 @@ def test_a_study_this_tab_started_shows_at_once_even_before_its_first_trial(tiny
     from idlora_core.jobs import studies as jobs
 
     root = tmp_path / "runs"
-    shutil.copytree(tiny_study / "studies", root / "studies")
+    shutil.copytree(finished_tiny_study.root / "studies", root / "studies")
     monkeypatch.setenv("IDLORA_RUNS_DIR", str(root))
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.run()
@@ -188,12 +189,12 @@ def test_a_study_this_tab_started_shows_at_once_even_before_its_first_trial(tiny
     assert any("ended before its first trial" in w.value and "does not exist" in w.value for w in at.warning)
 
 
-def test_only_the_owner_sees_stop_on_a_running_study(tiny_study, monkeypatch):
+def test_only_the_owner_sees_stop_on_a_running_study(finished_tiny_study, monkeypatch):
     """Issue 18 #2: a user stops their own studies, not another student's."""
     from idlora_core.jobs import studies
 
-    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tiny_study))
-    launch = tiny_study / "studies" / "tiny" / studies.LAUNCH_FILE
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(finished_tiny_study.root))
+    launch = finished_tiny_study.out / studies.LAUNCH_FILE
     kept = launch.read_text() if launch.exists() else None
     try:
         for owner, stop_shown in (("session:someone-else", False), ("session:me", True), ("", True)):
