@@ -55,6 +55,9 @@ from idlora_core.config import (
     TrainConfig,
     field_range,
     target_for,
+    uses_clusters,
+    uses_heads,
+    uses_rank,
 )
 from idlora_core.layers import block_index, layer_kind
 from idlora_core.study.defaults import DEFAULT_LEARNING_RATES
@@ -147,7 +150,7 @@ WIDGET_LIMITS: dict[str, tuple[float, float | None]] = {
     "ft_alpha": _limits(TargetConfig, "alpha"),
     "adapter_k": _limits(TargetConfig, "k"),
     "adapter_r": _limits(TargetConfig, "r"),
-    "adapter_rb": _limits(TargetConfig, "rb_splits"),
+    "adapter_rb_splits": _limits(TargetConfig, "rb_splits"),
     "ft_adapter_seed": _limits(AdapterConfig, "seed"),
     "ex_seed": _limits(AdapterConfig, "seed"),
 }
@@ -307,7 +310,7 @@ def finetune_targets(layers: list[str], state: Mapping[str, Any], r: int, k: int
     only the fields `method` uses (any other, set, would be a config error)."""
     return [
         target_for(
-            method, pattern=name, r=r, k=k, selection=_get(state, "ft_selection"),
+            method, pattern=name, r=r, k=k, heads=k, selection=_get(state, "ft_selection"),
             rb_splits=int(_get(state, "ft_rb_splits")), alpha=float(_get(state, "ft_alpha")),
             dropout=float(_get(state, "ft_dropout")),
             normalize_rows=bool(_get(state, "ft_normalize_rows")),
@@ -338,12 +341,12 @@ def finetune_configs(
                          "tasks are causal-LM: deselect it (Base is the reference here)")
     for method in methods:
         lr = float(state.get(LR_KEYS[method], train.learning_rate))
-        grid = [(ranks[0], ks[0])] if method in ("full", "head-only", "base") else [
-            (r, k) for r in ranks for k in (ks if method in ("idlora", "hydralora") else ks[:1])
-        ]
+        counts = uses_clusters(method) or uses_heads(method)  # ft_ks: clusters k or heads N
+        grid = [(r, k) for r in (ranks if uses_rank(method) else ranks[:1])
+                for k in (ks if counts else ks[:1])]
         for r, k in grid:
-            label = METHOD_LABELS[method] + ("" if method in ("full", "head-only", "base") else f" r={r}")
-            label += f" k={k}" if method in ("idlora", "hydralora") else ""
+            label = METHOD_LABELS[method] + (f" r={r}" if uses_rank(method) else "")
+            label += f" k={k}" if uses_clusters(method) else (f" heads={k}" if uses_heads(method) else "")
             adapter = AdapterConfig(
                 method=method, targets=finetune_targets(layers, state, r, k, method),
                 seed=int(_get(state, "ft_adapter_seed")),
@@ -381,6 +384,7 @@ def export_config(
     targets = [
         target_for(
             method, pattern=name, r=int(choices[name]["r"]), k=int(choices[name]["k"]),
+            heads=int(choices[name]["k"]),
             selection=choices[name]["strategy"], rb_splits=int(choices[name]["rb_splits"]),
             alpha=float(_get(state, "ft_alpha")), dropout=float(_get(state, "ft_dropout")),
             normalize_rows=bool(_get(state, "ex_normalize_rows")),
@@ -420,6 +424,8 @@ def settings_from_config(cfg: RunConfig, model_settings: dict[str, Any]) -> dict
     become `layer_choices` keyed by the pattern (a full layer name for exported files).
     """
     first = cfg.adapter.targets[0]
+    heads = uses_heads(cfg.adapter.method)  # the pages' k widgets hold HydraLoRA's heads N
+    count = first.heads if heads else first.k
     kinds = []
     for target in cfg.adapter.targets:
         kind = layer_kind(target.pattern)
@@ -433,19 +439,20 @@ def settings_from_config(cfg: RunConfig, model_settings: dict[str, Any]) -> dict
         "ex_normalize_rows": first.normalize_rows,
         "ft_adapter_seed": cfg.adapter.seed,
         "ft_normalize_rows": first.normalize_rows,
-        "adapter_k": first.k,
+        "adapter_k": count,
         "adapter_r": first.r,
         "adapter_strategy": first.selection,
-        "adapter_rb": first.rb_splits,
+        "adapter_rb_splits": first.rb_splits,
         "layer_choices": {
-            t.pattern: {"k": t.k, "r": t.r, "strategy": t.selection, "rb_splits": t.rb_splits}
+            t.pattern: {"k": t.heads if heads else t.k, "r": t.r, "strategy": t.selection,
+                        "rb_splits": t.rb_splits}
             for t in cfg.adapter.targets
         },
         "ex_method": cfg.adapter.method,
         "ft_methods": [cfg.adapter.method],
         LR_KEYS[cfg.adapter.method]: cfg.train.learning_rate,
         "ft_ranks": [first.r],
-        "ft_ks": [first.k],
+        "ft_ks": [count],
         "ft_selection": first.selection,
         "ft_rb_splits": first.rb_splits,
         "ft_alpha": first.alpha,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from idlora_core.adapters.budget import adapter_memory_bytes
-from idlora_core.config import AdapterConfig, TrainConfig
+from idlora_core.config import AdapterConfig, TrainConfig, uses_clusters, uses_heads
 
 GIB = 2**30
 
@@ -52,15 +52,19 @@ def available_bytes(device: str) -> int:
 def _activation_width(method: str, r: int, k: int) -> int:
     # Elements per token an adapter keeps for the backward pass: LoRA/DoRA its r-vector,
     # ID-LoRA its k projections of r plus the router, HydraLoRA r plus N heads of m... bounded
-    # below by N*r; full fine-tuning keeps nothing beyond the base model.
+    # below by N*r (here k is N); full fine-tuning keeps nothing beyond the base model.
     return {"lora": r, "dora": r, "idlora": k * r + k, "hydralora": k * r + k}.get(method, 0)
 
 
 def estimate_memory(shapes: list[tuple[int, int, int, int, int]], method: str, train: TrainConfig,
                     device: str) -> MemoryEstimate:
-    """Return the MemoryEstimate for layers given as (m, n, r, k, p) tuples (bytes, fp32)."""
-    state = sum(adapter_memory_bytes(method, m, n, r, k=k, p=p if method == "idlora" else 1)
-                for m, n, r, k, p in shapes)
+    """Return the MemoryEstimate for layers given as (m, n, r, k, p) tuples (bytes, fp32); k is
+    ID-LoRA's clusters or HydraLoRA's heads N (each method's count of parallel parts)."""
+    def counts(k: int, p: int) -> dict[str, int | None]:
+        return {"k": k if uses_clusters(method) else None, "heads": k if uses_heads(method) else None,
+                "p": p if method == "idlora" else 1}
+
+    state = sum(adapter_memory_bytes(method, m, n, r, **counts(k, p)) for m, n, r, k, p in shapes)
     if method == "full":  # the weights themselves are loaded already
         state -= 4 * sum(m * n for m, n, *_ in shapes)
     tokens = train.batch_size * train.seq_len
@@ -84,7 +88,8 @@ def check_run_fits(model: torch.nn.Module, adapter: AdapterConfig, train: TrainC
             raise ResourceError(
                 f"target {target.pattern!r}: r={target.r} exceeds min(m, n)={min(m, n)} of "
                 f"layer {name} ({m} x {n}); a rank cannot exceed the layer's smaller side")
-        shapes.append((int(m), int(n), target.r, target.k, target.rb_splits))
+        parts = target.heads if uses_heads(method) else target.k
+        shapes.append((int(m), int(n), target.r, parts, target.rb_splits))
     est = estimate_memory(shapes, method, train, device)
     if est.total > est.available:
         raise ResourceError(

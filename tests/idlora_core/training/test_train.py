@@ -30,8 +30,8 @@ from idlora_core.training.setup import build_model, count_params, resolve_device
 from idlora_core.training.trainer import run_training
 
 REPO = Path(__file__).resolve().parents[3]
-LM_TARGETS = [{"pattern": p, "r": 4, "k": 2} for p in ("q_proj", "o_proj", "up_proj", "down_proj")]
-BERT_TARGETS = [{"pattern": p, "r": 4, "k": 2} for p in ("query", "value", "attention.output.dense")]
+LM_TARGETS = [{"pattern": p, "r": 4, "k": 2, "heads": 2} for p in ("q_proj", "o_proj", "up_proj", "down_proj")]
+BERT_TARGETS = [{"pattern": p, "r": 4, "k": 2, "heads": 2} for p in ("query", "value", "attention.output.dense")]
 METRIC_KEYS = {"step", "epoch", "loss", "lr", "trainable_params", "total_params", "step_seconds",
                "tokens_per_s", "peak_memory_mb"}
 
