@@ -33,7 +33,7 @@ from typing import Any
 from idlora_core.cache import write_text_atomic
 from idlora_core.config import RunConfig, dumps_config, loads_config
 from idlora_core.jobs import runs, slots
-from idlora_core.training.run_files import ACTIVE_STATES, read_status, write_status
+from idlora_core.training.run_files import ACTIVE_STATES, RunState, read_status, write_status
 from idlora_core.training.run_folder import pid_alive
 
 QUEUE_DIR = ".queue"
@@ -149,7 +149,7 @@ class RunQueue:
                     continue
                 status = read_status(entry["run_dir"])
                 if status.get("state") in ACTIVE_STATES:  # crashed before writing its end
-                    write_status(entry["run_dir"], "failed", "the training process ended without a "
+                    write_status(entry["run_dir"], RunState.failed, "the training process ended without a "
                                  "final status (see train.log)", pid=None)
                 path.unlink(missing_ok=True)
             alive = self.slots_in_use()
@@ -163,7 +163,7 @@ class RunQueue:
                     handle = self.launcher(config, self.root, run_dir.name)
                 except (OSError, ValueError) as exc:
                     run_dir.mkdir(parents=True, exist_ok=True)
-                    write_status(run_dir, "failed", f"could not start: {exc}", pid=None)
+                    write_status(run_dir, RunState.failed, f"could not start: {exc}", pid=None)
                     continue
                 pid = getattr(handle.process, "pid", None)
                 if handle.process is not None:
@@ -183,14 +183,15 @@ def free_run_slots(runs_root: str | Path) -> int:
     return slots.max_runs() - RunQueue(runs_root).slots_in_use()
 
 
-def ticket_state(queue: RunQueue, ticket: Ticket) -> tuple[str, int | None]:
-    """Return (state, place) of a ticket: ('queued', place in line) while waiting, else the run
-    folder's state ('starting' until its folder appears) and None."""
+def ticket_state(queue: RunQueue, ticket: Ticket) -> tuple[RunState | str, int | None]:
+    """Return (state, place) of a ticket: ('queued', place in line) while waiting (a queue
+    state, not a RunState), else the run folder's RunState (starting until its folder appears)
+    and None."""
     place = queue.place(ticket.id)
     if place is not None:
         return "queued", place
     if not ticket.run_dir.exists():
-        return "starting", None
+        return RunState.starting, None
     return runs.recorded_state(ticket.run_dir), None
 
 

@@ -24,7 +24,9 @@ from idlora_core.config import RunConfig, save_config
 from idlora_core.training.run_files import (
     ACTIVE_STATES,
     FINAL_STATES,
+    RunState,
     read_status,
+    run_state_of,
     write_status,
 )
 from idlora_core.training.run_folder import pid_alive
@@ -96,7 +98,7 @@ def start_run(
     run_dir.mkdir(parents=True, exist_ok=False)
     config = config.model_copy(update={"output_dir": str(run_dir)})
     cfg_path = save_config(config, run_dir / "config.yaml")
-    write_status(run_dir, "starting", "process starting", pid=None)
+    write_status(run_dir, RunState.starting, "process starting", pid=None)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     with open(run_dir / "train.log", "ab") as log:
@@ -134,32 +136,34 @@ def wait_run(handle: RunHandle, timeout_s: float) -> int | None:
         return None
 
 
-def recorded_state(run_dir: str | Path) -> str:
-    """Return the state `status.json` records ('starting' while absent), or 'failed' when it says
-    starting/running but its recorded process on this host is gone: the one "is this run alive"
-    rule for runs this process did not start."""
+def recorded_state(run_dir: str | Path) -> RunState:
+    """Return the RunState `status.json` records (starting while absent or unreadable), or
+    failed when it says starting/running but its recorded process on this host is gone: the
+    one "is this run alive" rule for runs this process did not start."""
     found = read_status(run_dir)
-    state, pid = found.get("state", "starting"), found.get("pid")
+    state, pid = run_state_of(found), found.get("pid")
     if state in ACTIVE_STATES and isinstance(pid, int) and not pid_alive(pid):
-        return "failed"
+        return RunState.failed
     return state
 
 
-def run_state(handle: RunHandle) -> str:
-    """Return 'starting' | 'running' | 'finished' | 'cancelled' | 'failed' for a run we started.
+def run_state(handle: RunHandle) -> RunState:
+    """Return the RunState (starting, running, finished, cancelled, failed) of a run we started.
 
     The process exit code wins over a stale `status.json` (a crash cannot update the file).
     """
     proc = handle.process
     if proc is None:  # started elsewhere (the server's run queue): the recorded pid must live
         return recorded_state(handle.run_dir)
-    status = read_status(handle.run_dir).get("state", "starting")
+    status = run_state_of(read_status(handle.run_dir))
     code = proc.poll()
     if code is None:
-        return status if status in ACTIVE_STATES else "running"
+        return status if status in ACTIVE_STATES else RunState.running
     if status in FINAL_STATES:
         return status
-    return "finished" if code == 0 else ("cancelled" if code in (-15, 143, 130) else "failed")
+    if code == 0:
+        return RunState.finished
+    return RunState.cancelled if code in (-15, 143, 130) else RunState.failed
 
 
 def log_tail(run_dir: str | Path, max_chars: int = 2000, name: str = "train.log") -> str:
