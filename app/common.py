@@ -19,7 +19,8 @@ Widgets use these keys directly, so setting a key before its widget renders chan
   lab_layers          list[str]               []  (= first selected layer)   Decomposition lab: layers swept
   lab_ks              list[int]               [1, 2, 4, 8]       Decomposition lab: cluster counts k
   lab_ranks           list[int]               [4, 8, 16, 32]     Decomposition lab: ranks r
-  lab_strategies      list[str]               ["id", "centroid", "random"]   skeleton strategies
+  lab_selections      list[str]               ["id", "centroid", "random"]   skeleton-row selections
+                                                                 (URL key `lab_strategies` still read)
   lab_normalize_rows  bool                    False              Decomposition lab: cluster L2-normalised rows
   lab_seed            int                     0                  Decomposition lab: k-means / random-selection seed
   explorer_layer      str | None              None (= first selected layer)  Cluster explorer layer
@@ -28,7 +29,7 @@ Widgets use these keys directly, so setting a key before its widget renders chan
   explorer_projection str                     "PCA"              "PCA" | "UMAP"
   explorer_normalize_rows bool                False              Cluster explorer: cosine geometry
   explorer_seed       int                     0                  Cluster explorer: seed
-  explorer_skeleton   str                     "id"               Cluster explorer: strategy whose skeleton is drawn
+  explorer_skeleton   str                     "id"               Cluster explorer: selection whose skeleton is drawn
   lab_focus_layer     str | None              None (= first swept layer)  Decomposition lab: layer inspected
   lab_focus_k         int | None              None (= largest k)  Decomposition lab: k of the curves
   lab_summary_r       int | None              None (= middle r)  Decomposition lab: r of the summary
@@ -36,7 +37,8 @@ Widgets use these keys directly, so setting a key before its widget renders chan
   adapter_k           int                     4                  default k for export (every layer)
   adapter_r           int                     8                  default r for export
   adapter_strategy    str                     "id"               default skeleton strategy for export
-  adapter_rb          int                     1                  default rank-boosting splits p for export
+  adapter_rb_splits   int                     1                  default rank-boosting splits p for export
+                                                                 (the retired `adapter_rb` is still read)
   layer_choices       dict[str, dict]         {}                 per-layer overrides for export:
                                                                  {layer: {"k", "r", "strategy", "rb_splits"}}
 
@@ -68,7 +70,7 @@ from streamlit.errors import StreamlitAPIException
 
 from analysis.layers import filter_layers, layer_table
 from app.settings_io import lab_read_path
-from idlora_core.linalg.validation import STRATEGIES
+from idlora_core.linalg.validation import SELECTIONS
 from idlora_core.models import (
     EMBEDDED,
     ModelNotFoundError,
@@ -99,7 +101,7 @@ DEFAULTS: dict[str, Any] = {
     "lab_layers": [],
     "lab_ks": [1, 2, 4, 8],
     "lab_ranks": [4, 8, 16, 32],
-    "lab_strategies": list(STRATEGIES),
+    "lab_selections": list(SELECTIONS),
     "lab_normalize_rows": False,
     "lab_seed": 0,
     "explorer_layer": None,
@@ -116,7 +118,7 @@ DEFAULTS: dict[str, Any] = {
     "adapter_k": 4,
     "adapter_r": 8,
     "adapter_strategy": "id",
-    "adapter_rb": 1,
+    "adapter_rb_splits": 1,
     "layer_choices": {},
 }
 
@@ -256,7 +258,8 @@ def layer_choice(layer: str) -> dict[str, Any]:
         "k": int(state.get("adapter_k", DEFAULTS["adapter_k"])),
         "r": int(state.get("adapter_r", DEFAULTS["adapter_r"])),
         "strategy": str(state.get("adapter_strategy", DEFAULTS["adapter_strategy"])),
-        "rb_splits": int(state.get("adapter_rb", DEFAULTS["adapter_rb"])),
+        "rb_splits": int(state.get("adapter_rb_splits",  # or the retired key, still read
+                                   state.get("adapter_rb", DEFAULTS["adapter_rb_splits"]))),
     }
     choice.update((state.get("layer_choices") or {}).get(layer, {}))
     return choice

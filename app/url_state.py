@@ -19,7 +19,7 @@ from app.common import DEFAULTS
 # key -> kind: str, strs (comma list), int, ints, float, bool, range ("a-b" blocks)
 PAGE_KEYS: dict[str, dict[str, str]] = {
     "model": {"layer_kinds": "strs", "block_range": "range"},
-    "lab": {"lab_layers": "strs", "lab_ks": "ints", "lab_ranks": "ints", "lab_strategies": "strs",
+    "lab": {"lab_layers": "strs", "lab_ks": "ints", "lab_ranks": "ints", "lab_selections": "strs",
             "lab_normalize_rows": "bool", "lab_seed": "int", "lab_focus_layer": "str",
             "lab_focus_k": "int", "lab_summary_r": "int"},
     "explorer": {"explorer_layer": "str", "explorer_k": "int", "explorer_r": "int",
@@ -31,6 +31,7 @@ PAGE_KEYS: dict[str, dict[str, str]] = {
     "exercises": {},
 }
 SHARED = {"model_choice": "str", "lab_exercise": "int"}  # written by every page
+RETIRED_KEYS = {"lab_strategies": "lab_selections"}  # old URL key -> the one name (VOCABULARY.md)
 _DONE = "_url_restored"
 
 
@@ -79,7 +80,9 @@ def restore() -> None:
     kinds = dict(SHARED)
     for keys in PAGE_KEYS.values():
         kinds |= keys
-    for key, text in st.query_params.to_dict().items():
+    found = st.query_params.to_dict()
+    for key, text in found.items():
+        key = RETIRED_KEYS.get(key, key) if RETIRED_KEYS.get(key) not in found else key
         if key in kinds:
             try:
                 state[key] = decode(text, kinds[key])

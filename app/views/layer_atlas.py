@@ -13,7 +13,7 @@ import streamlit as st
 from analysis.atlas import atlas_cells, read_atlas
 from analysis.scan import scan
 from analysis.sweep import SweepSpec
-from app.common import STRATEGIES, get_model, init_state, model_name
+from app.common import SELECTIONS, get_model, init_state, model_name
 from app.figures import clicked_layer
 from app.report import readable
 from app.settings_io import lab_read_path
@@ -41,7 +41,7 @@ def heatmap(cells, column: str, key: str) -> None:
         marker={"symbol": "square", "size": 26, "color": values, "showscale": True,
                 "colorscale": "RdBu" if mid is not None else "Viridis", "cmid": mid,
                 "line": {"width": 0}},
-        customdata=np.stack([cells["layer"], cells["k"], cells["strategy"]], axis=1),
+        customdata=np.stack([cells["layer"], cells["k"], cells["selection"]], axis=1),
         text=[f"{v:.3f}" for v in values],
         hovertemplate="%{customdata[0]}<br>best k=%{customdata[1]}, %{customdata[2]}<br>"
                       f"{column} = %{{text}}<extra></extra>",
@@ -75,7 +75,7 @@ def _kind_rank(series):
 init_state()
 st.title("Layer atlas")
 st.caption("A whole-model scan (`python -m analysis.scan --model DIR ... --out atlas.csv`), one "
-           "cell per layer: its best clustering (k, strategy) at rank r against global SVD. "
+           "cell per layer: its best clustering (k, selection) at rank r against global SVD. "
            "Click a cell to open that layer in the Decomposition lab.")
 source = st.radio("Scan", ["Load a scan CSV", "Scan the current model here"], horizontal=True,
                   key="atlas_source")
@@ -98,15 +98,15 @@ else:
     c1, c2, c3, c4 = st.columns(4)
     ks = c1.multiselect("Clusters k", [1, 2, 4, 8, 16], default=[1, 4], key="atlas_ks")
     ranks = c2.multiselect("Ranks r", [4, 8, 16, 32, 64], default=[16, 64], key="atlas_ranks")
-    strategies = c3.multiselect("Strategies", list(STRATEGIES), default=["id"],
-                                key="atlas_strategies")
+    selections = c3.multiselect("Selections", list(SELECTIONS), default=["id"],
+                                key="atlas_selections")
     pattern = c4.text_input("Layers (regex, empty = all)", key="atlas_layers")
     st.caption(f"{len(loaded.weights.linear)} linear layers; each is read alone, swept, cached "
                "and released. Cached layers are not recomputed.")
-    if st.button("Run the scan", key="atlas_run", type="primary", disabled=not (ks and ranks and strategies)):
+    if st.button("Run the scan", key="atlas_run", type="primary", disabled=not (ks and ranks and selections)):
         bar = st.progress(0.0, text="starting ...")
         try:
-            table = scan(model_name(), SweepSpec(sorted(ks), sorted(ranks), strategies),
+            table = scan(model_name(), SweepSpec(sorted(ks), sorted(ranks), selections),
                          layers=pattern.strip() or None,
                          progress=lambda d, t, layer, hit: bar.progress(
                              d / t, text=f"[{d}/{t}] {layer} ({'cached' if hit else 'swept'})"))

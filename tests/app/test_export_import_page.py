@@ -103,7 +103,7 @@ def test_import_good_yaml_restores_every_page_setting(app):
     assert s["ex_seed"] == 3 and s["ft_adapter_seed"] == 3 and s["ft_steps"] == 77 and s["ft_learning_rate"] == 0.005
     assert s["ex_run_name"] == "imported" and "ft_runs_root" not in s
     assert s["layer_choices"]["encoder.layer.3.attention.self.key"]["k"] == 3
-    assert (s["adapter_k"], s["adapter_r"], s["adapter_strategy"], s["adapter_rb"]) == (2, 4, "id", 2)
+    assert (s["adapter_k"], s["adapter_r"], s["adapter_strategy"], s["adapter_rb_splits"]) == (2, 4, "id", 2)
     assert any("mine.yaml" in m.value for m in app.success)
     assert s["lab_exercise"] is None  # the import closed the exercise panel
     # the page now exports the imported choices back (round trip, skeletons aside)
