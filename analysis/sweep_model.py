@@ -10,27 +10,24 @@ one computation. The whole-model scan with parallel workers is `analysis/scan.py
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import pandas as pd
 
 from analysis.sweep import Progress, SweepSpec, sweep_layer, tidy_table
 from idlora_core.cache import ResultCache
+from idlora_core.patterns import matching
 from idlora_core.weights import WeightReader
 
 
 def resolve_layers(weights: WeightReader, layers: Sequence[str] | str) -> list[str]:
     """Return the linear-layer names selected by a list of names or by a regex pattern.
 
-    Raises ValueError for an unknown name (with close matches), a bad regex, or no match.
+    Raises ValueError for an unknown name (with close matches), a bad regex, a pattern slower
+    than `idlora_core.patterns.MATCH_SECONDS` (one line: "simplify it"), or no match.
     """
     if isinstance(layers, str):
-        try:
-            pattern = re.compile(layers)
-        except re.error as exc:
-            raise ValueError(f"layer pattern {layers!r} is not a valid regex: {exc}") from exc
-        names = [name for name in weights.linear if pattern.search(name)]
+        names = matching(layers, weights.linear)  # under a time limit: PatternError (ValueError)
         if not names:
             raise ValueError(f"no linear layer matches {layers!r}")
         return names

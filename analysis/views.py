@@ -128,6 +128,6 @@ def selection_means(table: pd.DataFrame, k: int, r: int) -> pd.DataFrame:
 def choices_for_export(table: pd.DataFrame, r: int) -> dict[str, dict]:
     """Return {layer: {"k", "r", "selection", "rb_splits": 1}}: the best clustering of each layer at rank r."""
     return {
-        row.layer: {"k": int(row.k), "r": int(row.r), "strategy": str(row.selection), "rb_splits": 1}
+        row.layer: {"k": int(row.k), "r": int(row.r), "selection": str(row.selection), "rb_splits": 1}
         for row in layer_summary(table, r).itertuples()
     }

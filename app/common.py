@@ -6,41 +6,15 @@ checkpoint's weights WITHOUT loading the model (`idlora_core.weights`): the laye
 from the file headers and each weight is read alone when a page needs it; only a fine-tune
 (a separate process) loads the whole model. This file holds no maths.
 
-Session-state keys (the contract between pages; Export/Import reads and restores them).
+Session-state keys (the contract between pages; Export/Import reads and restores them) are the
+fields of the page dataclasses in `app/page_settings.py` (`SidebarSettings`: model_choice,
+model_path, trust_remote_code, lab_exercise; `ModelLayersSettings`: layer_kinds, block_range;
+`LabSettings`: lab_*; `ExplorerSettings`: explorer_*; `FineTuneSettings`: ft_*;
+`ExportSettings`: ex_*, adapter_k/r/selection/rb_splits and the per-layer overrides
+`layer_choices` {layer: {"k", "r", "selection", "rb_splits"}}; `StudiesSettings`: st_*;
+`LayerAtlasSettings`: atlas_*), with their types and defaults (retired keys such as
+`lab_strategies` are still read: docs/VOCABULARY.md); `DEFAULTS` below is derived from them.
 Widgets use these keys directly, so setting a key before its widget renders changes the widget.
-
-  key                 type                    default            page / meaning
-  ------------------  ----------------------  -----------------  ---------------------------------
-  model_choice        str                     "minilm"           sidebar: "minilm" | "smollm2-135m" | "local"
-  model_path          str                     ""                 sidebar: local model directory (when "local")
-  trust_remote_code   bool                    False              sidebar: only for a local directory
-  layer_kinds         list[str]               ["q", "v"]         Model & layers: layer types (q/k/v/o/up/...)
-  block_range         tuple[int, int] | None  None (= all)       Model & layers: first and last block, inclusive
-  lab_layers          list[str]               []  (= first selected layer)   Decomposition lab: layers swept
-  lab_ks              list[int]               [1, 2, 4, 8]       Decomposition lab: cluster counts k
-  lab_ranks           list[int]               [4, 8, 16, 32]     Decomposition lab: ranks r
-  lab_selections      list[str]               ["id", "centroid", "random"]   skeleton-row selections
-                                                                 (URL key `lab_strategies` still read)
-  lab_normalize_rows  bool                    False              Decomposition lab: cluster L2-normalised rows
-  lab_seed            int                     0                  Decomposition lab: k-means / random-selection seed
-  explorer_layer      str | None              None (= first selected layer)  Cluster explorer layer
-  explorer_k          int                     8                  Cluster explorer: clusters
-  explorer_r          int                     8                  Cluster explorer: skeleton rows per cluster
-  explorer_projection str                     "PCA"              "PCA" | "UMAP"
-  explorer_normalize_rows bool                False              Cluster explorer: cosine geometry
-  explorer_seed       int                     0                  Cluster explorer: seed
-  explorer_skeleton   str                     "id"               Cluster explorer: selection whose skeleton is drawn
-  lab_focus_layer     str | None              None (= first swept layer)  Decomposition lab: layer inspected
-  lab_focus_k         int | None              None (= largest k)  Decomposition lab: k of the curves
-  lab_summary_r       int | None              None (= middle r)  Decomposition lab: r of the summary
-  lab_exercise        int | None              None               active lab exercise (sidebar panel)
-  adapter_k           int                     4                  default k for export (every layer)
-  adapter_r           int                     8                  default r for export
-  adapter_strategy    str                     "id"               default skeleton strategy for export
-  adapter_rb_splits   int                     1                  default rank-boosting splits p for export
-                                                                 (the retired `adapter_rb` is still read)
-  layer_choices       dict[str, dict]         {}                 per-layer overrides for export:
-                                                                 {layer: {"k", "r", "strategy", "rb_splits"}}
 
 Each page owns its settings: no key is read by two pages (the Fine-tune and Export pages keep
 their own normalisation and seed in `ft_normalize_rows` / `ft_adapter_seed` and `ex_normalize_rows` /
@@ -50,7 +24,7 @@ Model & layers selection (`layer_kinds`, `block_range`) are shared, and pages sa
 
 Getters/setters: `model_name()` / `set_model_name(name)`, `selected_layers(loaded)`,
 `layer_weight(loaded, layer)` (cached float32 weight, read alone from disk), `ensure_layer(key, loaded)`,
-`layer_choice(layer)` (per-layer k/r/strategy/rb with the defaults filled in),
+`layer_choice(layer)` (per-layer k/r/selection/rb_splits with the defaults filled in),
 `apply_settings(values)` (restore many keys at once, safe from any page and any point of a run).
 
 Keys starting with `ft_` or `ex_` (Fine-tune and Export/Import pages) are kept across page
@@ -69,8 +43,9 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from analysis.layers import filter_layers, layer_table
+from app.page_settings import ExportSettings, all_defaults
 from app.settings_io import lab_read_path
-from idlora_core.linalg.validation import SELECTIONS
+from idlora_core.linalg.validation import SELECTIONS as SELECTIONS  # the pages read it from here
 from idlora_core.models import (
     EMBEDDED,
     ModelNotFoundError,
@@ -92,35 +67,7 @@ KEEP_PREFIXES: tuple[str, ...] = ("ft_", "ex_")
 _PENDING = "_pending_settings"
 RANGE_OWNER = "_block_range_model"  # model the block range was chosen for (reset on a new model)
 
-DEFAULTS: dict[str, Any] = {
-    "model_choice": "minilm",
-    "model_path": "",
-    "trust_remote_code": False,
-    "layer_kinds": ["q", "v"],
-    "block_range": None,
-    "lab_layers": [],
-    "lab_ks": [1, 2, 4, 8],
-    "lab_ranks": [4, 8, 16, 32],
-    "lab_selections": list(SELECTIONS),
-    "lab_normalize_rows": False,
-    "lab_seed": 0,
-    "explorer_layer": None,
-    "explorer_k": 8,
-    "explorer_r": 8,
-    "explorer_projection": "PCA",
-    "explorer_normalize_rows": False,
-    "explorer_seed": 0,
-    "explorer_skeleton": "id",
-    "lab_focus_layer": None,
-    "lab_focus_k": None,
-    "lab_summary_r": None,
-    "lab_exercise": None,
-    "adapter_k": 4,
-    "adapter_r": 8,
-    "adapter_strategy": "id",
-    "adapter_rb_splits": 1,
-    "layer_choices": {},
-}
+DEFAULTS: dict[str, Any] = all_defaults()  # every page's settings (app/page_settings.py)
 
 
 def init_state() -> None:
@@ -252,17 +199,8 @@ def selected_layers(loaded: ModelHandle) -> list[str]:
 
 
 def layer_choice(layer: str) -> dict[str, Any]:
-    """Return {"k", "r", "strategy", "rb_splits"} for `layer`: its override or the export defaults."""
-    state = st.session_state
-    choice = {
-        "k": int(state.get("adapter_k", DEFAULTS["adapter_k"])),
-        "r": int(state.get("adapter_r", DEFAULTS["adapter_r"])),
-        "strategy": str(state.get("adapter_strategy", DEFAULTS["adapter_strategy"])),
-        "rb_splits": int(state.get("adapter_rb_splits",  # or the retired key, still read
-                                   state.get("adapter_rb", DEFAULTS["adapter_rb_splits"]))),
-    }
-    choice.update((state.get("layer_choices") or {}).get(layer, {}))
-    return choice
+    """Return {"k", "r", "selection", "rb_splits"} for `layer`: its override or the export defaults."""
+    return ExportSettings.from_state(st.session_state).layer_choice(layer)
 
 
 def plain(message: str) -> str:

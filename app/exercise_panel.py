@@ -10,7 +10,6 @@ from typing import Any
 import streamlit as st
 
 from analysis.exercises import SELECTED, Exercise, load_exercises, preset_layers
-from app import settings_io as sio
 from app import url_state
 from app.common import DEFAULTS, apply_settings, open_named
 
@@ -33,9 +32,7 @@ def exercise(number: int | None) -> Exercise | None:
 
 def default_values() -> dict[str, Any]:
     """Return every page setting at its default (the model choice and the runs folder are kept)."""
-    values = {k: copy.deepcopy(v) for k, v in DEFAULTS.items() if k not in MODEL_KEYS}
-    values |= {k: copy.deepcopy(v) for k, v in sio.DEFAULTS.items() if k != "ft_runs_root"}
-    return values
+    return {k: copy.deepcopy(v) for k, v in DEFAULTS.items() if k not in MODEL_KEYS}
 
 
 def preset_values(ex: Exercise) -> dict[str, Any]:

@@ -317,3 +317,55 @@ def clicked_layer(chart_state) -> str | None:
     points = ((chart_state or {}).get("selection") or {}).get("points") or []
     data = points[0].get("customdata") if points else None
     return str(data[0]) if data else None
+
+
+# --- Decomposition lab: clustering sensitivity (app/sensitivity_panel.py) --------------------
+def ari_heatmap_figure(ari: pd.DataFrame) -> go.Figure:
+    """Return the seed x seed heatmap of adjusted Rand indices (`analysis.sensitivity`:
+    1 = the same clusters, about 0 = no more alike than chance), the values in the cells."""
+    seeds = [str(s) for s in ari.index]
+    lo = min(0.0, float(ari.min().min()))
+    fig = px.imshow(ari.to_numpy(), x=seeds, y=seeds, zmin=lo, zmax=1.0, aspect="auto",
+                    text_auto=".2f", color_continuous_scale="Blues")
+    fig.update_traces(hovertemplate="seeds %{y} and %{x}: ARI %{z:.3f}<extra></extra>")
+    fig.update_xaxes(type="category", title="k-means seed", showgrid=False)
+    fig.update_yaxes(type="category", title="k-means seed", showgrid=False)
+    fig.update_layout(height=380, margin=TOP_MARGIN,
+                      coloraxis_colorbar={"title": "ARI", "thickness": 12})
+    return fig
+
+
+def seed_spread_figure(spread: pd.DataFrame, k: int) -> go.Figure:
+    """Return the cluster-wise ID error against r at `k` of `analysis.sensitivity.spread_table`:
+    per selection the mean over the k-means seeds with ±1 standard deviation bars, and global
+    SVD at the same r (dashed, seed-free) for scale; log x, linear y (the errors of one k span
+    a narrow range, and a ±std bar reads the same length on either side)."""
+    part = spread[(spread["k"] == k) & spread["feasible"]].sort_values("r")
+    fig = go.Figure()
+    for selection, rows in part.groupby("selection", sort=False):
+        color = SELECTION_COLORS.get(selection, "#17becf")
+        fig.add_trace(go.Scatter(
+            x=rows["r"], y=rows["rel_error_mean"], mode="lines+markers",
+            name=f"cluster-wise ID ({selection}), mean ± std",
+            line={"color": color, "width": 2.5},
+            marker={"symbol": SELECTION_SYMBOLS.get(selection, "circle"), "size": 8, "color": color},
+            error_y={"type": "data", "array": rows["rel_error_std"], "visible": True, "thickness": 1.5},
+            customdata=rows[["rel_error_std", "rel_error_min", "rel_error_max", "n_cluster_seeds"]].to_numpy(),
+            hovertemplate=f"{selection}, r = %{{x}}: %{{y:.4f}} ± %{{customdata[0]:.4f}}<br>"
+                          "min %{customdata[1]:.4f}, max %{customdata[2]:.4f} over "
+                          "%{customdata[3]} seeds<extra></extra>",
+        ))
+    svd = part.drop_duplicates("r")
+    color, dash, symbol = CURVE_STYLES["global SVD, same r"]
+    fig.add_trace(go.Scatter(
+        x=svd["r"], y=svd["svd_same_r"], mode="lines+markers", name="global SVD, same r",
+        line={"color": color, "dash": dash, "width": 2}, marker={"symbol": symbol, "size": 7, "color": color},
+        hovertemplate="global SVD, r = %{x}: %{y:.4f}<extra></extra>",
+    ))
+    rs = sorted(part["r"].unique())
+    fig.update_layout(height=380, margin=TOP_MARGIN, yaxis_title="‖W − Ŵ‖_F / ‖W‖_F",
+                      legend={"orientation": "h", "y": -0.2, "title": None},
+                      xaxis={"type": "log", "tickvals": rs, "ticktext": [str(r) for r in rs],
+                             "title": f"rank r (rows per cluster; log), k = {k}"})
+    fig.update_yaxes(tickformat=".2f")
+    return fig

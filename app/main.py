@@ -11,7 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import exercise_panel, url_state
+from app import background, exercise_panel, url_state
 from app.common import MODEL_CHOICES, init_state
 from app.settings_io import lab_mode
 
@@ -57,7 +57,7 @@ def model_picker() -> None:
 
 st.set_page_config(page_title="ID-LoRA Lab", page_icon=":material/hub:", layout="wide")
 init_state()
-url_state.restore()  # a refresh or a shared link brings the page's choices back
+url_state.restore()  # a refresh, a new tab or a shared link brings the choices (and runs) back
 pages = [
     st.Page(str(HERE / path), title=title, icon=icon, default=(i == 0))
     for i, (path, title, icon) in enumerate(PAGES)
@@ -66,4 +66,8 @@ pages = [
 navigation = st.navigation(pages, position="sidebar")
 model_picker()
 exercise_panel.sidebar_panel()
-navigation.run()
+background.keep_alive()  # this session's queued runs stay queued while any page of it is open
+try:
+    navigation.run()
+finally:  # also after st.stop() / st.rerun(): the settings and runs survive a refresh
+    url_state.persist()

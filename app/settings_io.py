@@ -1,36 +1,12 @@
-"""Page settings <-> RunConfig: what the Fine-tune and Export/Import pages build and restore.
+"""Page settings <-> RunConfig for a session-state mapping, plus the server settings.
 
-Works on any mapping of session-state values (st.session_state in the app, a dict in tests):
-no Streamlit calls, no maths. Keys of the Model/Decomposition pages are defined in
-`app/common.py`; the training keys below (prefix `ft_`) and export keys (prefix `ex_`) are
-kept across page switches by `common.init_state()`.
-
-  key                 default            meaning
-  ------------------  -----------------  ----------------------------------------------------
-  ft_methods          ["idlora","lora"]  Fine-tune: methods to run side by side
-  ft_lr_<method>      study preset (a)   Fine-tune: that method's learning rate (idlora_core/
-                                         study/defaults.py); ft_learning_rate is the Export one
-  ft_ranks            [8]                Fine-tune: ranks r (one run per method x r x k)
-  ft_ks               [4]                Fine-tune: clusters k (ID-LoRA) / heads N (HydraLoRA)
-  ft_selection        "id"               Fine-tune: ID-LoRA skeleton strategy (pivoted QR)
-  ft_rb_splits        1                  Fine-tune: rank-boosting splits p
-  ft_normalize_rows   False              Fine-tune: cluster L2-normalised rows (ID-LoRA)
-  ft_adapter_seed     0                  Fine-tune: adapter seed (k-means, random skeletons)
-  ft_alpha, ft_dropout 16.0, 0.0         adapter scaling numerator and input dropout
-  ft_tasks            ["rotten_tomatoes"]
-                                         task names (the first encoder task); names the model
-                                         cannot run are dropped, [] = its first task_options
-  ft_num_train        2000 / 512         training examples per task (encoder / causal LM)
-  ft_num_eval         500 / 32           validation examples per task (choose hyper-parameters)
-  ft_num_test         1000 / 32          test examples per task (scored once at the end)
-  ft_<train field>    TrainConfig        every field of idlora_core.config.TrainConfig
-                                         (ft_steps, ft_batch_size, ft_learning_rate, ...)
-  ft_plan             None               a plan sent by the Budget planner: {"model", "adapter"
-                                         (AdapterConfig JSON), "summary"}; Fine-tune starts it
-  ex_method           "idlora"           Export: the method written to the YAML
-  ex_run_name         "my-run"           Export: output folder name inside the runs folder
-  ex_normalize_rows   False              Export: cluster L2-normalised rows
-  ex_seed             0                  Export: adapter seed
+Thin wrappers over the typed page settings (`app/page_settings.py`, the one home of every
+setting's type and default: `FineTuneSettings`, `ExportSettings`, ...) for callers that hold a
+mapping (st.session_state in the app, a dict in tests): no Streamlit calls, no maths. The
+Fine-tune keys (prefix `ft_`, one learning rate per method in `ft_lr_<method>`; the Export page
+writes the rate of its own method) and the Export keys (prefix `ex_`, `adapter_*`,
+`layer_choices`) are kept across page switches by `common.init_state()`. A plan sent by the Budget planner is
+`ft_plan` ({"model", "adapter" (AdapterConfig JSON), "summary"}); the Fine-tune page starts it.
 
 The runs folder is a server setting, not a page setting: `runs_root()` (IDLORA_RUNS_DIR,
 default `runs/` in the repo). Users only name runs inside it. An imported YAML never turns on
@@ -45,115 +21,38 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+# re-exported: the pages read these tables from here
+from app.page_settings import CAUSAL_TASKS as CAUSAL_TASKS
+from app.page_settings import ENCODER_TASKS as ENCODER_TASKS
+from app.page_settings import LR_KEYS as LR_KEYS
+from app.page_settings import METHOD_LABELS as METHOD_LABELS
+from app.page_settings import TRAIN_FIELDS as TRAIN_FIELDS
+from app.page_settings import (
+    WIDGET_LIMITS,
+    ExportSettings,
+    FineTuneSettings,
+    ModelLayersSettings,
+    all_defaults,
+)
+from app.page_settings import task_options as task_options
 from idlora_core.config import (
-    ALL_METHODS,
     AdapterConfig,
     ModelConfig,
     RunConfig,
     TargetConfig,
     TaskConfig,
     TrainConfig,
-    field_range,
-    target_for,
-    uses_clusters,
-    uses_heads,
-    uses_rank,
 )
-from idlora_core.layers import block_index, layer_kind
-from idlora_core.study.defaults import DEFAULT_LEARNING_RATES
-from idlora_core.tasks import (
-    BUILTIN,
-    CAUSAL_LM_TASKS,
-    CLASSIFICATION_TASKS,
-    pool_sizes,
-    task_module,
-)
+from idlora_core.tasks import BUILTIN, CLASSIFICATION_TASKS, task_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Built-in tasks by model kind, the default first: real data before the synthetic sentiment task
-# (it saturates: the 30-s smoke task). Only registered names are offered.
-_ENCODER_ORDER = ("rotten_tomatoes", "bbc_news", "sentiment")
-_CLASSIFIERS = [t for t in CLASSIFICATION_TASKS if t in BUILTIN]
-ENCODER_TASKS: tuple[str, ...] = tuple(
-    [t for t in _ENCODER_ORDER if t in _CLASSIFIERS] + [t for t in _CLASSIFIERS if t not in _ENCODER_ORDER])
-CAUSAL_TASKS: tuple[str, ...] = tuple(t for t in CAUSAL_LM_TASKS if t in BUILTIN)
 TASK_LABELS: dict[str, str] = {
     "rotten_tomatoes": "Rotten Tomatoes (real movie reviews)",
     "bbc_news": "BBC News (real articles, 5 topics)",
     "sentiment": "Sentiment (synthetic, saturates — 30-s smoke task)",
     "math": "Maths questions (DeepMind mathematics_dataset)",
 }
-METHOD_LABELS: dict[str, str] = {
-    "idlora": "ID-LoRA",
-    "lora": "LoRA",
-    "dora": "DoRA",
-    "hydralora": "HydraLoRA",
-    "full": "Full fine-tuning",
-    "head-only": "Head only (linear probe)",
-    "base": "Base (no training)",
-}
-TRAIN_FIELDS: tuple[str, ...] = tuple(TrainConfig.model_fields)
-# Short demo-sized training by default (the schema's defaults are sized for real runs): 150 steps
-# of batch 16 on real text, 15 warm-up steps, gradient clipping at norm 1 (transformers' default),
-# each method at the learning rate study preset (a) chose on validation (ft_lr_<method>, below the
-# rate at which some seeds collapse). Preset (a) trains 80 steps to fit 30 minutes; the page
-# trains 150 for margin on unlucky seeds. bench/finetune_defaults.py runs them on 10 new seeds.
-_TRAIN_DEFAULTS = TrainConfig().model_dump() | {
-    "steps": 150, "batch_size": 16, "seq_len": 48, "learning_rate": 3e-3, "warmup_steps": 15,
-    "eval_interval": 0,
-}
-LR_KEYS: dict[str, str] = {m: f"ft_lr_{m}" for m in ALL_METHODS}
-DEFAULTS: dict[str, Any] = {
-    "ft_methods": ["idlora", "lora"],
-    "ft_ranks": [8],
-    "ft_ks": [4],
-    "ft_selection": "id",
-    "ft_rb_splits": 1,
-    "ft_alpha": 16.0,
-    "ft_dropout": 0.0,
-    "ft_tasks": list(ENCODER_TASKS[:1]),  # the default model (MiniLM) is an encoder
-    "ft_num_train": 2000,  # SIZE_DEFAULTS["encoder"]
-    "ft_num_eval": 500,
-    "ft_num_test": 1000,
-    "ex_method": "idlora",
-    "ex_run_name": "my-run",
-    "ft_normalize_rows": False,
-    "ft_adapter_seed": 0,
-    "ex_normalize_rows": False,
-    "ex_seed": 0,
-} | {f"ft_{name}": value for name, value in _TRAIN_DEFAULTS.items()} | {
-    key: DEFAULT_LEARNING_RATES[m] for m, key in LR_KEYS.items()}
-
-
-# Number widgets: (min, max) from the schema, so every valid config shows unclamped.
-_TINY = 1e-12  # the widget minimum of a float the schema only requires to be > 0
-
-
-def _limits(section: type, name: str) -> tuple[float, float | None]:
-    lo, hi = field_range(section, name)
-    info = section.model_fields[name]
-    if info.annotation is not float:
-        return lo, hi
-    exclusive = any(hasattr(m, "gt") for m in info.metadata)
-    return (_TINY if exclusive and lo == 0 else float(lo)), (None if hi is None else float(hi))
-
-
-WIDGET_LIMITS: dict[str, tuple[float, float | None]] = {
-    f"ft_{name}": _limits(TrainConfig, name)
-    for name in ("steps", "batch_size", "seq_len", "learning_rate", "warmup_steps",
-                 "eval_interval", "weight_decay")
-} | {
-    "ft_num_train": _limits(TaskConfig, "num_train"),
-    "ft_num_eval": _limits(TaskConfig, "num_eval"),
-    "ft_num_test": _limits(TaskConfig, "num_test"),
-    "ft_rb_splits": _limits(TargetConfig, "rb_splits"),
-    "ft_alpha": _limits(TargetConfig, "alpha"),
-    "adapter_k": _limits(TargetConfig, "k"),
-    "adapter_r": _limits(TargetConfig, "r"),
-    "adapter_rb_splits": _limits(TargetConfig, "rb_splits"),
-    "ft_adapter_seed": _limits(AdapterConfig, "seed"),
-    "ex_seed": _limits(AdapterConfig, "seed"),
-}
+DEFAULTS: dict[str, Any] = all_defaults()  # every page's settings (app/page_settings.py)
 
 
 def bounds(key: str) -> dict[str, Any]:
@@ -258,12 +157,6 @@ def sizes_for_kind(state: Any, model_kind: str) -> bool:
     return False
 
 
-def task_options(model_kind: str) -> tuple[str, ...]:
-    """Return the built-in task names that fit a model kind ("encoder" or "causal-lm"), the
-    default first."""
-    return ENCODER_TASKS if model_kind == "encoder" else CAUSAL_TASKS
-
-
 def task_label(name: str) -> str:
     """Return the readable label of a task name (the name itself when it has none)."""
     return TASK_LABELS.get(name, name)
@@ -277,46 +170,34 @@ def num_labels(task: str) -> int | None:
     return len(labels) if labels else None
 
 
+# Thin wrappers over app/page_settings.py for the callers that hold a session-state mapping.
+
 def chosen_tasks(state: Mapping[str, Any], model_kind: str) -> list[str]:
     """Return the chosen task names valid for `model_kind`, or the model's default task."""
-    options = task_options(model_kind)
-    tasks = [t for t in _get(state, "ft_tasks") or [] if t in options]
-    return tasks or [options[0]]
+    return FineTuneSettings.from_state(state).chosen_tasks(model_kind)
 
 
-def train_config(state: Mapping[str, Any]) -> TrainConfig:
-    """Return the TrainConfig held in the `ft_<field>` keys (raises pydantic errors if invalid)."""
-    return TrainConfig(**{name: _get(state, f"ft_{name}") for name in TRAIN_FIELDS})
+def train_config(state: Mapping[str, Any], method: str = "idlora") -> TrainConfig:
+    """Return the TrainConfig of a run of `method` held in the `ft_<field>` keys, at that
+    method's learning rate `ft_lr_<method>` (raises pydantic errors if invalid)."""
+    return FineTuneSettings.from_state(state).train_config(method)
 
 
 def task_configs(state: Mapping[str, Any], model_kind: str) -> list[TaskConfig]:
     """Return one TaskConfig per chosen task (equal weights; `ft_num_train`, `ft_num_eval` and
-    `ft_num_test` examples each)."""
-    n, n_eval = int(_get(state, "ft_num_train")), int(_get(state, "ft_num_eval"))
-    n_test = int(_get(state, "ft_num_test"))
-    out = []
-    for name in chosen_tasks(state, model_kind):
-        pools = pool_sizes(name)  # a real dataset holds a fixed number: use at most that
-        sizes = (n, n_eval, n_test) if pools is None else tuple(
-            min(want, have) for want, have in zip((n, n_eval, n_test), pools, strict=True))
-        out.append(TaskConfig(name=name, num_train=max(1, sizes[0]), num_eval=max(1, sizes[1]),
-                              num_test=sizes[2]))
-    return out
+    `ft_num_test` examples each, at most what a real dataset holds)."""
+    return FineTuneSettings.from_state(state).task_configs(model_kind)
 
 
 def finetune_targets(layers: list[str], state: Mapping[str, Any], r: int, k: int,
                      method: str = "idlora") -> list[TargetConfig]:
-    """Return one target per layer name with the Fine-tune page's r, k, strategy, RB, alpha;
+    """Return one target per layer name with the Fine-tune page's r, k, selection, RB, alpha;
     only the fields `method` uses (any other, set, would be a config error)."""
-    return [
-        target_for(
-            method, pattern=name, r=r, k=k, heads=k, selection=_get(state, "ft_selection"),
-            rb_splits=int(_get(state, "ft_rb_splits")), alpha=float(_get(state, "ft_alpha")),
-            dropout=float(_get(state, "ft_dropout")),
-            normalize_rows=bool(_get(state, "ft_normalize_rows")),
-        )
-        for name in layers
-    ]
+    return FineTuneSettings.from_state(state).targets(layers, r, k, method)
+
+
+def _model(state: Mapping[str, Any], model_name: str) -> ModelConfig:
+    return ModelConfig(name=model_name, trust_remote_code=trust_remote_code(state))
 
 
 def finetune_configs(
@@ -327,33 +208,7 @@ def finetune_configs(
     One run per method x r x k; k only varies for methods that use it (ID-LoRA, HydraLoRA),
     and full fine-tuning ignores r and k. `output_dir` is filled in by `idlora_core.jobs.runs.start_run`.
     """
-    if not layers:
-        raise ValueError("no target layers: pick layer types on the Model & layers page")
-    ranks = sorted({int(r) for r in _get(state, "ft_ranks")}) or [8]
-    ks = sorted({int(k) for k in _get(state, "ft_ks")}) or [4]
-    train = train_config(state)
-    tasks = task_configs(state, model_kind)
-    model = ModelConfig(name=model_name, trust_remote_code=trust_remote_code(state))
-    out = []
-    methods = [m for m in ALL_METHODS if m in _get(state, "ft_methods")]
-    if "head-only" in methods and model_kind != "encoder":  # else every such run fails once queued
-        raise ValueError("Head only (linear probe) trains a classification head; this model's "
-                         "tasks are causal-LM: deselect it (Base is the reference here)")
-    for method in methods:
-        lr = float(state.get(LR_KEYS[method], train.learning_rate))
-        counts = uses_clusters(method) or uses_heads(method)  # ft_ks: clusters k or heads N
-        grid = [(r, k) for r in (ranks if uses_rank(method) else ranks[:1])
-                for k in (ks if counts else ks[:1])]
-        for r, k in grid:
-            label = METHOD_LABELS[method] + (f" r={r}" if uses_rank(method) else "")
-            label += f" k={k}" if uses_clusters(method) else (f" heads={k}" if uses_heads(method) else "")
-            adapter = AdapterConfig(
-                method=method, targets=finetune_targets(layers, state, r, k, method),
-                seed=int(_get(state, "ft_adapter_seed")),
-            )
-            out.append((label, RunConfig(model=model, adapter=adapter, tasks=tasks,
-                                         train=train.model_copy(update={"learning_rate": lr}))))
-    return out
+    return FineTuneSettings.from_state(state).to_run_configs(_model(state, model_name), model_kind, layers)
 
 
 def plan_run_config(state: Mapping[str, Any], adapter: AdapterConfig, model_name: str,
@@ -377,96 +232,27 @@ def export_config(
     output_dir: str = "runs/my-run",
 ) -> RunConfig:
     """Return the RunConfig of the current choices: one target per layer with its own
-    k, r, strategy and RB (`choices[layer]`), the training keys, and resolved skeletons."""
-    if not layers:
-        raise ValueError("no layers selected: pick layer types on the Model & layers page")
-    method = _get(state, "ex_method")
-    targets = [
-        target_for(
-            method, pattern=name, r=int(choices[name]["r"]), k=int(choices[name]["k"]),
-            heads=int(choices[name]["k"]),
-            selection=choices[name]["strategy"], rb_splits=int(choices[name]["rb_splits"]),
-            alpha=float(_get(state, "ft_alpha")), dropout=float(_get(state, "ft_dropout")),
-            normalize_rows=bool(_get(state, "ex_normalize_rows")),
-        )
-        for name in layers
-    ]
-    adapter = AdapterConfig(
-        method=method, targets=targets, seed=int(_get(state, "ex_seed")),
-        skeletons=skeletons if method == "idlora" and skeletons else None,
-    )
-    return RunConfig(
-        model=ModelConfig(name=model_name, trust_remote_code=trust_remote_code(state)),
-        adapter=adapter,
-        tasks=task_configs(state, model_kind),
-        train=train_config(state),
-        output_dir=output_dir,
-    )
-
-
-def _blocks(cfg: RunConfig) -> tuple[int, int] | None:
-    blocks: list[int] = []
-    for target in cfg.adapter.targets:
-        if target.layers:
-            blocks += target.layers
-        elif (b := block_index(target.pattern)) is not None:
-            blocks.append(b)
-        else:
-            return None  # a target on every block
-    return (min(blocks), max(blocks)) if blocks else None
+    k, r, selection and RB (`choices[layer]`), the training keys at the export method's learning
+    rate, and resolved skeletons."""
+    return ExportSettings.from_state(state).to_run_config(
+        FineTuneSettings.from_state(state), _model(state, model_name), model_kind, layers, choices,
+        skeletons=skeletons, output_dir=output_dir)
 
 
 def settings_from_config(cfg: RunConfig, model_settings: dict[str, Any]) -> dict[str, Any]:
-    """Return the session-state values that show `cfg` on every page.
+    """Return the session-state values that show `cfg` on every page (only what `cfg` holds:
+    the learning rates of other methods are kept).
 
     `model_settings` is `common.set_model_name(cfg.model.name)` (model_choice, model_path).
-    Layer kinds and block range come from the target patterns; per-layer k/r/strategy/RB
+    Layer kinds and block range come from the target patterns; per-layer k/r/selection/RB
     become `layer_choices` keyed by the pattern (a full layer name for exported files).
     """
-    first = cfg.adapter.targets[0]
-    heads = uses_heads(cfg.adapter.method)  # the pages' k widgets hold HydraLoRA's heads N
-    count = first.heads if heads else first.k
-    kinds = []
-    for target in cfg.adapter.targets:
-        kind = layer_kind(target.pattern)
-        if kind not in kinds and kind != "other":
-            kinds.append(kind)
     values: dict[str, Any] = dict(model_settings) | {
         # shown, never applied: only the sidebar tick enables remote code
         "trust_remote_code": False,
         "ex_import_trust_requested": cfg.model.trust_remote_code,
-        "ex_seed": cfg.adapter.seed,
-        "ex_normalize_rows": first.normalize_rows,
-        "ft_adapter_seed": cfg.adapter.seed,
-        "ft_normalize_rows": first.normalize_rows,
-        "adapter_k": count,
-        "adapter_r": first.r,
-        "adapter_strategy": first.selection,
-        "adapter_rb_splits": first.rb_splits,
-        "layer_choices": {
-            t.pattern: {"k": t.heads if heads else t.k, "r": t.r, "strategy": t.selection,
-                        "rb_splits": t.rb_splits}
-            for t in cfg.adapter.targets
-        },
-        "ex_method": cfg.adapter.method,
-        "ft_methods": [cfg.adapter.method],
-        LR_KEYS[cfg.adapter.method]: cfg.train.learning_rate,
-        "ft_ranks": [first.r],
-        "ft_ks": [count],
-        "ft_selection": first.selection,
-        "ft_rb_splits": first.rb_splits,
-        "ft_alpha": first.alpha,
-        "ft_dropout": first.dropout,
-        "ft_tasks": [t.name for t in cfg.tasks],
-        "ft_num_train": cfg.tasks[0].num_train,
-        "ft_num_eval": cfg.tasks[0].num_eval,
-        "ft_num_test": cfg.tasks[0].test_count,
     }
-    if kinds:
-        values["layer_kinds"] = kinds
-    values["block_range"] = _blocks(cfg)
-    values |= {f"ft_{name}": value for name, value in cfg.train.model_dump().items()}
-    out = Path(cfg.output_dir)
-    if out.name and not out.is_absolute() and ".." not in out.parts:
-        values["ex_run_name"] = out.name  # the folder above is the server's runs folder
+    for cls in (ModelLayersSettings, FineTuneSettings, ExportSettings):
+        keys = cls.keys()
+        values |= {keys[name]: value for name, value in cls.run_config_values(cfg).items()}
     return values

@@ -11,7 +11,6 @@ This file is not the training loop nor the adapter code: it only describes and c
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -32,6 +31,7 @@ from pydantic import (
 )
 
 from idlora_core.cache import write_text_atomic
+from idlora_core.patterns import compile_pattern
 from idlora_core.safe_yaml import YAMLInputError, cut, decode_utf8, safe_load_bounded, shorten
 
 AdapterMethod = Literal["idlora", "lora", "dora", "hydralora", "full"]
@@ -144,10 +144,7 @@ class TargetConfig(_Strict):
     @model_validator(mode="after")
     def _check(self) -> TargetConfig:
         if self.regex:
-            try:
-                re.compile(self.pattern)
-            except re.error as exc:
-                raise ValueError(f"pattern {self.pattern!r} is not a valid regex: {exc}") from exc
+            compile_pattern(self.pattern)  # PatternError (a ValueError): invalid or too large
         if self.r % self.rb_splits:
             raise ValueError(
                 f"rb_splits={self.rb_splits} must divide r={self.r} (rank boosting splits z "

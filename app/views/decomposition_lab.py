@@ -14,7 +14,7 @@ from analysis.views import (
     selection_means,
     short_label,
 )
-from app import figures
+from app import figures, sensitivity_panel
 from app.common import (
     SELECTIONS,
     ensure_layer,
@@ -264,3 +264,5 @@ with st.expander("Full sweep table"):
     })
     st.download_button("Download CSV", table.to_csv(index=False), "sweep.csv", "text/csv",
                        key="lab_download")
+
+sensitivity_panel.show(loaded, layer, k, params)  # 5 · clustering sensitivity

@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from app import settings_io as sio
+from app import url_state
 from app.common import (
     SELECTIONS,
     apply_settings,
@@ -58,7 +59,7 @@ def _choices_editor(layers: list[str]) -> None:
                  **KEEP)
     c2.number_input("k (clusters / heads)", **sio.bounds("adapter_k"), key="adapter_k", **KEEP)
     c3.number_input("r (rank)", **sio.bounds("adapter_r"), key="adapter_r", **KEEP)
-    c4.selectbox("Selection", list(SELECTIONS), key="adapter_strategy", **KEEP)
+    c4.selectbox("Selection", list(SELECTIONS), key="adapter_selection", **KEEP)
     c5.number_input("RB splits p", **sio.bounds("adapter_rb_splits"), key="adapter_rb_splits", **KEEP,
                  help="Rank boosting, our reading of the paper's RB: p must divide r.")
     n1, n2, _ = st.columns([1, 1, 3])
@@ -76,13 +77,13 @@ def _choices_editor(layers: list[str]) -> None:
         r = o3.number_input("r", **sio.bounds("adapter_r"), value=int(current.get("r", 8)),
                             key=f"ov_r_{layer}")
         selection = o4.selectbox("selection", list(SELECTIONS), key=f"ov_selection_{layer}",
-                                 index=list(SELECTIONS).index(current.get("strategy", "id")))
+                                 index=list(SELECTIONS).index(current.get("selection", "id")))
         rb = o5.selectbox("p", [1, 2, 4, 8], key=f"ov_rb_splits_{layer}",
                           index=[1, 2, 4, 8].index(int(current.get("rb_splits", 1))))
         b1, b2 = st.columns(2)
         if b1.button("Set for this layer", key="set_layer_choice") and layer:
             choices = dict(state.get("layer_choices") or {})
-            choices[layer] = {"k": int(k), "r": int(r), "strategy": selection, "rb_splits": int(rb)}
+            choices[layer] = {"k": int(k), "r": int(r), "selection": selection, "rb_splits": int(rb)}
             apply_settings({"layer_choices": choices})
         if b2.button("Clear all overrides", key="clear_layer_choices"):
             apply_settings({"layer_choices": {}})
@@ -101,7 +102,7 @@ def _layer_table(loaded, layers: list[str], choices: dict) -> pd.DataFrame:
         except ValueError:
             params = None
         rows.append({"layer": name, "shape": f"{m} x {n}", "k": c["k"], "r": c["r"],
-                     "selection": c["strategy"], "RB p": c["rb_splits"], "trainable": params,
+                     "selection": c["selection"], "RB p": c["rb_splits"], "trainable": params,
                      "LoRA at same r": trainable_params("lora", m, n, c["r"])})
     return pd.DataFrame(rows)
 
@@ -215,6 +216,7 @@ def main() -> None:
     init_state()
     sio.init_defaults(st.session_state)
     st.header("Export / import")
+    url_state.mirror("export")
     message = st.session_state.pop("ex_import_message", None)
     if message:
         st.success(message)

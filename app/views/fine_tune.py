@@ -6,13 +6,16 @@ tails their `metrics.jsonl`. The live view is a fragment that polls only while a
 session is active. Runs wait in the server's one queue (`idlora_core/jobs/run_queue.py`: one FIFO for
 all sessions, one limit, on disk under the runs folder, pumped by a server thread), so a closed
 tab loses nothing; this tab's tickets and handles live in its session state, so two tabs never
-touch each other's runs.
+touch each other's runs. Served to a lab, each user gets a fair share (`idlora_core/jobs/limits.py`):
+Start is refused in one line when it would pass the user's cap of queued and running runs, or a
+run's steps or estimated memory (base model included) pass the server's limits, before any run
+is queued; a user withdraws their own waiting runs one by one, and the page reads the queue once
+per render.
 """
 
 from __future__ import annotations
 
 import math
-import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +23,7 @@ import streamlit as st
 import torch
 
 from analysis import runs as run_tables
-from app import figures, url_state
+from app import background, figures, url_state
 from app import settings_io as sio
 from app.common import (
     K_CHOICES,
@@ -35,9 +38,9 @@ from app.common import (
 )
 from app.report import COLLAPSED_NOTE, headline, lead_columns, readable, runs_display
 from idlora_core.config import ALL_METHODS, AdapterConfig, RunConfig
-from idlora_core.jobs import run_queue, runs, slots
+from idlora_core.jobs import limits, run_queue, runs, slots
 from idlora_core.tasks import pool_sizes
-from idlora_core.training import compare
+from idlora_core.training import compare, preflight
 from idlora_core.training.evaluate import collapsed
 from idlora_core.training.run_files import ACTIVE_STATES, MetricsTail, RunState, read_run_json
 
@@ -144,22 +147,46 @@ def _controls(loaded) -> list[str]:
     return layers
 
 
-@st.cache_resource(show_spinner=False)
-def _server_queue(root: str) -> run_queue.RunQueue:
-    """The server's run queue for the runs folder `root`, pumped by one thread per server process."""
-    queue = run_queue.RunQueue(root)
-    run_queue.QueueWorker(queue).start()
-    return queue
-
-
 def _queue() -> run_queue.RunQueue:
-    return _server_queue(str(sio.runs_root()))
+    return background.server_queue(sio.runs_root())
+
+
+def _planned_count(state) -> int:
+    """Return how many runs Start would queue, from the lengths of the choices (no configs built):
+    ID-LoRA and HydraLoRA one per r x k, LoRA and DoRA one per r, the others one."""
+    ranks = len(set(state.get("ft_ranks") or [])) or 1
+    ks = len(set(state.get("ft_ks") or [])) or 1
+    per = {"idlora": ranks * ks, "hydralora": ranks * ks, "lora": ranks, "dora": ranks}
+    return sum(per.get(m, 1) for m in dict.fromkeys(state.get("ft_methods") or []))
+
+
+def _memory(loaded, config, layers: list[str]) -> int:
+    """The run's estimated peak memory in bytes (base model, activations, adapters), from headers."""
+    weights = loaded.weights
+    shapes = {name: tuple(weights.linear[name].shape[:2]) for name in layers if name in weights.linear}
+    return preflight.estimate_from_headers(config, weights.config, _param_count(weights), shapes).total
+
+
+def _param_count(weights) -> int:
+    return sum(math.prod(t.shape) for t in weights.tensors.values())
 
 
 def _start_clicked(loaded, layers: list[str]) -> None:
+    """Queue the chosen runs, after the checks that need nothing built: the user's share of the
+    queue (from the number of runs), then the size of each run (steps, estimated memory)."""
     state = st.session_state
+    queue, me = _queue(), background.user_id()
     try:
+        lim = limits.server_limits()
+        waiting, running = queue.owned(me)
+        limits.check_share(len(waiting) + len(running), _planned_count(state), lim.queued_per_user,
+                           "runs", "IDLORA_MAX_QUEUED_PER_USER")
         planned = sio.finetune_configs(state, model_name(), loaded.kind, layers)
+        if planned:
+            limits.check_runs([cfg for _, cfg in planned], [_memory(loaded, cfg, layers) for _, cfg in planned], lim)
+    except limits.LimitError as exc:
+        st.error(str(exc))
+        return
     except Exception as exc:  # noqa: BLE001 - invalid settings are shown, not raised
         st.error(f"Cannot start: {exc}")
         return
@@ -198,16 +225,18 @@ def _plan_panel(loaded) -> None:
 
 
 def _submit(planned: list[tuple[str, RunConfig]]) -> None:
+    """Queue `planned` (label, config) runs for this user within their share of the queue."""
     state = st.session_state
-    queue = _queue()
-    for label, cfg in planned:
-        try:
-            ticket = queue.submit(cfg, label=label, owner=state["ft_owner"])
-        except (OSError, ValueError) as exc:
-            st.error(f"Could not queue {label}: {exc}")
-            return
+    queue, me = _queue(), background.user_id()
+    try:
+        tickets = queue.submit_many(planned, owner=me, share=limits.server_limits().queued_per_user)
+    except (OSError, ValueError) as exc:
+        st.error(f"Could not queue the runs: {exc}")
+        return
+    for ticket in tickets:
         state[TICKETS].append(ticket)
-        state[LABELS][ticket.run_dir.name] = label
+        state[LABELS][ticket.run_dir.name] = ticket.label
+    state[background.QUEUE_ROOT] = str(queue.root)  # the heartbeat of every page keeps them queued
     _pump_queue()
 
 
@@ -222,11 +251,31 @@ def _pump_queue() -> None:
             state[HANDLES].append(runs.RunHandle(run_dir=ticket.run_dir, method=ticket.method))
 
 
-def _queued() -> list[tuple[str, int]]:
-    """Return (label, place in the server's queue) of this session's waiting runs."""
-    queue = _queue()
-    places = [(t.label, queue.place(t.id)) for t in st.session_state[TICKETS]]
-    return [(label, place) for label, place in places if place is not None]
+def _mine_waiting() -> tuple[list[dict], int]:
+    """Return (this user's waiting entries with their "place", the queue's length), from one read
+    of the queue; touches the user's heartbeat while they have runs waiting."""
+    queue, me = _queue(), background.user_id()
+    line = queue.waiting()
+    mine = [e | {"place": i} for i, e in enumerate(line, 1) if e.get("owner") == me]
+    if mine:
+        queue.touch(me)
+    return mine, len(line)
+
+
+def _waiting_panel(mine: list[dict], total: int) -> None:
+    """List this user's waiting runs with their place in line and a Withdraw button each."""
+    try:
+        share = f"; {limits.server_limits().queued_per_user} queued or running per user"
+    except ValueError:  # a bad server setting is reported by Start runs
+        share = ""
+    st.caption(f"Waiting for a free slot (server queue, first come first served{share}):")
+    for entry in mine:
+        left, right = st.columns([5, 1], vertical_alignment="center")
+        left.caption(f"{entry['label']} — place {entry['place']} of {total}")
+        if right.button("Withdraw", key=f"withdraw_{entry['id']}"):
+            if _queue().withdraw(entry["id"], background.user_id()):
+                st.toast(f"Withdrew {entry['label']}: its place is free.")
+            st.rerun()
 
 
 def _label(run_dir) -> str:
@@ -300,11 +349,12 @@ def _live_view(past: list) -> None:
     _pump_queue()
     handles = list(state[HANDLES])
     dirs = [h.run_dir for h in handles] + [d for d in past if d not in {h.run_dir for h in handles}]
+    mine, total = _mine_waiting()
     if not dirs:
-        waiting = _queued()
-        if waiting:
+        if mine:
             st.info("Your runs wait in the server's queue: " + "; ".join(
-                f"{label} — place {place} of {len(_queue().waiting())}" for label, place in waiting))
+                f"{e['label']} — place {e['place']} of {total}" for e in mine))
+            _waiting_panel(mine, total)
         else:
             st.info("No runs yet: choose methods above and press **Start runs**, or reload past "
                     "runs from the runs folder (the box above).")
@@ -318,15 +368,12 @@ def _live_view(past: list) -> None:
             row["state"] = runs.run_state(handle)
         rows.append({"label": _label(d)} | row | _outcome(d, row))
     table = _with_notes(pd.DataFrame(rows))
-    waiting = _queued()
-    queued = len(waiting)
+    queued = len(mine)
     active = int(table["state"].isin(ACTIVE_STATES).sum())
     st.caption(f"{active} running, {queued} queued, {len(table) - active} done · "
                + ("updating every second" if active or queued else "idle"))
-    if waiting:
-        total = len(_queue().waiting())
-        st.caption("Waiting for a free slot (server queue, first come first served): "
-                   + "; ".join(f"{label} — place {place} of {total}" for label, place in waiting))
+    if mine:
+        _waiting_panel(mine, total)
     methods = dict(zip(table["label"], table.get("method", pd.Series(dtype=str)), strict=False))
     chance = state.get("_ft_chance")
     with st.container(key="loss_chart"):  # CSS class st-key-loss_chart for browser tests
@@ -413,7 +460,6 @@ def main() -> None:
     state = st.session_state
     for key, empty in ((HANDLES, []), (TICKETS, []), (TAILS, {}), (LABELS, {})):
         state.setdefault(key, empty)
-    state.setdefault("ft_owner", uuid.uuid4().hex[:8])  # names this tab in the server queue
     st.header("Fine-tune")
     url_state.mirror("finetune")
     st.caption("Short runs of ID-LoRA, LoRA, DoRA, HydraLoRA and full fine-tuning on the same "
@@ -428,7 +474,9 @@ def main() -> None:
     if b1.button("Start runs", key="start_runs", type="primary"):
         _start_clicked(loaded, layers)
     if b2.button("Cancel my runs", key="cancel_runs"):
-        n = sum(_queue().cancel(t.id) for t in state[TICKETS])
+        queue, me = _queue(), background.user_id()
+        n = sum(queue.withdraw(e["id"], me) for e in queue.owned(me)[0])
+        n += sum(queue.cancel(t.id) for t in state[TICKETS])
         st.toast(f"Withdrew or asked {n} run(s) to stop (after their current step; metrics are kept).")
 
     root = sio.runs_root()
@@ -439,7 +487,8 @@ def main() -> None:
     past = [root / name for name in state["ft_past"]]
 
     active = any(runs.run_state(h) in ACTIVE_STATES for h in state[HANDLES])
-    waiting = any(_queue().place(t.id) is not None for t in state[TICKETS])
+    places = _queue().places() if state[TICKETS] else {}  # one read of the queue
+    waiting = any(t.id in places for t in state[TICKETS])
     st.fragment(run_every=POLL_SECONDS if active or waiting else None)(_live_view)(past)
 
 

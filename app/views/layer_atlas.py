@@ -13,11 +13,17 @@ import streamlit as st
 from analysis.atlas import atlas_cells, read_atlas
 from analysis.scan import scan
 from analysis.sweep import SweepSpec
-from app.common import SELECTIONS, get_model, init_state, model_name
+from app import background, url_state
+from app.background import Job
+from app.common import SELECTIONS, get_model, init_state, model_name, valid
 from app.figures import clicked_layer
 from app.report import readable
 from app.settings_io import lab_read_path
+from idlora_core.patterns import PatternError, matching
 
+JOB = "atlas_job"  # this session's background scan (app.background.Job), None when none
+POLL_SECONDS = 1.0
+K_OPTIONS, R_OPTIONS = [1, 2, 4, 8, 16], [4, 8, 16, 32, 64]
 PENDING = "_atlas_open_layer"  # set by a click on a cell, consumed after the charts are drawn
 LAB_PAGE = str(Path(__file__).resolve().parent / "decomposition_lab.py")
 TITLES = {"gain_vs_svd": "Gain of cluster-wise ID over SVD at the same r  (SVD(r) − ID; > 0: ID wins)",
@@ -66,6 +72,50 @@ def _clicked(key: str) -> None:
         st.session_state[PENDING] = layer
 
 
+def _scan_job(job: Job, model: str, spec: SweepSpec, names: list[str]):
+    return scan(model, spec, layers=names, progress=lambda d, t, layer, hit: job.report(
+        d / t, f"[{d}/{t}] {layer} ({'cached' if hit else 'swept'})"))
+
+
+def start_scan(pattern: str, names, spec: SweepSpec) -> None:
+    """Check the layer pattern (within MATCH_SECONDS: a pattern that backtracks without end is one
+    error line) and start the scan of the layers it matches in the background pool."""
+    try:
+        chosen = matching(pattern, names) if pattern else list(names)
+    except PatternError as exc:
+        st.error(str(exc))
+        return
+    if not chosen:
+        st.error(f"No linear layer matches {pattern!r}: try a part of a name, e.g. 'query' or 'layer\\.0\\.'")
+        return
+    try:  # a new scan of this session replaces its unfinished one
+        st.session_state[JOB] = background.submit(
+            _scan_job, model_name(), spec, chosen, kind="scan", supersede=True,
+            label=f"scan of {len(chosen)} layer{'s' * (len(chosen) != 1)}")
+    except background.JobRefused as exc:
+        st.error(str(exc))
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def scan_progress() -> None:
+    """Poll this session's scan: progress and Cancel while it runs; its table (a full rerun) or its
+    error once it ends."""
+    job = st.session_state.get(JOB)
+    if job is None:
+        return
+    if not job.done():
+        background.show_job(job, "atlas_cancel")
+        return
+    st.session_state[JOB] = None
+    if job.state == "done":
+        st.session_state["atlas_table"] = job.result()
+        st.rerun()
+    elif job.state == "cancelled":
+        st.info("The scan was cancelled; the layers it finished are cached and are not recomputed.")
+    else:
+        st.error(f"Could not scan: {job.exception()}")
+
+
 def _kind_rank(series):
     from analysis.atlas import KIND_ORDER
 
@@ -74,6 +124,7 @@ def _kind_rank(series):
 
 init_state()
 st.title("Layer atlas")
+url_state.mirror("atlas")
 st.caption("A whole-model scan (`python -m analysis.scan --model DIR ... --out atlas.csv`), one "
            "cell per layer: its best clustering (k, selection) at rank r against global SVD. "
            "Click a cell to open that layer in the Decomposition lab.")
@@ -96,29 +147,30 @@ else:
     if loaded is None:
         st.stop()
     c1, c2, c3, c4 = st.columns(4)
-    ks = c1.multiselect("Clusters k", [1, 2, 4, 8, 16], default=[1, 4], key="atlas_ks")
-    ranks = c2.multiselect("Ranks r", [4, 8, 16, 32, 64], default=[16, 64], key="atlas_ranks")
-    selections = c3.multiselect("Selections", list(SELECTIONS), default=["id"],
-                                key="atlas_selections")
+    state = st.session_state
+    for key, options in (("atlas_ks", K_OPTIONS), ("atlas_ranks", R_OPTIONS),
+                         ("atlas_selections", list(SELECTIONS))):
+        state[key] = valid(state.get(key) or [], options)  # a URL may name others
+    ks = c1.multiselect("Clusters k", K_OPTIONS, key="atlas_ks")
+    ranks = c2.multiselect("Ranks r", R_OPTIONS, key="atlas_ranks")
+    selections = c3.multiselect("Selections", list(SELECTIONS), key="atlas_selections")
     pattern = c4.text_input("Layers (regex, empty = all)", key="atlas_layers")
     st.caption(f"{len(loaded.weights.linear)} linear layers; each is read alone, swept, cached "
-               "and released. Cached layers are not recomputed.")
+               "and released. Cached layers are not recomputed. The scan runs in the background: "
+               "other pages stay usable, and Cancel stops it after the current layer.")
     if st.button("Run the scan", key="atlas_run", type="primary", disabled=not (ks and ranks and selections)):
-        bar = st.progress(0.0, text="starting ...")
-        try:
-            table = scan(model_name(), SweepSpec(sorted(ks), sorted(ranks), selections),
-                         layers=pattern.strip() or None,
-                         progress=lambda d, t, layer, hit: bar.progress(
-                             d / t, text=f"[{d}/{t}] {layer} ({'cached' if hit else 'swept'})"))
-            st.session_state["atlas_table"] = table
-        except ValueError as exc:
-            st.error(f"Could not scan: {exc}")
+        start_scan(pattern.strip(), loaded.weights.linear, SweepSpec(sorted(ks), sorted(ranks), selections))
+    if st.session_state.get(JOB) is not None:
+        scan_progress()
+        table = st.session_state.get("atlas_table")
 
 if table is None:
     st.info("Load a scan CSV or run a scan to see the atlas.")
     st.stop()
 ranks = sorted(int(r) for r in table["r"].unique())
-r = st.select_slider("Rank r", ranks, value=ranks[-1], key="atlas_r")
+if st.session_state.get("atlas_r") not in ranks:  # default: the largest rank of the scan
+    st.session_state["atlas_r"] = ranks[-1]
+r = st.select_slider("Rank r", ranks, key="atlas_r")
 cells = atlas_cells(table, int(r))
 if cells.empty:
     st.warning(f"No feasible (k, r = {r}) in this scan.")

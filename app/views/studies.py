@@ -5,18 +5,23 @@ by `python -m idlora_core.study` in its own process session: closing the tab doe
 The page draws, from the study's storage, the trade-off plot (metric against trainable
 parameters with 95 % CIs and the Pareto frontier), metric against learning rate per budget,
 the summary table (validation and test columns) and a paired comparison of two budgets.
+Served to a lab, a study is sized before anything is expanded or started (its run count from the
+grid's axis lengths, its steps and its base run's estimated memory against the server's limits,
+`idlora_core/jobs/limits.py`), each user runs at most IDLORA_MAX_STUDIES_PER_USER studies at
+once, and only the user who started a study can stop it here.
 No maths here: `analysis/studies.py`, `idlora_core/study/` and `idlora_core/jobs/studies.py`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import streamlit as st
 
 from analysis import studies
-from app import figures
+from app import background, class_panel, figures, url_state
 from app import settings_io as sio
 from app.common import (
     K_CHOICES,
@@ -25,14 +30,18 @@ from app.common import (
     get_model,
     init_state,
     model_name,
+    open_named,
     selected_layers,
+    valid,
 )
+from app.page_settings import lr_text
 from idlora_core.config import ALL_METHODS, ConfigError
-from idlora_core.jobs import run_queue
+from idlora_core.jobs import limits, run_queue
 from idlora_core.jobs import studies as jobs
 from idlora_core.jobs.runs import log_tail
 from idlora_core.study.config import load_study
 from idlora_core.study.summary import paired_difference, to_markdown
+from idlora_core.training import preflight
 
 KEEP = {"persist_state": "session"}
 CURRENT = "st_current"  # the study folder this page shows
@@ -67,26 +76,31 @@ def _built_study(loaded):
     with left:
         chosen = state.get("ft_methods", sio.DEFAULTS["ft_methods"])  # Fine-tune not visited: its defaults
         baselines = ["head-only", "base"] if loaded.kind == "encoder" else ["base"]  # head-only: classification
-        state.setdefault("st_methods", list(dict.fromkeys(
-            [m for m in chosen if m != "head-only" or loaded.kind == "encoder"] + baselines)))
+        if state.get("st_methods") is None:  # first visit: from the Fine-tune choices
+            state["st_methods"] = list(dict.fromkeys(
+                [m for m in chosen if m != "head-only" or loaded.kind == "encoder"] + baselines))
         methods = st.multiselect("Methods", list(ALL_METHODS), key="st_methods", format_func=sio.METHOD_LABELS.get,
                                  **KEEP,
                                  help="head-only trains the classification head alone; base trains nothing.")
-        state.setdefault("st_ranks", _study_ranks(state.get("ft_ranks", sio.DEFAULTS["ft_ranks"])))
-        state.setdefault("st_ks", sorted({int(k) for k in state.get("ft_ks", sio.DEFAULTS["ft_ks"])}) or [4])
+        if state.get("st_ranks") is None:
+            state["st_ranks"] = _study_ranks(state.get("ft_ranks", sio.DEFAULTS["ft_ranks"]))
+        if state.get("st_ks") is None:
+            state["st_ks"] = sorted({int(k) for k in state.get("ft_ks", sio.DEFAULTS["ft_ks"])}) or [4]
         ranks = st.multiselect("Ranks r", choices_with_state(RANK_CHOICES, "st_ranks"), key="st_ranks", **KEEP,
                                help="From the Fine-tune ranks: one rank r becomes r/2, r, 2r (a trade-off needs budgets).")
         ks = st.multiselect("Clusters k / heads N", choices_with_state(K_CHOICES, "st_ks"), key="st_ks", **KEEP)
-        seeds = st.multiselect("Seeds", list(range(10)), default=[0, 1, 2], key="st_seeds", **KEEP)
+        state["st_seeds"] = valid(state.get("st_seeds") or [], list(range(10)))
+        seeds = st.multiselect("Seeds", list(range(10)), key="st_seeds", **KEEP)
     with right:
         st.markdown("**Learning rates per method** (comma-separated; each method is compared at its best)")
         lrs = {}
         for method in methods:
             if method == "base":
                 continue
-            default = studies.DEFAULT_LR.get(method, 1e-3)
-            text = st.text_input(sio.METHOD_LABELS[method], f"{default / 3:.3g}, {default:.3g}, {default * 3:.3g}",
-                                 key=f"st_lr_{method}", **KEEP)
+            key = f"st_lr_{method}"
+            if state.get(key) is None:  # a method StudiesSettings does not know
+                state[key] = lr_text(method)
+            text = st.text_input(sio.METHOD_LABELS[method], key=key, **KEEP)
             try:
                 lrs[method] = _lr_list(text)
             except ValueError as exc:
@@ -106,12 +120,26 @@ def _built_study(loaded):
         return None
 
 
+def _memory(study) -> list[int]:
+    """The estimated peak memory of the study's base run (bytes, from its model's headers), or []
+    when its model cannot be opened here (the run's own preflight then decides)."""
+    try:
+        weights = open_named(study.base.model.name).weights
+    except Exception:  # noqa: BLE001 - a model missing here is reported when the study runs
+        return []
+    shapes = {n: tuple(t.shape[:2]) for n, t in weights.linear.items()}
+    params = sum(math.prod(t.shape) for t in weights.tensors.values())
+    return [preflight.estimate_from_headers(study.base, weights.config, params, shapes).total]
+
+
 def _setup(loaded) -> None:
     """The 'new study' panel: preset or built grid, trial count, estimate, start button."""
     source = st.radio("Study", ["Preset", "Build from the Fine-tune choices"], horizontal=True, key="st_source")
     study = None
     if source == "Preset":
         presets = studies.list_presets()
+        if st.session_state.get("st_preset") not in presets:  # none yet, or a stale URL/store value
+            st.session_state["st_preset"] = next(iter(presets), None)
         name = st.selectbox("Preset", list(presets), key="st_preset")
         if name:
             try:
@@ -125,6 +153,13 @@ def _setup(loaded) -> None:
     else:
         st.info("Load a model (sidebar) to build a grid from the Fine-tune choices.")
     if study is None:
+        return
+    try:  # from the grid's axis lengths and headers: refused before anything is expanded
+        lim = limits.server_limits()
+        limits.check_study(study, lim)
+        limits.check_runs([study.base], _memory(study), lim)
+    except (limits.LimitError, ValueError) as exc:
+        st.error(str(exc))
         return
     slots = run_queue.free_run_slots(sio.runs_root())
     if slots < 1:
@@ -146,8 +181,12 @@ def _setup(loaded) -> None:
         st.session_state["st_name"] = study.name or time.strftime("study-%Y%m%d-%H%M%S")
     name = st.text_input("Study name", key="st_name")
     if st.button("Start study", type="primary", key="st_start"):
+        me = background.user_id()
         try:
-            out = jobs.start_study(study.model_copy(update={"name": name}), sio.runs_root(), name, int(workers))
+            limits.check_share(len(jobs.running_studies_of(sio.runs_root(), me)), 1, lim.studies_per_user,
+                               "studies", "IDLORA_MAX_STUDIES_PER_USER")
+            out = jobs.start_study(study.model_copy(update={"name": name}), sio.runs_root(), name, int(workers),
+                                   owner=me, memory_cap_gb=lim.run_memory_gb)
         except (ValueError, OSError) as exc:
             st.error(f"Could not start the study: {exc}")
             return
@@ -175,9 +214,11 @@ def _show(folder: Path) -> None:
     total = len(meta["cells"])
     st.progress(min(done / max(total, 1), 1.0), text=f"{done} / {total} trials complete"
                 + (" — running" if running else ""))
-    if running and st.button("Stop this study", key="st_stop",
-                             help="Its runs stop after their current step; starting it again with the "
-                             "same settings resumes it (finished trials are never repeated)."):
+    if running and not jobs.may_stop(folder, background.user_id()):
+        st.caption("Another user started this study: only they (or the server's admin) can stop it.")
+    elif running and st.button("Stop this study", key="st_stop",
+                               help="Its runs stop after their current step; starting it again with the "
+                               "same settings resumes it (finished trials are never repeated)."):
         if jobs.stop_study(folder):
             st.toast(f"Asked {folder.name} to stop after the current step of each run.")
     metric, direction = meta["metric"], meta["direction"]
@@ -237,11 +278,13 @@ def _paired(trials, summary, metric: str, direction: str) -> None:
 def main() -> None:
     init_state()
     st.title("Studies")
+    url_state.mirror("studies")
     st.caption("A fair comparison: every method at its own best learning rate, several seeds, against "
                "head-only and base. Run as Optuna trials; each trial is an ordinary run folder.")
     loaded = get_model()
     with st.expander("New study", expanded=not jobs.list_studies(sio.runs_root())):
         _setup(loaded)
+    class_panel.panel()  # the class study: Join for students, open / watch / cancel for the instructor
     past = jobs.list_studies(sio.runs_root())
     if not past:
         return

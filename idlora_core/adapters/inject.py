@@ -30,14 +30,15 @@ from idlora_core.adapters.report import AdapterReport, LayerRow
 from idlora_core.adapters.skeletons import compute_skeleton, resolve_skeletons  # noqa: F401 (re-export)
 from idlora_core.config import AdapterConfig, TargetConfig, uses_clusters, uses_heads
 from idlora_core.layers import block_index, list_linear_layers
+from idlora_core.patterns import matching
 
 ADAPTER_PREFIXES = ("idlora_", "hydralora_")
 
 
-def _matches(target: TargetConfig, name: str) -> bool:
-    if target.regex:
-        return re.search(target.pattern, name) is not None
-    return name == target.pattern or name.endswith("." + target.pattern)
+def _hits(target: TargetConfig, names: list[str]) -> list[str]:
+    if target.regex:  # under a time limit (idlora_core.patterns): a user pattern cannot hang us
+        return matching(target.pattern, names)
+    return [name for name in names if name == target.pattern or name.endswith("." + target.pattern)]
 
 
 def _close_matches(pattern: str, names: list[str]) -> list[str]:
@@ -70,7 +71,7 @@ def resolve_targets(model: nn.Module, adapter_config: AdapterConfig) -> list[tup
         raise ValueError("the model has no nn.Linear layers to adapt")
     claimed: dict[str, int] = {}
     for i, target in enumerate(adapter_config.targets):
-        hits = [name for name, _ in model.named_modules() if name and _matches(target, name)]
+        hits = _hits(target, [name for name, _ in model.named_modules() if name])
         not_linear = [name for name in hits if name not in linears]
         kind = "regex" if target.regex else "pattern"
         if not_linear:

@@ -12,11 +12,13 @@ Pure Python: no Streamlit, no pandas (the run tables are `analysis.runs`).
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from idlora_core.training.run_files import (
 from idlora_core.training.run_folder import pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CAP_ENV = "IDLORA_RUN_MEMORY_CAP_GB"  # tells a capped run (and its logs) the cap it runs under
 
 
 class RunPathError(ValueError):
@@ -64,11 +67,13 @@ def new_run_name(method: str) -> str:
 
 @dataclass
 class RunHandle:
-    """A run started by this process: its folder, method and (while alive) its process."""
+    """A run started by this process: its folder, method, (while alive) its process, and the
+    address-space cap it runs under (GB; None = none)."""
 
     run_dir: Path
     method: str
     process: subprocess.Popen | None = field(default=None, repr=False)
+    memory_cap_gb: float | None = None
 
     @property
     def name(self) -> str:
@@ -83,24 +88,54 @@ def train_command(config_path: Path, overrides: list[str] | None = None) -> list
     return cmd
 
 
+def uses_cuda(config: RunConfig) -> bool:
+    """True when the run will train on a GPU (device cuda, or auto with one present)."""
+    device = config.train.device
+    if device == "cpu":
+        return False
+    if device.startswith("cuda"):
+        return True
+    import torch  # the GPU question only; torch is loaded by every page that starts runs
+
+    return torch.cuda.is_available()
+
+
+def address_space_cap(cap_bytes: int) -> Callable[[], None]:
+    """Return a preexec_fn that caps the child's address space (RLIMIT_AS) at `cap_bytes`."""
+
+    def limit() -> None:  # runs in the child between fork and exec: one system call, no imports
+        resource.setrlimit(resource.RLIMIT_AS, (cap_bytes, cap_bytes))
+
+    return limit
+
+
 def start_run(
     config: RunConfig,
     runs_root: str | Path,
     name: str | None = None,
     overrides: list[str] | None = None,
+    *,
+    memory_cap_gb: float | None = None,
 ) -> RunHandle:
     """Write `config` into a new run folder under `runs_root` and start training it.
 
     The config's `output_dir` is replaced by that folder, so two runs (or two browser tabs)
     never share one. Returns the handle; the process writes `train.log` in the folder.
+    memory_cap_gb: the child's address-space limit (RLIMIT_AS, set before it starts; CPU runs
+    only, since CUDA reserves address space far beyond its use); a run that passes it fails and
+    `settle_run` says so.
     """
     run_dir = safe_run_dir(runs_root, name or new_run_name(config.adapter.method))
     run_dir.mkdir(parents=True, exist_ok=False)
     config = config.model_copy(update={"output_dir": str(run_dir)})
     cfg_path = save_config(config, run_dir / "config.yaml")
-    write_status(run_dir, RunState.starting, "process starting", pid=None)
+    capped = bool(memory_cap_gb) and not uses_cuda(config)
+    write_status(run_dir, RunState.starting, "process starting" + (
+        f" (memory cap {memory_cap_gb:g} GB)" if capped else ""), pid=None)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    if capped:
+        env[CAP_ENV] = f"{memory_cap_gb:g}"
     with open(run_dir / "train.log", "ab") as log:
         process = subprocess.Popen(  # noqa: S603 - argument list, no shell
             train_command(cfg_path, overrides),
@@ -110,8 +145,42 @@ def start_run(
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,
+            preexec_fn=address_space_cap(int(memory_cap_gb * 1e9)) if capped else None,
         )
-    return RunHandle(run_dir=run_dir, method=config.adapter.method, process=process)
+    return RunHandle(run_dir=run_dir, method=config.adapter.method, process=process,
+                     memory_cap_gb=memory_cap_gb if capped else None)
+
+
+OUT_OF_MEMORY = ("MemoryError", "Cannot allocate memory", "can't allocate memory", "std::bad_alloc",
+                 "failed to map segment", "OutOfMemoryError", "out of memory")
+
+
+def out_of_memory_message(cap_gb: float) -> str:
+    """Return the status message of a run that ran out of memory under the server's cap."""
+    return (f"out of memory under the server's cap of {cap_gb:g} GB per run "
+            "(IDLORA_MAX_RUN_MEMORY_GB): lower batch_size or seq_len, or adapt fewer layers")
+
+
+def settle_run(run_dir: str | Path, memory_cap_gb: float | None = None) -> RunState:
+    """Close the books on a run whose process has ended: a run that ended without a final status
+    is marked failed, with "out of memory under the server's cap of X GB" when it had a cap and
+    its status or log shows an allocation failure (else "ended without a final status"). Returns
+    the state now recorded."""
+    status = read_status(run_dir)
+    state, message = run_state_of(status), str(status.get("message", ""))
+    if state not in ACTIVE_STATES and state != RunState.failed:
+        return state
+    cap = memory_cap_gb or None
+    oom = cap and any(m in message or m in log_tail(run_dir, 4000) for m in OUT_OF_MEMORY)
+    if oom and not message.startswith("out of memory"):
+        write_status(run_dir, RunState.failed, out_of_memory_message(cap)
+                     + (f" (was: {message[:300]})" if state == RunState.failed else ""),
+                     step=int(status.get("step") or 0), max_steps=status.get("max_steps"), pid=None)
+        return RunState.failed
+    if state in ACTIVE_STATES:
+        write_status(run_dir, RunState.failed, "the training process ended without a final status (see "
+                     "train.log)", pid=None)
+    return RunState.failed
 
 
 def cancel_run(handle: RunHandle) -> bool:

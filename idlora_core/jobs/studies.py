@@ -15,7 +15,13 @@ import sys
 from pathlib import Path
 
 from idlora_core.cache import write_text_atomic
-from idlora_core.jobs.runs import REPO_ROOT, RunPathError, safe_run_dir
+from idlora_core.jobs.runs import (
+    REPO_ROOT,
+    RunPathError,
+    address_space_cap,
+    safe_run_dir,
+    uses_cuda,
+)
 from idlora_core.study.config import StudyConfig, dumps_study
 from idlora_core.training.run_folder import pid_alive
 
@@ -34,9 +40,13 @@ def study_dir(runs_root: str | Path, name: str) -> Path:
     return safe_run_dir(Path(runs_root), f"{STUDIES_DIR}/{text}")
 
 
-def start_study(study: StudyConfig, runs_root: str | Path, name: str, workers: int = 1) -> Path:
+def start_study(study: StudyConfig, runs_root: str | Path, name: str, workers: int = 1,
+                owner: str = "", memory_cap_gb: float | None = None) -> Path:
     """Write the study into RUNS/studies/NAME and start it in a new process session (it survives
-    the browser tab); return the folder. The process output goes to study.log.
+    the browser tab); return the folder. The process output goes to study.log; `owner` (the lab
+    user who started it) goes to launcher.json, so that only they can stop it from the page.
+    memory_cap_gb: the address-space cap of the study process, which each of its worker
+    processes inherits (CPU studies only, as for `runs.start_run`).
 
     Raises ValueError when the name is not one folder name, when a study of that name is still
     running, or when the folder holds a study with other settings (the same settings resume it:
@@ -53,13 +63,43 @@ def start_study(study: StudyConfig, runs_root: str | Path, name: str, workers: i
     write_text_atomic(spec, text)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    capped = bool(memory_cap_gb) and not uses_cuda(study.base)
+    cap = address_space_cap(int(memory_cap_gb * 1e9)) if capped else None
     with open(out / "study.log", "ab") as log:
         proc = subprocess.Popen(  # noqa: S603 - argument list, no shell
             [sys.executable, "-m", "idlora_core.study", str(spec), "--out", str(out), "--workers", str(workers)],
             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True)
-    write_text_atomic(out / LAUNCH_FILE, json.dumps({"pid": proc.pid, "workers": workers}))
+            start_new_session=True, preexec_fn=cap)
+    write_text_atomic(out / LAUNCH_FILE, json.dumps({"pid": proc.pid, "workers": workers, "owner": owner}))
     return out
+
+
+def _launch(out_dir: str | Path) -> dict:
+    try:
+        data = json.loads((Path(out_dir) / LAUNCH_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def study_owner(out_dir: str | Path) -> str:
+    """Return the owner recorded when the study was started from the app ('' when none)."""
+    return str(_launch(out_dir).get("owner") or "")
+
+
+def may_stop(out_dir: str | Path, user: str) -> bool:
+    """True when `user` may stop the study: they started it, or no owner was recorded (started
+    by hand or before owners were kept)."""
+    owner = study_owner(out_dir)
+    return not owner or owner == user
+
+
+def running_studies_of(runs_root: str | Path, owner: str) -> list[Path]:
+    """Return the study folders under `runs_root` that `owner` started and that still run (also
+    those whose process has not written study.json yet)."""
+    root = Path(runs_root) / STUDIES_DIR
+    folders = [p.parent for p in root.glob(f"*/{LAUNCH_FILE}")] if root.is_dir() else []
+    return [p for p in folders if study_owner(p) == owner and study_running(p)]
 
 
 def study_running(out_dir: str | Path) -> bool:

@@ -1,9 +1,13 @@
 """`python -m idlora_core.study STUDY.yaml --out DIR [--storage URL] [--workers N] [--set KEY=VALUE]`.
 
-Runs N worker processes on this machine; the same command on other machines, pointed at the
-same `--storage`, joins the same study. Running it again resumes: finished trials are never
-repeated, trials whose worker died are run once more. `--dry-run` lists the trials only.
-Exit codes: 0 done, 1 bad study file or failed trials, 130 stopped (SIGINT / SIGTERM).
+Runs N worker processes on this machine; the same command on other machines (each with its own
+--out, the same study name), pointed at the same `--storage`, joins the same study. Running it
+again resumes: finished trials are never repeated, trials whose worker died or went silent are
+run once more. One study command per --out at a time. `--dry-run` lists the trials only;
+`python -m idlora_core.study DIR --status` lists the cells: done / running (host, heartbeat age) /
+stale / failed / pending.
+Exit codes: 0 every cell done, 1 bad study file, folder in use, or cells failed / not done,
+130 stopped (SIGINT / SIGTERM).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import signal
 import sys
 
 from idlora_core.config import ConfigError
+from idlora_core.models import error_line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a study field, e.g. --set grid.seed=[0,1] --set base.train.steps=20")
     parser.add_argument("--dry-run", action="store_true", help="print the trials and exit")
+    parser.add_argument("--status", action="store_true",
+                        help="with a study folder instead of the YAML: list its cells (done / running with "
+                        "host and heartbeat age / stale / failed / pending) and exit")
     parser.add_argument("--worker", metavar="DIR", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -50,6 +58,23 @@ def worker_main(out_dir: str) -> int:
     return 130 if stop.requested else 0
 
 
+def status_main(folder: str | None) -> int:
+    """Print the cell states of the study folder `folder`; return 0 (1 when it is no study folder)."""
+    from idlora_core.study.status import status_text
+
+    if not folder:
+        print("error: --status needs the study folder, e.g. python -m idlora_core.study runs/studies/rt --status",
+              file=sys.stderr)
+        return 1
+    try:
+        print(status_text(folder), end="")
+    except (ConfigError, KeyError, ValueError) as exc:
+        line = exc.errors[0] if isinstance(exc, ConfigError) and exc.errors else error_line(exc)
+        print(f"error: {folder}: {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code."""
     from idlora_core.models import set_hub_defaults
@@ -58,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         return worker_main(args.worker)
+    if args.status:
+        return status_main(args.study or args.out)
     if not args.study or not (args.out or args.dry_run):  # a dry run writes nothing
         print("error: give the study YAML and --out DIR, e.g. python -m idlora_core.study "
               "configs/studies/minilm_sentiment.yaml --out runs/studies/minilm", file=sys.stderr)

@@ -10,12 +10,18 @@
       learning_rates: {head-only: [1.0e-2]}      # optional per-method lists (override the above)
       ranks: {idlora: [8], lora: [4, 8]}         # optional per-method ranks (override r)
       seed: [0, 1, 2]
+      cluster_seed: [0, 1, 2]                    # optional: ID-LoRA's k-means seed as its own axis
     metric: eval_sentiment_accuracy
     direction: maximize
 
 Loaded with `yaml.safe_load`, validated with pydantic (unknown keys are errors) and every
 problem reported at once, like the run config. This file only describes and checks; the
 grid is expanded in `grid.py` and run in `runner.py`.
+
+`seed` is the training seed (and, without `cluster_seed`, also the adapter seed: ID-LoRA's
+k-means and random skeleton selection, HydraLoRA's head init). `cluster_seed` makes ID-LoRA's
+adapter seed an axis of its own, crossed with `seed`, so that the summary can separate the
+two sources of variance (`summary.py`: seed_std, cluster_std).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from idlora_core.config import (
     MAX_CONFIG_BYTES,
+    MAX_SEED,
     ConfigError,
     Method,
     RunConfig,
@@ -71,6 +78,9 @@ class Grid(_Strict):
         None, description="per-method rank lists, overriding r for that method (e.g. ID-LoRA at r=8 "
         "against LoRA at r=4 and r=8: equal and twice the trainable parameters)")
     seed: list[int] = Field([0], min_length=1)
+    cluster_seed: list[int] | None = Field(
+        None, min_length=1, description="ID-LoRA's k-means / skeleton seeds (adapter.seed), crossed "
+        "with the training `seed`s; None: adapter.seed = the training seed")
     steps: list[int] | None = Field(None, min_length=1)
     selection: list[Selection] | None = Field(None, min_length=1)
     rb_splits: list[int] | None = Field(None, min_length=1)
@@ -81,6 +91,14 @@ class Grid(_Strict):
         bad = [v for v in values or [] if v < 1]
         if bad:
             raise ValueError(f"values must be positive integers, got {bad}")
+        return values
+
+    @field_validator("cluster_seed")
+    @classmethod
+    def _seed_range(cls, values: list[int] | None) -> list[int] | None:
+        bad = [v for v in values or [] if not 0 <= v <= MAX_SEED]
+        if bad:
+            raise ValueError(f"cluster seeds must be integers in 0..{MAX_SEED}, got {bad}")
         return values
 
     @field_validator("learning_rate")
@@ -134,6 +152,10 @@ class StudyConfig(_Strict):
         if self.grid.tpe and self.grid.learning_rates:
             raise ValueError("grid.learning_rates (lists) cannot be combined with a TPE range in "
                              "grid.learning_rate; use one or the other")
+        if self.grid.tpe and self.grid.cluster_seed:
+            raise ValueError("grid.cluster_seed cannot be combined with a TPE range in "
+                             "grid.learning_rate (TPE would tune each cluster seed apart); list "
+                             "the learning rates instead")
         return self
 
 

@@ -3,6 +3,10 @@
 A parameter that a method does not use collapses for that method (k for LoRA, r for
 head-only, everything but the seed for base), so no two cells train the same thing. Cells
 are plain dicts so that they travel through Optuna's storage as JSON.
+
+`cluster_seed` (ID-LoRA only) is the adapter seed of a cell, crossed with the training
+`seed`; a cell without it (every cell of a study that does not list it, and every non-ID-LoRA
+cell) takes adapter.seed = the training seed, as before.
 """
 
 from __future__ import annotations
@@ -10,11 +14,11 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from idlora_core.config import ALL_METHODS, METHOD_FIELDS, RunConfig, uses_heads
+from idlora_core.config import ALL_METHODS, METHOD_FIELDS, RunConfig, uses_clusters, uses_heads
 from idlora_core.study.config import StudyConfig
 
 GRID_KEYS: tuple[str, ...] = ("method", "r", "k", "selection", "rb_splits", "steps", "learning_rate",
-                              "seed")
+                              "cluster_seed", "seed")
 # The target field each grid axis sets, per method: the `k` axis is ID-LoRA's clusters and
 # HydraLoRA's heads (`TargetConfig.heads`); which method uses which comes from METHOD_FIELDS.
 _TARGET_AXES: tuple[str, ...] = ("r", "k", "selection", "rb_splits")
@@ -28,12 +32,13 @@ def axis_field(method: str, axis: str) -> str:
 
 def uses(method: str) -> frozenset[str]:
     """Return the grid parameters `method` uses (the others collapse to None): its target
-    fields (METHOD_FIELDS), steps / learning_rate / seed for every trained method, only the
-    seed for `base`."""
+    fields (METHOD_FIELDS), cluster_seed for a method that clusters (ID-LoRA), steps /
+    learning_rate / seed for every trained method, only the seed for `base`."""
     if method == "base":
         return frozenset({"seed"})
     fields = METHOD_FIELDS.get(method, frozenset())
     return frozenset({a for a in _TARGET_AXES if axis_field(method, a) in fields}
+                     | ({"cluster_seed"} if uses_clusters(method) else set())
                      | {"steps", "learning_rate", "seed"})
 
 
@@ -47,7 +52,7 @@ def method_values(study: StudyConfig, method: str) -> dict[str, list[Any]]:
     g = study.grid
     lrs = None if g.tpe else ((g.learning_rates or {}).get(method) or g.learning_rate)
     given = {"r": (g.ranks or {}).get(method) or g.r, "k": g.k, "selection": g.selection, "rb_splits": g.rb_splits, "steps": g.steps,
-             "learning_rate": lrs, "seed": g.seed}
+             "learning_rate": lrs, "cluster_seed": g.cluster_seed, "seed": g.seed}
     return {key: (list(values) if values and key in USES[method] else [None])
             for key, values in given.items()}
 
@@ -91,7 +96,8 @@ def budget_key(cell: dict[str, Any], base: RunConfig) -> tuple[str, int | None, 
 
 def cell_config(base: RunConfig, cell: dict[str, Any], output_dir: str) -> RunConfig:
     """Return the RunConfig of one cell: the base config with the cell's values set (on every
-    target for r, k, selection, rb_splits), train.seed = adapter.seed = the cell's seed."""
+    target for r, k, selection, rb_splits), train.seed = the cell's seed, adapter.seed = its
+    cluster_seed when it has one, else its seed."""
     data = base.model_dump(mode="json")
     data["adapter"]["method"] = cell["method"]
     for target in data["adapter"]["targets"]:
@@ -100,7 +106,8 @@ def cell_config(base: RunConfig, cell: dict[str, Any], output_dir: str) -> RunCo
                 target[axis_field(cell["method"], key)] = cell[key]
         if cell.get("rb_splits") is None and cell["method"] == "idlora" and target["r"] % target["rb_splits"]:
             target["rb_splits"] = 1
-    if cell.get("r") is not None or cell.get("k") is not None or cell["method"] != "idlora":
+    if cell.get("r") is not None or cell.get("k") is not None or cell["method"] != "idlora" \
+            or cell.get("cluster_seed") is not None:
         data["adapter"]["skeletons"] = None  # resolved for other r / k: cluster again
     if cell["method"] in METHOD_FIELDS:  # drop the target fields the cell's method does not use
         keep = METHOD_FIELDS[cell["method"]] | {"pattern", "regex", "layers"}
@@ -113,15 +120,17 @@ def cell_config(base: RunConfig, cell: dict[str, Any], output_dir: str) -> RunCo
             data["train"][key] = cell[key]
     if cell.get("seed") is not None:
         data["adapter"]["seed"] = cell["seed"]
+    if cell.get("cluster_seed") is not None:  # the k-means seed, apart from the training seed
+        data["adapter"]["seed"] = cell["cluster_seed"]
     data["output_dir"] = output_dir
     return RunConfig.model_validate(data)
 
 
 def cell_name(number: int, cell: dict[str, Any]) -> str:
-    """Return the run-folder name of a cell, e.g. `0007-lora-r8-lr0.003-s1`."""
+    """Return the run-folder name of a cell, e.g. `0007-lora-r8-lr0.003-s1` (`-c2`: cluster seed 2)."""
     parts = [f"{number:04d}", cell["method"]]
     short = {"r": "r", "k": "k", "selection": "", "rb_splits": "p", "steps": "n", "learning_rate": "lr",
-             "seed": "s"}
+             "cluster_seed": "c", "seed": "s"}
     for key, tag in short.items():
         value = cell.get(key)
         if value is not None:

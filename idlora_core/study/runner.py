@@ -1,14 +1,17 @@
 """Run a study: create (or join) the Optuna study, start N worker processes, write the tables.
 
   prepare_study   validate, expand the grid, write DIR/study.yaml + study.json, create/join
-  run_study       prepare, run the workers (N processes; one per GPU when there are several)
+  run_study       lock the folder, prepare, run the workers (N processes; one per GPU when there
+                  are several; each dies with this process), check that every cell is done
   trials_table    one row per run from the storage (grid values, trainable, final metrics, state)
   export_tables   DIR/trials.csv and DIR/summary.csv
-The command line is `__main__.py`; the worker loop is `worker.py`.
+The command line is `__main__.py`; the worker loop is `worker.py`; cell states `status.py`.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import os
 import signal
@@ -26,7 +29,9 @@ from idlora_core.config import ConfigError
 from idlora_core.models import error_line
 from idlora_core.study.config import StudyConfig, dumps_study
 from idlora_core.study.grid import GRID_KEYS, budget_key, expand_grid
+from idlora_core.study.status import cell_states, failure_of, unfinished_line
 from idlora_core.study.storage import (
+    StudyLock,
     default_storage,
     load_optuna_study,
     open_storage,
@@ -121,14 +126,39 @@ def gpu_count() -> int:
         return 0
 
 
+def die_with_parent(parent: int) -> None:
+    """`preexec_fn` of a worker (bind the coordinator's pid with functools.partial): on Linux,
+    ask the kernel (prctl PR_SET_PDEATHSIG) to send the worker SIGTERM when the coordinator
+    dies, however it dies (kill -9 included); the worker then stops after its current step like
+    on any SIGTERM. Elsewhere it does nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # the coordinator died before the prctl took effect
+        os._exit(143)
+
+
 def run_study(study: StudyConfig, out_dir: str | Path, storage: str | None = None, workers: int = 1) -> int:
     """Run the study with `workers` processes until every trial is done (or a stop), then write
-    trials.csv and summary.csv; return the exit code (0 = done, 130 = stopped, 1 = trials failed)."""
+    trials.csv and summary.csv; return the exit code (0 = every cell done, 130 = stopped, 1 =
+    cells failed or not done). The folder is locked for this process's life: a second study
+    command on it fails at once (StudyBusyError), whatever its settings."""
+    with StudyLock(out_dir):
+        return _run_locked(study, out_dir, storage, workers)
+
+
+def _run_locked(study: StudyConfig, out_dir: str | Path, storage: str | None, workers: int) -> int:
     meta = prepare_study(study, out_dir, storage)
     total = len(meta["cells"])
-    print(f"study {meta['name']!r}: {total} cells, storage {meta['storage']}, {workers} worker(s)", flush=True)
+    if unfinished_line(cell_states(out_dir)) is None:  # a finished study: nothing to start
+        print(f"study {meta['name']!r}: all {total} cells are done", flush=True)
+        workers = 0
+    else:
+        print(f"study {meta['name']!r}: {total} cells, storage {meta['storage']}, {workers} worker(s)", flush=True)
     cmd = [sys.executable, "-m", "idlora_core.study", "--worker", str(Path(out_dir).resolve())]
-    procs = [subprocess.Popen(cmd, env=worker_env(i, workers) | {"IDLORA_WORKER": str(i)})  # noqa: S603
+    procs = [subprocess.Popen(cmd, env=worker_env(i, workers) | {"IDLORA_WORKER": str(i)},  # noqa: S603
+                              preexec_fn=functools.partial(die_with_parent, os.getpid()))  # no threads here
              for i in range(workers)]
     stopped = False
 
@@ -148,24 +178,27 @@ def run_study(study: StudyConfig, out_dir: str | Path, storage: str | None = Non
     trials, summary = export_tables(out_dir)
     states = trials["state"].value_counts().to_dict() if len(trials) else {}
     print(f"trials: {states}; wrote {Path(out_dir) / TRIALS_FILE} and {Path(out_dir) / SUMMARY_FILE}")
+    short = summary[summary["seeds_missing"].fillna(0) > 0] if "seeds_missing" in summary else summary.iloc[:0]
+    if len(short):
+        print(f"warning: {len(short)} budget(s) rest on fewer seeds than the grid's (column seeds_missing "
+              "of summary.csv)", file=sys.stderr)
     if stopped or any(c == 130 for c in codes):
         return 130
-    unfinished = set(trials.loc[trials["state"] == "FAIL", "cell"]) - set(
-        trials.loc[trials["state"] == "COMPLETE", "cell"]) if len(trials) else set()
-    if unfinished:
-        print(f"cells without a finished trial: {sorted(unfinished)} (see the failure column of trials.csv)",
-              file=sys.stderr)
-    return 1 if unfinished else 0
+    line = unfinished_line(cell_states(out_dir))
+    if line:
+        print(f"error: {line} (see the failure column of trials.csv)", file=sys.stderr)
+    return 1 if line else 0
 
 
 def _grid_rows(study: optuna.Study, meta: dict[str, Any], cfg: StudyConfig) -> list[dict[str, Any]]:
     rows = []
+    attrs = study.user_attrs
     for t in study.get_trials(deepcopy=False):
         if t.state == optuna.trial.TrialState.WAITING:
             continue
         index = t.params.get("cell", t.user_attrs.get("cell"))
         cell = meta["cells"][index] if index is not None else {}
-        rows.append(_row(t, cell, t.user_attrs, cfg, index))
+        rows.append(_row(t, cell, t.user_attrs, cfg, index, attrs))
     return rows
 
 
@@ -175,13 +208,15 @@ def _tpe_rows(storage: str, meta: dict[str, Any], cfg: StudyConfig) -> list[dict
              if s.study_name.startswith(meta["name"] + "/")]
     for name in sorted(names):
         study = load_optuna_study(storage, name)
+        attrs = study.user_attrs
         for t in study.get_trials(deepcopy=False):
             for run in t.user_attrs.get("runs", []):
-                rows.append(_row(t, run["cell"], run, cfg, None))
+                rows.append(_row(t, run["cell"], run, cfg, None, attrs))
     return rows
 
 
-def _row(t, cell: dict[str, Any], record: dict[str, Any], cfg: StudyConfig, index) -> dict[str, Any]:
+def _row(t, cell: dict[str, Any], record: dict[str, Any], cfg: StudyConfig, index,
+         study_attrs: dict[str, Any]) -> dict[str, Any]:
     final = record.get("final", {})
     method, r, k = budget_key(cell, cfg.base) if cell else (None, None, None)
     row = {"trial": t.number, "cell": index, "state": t.state.name, **{key: cell.get(key) for key in GRID_KEYS},
@@ -190,7 +225,8 @@ def _row(t, cell: dict[str, Any], record: dict[str, Any], cfg: StudyConfig, inde
            else (cfg.base.train.learning_rate if method not in (None, "base") else None),
            "trainable_params": final.get("trainable_params"), "seconds": record.get("seconds"),
            "run_dir": record.get("run_dir"), "run_state": record.get("run_state"),
-           "failure": t.user_attrs.get("failure") or (record.get("message") if t.state.name == "FAIL" else None),
+           "failure": failure_of(t, study_attrs) or (record.get("message") if t.state.name == "FAIL" else None),
+           "host": t.user_attrs.get("host"),
            "retry_of": t.user_attrs.get("retry_of"), "duplicate_of": t.user_attrs.get("duplicate_of")}
     row.update({k: v for k, v in sorted(final.items()) if k.startswith(("eval_", "test_", "final_"))})
     return row
@@ -213,13 +249,14 @@ def trials_table(out_dir: str | Path) -> pd.DataFrame:
 
 
 def summary_table(out_dir: str | Path, trials: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Return the summary (one row per method, r, k) of the study in `out_dir`."""
+    """Return the summary (one row per method, r, k) of the study in `out_dir`; `seeds_missing`
+    counts against the grid's seeds."""
     cfg, _ = read_study_folder(out_dir)
     trials = trials_table(out_dir) if trials is None else trials
     if trials.empty or cfg.metric not in trials:
         return summarize(pd.DataFrame(columns=["method", "r", "k", "learning_rate", "trainable_params",
                                                "state", cfg.metric]), cfg.metric, cfg.direction)
-    return summarize(trials, cfg.metric, cfg.direction, list(cfg.grid.method))
+    return summarize(trials, cfg.metric, cfg.direction, list(cfg.grid.method), len(set(cfg.grid.seed)))
 
 
 def export_tables(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -6,6 +6,10 @@ Pure pandas + SciPy: the CLI, `compare`, the app and the tests share it. The bes
 rate is chosen on the VALIDATION mean over seeds (`eval_*`); the statistics are those of that
 learning rate's seeds, on the validation metric (`metric_*`) and on the held-out test metric
 (`test_*`, the same name with `test_` for `eval_`). Nothing is ever chosen on test.
+
+A study with a `cluster_seed` axis (ID-LoRA's k-means seed, crossed with the training seed)
+gets `CLUSTER_COLUMNS` too: the spread over training seeds and over cluster seeds, apart
+(metric_std / test_std are then over all the budget's runs at its learning rate).
 """
 
 from __future__ import annotations
@@ -22,7 +26,13 @@ from scipy import stats
 
 SUMMARY_COLUMNS: list[str] = ["method", "r", "k", "trainable", "best_learning_rate", "metric_mean",
                               "metric_std", "metric_ci95_low", "metric_ci95_high", "test_mean", "test_std",
-                              "test_ci95_low", "test_ci95_high", "n_seeds", "pareto", "pareto_confident"]
+                              "test_ci95_low", "test_ci95_high", "n_seeds", "seeds_missing", "pareto",
+                              "pareto_confident"]
+# Added when the trials have a cluster_seed column with values: n_cluster_seeds, and the sample
+# std across training seeds of the per-training-seed means (seed_std) and across cluster seeds
+# of the per-cluster-seed means (cluster_std), on the validation metric and on test.
+CLUSTER_COLUMNS: list[str] = ["n_cluster_seeds", "seed_std", "cluster_std", "test_seed_std",
+                              "test_cluster_std"]
 GROUP_KEYS: list[str] = ["method", "r", "k"]
 EXTRA_KEYS: tuple[str, ...] = ("selection", "rb_splits", "steps")
 BUDGET_FORM = "METHOD, METHOD:rN, METHOD:rN:kM or METHOD:kM (e.g. idlora:r8:k4)"
@@ -123,8 +133,32 @@ def _values(rows: pd.DataFrame, column: str | None) -> np.ndarray:
     return pd.to_numeric(rows[column], errors="coerce").dropna().to_numpy(dtype=float)
 
 
+def between_std(rows: pd.DataFrame, column: str | None, by: str) -> float:
+    """Return the sample std (ddof 1), across the values of `by`, of the per-value means of
+    `column` (rows without either are left out); NaN with fewer than 2 values of `by`."""
+    if column is None or column not in rows or by not in rows:
+        return math.nan
+    values = pd.DataFrame({"by": rows[by], "v": pd.to_numeric(rows[column], errors="coerce")}).dropna()
+    means = values.groupby("by")["v"].mean()
+    return float(means.std(ddof=1)) if len(means) > 1 else math.nan
+
+
+def _cluster_stats(at_best: pd.DataFrame, metric: str, test: str | None) -> dict[str, Any]:
+    """The CLUSTER_COLUMNS of one budget's runs at its learning rate."""
+    return {"n_cluster_seeds": int(at_best["cluster_seed"].dropna().nunique()),
+            "seed_std": between_std(at_best, metric, "seed"),
+            "cluster_std": between_std(at_best, metric, "cluster_seed"),
+            "test_seed_std": between_std(at_best, test, "seed"),
+            "test_cluster_std": between_std(at_best, test, "cluster_seed")}
+
+
+def _n_seeds(at_best: pd.DataFrame, values) -> int:
+    """The distinct training seeds behind a budget's statistics (its runs, without a seed column)."""
+    return int(at_best["seed"].nunique()) if "seed" in at_best and at_best["seed"].notna().any() else len(values)
+
+
 def summarize(trials: pd.DataFrame, metric: str = "value", direction: str = "maximize",
-              methods: list[str] | None = None) -> pd.DataFrame:
+              methods: list[str] | None = None, grid_seeds: int | None = None) -> pd.DataFrame:
     """Return one row per budget (SUMMARY_COLUMNS, plus varying grid columns after k) from a
     trials table with columns method, r, k, learning_rate, seed, trainable_params, state and
     `metric`. Only trials in state COMPLETE count; rows are sorted by method (in the order of
@@ -136,10 +170,23 @@ def summarize(trials: pd.DataFrame, metric: str = "value", direction: str = "max
     the trials have no such column or it is all NaN). `pareto`: not dominated in (trainable,
     metric_mean). `pareto_confident`: `pareto_confident_mask` on the TEST interval
     (test_ci95_low/high, test_mean) when any budget has a test mean, else on the VALIDATION
-    interval (metric_ci95_low/high, metric_mean) — a budget without a test mean is then off it."""
+    interval (metric_ci95_low/high, metric_mean) — a budget without a test mean is then off it.
+
+    With a cluster_seed column holding values (a `grid.cluster_seed` study) the runs of a
+    budget at its learning rate span training seeds x cluster seeds: metric_* and test_* are
+    over all of them (n_seeds counts the runs) and `CLUSTER_COLUMNS` are appended: seed_std
+    (across training seeds of the means over cluster seeds), cluster_std (across cluster seeds
+    of the means over training seeds), their test_ twins and n_cluster_seeds (0, with
+    cluster_std NaN, for a method without k-means, e.g. LoRA).
+
+    `seeds_missing`: `grid_seeds` (the grid's seed count) minus the budget's distinct training
+    seeds (n_seeds without cluster seeds), so a budget whose
+    statistics rest on fewer seeds than the grid asked for is flagged (> 0); NA without grid_seeds."""
     maximize = direction == "maximize"
     done = _complete(trials, metric)
     keys = _group_keys(done)
+    clustered = "cluster_seed" in done and done["cluster_seed"].notna().any()
+    extra = CLUSTER_COLUMNS if clustered else []
     if done.empty:
         return pd.DataFrame(columns=keys + SUMMARY_COLUMNS[3:])
     test = test_metric_name(metric)
@@ -154,8 +201,11 @@ def summarize(trials: pd.DataFrame, metric: str = "value", direction: str = "max
                      "best_learning_rate": None if best_lr == "-" else float(best_lr),
                      "metric_mean": mean, "metric_std": std, "metric_ci95_low": low, "metric_ci95_high": high,
                      "test_mean": t_mean, "test_std": t_std, "test_ci95_low": t_low, "test_ci95_high": t_high,
-                     "n_seeds": len(values)})
+                     "n_seeds": len(values),
+                     "seeds_missing": None if grid_seeds is None else max(grid_seeds - _n_seeds(at_best, values), 0),
+                     **(_cluster_stats(at_best, metric, test) if clustered else {})})
     table = pd.DataFrame(rows)
+    table["seeds_missing"] = table["seeds_missing"].astype("Int64")
     table["pareto"] = pareto_mask(table["trainable"], table["metric_mean"], maximize)
     side = "test" if table["test_mean"].notna().any() else "metric"
     table["pareto_confident"] = pareto_confident_mask(table["trainable"], table[f"{side}_mean"],
@@ -164,7 +214,7 @@ def summarize(trials: pd.DataFrame, metric: str = "value", direction: str = "max
     table = table.sort_values(["method", "trainable"], key=lambda c: c.map(order) if c.name == "method" else c)
     for col in ("r", "k"):
         table[col] = table[col].astype("Int64")
-    return table[keys + SUMMARY_COLUMNS[3:]].reset_index(drop=True)
+    return table[keys + SUMMARY_COLUMNS[3:] + extra].reset_index(drop=True)
 
 
 def parse_budget(text: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import signal
 import sys
 import traceback
 import warnings
+from pathlib import Path
 
 from idlora_core.config import ConfigDeprecationWarning, ConfigError, apply_overrides, load_config
 from idlora_core.training.callbacks import StopFlag
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     warn_single_cpu_launch()
     stop = StopFlag()
     install_signal_handlers(stop)
-    from idlora_core.training.trainer import run_training
+    from idlora_core.training.trainer import CHECKPOINT_DIR, failure_reason, run_training
 
     try:
         result = run_training(config, resume=args.resume, overwrite=args.overwrite, stop=stop,
@@ -104,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # status.json written by run_training when the folder was ours
         return 130
     except Exception as exc:  # noqa: BLE001 - status.json written by run_training, then exit 1
-        if not isinstance(exc, (ValueError, OSError)):
+        if not isinstance(exc, (ValueError, OSError, MemoryError)):
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {failure_reason(exc, Path(config.output_dir) / CHECKPOINT_DIR)}", file=sys.stderr)
         return 1
     stream = sys.stdout if result.state == RunState.finished else sys.stderr
     print(f"{result.state}: {result.message}", file=stream)

@@ -11,7 +11,10 @@ the signal handling live in `cli.py`.
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_callback import ProgressCallback as HFProgressCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from idlora_core.config import RunConfig, dumps_config
 from idlora_core.tasks import load_tasks
@@ -37,8 +41,10 @@ from idlora_core.training.data import PadCollator, build_train_dataset
 from idlora_core.training.evaluate import evaluate_tasks
 from idlora_core.training.run_files import (
     RUN_FILE,
+    STATUS_FILE,
     RunState,
     append_metrics,
+    read_status,
     truncate_metrics,
     versions,
     write_json_atomic,
@@ -55,6 +61,7 @@ from idlora_core.training.setup import build_model, count_params, resolve_device
 
 CHECKPOINT_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
+STAGING_PREFIX = ".saving-"  # checkpoints/.saving-N/checkpoint-N: a checkpoint being written
 
 
 class NonFiniteLossError(RuntimeError):
@@ -85,6 +92,39 @@ class AdapterTrainer(Trainer):
 
     nonfinite_step: int | None = None
     run_config_text: str = ""  # the run's YAML, saved in every checkpoint (checked by --resume)
+    _staging = False
+
+    def _get_output_dir(self, trial) -> str:
+        base = super()._get_output_dir(trial)
+        return os.path.join(base, f"{STAGING_PREFIX}{self.state.global_step}") if self._staging else base
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write checkpoint-N into checkpoints/.saving-N/ and rename it into place once every file
+        is written, then drop older checkpoints: a kill or a full disk mid-save leaves no half
+        checkpoint under a checkpoint-N name, and the previous checkpoint stays until then.
+        (transformers writes checkpoint-N in place; `last_complete_checkpoint` still checks files.)"""
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)  # into .saving-N (its rotation sees only that one)
+        finally:
+            self._staging = False
+        self.accelerator.wait_for_everyone()  # every process has written its RNG state
+        if not self.args.should_save:
+            return
+        base = self._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging, final = os.path.join(base, f"{STAGING_PREFIX}{self.state.global_step}"), os.path.join(base, name)
+        old = None
+        if os.path.isdir(final):  # saved again at the same step: keep the old one until the swap
+            old = final + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(os.path.join(staging, name), final)
+        for leftover in [old, staging, *(str(p) for p in Path(base).glob(f"{STAGING_PREFIX}*"))]:
+            if leftover:
+                shutil.rmtree(leftover, ignore_errors=True)  # incl. saves a kill interrupted
+        rotate_checkpoints(output_dir=base, save_total_limit=self.args.save_total_limit,
+                           best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -188,14 +228,57 @@ def run_training(config: RunConfig, *, resume: bool = False, overwrite: bool = F
         return RunResult(RunState.cancelled, message, folder.path, 0)
     except BaseException as exc:
         stop.immediate = False
-        if main and folder.claimed and not isinstance(exc, KeyboardInterrupt):
-            write_status(folder.path, RunState.failed, f"{type(exc).__name__}: {exc}")
-        elif main and folder.claimed:
-            write_status(folder.path, RunState.cancelled,
-                         "interrupted (second SIGINT) without a final checkpoint")
+        if main and (folder.claimed or _launched_here(folder.path)):
+            if isinstance(exc, KeyboardInterrupt):
+                _record_end(folder.path, RunState.cancelled, "interrupted (second SIGINT) without a final checkpoint")
+            else:
+                _record_end(folder.path, RunState.failed, failure_reason(exc, args.output_dir))
         raise
     finally:
         folder.release()
+
+
+def failure_reason(exc: BaseException, checkpoints: str | Path | None = None) -> str:
+    """Return the status message of a run that `exc` ended: what happened and what to do
+    (out of memory, disk full, any other error as `Type: message`)."""
+    last = last_complete_checkpoint(checkpoints) if checkpoints else None
+    resume = f"; continue from {last} with --resume" if last else ""
+    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or (
+            isinstance(exc, RuntimeError) and "out of memory" in text.lower()):
+        return (f"out of memory ({type(exc).__name__}: {text or 'no detail'}): lower train.batch_size or "
+                f"train.seq_len, or use train.grad_accum{resume}")
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" at {exc.filename}" if exc.filename else ""
+        return f"disk full{where} ({os.strerror(exc.errno)}): free space and run again{resume}"
+    return f"{type(exc).__name__}: {text}" + resume
+
+
+def _launched_here(output_dir: Path) -> bool:
+    """True when the folder's status says a launcher started this run (state starting) but the
+    run had not claimed the folder yet (an earlier run's files waited to be moved aside)."""
+    return read_status(output_dir).get("state") == RunState.starting
+
+
+def _record_end(output_dir: Path, state: RunState, message: str) -> None:
+    """Write the final status.json; on a full disk (the atomic write needs a new file) rewrite the
+    existing file in place, whose blocks are already allocated. Never raises: the error that
+    ended the run is the one to report. The step reached is kept from the last status."""
+    last = read_status(output_dir)
+    step = last.get("step") if isinstance(last.get("step"), int) else 0
+    try:
+        write_status(output_dir, state, message, step=step, max_steps=last.get("max_steps"))
+        return
+    except OSError:
+        pass
+    record = json.dumps({"state": state, "message": message, "pid": os.getpid(), "step": step,
+                         "max_steps": last.get("max_steps"), "updated": time.time()})
+    try:
+        with open(output_dir / STATUS_FILE, "r+", encoding="utf-8") as fh:
+            fh.truncate(0)
+            fh.write(record)
+    except OSError:
+        pass  # nothing can be written: the run queue marks a run whose process is gone as failed
 
 
 def _run_locked(config: RunConfig, folder: RunFolder, args: TrainingArguments, device: str,

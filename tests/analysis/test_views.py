@@ -55,7 +55,7 @@ def test_best_per_rank_and_export_choices(table):
     at4 = layer_summary(table, 4)
     assert len(at4) == 1 and at4["r"].item() == 4
     choice = choices_for_export(table, 4)
-    assert choice == {"L": {"k": int(at4["k"].item()), "r": 4, "strategy": at4["selection"].item(),
+    assert choice == {"L": {"k": int(at4["k"].item()), "r": 4, "selection": at4["selection"].item(),
                             "rb_splits": 1}}
 
 

@@ -180,7 +180,7 @@ def test_run_small_sweep_shows_plots_and_true_numbers(minilm, empty_cache, monke
 
     at.button(key="lab_use_for_export").click().run()
     choice = at.session_state["layer_choices"][LAYER]
-    assert choice == {"k": int(row["k"]), "r": 16, "strategy": row["selection"], "rb_splits": 1}
+    assert choice == {"k": int(row["k"]), "r": 16, "selection": row["selection"], "rb_splits": 1}
 
     # ... and only from it: without the entries the same fresh page has nothing to show
     for entry in entries:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from streamlit.testing.v1 import AppTest
 
+import analysis.scan
 from analysis.sweep import SweepSpec, sweep_layer
 
 PAGE = str(Path(__file__).resolve().parents[2] / "app" / "views" / "layer_atlas.py")
@@ -70,3 +73,73 @@ def test_bad_csv_shows_one_error(tmp_path):
     at.button(key="atlas_load").click().run()
     assert not at.exception
     assert "not a scan table" in at.error[0].value
+
+
+def _scan_here(at: AppTest) -> AppTest:
+    at.run()
+    at.radio(key="atlas_source").set_value("Scan the current model here").run()
+    assert not at.exception
+    return at
+
+
+def test_a_pattern_that_backtracks_is_one_line_within_a_second():
+    """Issue 18 #1: `^(.|\\w)*!` froze the served lab for > 100 s under Python's `re`."""
+    at = _scan_here(AppTest.from_file(PAGE, default_timeout=120))
+    start = time.monotonic()
+    at.run()
+    plain = time.monotonic() - start  # a rerun without the click, the page's own cost
+    for pattern, words in ((r"^(.|\w)*!", "No linear layer matches '^(.|\\\\w)*!'"),
+                           (r"^(\w|[a-z]|\.)*\d\d\d", "took longer than 0.5 s: simplify it")):
+        at.text_input(key="atlas_layers").set_value(pattern)
+        start = time.monotonic()
+        at.button(key="atlas_run").click().run()
+        took = time.monotonic() - start
+        assert not at.exception
+        assert len(at.error) == 1 and words in at.error[0].value, [e.value for e in at.error]
+        assert "\n" not in at.error[0].value
+        assert took < plain + 1.0, (took, plain)
+        assert "atlas_job" not in at.session_state  # no job was started
+
+
+def test_a_scan_runs_in_the_background_and_fills_the_atlas():
+    at = _scan_here(AppTest.from_file(PAGE, default_timeout=120))
+    layer = "encoder.layer.0.attention.self.query"
+    at.multiselect(key="atlas_ks").set_value([1])
+    at.multiselect(key="atlas_ranks").set_value([4])
+    at.text_input(key="atlas_layers").set_value(r"layer\.0\.attention\.self\.query$")
+    at.button(key="atlas_run").click().run()
+    assert not at.exception and len(at.error) == 0
+    job = at.session_state["atlas_job"]
+    assert job.kind == "scan" and job.label == "scan of 1 layer"
+    table = job.result(timeout=120)
+    assert sorted(set(table["layer"])) == [layer]
+    at.run()  # the polling fragment takes the finished table and redraws the page
+    assert not at.exception
+    assert at.session_state["atlas_job"] is None
+    assert list(at.dataframe[0].value["layer"]) == [layer] and len(at.get("plotly_chart")) == 2
+
+
+def test_cancel_stops_a_running_scan_between_layers(monkeypatch):
+    started, stopped = threading.Event(), threading.Event()
+
+    def endless(model, spec, *, layers, progress):  # one layer "done" every 10 ms, never the last
+        started.set()
+        try:
+            for i in range(10**6):
+                progress(i % len(layers), len(layers) + 1, layers[0], False)
+                time.sleep(0.01)
+        finally:
+            stopped.set()
+
+    monkeypatch.setattr(analysis.scan, "scan", endless)
+    at = _scan_here(AppTest.from_file(PAGE, default_timeout=120))
+    at.text_input(key="atlas_layers").set_value("query")
+    at.button(key="atlas_run").click().run()
+    assert started.wait(30)
+    at.run()
+    assert at.button(key="atlas_cancel").label == "Cancel"
+    at.button(key="atlas_cancel").click().run()
+    assert stopped.wait(10)  # the job ends at its next progress report
+    at.run()
+    assert not at.exception and at.session_state["atlas_job"] is None
+    assert "cancelled" in at.info[0].value

@@ -183,9 +183,9 @@ def test_grid_and_pages_agree_with_method_fields(method):
 
 
 def test_no_other_list_of_method_names_decides_fields():
-    """grid.py and settings_io.py never test `method in ("idlora", ...)`: they ask METHOD_FIELDS."""
+    """grid.py and the page settings never test `method in ("idlora", ...)`: they ask METHOD_FIELDS."""
     names = set(ALL_METHODS)
-    for path in ("idlora_core/study/grid.py", "app/settings_io.py"):
+    for path in ("idlora_core/study/grid.py", "app/settings_io.py", "app/page_settings.py"):
         tree = ast.parse((REPO / path).read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Compare) and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops):
@@ -205,7 +205,7 @@ def test_study_cell_and_pages_put_hydralora_counts_on_heads():
     assert grid.budget_key({**cell, "k": None}, base) == ("hydralora", 4, 4)  # base heads: default
     # export and import: the page's k widget is N for HydraLoRA, both ways
     state = {"ex_method": "hydralora"}
-    choices = {"q": {"k": 3, "r": 4, "strategy": "id", "rb_splits": 1}}
+    choices = {"q": {"k": 3, "r": 4, "selection": "id", "rb_splits": 1}}
     exported = sio.export_config(state, "minilm", "encoder", ["q"], choices)
     assert exported.adapter.targets[0].heads == 3
     values = sio.settings_from_config(exported, {})
@@ -327,8 +327,8 @@ def test_old_page_keys_are_read(monkeypatch):
 # --- no retired name in the docs or the app's labels ----------------------------------------
 
 RETIRED = re.compile(r"\bstrateg(?:y|ies)\b|\badapter_rb\b|--strateg", re.IGNORECASE)
-# Old keys the app still reads for compatibility (docs/VOCABULARY.md, "old names" and "still
-# to rename"): string constants equal to one of these are allowed, nothing else.
+# Old keys the app still reads for compatibility (docs/VOCABULARY.md, "old names" and "retired
+# page keys"): string constants equal to one of these are allowed, nothing else.
 READ_FOR_COMPATIBILITY = {"adapter_rb", "lab_strategies", "strategy"}
 
 
@@ -369,5 +369,5 @@ def test_no_helper_table_besides_method_fields():
     """The old copies are gone: no `USES = {"idlora": ...}` literal, no `uses_k`-style helper."""
     src = (REPO / "idlora_core/study/grid.py").read_text(encoding="utf-8")
     assert '"idlora": frozenset' not in src and "METHOD_FIELDS" in src
-    assert sys.modules["app.settings_io"].uses_heads is uses_heads
+    assert sys.modules["app.page_settings"].uses_heads is uses_heads  # the typed page settings ask it
     assert TargetConfig.model_fields["heads"].default == TargetConfig.model_fields["k"].default == 4

@@ -83,3 +83,30 @@ def _alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_the_owner_is_recorded_and_only_they_may_stop_it(tmp_path, monkeypatch):
+    """Issue 18 #2: a user stops their own studies; a user's running studies are counted."""
+    calls = []
+
+    class Alive:  # a "study process" whose pid is this test's: alive while the test runs
+        pid = os.getpid()
+
+        def __init__(self, *args, **kwargs):
+            calls.append(kwargs)
+
+    monkeypatch.setattr(studies.subprocess, "Popen", Alive)
+    monkeypatch.setattr(studies, "uses_cuda", lambda config: False)  # a CPU server (a GPU has no cap)
+    mine = studies.start_study(_study([0]), tmp_path, "mine", owner="user:ann", memory_cap_gb=8)
+    other = studies.start_study(_study([1]), tmp_path, "other", owner="user:bob", memory_cap_gb=0)
+    by_hand = tmp_path / "studies" / "by-hand"
+    by_hand.mkdir()
+    (by_hand / studies.LAUNCH_FILE).write_text(json.dumps({"pid": os.getpid(), "workers": 1}))
+    assert studies.study_owner(mine) == "user:ann" and studies.study_owner(by_hand) == ""
+    assert studies.may_stop(mine, "user:ann") and not studies.may_stop(other, "user:ann")
+    assert studies.may_stop(by_hand, "user:ann")  # no owner recorded: as before
+    # counted before the study process writes study.json
+    assert studies.running_studies_of(tmp_path, "user:ann") == [mine]
+    assert studies.running_studies_of(tmp_path, "user:carl") == []
+    # the cap is set in the study process (its workers inherit it); 0 = none
+    assert callable(calls[0]["preexec_fn"]) and calls[1]["preexec_fn"] is None

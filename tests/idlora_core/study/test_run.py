@@ -76,8 +76,10 @@ def test_two_workers_write_tables_that_agree_with_runs_and_storage(tiny_bert_dir
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary.columns) == ["method", "r", "k", "trainable", "best_learning_rate", "metric_mean",
                                      "metric_std", "metric_ci95_low", "metric_ci95_high", "test_mean", "test_std",
-                                     "test_ci95_low", "test_ci95_high", "n_seeds", "pareto", "pareto_confident"]
-    expected = summarize(trials, "eval_sentiment_accuracy", "maximize", list(cfg.grid.method))
+                                     "test_ci95_low", "test_ci95_high", "n_seeds", "seeds_missing", "pareto",
+                                     "pareto_confident"]
+    expected = summarize(trials, "eval_sentiment_accuracy", "maximize", list(cfg.grid.method), grid_seeds=1)
+    assert summary.seeds_missing.eq(0).all()  # one seed in the grid, one at every best lr
     pd.testing.assert_frame_equal(summary, expected, check_dtype=False)
     assert list(summary.method) == ["idlora", "lora", "head-only", "base"]
     assert summary.loc[summary.method == "base", "pareto"].item()  # 0 parameters: always on the frontier

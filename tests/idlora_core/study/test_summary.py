@@ -131,7 +131,8 @@ def test_summary_chooses_on_validation_and_reports_test_at_that_lr():
     out = summarize(trials, "eval_x_accuracy", "maximize")
     assert list(out.columns) == ["method", "r", "k", "trainable", "best_learning_rate", "metric_mean", "metric_std",
                                  "metric_ci95_low", "metric_ci95_high", "test_mean", "test_std", "test_ci95_low",
-                                 "test_ci95_high", "n_seeds", "pareto", "pareto_confident"]
+                                 "test_ci95_high", "n_seeds", "seeds_missing", "pareto", "pareto_confident"]
+    assert out.seeds_missing.isna().all()  # no grid seed count given: nothing to flag against
     for row in out.itertuples():
         sub = trials[trials.method == row.method]
         by_val = sub.groupby("learning_rate").eval_x_accuracy.mean()
@@ -319,3 +320,19 @@ def test_parse_budget_rejects(text):
     with pytest.raises(ValueError, match="expected METHOD, METHOD:rN, METHOD:rN:kM or METHOD:kM") as err:
         parse_budget(text)
     assert repr(text) in str(err.value)
+
+
+def test_summary_flags_budgets_with_fewer_seeds_than_the_grid():
+    # issue 18 #9: a cell lost with its worker left a budget with 1 of 3 seeds, silently averaged
+    rows = []
+    for method, seeds in (("lora", [0, 1, 2]), ("idlora", [0])):
+        for seed in seeds:
+            rows.append({"method": method, "r": 8, "k": None, "learning_rate": 1e-3, "seed": seed,
+                         "trainable_params": 100 if method == "idlora" else 200, "state": "COMPLETE",
+                         "acc": 0.5 + seed / 10})
+    rows.append({"method": "idlora", "r": 8, "k": None, "learning_rate": 1e-3, "seed": 1, "trainable_params": 100,
+                 "state": "FAIL", "acc": None})
+    out = summarize(pd.DataFrame(rows), "acc", "maximize", grid_seeds=3).set_index("method")
+    assert out.loc["lora", "n_seeds"] == 3 and out.loc["lora", "seeds_missing"] == 0
+    assert out.loc["idlora", "n_seeds"] == 1 and out.loc["idlora", "seeds_missing"] == 2
+    assert out.loc["idlora", "metric_mean"] == pytest.approx(0.5)  # the one seed it has

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from idlora_core.config import AdapterConfig, TrainConfig, target_for
@@ -30,12 +31,18 @@ def test_estimate_matches_the_formulas_and_refuses_past_free_memory(tiny_bert, m
     # LoRA: r*(m+n) trainable, x4 (weights, grads, 2 AdamW moments), 4 bytes each
     assert est.state == layers * 8 * (32 + 32) * 4 * 4
     assert est.activations == layers * 8 * 64 * 8 * 4  # batch x seq x r fp32 per layer
-    monkeypatch.setattr(preflight, "available_bytes", lambda device: est.total - 1)
+    # the base model: its parameters (loaded already) and its activations at batch x seq_len
+    assert est.base_params == sum(p.numel() * p.element_size() for p in tiny_bert.parameters())
+    per_token = 2 * (12 * 32 + 2 * 64 + 3 * 4 * 64)  # 2 blocks, hidden 32, MLP 64, 4 heads, seq 64
+    assert est.base_activations == 4 * 8 * 64 * per_token
+    assert est.needed == est.total - est.base_params
+    monkeypatch.setattr(preflight, "available_bytes", lambda device: est.needed - 1)
     with pytest.raises(ResourceError) as info:
         check_run_fits(tiny_bert, _adapter("lora", 8), TRAIN, "cpu")
     message = str(info.value)
     assert "GiB" in message and "batch_size=8 x seq_len=64" in message and "cpu has" in message
-    monkeypatch.setattr(preflight, "available_bytes", lambda device: est.total)
+    assert "base model" in message
+    monkeypatch.setattr(preflight, "available_bytes", lambda device: est.needed)
     assert check_run_fits(tiny_bert, _adapter("lora", 8), TRAIN, "cpu").total == est.total
 
 
@@ -45,6 +52,29 @@ def test_hydralora_estimate_counts_its_heads(tiny_bert):
     est = check_run_fits(tiny_bert, _adapter("hydralora", 4, k=3), TRAIN, "cpu")
     assert est.state == 4 * (4 * 32 + 3 * 4 * 32 + 3 * 32) * 4 * 4
     assert est.activations == 4 * 8 * 64 * (3 * 4 + 3) * 4
+
+
+def test_the_base_models_activations_dominate_a_large_batch(minilm, minilm_weights):
+    """Issue 18 #5: MiniLM LoRA at batch_size 4096 passed the adapters-only preflight and grew to
+    7.9 GB; counted with the base model it is refused before it is queued."""
+    from idlora_core.config import parse_config
+    from idlora_core.jobs.limits import LimitError, ServerLimits, check_runs
+
+    params = sum(p.numel() * p.element_size() for p in minilm.model.parameters())
+    shapes = {n: tuple(t.shape) for n, t in minilm_weights.linear.items()}
+    count = sum(int(np.prod(t.shape)) for t in minilm_weights.tensors.values())
+    raw = {"adapter": {"method": "lora", "targets": [{"pattern": "query", "r": 8}]},
+           "train": {"batch_size": 4096, "seq_len": 128}}
+    big = preflight.estimate_from_headers(parse_config(raw), minilm_weights.config, count, shapes)
+    assert abs(big.base_params - params) / params < 1e-3  # the headers' count = the loaded model's bytes
+    assert big.base_activations > 50 * big.activations > 0  # the base model, not the adapters
+    with pytest.raises(LimitError, match=r"needs about \d+\.\d GB"):
+        check_runs([parse_config(raw)], [big.total], ServerLimits(run_memory_gb=8))
+    raw["train"]["batch_size"] = 16
+    small = preflight.estimate_from_headers(parse_config(raw), minilm_weights.config, count, shapes)
+    assert small.total < 1e9 and small.base_activations * 256 == big.base_activations
+    live = check_run_fits(minilm.model, parse_config(raw).adapter, parse_config(raw).train, "cpu")
+    assert (live.base_params, live.base_activations) == (params, small.base_activations)
 
 
 def test_cli_refuses_an_oversized_rank_in_one_line(tmp_path, capsys):

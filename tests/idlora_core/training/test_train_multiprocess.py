@@ -37,7 +37,7 @@ def test_two_process_launch_writes_one_metrics_file(tiny_bert_dir, tmp_path):
         "adapter": {"method": "idlora", "targets": [{"pattern": "query", "r": 4, "k": 2}]},
         "tasks": [{"name": "sentiment", "num_train": 32, "num_eval": 4}],
         "train": {"steps": 3, "batch_size": 4, "seq_len": 24, "learning_rate": 0.01, "eval_interval": 3,
-                  "save_interval": 0, "device": "cpu"},
+                  "save_interval": 2, "device": "cpu"},
         "output_dir": str(out),
     })
     cfg_path = save_config(cfg, tmp_path / "ddp.yaml")
@@ -60,3 +60,9 @@ def test_two_process_launch_writes_one_metrics_file(tiny_bert_dir, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["device"]["world_size"] == 2 and run["state"] == "finished"
     assert run["final_metrics"]["trainable_params"] == run["adapter_report"]["totals"]["trainable_total"]
+    # checkpoints (steps 2 and the last, 3) are written under .saving-N by both ranks (one RNG
+    # state each), then renamed; the older one is rotated out
+    checkpoints = out / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-3"]
+    assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json"} <= {
+        p.name for p in (checkpoints / "checkpoint-3").iterdir()}
