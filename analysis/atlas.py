@@ -1,6 +1,6 @@
 """The layer atlas: a whole-model scan (`analysis.scan`) as block x layer-type grids.
 
-For each layer at rank r, its best (k, strategy) (`views.best_per_rank`) gives two numbers:
+For each layer at rank r, its best (k, selection) (`views.best_per_rank`) gives two numbers:
   gain  = svd_same_r - rel_fro_error (as `views.best_per_rank` defines it): > 0 when
           cluster-wise ID beats the best global rank-r factorisation at the same r (the
           paper's claim, same trainable budget), < 0 a loss;
@@ -54,13 +54,13 @@ def read_atlas(path_or_buffer) -> pd.DataFrame:
 
 
 def atlas_cells(table: pd.DataFrame, r: int) -> pd.DataFrame:
-    """Return one row per layer at rank r: layer, block, type, k, strategy, rel_fro_error,
+    """Return one row per layer at rank r: layer, block, type, k, selection, rel_fro_error,
     svd_same_r, svd_same_total, gain_vs_svd, gap_vs_total (block is -1 outside the blocks)."""
     best = best_per_rank(table)
     best = best[best["r"] == r].reset_index(drop=True)
     best["block"] = [b if (b := block_index(name)) is not None else -1 for name in best["layer"]]
     best["type"] = [layer_kind(name) for name in best["layer"]]
-    cols = ["layer", "block", "type", "k", "strategy", "rel_fro_error", "svd_same_r",
+    cols = ["layer", "block", "type", "k", "selection", "rel_fro_error", "svd_same_r",
             "svd_same_total", "gain_vs_svd", "gap_vs_total"]
     return best[cols].sort_values(["block", "type"]).reset_index(drop=True)
 

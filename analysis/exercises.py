@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+
+from idlora_core.config import ConfigDeprecationWarning
 
 SOURCE = Path(__file__).with_name("exercises.yaml")
 HANDOUT = Path(__file__).resolve().parents[1] / "docs" / "LAB.md"
@@ -63,8 +66,9 @@ def load_exercises(path: str | Path = SOURCE, *, strict: bool = True) -> list[Ex
     strict=False accepts checks without a quoted `value` (to measure a new exercise)."""
     data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     out = []
+    retired: set[str] = set()
     for raw in data["exercises"]:
-        ex = Exercise(**raw)
+        ex = Exercise(**_renamed(raw, retired))
         missing = [n for n, c in ex.checks.items() if "value" not in c]
         if missing and strict:
             raise ValueError(f"exercise {ex.id}: checks without a quoted value: {missing}")
@@ -72,6 +76,31 @@ def load_exercises(path: str | Path = SOURCE, *, strict: bool = True) -> list[Ex
             for part in ("intro", "steps", "observe", "questions"):
                 ex.text(part)  # a placeholder without a check raises KeyError here
         out.append(ex)
+    if retired:
+        warnings.warn(f"{path}: retired key(s) {', '.join(sorted(retired))} read under their new "
+                      "names (docs/VOCABULARY.md); rename them to silence this note",
+                      ConfigDeprecationWarning, stacklevel=2)
+    return out
+
+
+# Keys an exercise file spelled before the one vocabulary (docs/VOCABULARY.md): settings
+# `lab_strategies`, checks `strategy`.
+RETIRED_SETTINGS = {"lab_strategies": "lab_selections"}
+RETIRED_CHECK_KEYS = {"strategy": "selection"}
+
+
+def _renamed(raw: dict[str, Any], retired: set[str]) -> dict[str, Any]:
+    # one exercise with its retired keys renamed; their old names are added to `retired`
+    def rename(mapping: dict, names: dict[str, str]) -> dict:
+        retired.update(key for key in mapping if key in names)
+        return {names.get(key, key): value for key, value in mapping.items()}
+
+    out = dict(raw)
+    if isinstance(raw.get("settings"), dict):
+        out["settings"] = rename(raw["settings"], RETIRED_SETTINGS)
+    if isinstance(raw.get("checks"), dict):
+        out["checks"] = {name: rename(c, RETIRED_CHECK_KEYS) if isinstance(c, dict) else c
+                         for name, c in raw["checks"].items()}
     return out
 
 
@@ -86,10 +115,10 @@ def format_value(value: Any, digits: int | None = None) -> str:
 
 
 def sweep_params(settings: dict[str, Any]) -> dict[str, Any]:
-    """Return the Decomposition lab's sweep parameters (ks, ranks, strategies, seed,
+    """Return the Decomposition lab's sweep parameters (ks, ranks, selections, seed,
     normalize_rows) of a preset's settings, as the lab passes them to the sweep."""
     return dict(ks=sorted(settings["lab_ks"]), ranks=sorted(settings["lab_ranks"]),
-                strategies=list(settings["lab_strategies"]), seed=int(settings["lab_seed"]),
+                selections=list(settings["lab_selections"]), seed=int(settings["lab_seed"]),
                 normalize_rows=bool(settings["lab_normalize_rows"]))
 
 
@@ -106,7 +135,7 @@ def preset_layers(settings: dict[str, Any], table: pd.DataFrame) -> list[str]:
 
 def _at(table: pd.DataFrame, check: dict) -> pd.DataFrame:
     part = table[(table["k"] == check["k"]) & (table["r"] == check["r"])
-                 & (table["strategy"] == check["strategy"])]
+                 & (table["selection"] == check["selection"])]
     return part[part["feasible"].astype(bool)]
 
 
@@ -122,7 +151,7 @@ def measure(check: dict[str, Any], table: pd.DataFrame,
             sizes: Callable[[str, int, int, bool], list[int]] | None = None) -> Any:
     """Return the value of one check (see the kinds in exercises.yaml), rounded to its digits.
 
-    table: the exercise's sweep (one row per layer, k, r, strategy); sizes(layer, k, r,
+    table: the exercise's sweep (one row per layer, k, r, selection); sizes(layer, k, r,
     normalize) returns the Cluster explorer's cluster sizes (needed by kind "sizes" only).
     """
     kind = check["kind"]

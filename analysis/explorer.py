@@ -14,16 +14,16 @@ import pandas as pd
 from idlora_core.linalg.clustering import MinSizeKMeans
 from idlora_core.linalg.decomposition import id_fro_error, spectrum, svd_tail_errors
 from idlora_core.linalg.selection import select_skeleton
-from idlora_core.linalg.validation import STRATEGIES
+from idlora_core.linalg.validation import SELECTIONS
 
 
 @dataclass(frozen=True)
 class ClusterView:
     """One clustering of a layer's rows and its skeletons.
 
-    labels: int64 (m,) cluster of each row; skeletons: strategy -> one int64 array of r
+    labels: int64 (m,) cluster of each row; skeletons: selection -> one int64 array of r
     global row indices per cluster; sizes: DataFrame (cluster, rows);
-    errors: DataFrame (cluster, rows, strategy, rel_fro_error, svd_same_r) — the cluster's
+    errors: DataFrame (cluster, rows, selection, rel_fro_error, svd_same_r) — the cluster's
     rank-r ID error and its best rank-r (SVD) error, both relative to ||W_c||_F (values
     below 1e-12, round-off of an exact reconstruction, are reported as 0).
     """
@@ -40,12 +40,12 @@ def cluster_view(
     W: np.ndarray,
     k: int,
     r: int,
-    strategies: list[str] | tuple[str, ...] = STRATEGIES,
+    selections: list[str] | tuple[str, ...] = SELECTIONS,
     *,
     normalize_rows: bool = False,
     seed: int = 0,
 ) -> ClusterView:
-    """Return the clustering of W's rows into k clusters of >= r rows and each strategy's skeletons.
+    """Return the clustering of W's rows into k clusters of >= r rows and each selection's skeletons.
 
     Raises ValueError (from idlora_core) when k*r exceeds the rows or r the columns.
     """
@@ -53,7 +53,7 @@ def cluster_view(
     labels = MinSizeKMeans(k, min_size=r, normalize_rows=normalize_rows, random_state=seed).fit(W).labels_
     skeletons = {
         s: select_skeleton(W, labels, r, s, normalize_rows=normalize_rows, seed=seed)
-        for s in strategies
+        for s in selections
     }
     counts = np.bincount(labels, minlength=k)
     sizes = pd.DataFrame({"cluster": np.arange(k), "rows": counts})
@@ -66,7 +66,7 @@ def cluster_view(
         for s, skel in skeletons.items():
             local = np.searchsorted(members, skel[c])
             rows.append({
-                "cluster": c, "rows": int(counts[c]), "strategy": s,
+                "cluster": c, "rows": int(counts[c]), "selection": s,
                 "rel_fro_error": _exact_zero(id_fro_error(Wc, local) / norm),
                 "svd_same_r": _exact_zero(svd_r),
             })
@@ -80,7 +80,7 @@ def _exact_zero(error: float, tol: float = 1e-12) -> float:
 
 def points_frame(xy: pd.DataFrame, view: ClusterView) -> pd.DataFrame:
     """Return `xy` (columns row, x, y, ...) with `cluster` (str, for discrete colours) and one bool
-    column `skeleton_<strategy>` per strategy marking the selected skeleton rows."""
+    column `skeleton_<selection>` per selection marking the selected skeleton rows."""
     out = xy.copy()
     out["cluster"] = view.labels[out["row"].to_numpy()].astype(str)
     for s, skel in view.skeletons.items():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.sweep import SweepSpec, parse_grid, sweep_layer, tidy_table
+from analysis.sweep import SweepSpec, add_retired_flag, parse_grid, sweep_layer, tidy_table
 from idlora_core.adapters.budget import trainable_params
 from idlora_core.config import (
     AdapterConfig,
@@ -33,7 +33,7 @@ from idlora_core.config import (
     save_config,
 )
 from idlora_core.layers import block_index, layer_kind
-from idlora_core.linalg.validation import STRATEGIES
+from idlora_core.linalg.validation import SELECTIONS
 from idlora_core.planner import (
     LayerCurve,
     Plan,
@@ -90,9 +90,9 @@ def scan_layers(weights: WeightReader, layers: Sequence[str], spec: SweepSpec,
     return tidy_table(pd.concat(tables, ignore_index=True)), clusterings
 
 
-def planner_curves(table: pd.DataFrame, strategy: str = "id") -> list[LayerCurve]:
-    """Return the planner's per-layer error curves of one strategy from a sweep / scan table."""
-    return curves_from_table(table, strategy)
+def planner_curves(table: pd.DataFrame, selection: str = "id") -> list[LayerCurve]:
+    """Return the planner's per-layer error curves of one selection from a sweep / scan table."""
+    return curves_from_table(table, selection)
 
 
 def make_plan(curves: Sequence[LayerCurve], budget: str | int) -> Plan:
@@ -136,24 +136,24 @@ def plan_cells(plan: Plan, curves: Sequence[LayerCurve]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plan_skeletons(plan: Plan, clusterings: dict[str, list[dict]], strategy: str) -> dict[str, list[list[int]]]:
+def plan_skeletons(plan: Plan, clusterings: dict[str, list[dict]], selection: str) -> dict[str, list[list[int]]]:
     """Return {layer: k lists of r row indices}: the skeleton rows the scan measured for each
-    adapted layer's (k, r, strategy)."""
+    adapted layer's (k, r, selection)."""
     out = {}
     for name, (k, r) in plan.adapted.items():
         for clustering in clusterings[name]:
             if clustering["k"] != k:
                 continue
             for sel in clustering["selections"]:
-                if sel["r"] == r and sel["strategy"] == strategy:
+                if sel["r"] == r and sel["selection"] == selection:
                     out[name] = [[int(i) for i in rows] for rows in sel["skeleton"]]
         if name not in out:
-            raise ValueError(f"the scan holds no skeleton for {name} at k={k}, r={r}, {strategy}")
+            raise ValueError(f"the scan holds no skeleton for {name} at k={k}, r={r}, {selection}")
     return out
 
 
 def plan_config(plan: Plan, model: str, *, model_kind: str = "encoder", base: RunConfig | None = None,
-                strategy: str = "id", seed: int = 0, normalize_rows: bool = False,
+                selection: str = "id", seed: int = 0, normalize_rows: bool = False,
                 skeletons: dict[str, list[list[int]]] | None = None,
                 output_dir: str | None = None) -> RunConfig:
     """Return the run config of `plan`: `base`'s model head, tasks and training (default: the
@@ -166,7 +166,7 @@ def plan_config(plan: Plan, model: str, *, model_kind: str = "encoder", base: Ru
     from idlora_core.study.defaults import default_learning_rate
 
     adapter = AdapterConfig(method="idlora", seed=seed, skeletons=skeletons or None,
-                            targets=plan_targets(plan, selection=strategy,
+                            targets=plan_targets(plan, selection=selection,
                                                  normalize_rows=normalize_rows))
     if base is None:
         base = RunConfig(tasks=[TaskConfig(name=DEFAULT_TASK.get(model_kind, "arithmetic"))],
@@ -209,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "or q_proj,v_proj (default: the query and value projections)")
     parser.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="cluster counts k to consider")
     parser.add_argument("--ranks", default=",".join(map(str, DEFAULT_RANKS)), help="ranks r to consider")
-    parser.add_argument("--strategy", default="id", choices=list(STRATEGIES),
-                        help="skeleton strategy (default id)")
+    parser.add_argument("--selection", default="id", choices=list(SELECTIONS),
+                        help="skeleton-row selection (default id)")
+    add_retired_flag(parser, "--strategy", "--selection", choices=list(SELECTIONS))
     parser.add_argument("--seed", type=int, default=0, help="k-means seed (also the adapter seed)")
     parser.add_argument("--normalize-rows", action="store_true", help="cosine clustering geometry")
     parser.add_argument("--base", help="a run config whose model head, tasks and training the plan "
@@ -236,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--seed must be in 0..{2**32 - 1}, got {args.seed}")
         budget = parse_budget(args.budget)
         spec = SweepSpec(parse_grid(args.ks, "--ks"), parse_grid(args.ranks, "--ranks"),
-                         (args.strategy,), seed=args.seed, normalize_rows=args.normalize_rows)
+                         (args.selection,), seed=args.seed, normalize_rows=args.normalize_rows)
         base = load_config(args.base) if args.base else None
         problem = output_problem(args.out, "--out")
         if problem:
@@ -244,13 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         weights = open_weights(args.model)
         layers = candidate_layers(weights, args.targets.split(",") if args.targets else None)
         print(f"scanning {len(layers)} layers of {args.model} (k in {list(spec.ks)}, r in "
-              f"{list(spec.ranks)}, {args.strategy})", file=sys.stderr)
+              f"{list(spec.ranks)}, {args.selection})", file=sys.stderr)
         table, clusterings = scan_layers(weights, layers, spec, ProgressPrinter())
-        curves = planner_curves(table, args.strategy)
+        curves = planner_curves(table, args.selection)
         plan = plan_budget(curves, budget.params(curves))
-        skeletons = None if args.no_skeletons else plan_skeletons(plan, clusterings, args.strategy)
+        skeletons = None if args.no_skeletons else plan_skeletons(plan, clusterings, args.selection)
         config = plan_config(plan, args.model, model_kind=model_kind(weights.config), base=base,
-                             strategy=args.strategy, seed=args.seed,
+                             selection=args.selection, seed=args.seed,
                              normalize_rows=args.normalize_rows, skeletons=skeletons,
                              output_dir=args.output_dir)
     except (ValueError, OSError) as exc:  # ConfigError, ModelNotFoundError are ValueErrors

@@ -13,12 +13,20 @@ import pandas as pd
 
 from idlora_core.config import load_config
 from idlora_core.training import run_files
-from idlora_core.training.run_files import read_run_json, read_status
+from idlora_core.training.run_files import (
+    METRIC_KEYS,
+    RunState,
+    read_run_json,
+    read_status,
+    run_state_of,
+)
 
 
 def read_metrics(run_dir: str | Path) -> pd.DataFrame:
-    """Return the whole `metrics.jsonl` of a run as a DataFrame (empty when absent)."""
-    return pd.DataFrame(run_files.read_metrics(run_dir))
+    """Return the whole `metrics.jsonl` of a run as a DataFrame (empty when absent): one row
+    per logged step, the `MetricRow` keys first in their order, then the eval_* extras."""
+    frame = pd.DataFrame(run_files.read_metrics(run_dir))
+    return frame[[c for c in METRIC_KEYS if c in frame] + [c for c in frame if c not in METRIC_KEYS]]
 
 
 def _method_of(run_dir: Path, summary: dict[str, Any]) -> str:
@@ -33,8 +41,10 @@ def _method_of(run_dir: Path, summary: dict[str, Any]) -> str:
 
 
 def run_summary(run_dir: str | Path, metrics: pd.DataFrame | None = None) -> dict[str, Any]:
-    """Return one row describing a run: name, method, state, last step, last/final loss,
-    trainable and total parameters, mean step seconds, and any final eval_* metrics."""
+    """Return one row describing a run: name, method, state (a RunState; "unknown" for a folder
+    with neither status.json nor run.json), last step, last/final loss, trainable and total
+    parameters, mean step seconds, and any final eval_* metrics (`metrics`: the run's
+    metrics.jsonl rows, `run_files.MetricRow`, as a DataFrame)."""
     run_dir = Path(run_dir)
     metrics = read_metrics(run_dir) if metrics is None else metrics
     summary = read_run_json(run_dir)
@@ -42,7 +52,7 @@ def run_summary(run_dir: str | Path, metrics: pd.DataFrame | None = None) -> dic
     row: dict[str, Any] = {
         "run": run_dir.name,
         "method": _method_of(run_dir, summary),
-        "state": status.get("state", "finished" if summary else "unknown"),
+        "state": run_state_of(status) if status else (RunState.finished if summary else "unknown"),
         "step": None,
         "loss": None,
         "trainable_params": None,

@@ -1,7 +1,7 @@
 """Whole-model scan: the sweep of every linear layer of a checkpoint (or those matching a
 pattern), each read, swept, cached and released in turn.
 
-    python -m analysis.scan --model DIR --ks 1,4 --ranks 16,64 --strategies id \
+    python -m analysis.scan --model DIR --ks 1,4 --ranks 16,64 --selections id \
         [--layers PATTERN] [--workers N] [--dask tcp://HOST:8786] --out atlas.csv
 
 Memory is one layer per worker (`idlora_core.weights` reads one tensor; the sweep frees it).
@@ -23,7 +23,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.sweep import SweepSpec, parse_grid, parse_strategies, sweep_layer, tidy_table
+from analysis.sweep import (
+    SweepSpec,
+    add_retired_flag,
+    parse_grid,
+    parse_selections,
+    sweep_layer,
+    tidy_table,
+)
 from analysis.sweep_cli import output_problem
 from analysis.sweep_model import resolve_layers
 from idlora_core.cache import ResultCache
@@ -148,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="minilm, smollm2-135m, a local model folder or .gguf file")
     parser.add_argument("--ks", default="1,4", help="cluster counts, comma-separated")
     parser.add_argument("--ranks", default="16,64", help="ranks r per cluster, comma-separated")
-    parser.add_argument("--strategies", default="id", help="id, centroid, random (comma-separated)")
+    parser.add_argument("--selections", default="id",
+                        help="skeleton-row selections: id, centroid, random (comma-separated)")
+    add_retired_flag(parser, "--strategies", "--selections")
     parser.add_argument("--seed", type=int, default=0, help="k-means and random-selection seed")
     parser.add_argument("--normalize-rows", action="store_true", help="cosine clustering geometry")
     parser.add_argument("--layers", help="regex searched in the layer names (default: every layer)")
@@ -169,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         spec = SweepSpec(parse_grid(args.ks, "ks"), parse_grid(args.ranks, "ranks"),
-                         parse_strategies(args.strategies), seed=args.seed,
+                         parse_selections(args.selections), seed=args.seed,
                          normalize_rows=args.normalize_rows)
         problem = output_problem(args.out, "--out")  # before the scan, not after its hours
         if problem:

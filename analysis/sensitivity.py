@@ -10,12 +10,12 @@ repeats the clustering over S seeds and measures:
               (reference) seed's by the Hungarian algorithm on their contingency table
               (SciPy `linear_sum_assignment`, most shared rows), then a row moves when its
               matched cluster differs from its reference cluster;
-  spread      the cluster-wise ID error of every (k, r, strategy) over the seeds: one
+  spread      the cluster-wise ID error of every (k, r, selection) over the seeds: one
               `analysis.sweep.sweep_layer` per seed (spec.seed = s, same cache), mean and
               sample standard deviation (`DDOF`).
 
 `spec.seed` seeds k-means and the random skeleton selection alike, so the spread of the
-"random" strategy holds both; "id" and "centroid" depend on the seed only through the
+"random" selection holds both; "id" and "centroid" depend on the seed only through the
 clusters (and, for layers on the randomized path, its sketches). No Streamlit here.
 """
 
@@ -253,12 +253,12 @@ def seed_sweeps(
 
 def spread_table(results: Mapping[int, SweepResult]) -> pd.DataFrame:
     """Return the first seed's sweep table with the spread over all seeds added
-    (`SPREAD_COLUMNS`): per (k, r, strategy), the number of seeds and the mean, sample
+    (`SPREAD_COLUMNS`): per (k, r, selection), the number of seeds and the mean, sample
     standard deviation (ddof = `DDOF`; NaN for one seed), min and max of `rel_fro_error`.
     Infeasible rows get NaN. results: {seed: SweepResult} of the same layer and grid."""
     if not results:
         raise ValueError("give at least one sweep result")
-    keys = ["k", "r", "strategy"]
+    keys = ["k", "r", "selection"]
     tables = [r.table.set_index(keys)["rel_fro_error"] for r in results.values()]
     if any(not t.index.equals(tables[0].index) for t in tables):
         raise ValueError("the sweeps have different grids: sweep every seed with the same spec")
@@ -289,7 +289,7 @@ def sweep_spread(
     """Return the sweep of W with the spread of the cluster-wise ID error over the k-means
     seeds: `spread_table(seed_sweeps(W, spec, seeds, ...))`, i.e. the first seed's table
     plus n_cluster_seeds, rel_error_mean, rel_error_std, rel_error_min, rel_error_max per
-    (k, r, strategy) (relative Frobenius errors)."""
+    (k, r, selection) (relative Frobenius errors)."""
     return spread_table(seed_sweeps(W, spec, seeds, layer=layer, cache=cache, progress=progress,
                                     threads=threads))
 
@@ -308,13 +308,13 @@ def sweep_sensitivity(results: Mapping[int, SweepResult], k: int) -> Sensitivity
     return sensitivity_from_labels(labelings, k)
 
 
-def spread_reading(spread: pd.DataFrame, k: int, r: int, strategy: str) -> str:
-    """Return one line on the error spread at (k, r, strategy) of a `spread_table`: mean ±
+def spread_reading(spread: pd.DataFrame, k: int, r: int, selection: str) -> str:
+    """Return one line on the error spread at (k, r, selection) of a `spread_table`: mean ±
     std, min and max over the seeds, and whether cluster-wise ID beats global SVD at the same
     r (the sweep's headline) under every seed, under none, or only under some."""
-    row = spread[(spread["k"] == k) & (spread["r"] == r) & (spread["strategy"] == strategy)]
+    row = spread[(spread["k"] == k) & (spread["r"] == r) & (spread["selection"] == selection)]
     if row.empty or not bool(row["feasible"].iloc[0]):
-        return f"No feasible configuration at k = {k}, r = {r} ({strategy})."
+        return f"No feasible configuration at k = {k}, r = {r} ({selection})."
     row = row.iloc[0]
     mean, std, svd = float(row["rel_error_mean"]), float(row["rel_error_std"]), float(row["svd_same_r"])
     lo, hi, n = float(row["rel_error_min"]), float(row["rel_error_max"]), int(row["n_cluster_seeds"])
@@ -326,6 +326,6 @@ def spread_reading(spread: pd.DataFrame, k: int, r: int, strategy: str) -> str:
         verdict = "beats it under some seeds only: here the seed decides"
     gain = svd - mean
     sigmas = f" = {abs(gain) / std:.1f} std" if std > 0 else ""
-    return (f"Error at k = {k}, r = {r} ({strategy}): {mean:.4f} ± {std:.4f} (std over {n} seeds; "
+    return (f"Error at k = {k}, r = {r} ({selection}): {mean:.4f} ± {std:.4f} (std over {n} seeds; "
             f"min {lo:.4f}, max {hi:.4f}); global SVD at r = {r}: {svd:.4f}, so cluster-wise ID "
             f"{verdict} (mean gain {gain:+.4f}{sigmas}).")

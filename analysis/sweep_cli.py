@@ -16,13 +16,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from analysis.sweep import SweepSpec, parse_grid, parse_strategies, sweep_layer
+from analysis.sweep import SweepSpec, add_retired_flag, parse_grid, parse_selections, sweep_layer
 from idlora_core.linalg.randomized import RANDOMIZED_MIN_ELEMENTS
 from idlora_core.models import set_hub_defaults
 from idlora_core.weights import open_weights
 
 MAX_GRID_VALUE = 1_000_000  # no layer has more rows than this: a larger k or r is a typo
-MAX_GRID = 10_000  # configurations (k x r x strategy) before --force is needed
+MAX_GRID = 10_000  # configurations (k x r x selection) before --force is needed
 
 
 def _grid(name: str) -> Callable[[str], list[int]]:
@@ -41,9 +41,9 @@ def _grid(name: str) -> Callable[[str], list[int]]:
     return parse
 
 
-def _strategies(text: str) -> tuple[str, ...]:
+def _selections(text: str) -> tuple[str, ...]:
     try:
-        return parse_strategies(text)
+        return parse_selections(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m analysis.sweep",
         description="Reconstruction-error sweep of one linear layer: cluster-wise ID against "
-        "global SVD and global ID, with the spectral ID bounds. One CSV row per (k, r, strategy).",
+        "global SVD and global ID, with the spectral ID bounds. One CSV row per (k, r, selection).",
     )
     parser.add_argument("--model", default="minilm",
                         help="minilm, smollm2-135m, a local model directory or .gguf file "
@@ -89,12 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cluster counts, comma-separated")
     parser.add_argument("--ranks", default="4,8,16", type=_grid("ranks"),
                         help="ranks r per cluster, comma-separated")
-    parser.add_argument("--strategies", default="id,centroid,random", type=_strategies,
-                        help="skeleton selection strategies: id, centroid, random")
+    parser.add_argument("--selections", default="id,centroid,random", type=_selections,
+                        help="skeleton-row selections: id, centroid, random")
+    add_retired_flag(parser, "--strategies", "--selections", type=_selections)
     parser.add_argument("--force", action="store_true",
                         help=f"run a grid of more than {MAX_GRID:,} configurations")
     parser.add_argument("--seed", type=int, default=0, help="k-means and random-selection seed")
-    parser.add_argument("--out", help="CSV file to write (one row per k, r, strategy)")
+    parser.add_argument("--out", help="CSV file to write (one row per k, r, selection)")
     parser.add_argument("--clusters-out", help="JSON file with the labels and skeletons of every row")
     parser.add_argument("--normalize-rows", action="store_true",
                         help="cluster L2-normalised rows (cosine geometry)")
@@ -117,16 +118,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.list_layers and (not args.layer or not args.out):
         parser.error("--layer and --out are required (or use --list-layers)")
-    size = len(args.ks) * len(args.ranks) * len(args.strategies)
+    size = len(args.ks) * len(args.ranks) * len(args.selections)
     if size > MAX_GRID and not args.force:
-        parser.error(f"the grid has {size:,} configurations (ks x ranks x strategies), more than "
+        parser.error(f"the grid has {size:,} configurations (ks x ranks x selections), more than "
                      f"{MAX_GRID:,}; narrow it or add --force")
     for path, flag in ((args.out, "--out"), (args.clusters_out, "--clusters-out")):
         if not args.list_layers and (problem := output_problem(path, flag)):
             parser.error(problem)  # before the model loads and the sweep computes
     try:
         spec = SweepSpec(  # the grid arrives parsed and checked by argparse (the types above)
-            ks=args.ks, ranks=args.ranks, strategies=args.strategies, seed=args.seed,
+            ks=args.ks, ranks=args.ranks, selections=args.selections, seed=args.seed,
             normalize_rows=args.normalize_rows,
             randomized={"auto": None, "on": True, "off": False}[args.randomized],
             spectral=args.spectral,

@@ -1,7 +1,7 @@
 """What a sweep is asked (`SweepSpec`) and what it returns (`SweepResult`, the table's columns).
 
 The library takes sequences; only the command lines parse strings like "1,2,4"
-(`parse_grid`, `parse_strategies`). The sweep itself is `analysis/sweep/__init__.py`.
+(`parse_grid`, `parse_selections`, `add_retired_flag`). The sweep itself is `analysis/sweep/__init__.py`.
 A `SweepResult` keeps, besides its table, the labels and skeletons behind every row and the
 global ID's row order, so the measured spectral columns (`SPECTRAL_COLUMNS`) can be added
 to it later without clustering again (`analysis.sweep.add_spectral`).
@@ -9,17 +9,19 @@ to it later without clustering again (`analysis.sweep.add_spectral`).
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from idlora_core.linalg.validation import STRATEGIES, check_strategy
+from idlora_core.linalg.validation import SELECTIONS, check_selection
 
 COLUMNS = [
-    "layer", "m", "n", "k", "r", "strategy", "feasible", "total_rank", "min_cluster_size",
+    "layer", "m", "n", "k", "r", "selection", "feasible", "total_rank", "min_cluster_size",
     "rel_fro_error", "svd_same_r", "svd_same_total", "global_id_same_r",
     "svd_spec_same_r", "global_id_spec_same_r", "bound_cluster", "bound_global", "rel_spec_error",
     "trainable_idlora", "trainable_lora", "seconds", "randomized",
@@ -51,8 +53,8 @@ def _grid(values: Sequence[int], name: str) -> tuple[int, ...]:
 class SweepSpec:
     """One sweep request: the grid and every option that changes its numbers.
 
-    ks, ranks: distinct integers >= 1 (duplicates dropped, order kept); strategies: names of
-    `STRATEGIES`; seed: k-means and random-selection seed; normalize_rows: cluster in cosine
+    ks, ranks: distinct integers >= 1 (duplicates dropped, order kept); selections: names of
+    `SELECTIONS`; seed: k-means and random-selection seed; normalize_rows: cluster in cosine
     geometry; randomized: True / False force the randomized path, None picks it by size;
     spectral: also measure the spectral errors (`SPECTRAL_COLUMNS`; one residual SVD per row,
     added to the same cached result, not a separate request); n_init: k-means restarts (None: 4 on
@@ -61,7 +63,7 @@ class SweepSpec:
 
     ks: tuple[int, ...]
     ranks: tuple[int, ...]
-    strategies: tuple[str, ...] = STRATEGIES
+    selections: tuple[str, ...] = SELECTIONS
     seed: int = 0
     normalize_rows: bool = False
     randomized: bool | None = None
@@ -72,12 +74,12 @@ class SweepSpec:
         set_ = object.__setattr__  # frozen: normalise the fields once, here
         set_(self, "ks", _grid(self.ks, "ks"))
         set_(self, "ranks", _grid(self.ranks, "ranks"))
-        if isinstance(self.strategies, str):
-            raise TypeError("strategies must be a sequence of names (parse strings with parse_strategies)")
-        strategies = tuple(dict.fromkeys(check_strategy(s) for s in self.strategies))
-        if not strategies:
-            raise ValueError(f"strategies must name at least one of {', '.join(STRATEGIES)}")
-        set_(self, "strategies", strategies)
+        if isinstance(self.selections, str):
+            raise TypeError("selections must be a sequence of names (parse strings with parse_selections)")
+        selections = tuple(dict.fromkeys(check_selection(s) for s in self.selections))
+        if not selections:
+            raise ValueError(f"selections must name at least one of {', '.join(SELECTIONS)}")
+        set_(self, "selections", selections)
         set_(self, "seed", int(self.seed))
         set_(self, "normalize_rows", bool(self.normalize_rows))
         if self.randomized is not None:
@@ -89,6 +91,18 @@ class SweepSpec:
     def params(self) -> dict:
         """Return the spec as a JSON-ready dict (lists for tuples), e.g. for cache keys."""
         return {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
+
+    def cache_params(self) -> dict:
+        """Return `params()` under the names the cache keys were first made with (`selections`
+        was `strategies`), so entries cached before the rename are still found."""
+        return {_KEY_NAMES.get(key, key): v for key, v in self.params().items()}
+
+
+# SweepSpec fields whose cache-key name is their retired name (docs/VOCABULARY.md)
+_KEY_NAMES = {"selections": "strategies"}
+# Names sweep tables and payloads were written with before the one vocabulary: column / key
+# `strategy` is `selection` (old cache entries and scan CSVs are read through `tidy_table`).
+RETIRED_COLUMNS = {"strategy": "selection"}
 
 
 def parse_grid(text: str, name: str) -> tuple[int, ...]:
@@ -103,22 +117,36 @@ def parse_grid(text: str, name: str) -> tuple[int, ...]:
     return _grid(values, name)
 
 
-def parse_strategies(text: str) -> tuple[str, ...]:
-    """Return the strategy names of a comma-separated string such as "id,centroid" (CLIs only)."""
-    names = tuple(check_strategy(s.strip()) for s in str(text).split(",") if s.strip())
+def parse_selections(text: str) -> tuple[str, ...]:
+    """Return the selection names of a comma-separated string such as "id,centroid" (CLIs only)."""
+    names = tuple(check_selection(s.strip()) for s in str(text).split(",") if s.strip())
     if not names:
-        raise ValueError(f"strategies must name at least one of {', '.join(STRATEGIES)}")
+        raise ValueError(f"selections must name at least one of {', '.join(SELECTIONS)}")
     return names
+
+
+def add_retired_flag(parser: argparse.ArgumentParser, old: str, new: str, **kwargs) -> None:
+    """Accept the retired option `old` as a hidden alias of `new` (same destination; give the
+    same `type` / `choices` in kwargs); using it prints a one-line note on stderr (CLIs only)."""
+
+    class Retired(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"note: {old} is now {new} (docs/VOCABULARY.md); the old name still works",
+                  file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    parser.add_argument(old, dest=new.lstrip("-").replace("-", "_"), action=Retired,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
 
 
 @dataclass
 class SweepResult:
     """A sweep's table and what lies behind its rows.
 
-    table: one row per (k, r, strategy) (`COLUMNS`); attrs: global_seconds, randomized,
+    table: one row per (k, r, selection) (`COLUMNS`); attrs: global_seconds, randomized,
     sigma_1 (s_1(W) the relative spectral errors divide by; absent in entries cached before
     it was stored); layer: the name in the table; clusterings: per swept k, {"k", "labels"
-    (cluster of every row of W), "selections": [{"r", "strategy", "skeleton": [[global rows
+    (cluster of every row of W), "selections": [{"r", "selection", "skeleton": [[global rows
     of cluster 0], ...]}]}; global_order: the global row ID's first r_max rows (pivot order;
     None in older cache entries); from_cache: the clusterings were read from the cache.
     """
@@ -130,7 +158,7 @@ class SweepResult:
     global_order: list[int] | None = None
 
     def clusters_json(self) -> dict:
-        """Return {"layer", "clusterings": [{"k", "labels", "selections": [{"r", "strategy",
+        """Return {"layer", "clusterings": [{"k", "labels", "selections": [{"r", "selection",
         "skeleton": [[global rows of cluster 0], ...]}]}]} — enough to recompute every error."""
         return {"layer": self.layer, "clusterings": self.clusterings}
 
@@ -142,14 +170,14 @@ class SweepResult:
                 return np.asarray(clustering["labels"], dtype=np.int64)
         return None
 
-    def skeleton(self, k: int, r: int, strategy: str) -> list[np.ndarray] | None:
-        """Return the skeleton of (k, r, strategy): one int64 array of r GLOBAL row indices per
+    def skeleton(self, k: int, r: int, selection: str) -> list[np.ndarray] | None:
+        """Return the skeleton of (k, r, selection): one int64 array of r GLOBAL row indices per
         cluster, or None when the sweep has no such feasible configuration."""
         for clustering in self.clusterings:
             if clustering["k"] != k:
                 continue
             for sel in clustering["selections"]:
-                if sel["r"] == r and sel["strategy"] == strategy:
+                if sel["r"] == r and sel["selection"] == selection:
                     return [np.asarray(rows, dtype=np.int64) for rows in sel["skeleton"]]
         return None
 
@@ -175,9 +203,9 @@ class SweepResult:
                     or labels.max() >= k:
                 raise ValueError(f"the labels at k={k} are not {m} cluster ids in [0, {k})")
         for row in table[table["feasible"]].itertuples():
-            skeleton, labels = self.skeleton(row.k, row.r, row.strategy), self.labels(row.k)
+            skeleton, labels = self.skeleton(row.k, row.r, row.selection), self.labels(row.k)
             if skeleton is None or labels is None or len(skeleton) != row.k:
-                raise ValueError(f"no skeleton for k={row.k}, r={row.r}, {row.strategy}")
+                raise ValueError(f"no skeleton for k={row.k}, r={row.r}, {row.selection}")
             for c, rows in enumerate(skeleton):
                 if rows.shape != (row.r,) or rows.min() < 0 or rows.max() >= m \
                         or not (labels[rows] == c).all():
@@ -204,8 +232,15 @@ class SweepResult:
         table = tidy_table(pd.DataFrame(data["data"], columns=data["columns"]))
         table.attrs.update(payload.get("attrs", {}))
         order = payload.get("global_order")
-        return cls(table=table, layer=payload["layer"], clusterings=payload["clusterings"],
+        clusterings = [{**c, "selections": [_renamed(sel) for sel in c.get("selections", [])]}
+                       for c in payload["clusterings"]]
+        return cls(table=table, layer=payload["layer"], clusterings=clusterings,
                    global_order=None if order is None else [int(i) for i in order])
+
+
+def _renamed(row: dict) -> dict:
+    # a dict written with retired key names (RETIRED_COLUMNS) -> the one name
+    return {RETIRED_COLUMNS.get(key, key): value for key, value in row.items()}
 
 
 def _plain(value: object) -> object:
@@ -214,8 +249,12 @@ def _plain(value: object) -> object:
 
 
 def tidy_table(table: pd.DataFrame | list[dict]) -> pd.DataFrame:
-    """Return the rows as a DataFrame with the sweep's columns, in order, with their dtypes."""
-    table = pd.DataFrame(table).reindex(columns=COLUMNS)
+    """Return the rows as a DataFrame with the sweep's columns, in order, with their dtypes
+    (a table written before the one vocabulary has its `strategy` column read as `selection`)."""
+    table = pd.DataFrame(table)
+    table = table.rename(columns={old: new for old, new in RETIRED_COLUMNS.items()
+                                  if old in table.columns and new not in table.columns})
+    table = table.reindex(columns=COLUMNS)
     for col in ERROR_COLUMNS + ["seconds"]:
         table[col] = pd.to_numeric(table[col]).astype(float)
     for col in ("m", "n", "k", "r", "total_rank"):
@@ -225,5 +264,5 @@ def tidy_table(table: pd.DataFrame | list[dict]) -> pd.DataFrame:
     for col in ("feasible", "randomized"):
         table[col] = table[col].astype(bool)
     table["layer"] = table["layer"].astype(str)
-    table["strategy"] = table["strategy"].astype(str)
+    table["selection"] = table["selection"].astype(str)
     return table

@@ -10,10 +10,11 @@ Session-state keys (the contract between pages; Export/Import reads and restores
 fields of the page dataclasses in `app/page_settings.py` (`SidebarSettings`: model_choice,
 model_path, trust_remote_code, lab_exercise; `ModelLayersSettings`: layer_kinds, block_range;
 `LabSettings`: lab_*; `ExplorerSettings`: explorer_*; `FineTuneSettings`: ft_*;
-`ExportSettings`: ex_*, adapter_k/r/strategy/rb and the per-layer overrides `layer_choices`
-{layer: {"k", "r", "strategy", "rb_splits"}}; `StudiesSettings`: st_*; `LayerAtlasSettings`:
-atlas_*), with their types and defaults; `DEFAULTS` below is derived from them. Widgets use
-these keys directly, so setting a key before its widget renders changes the widget.
+`ExportSettings`: ex_*, adapter_k/r/selection/rb_splits and the per-layer overrides
+`layer_choices` {layer: {"k", "r", "selection", "rb_splits"}}; `StudiesSettings`: st_*;
+`LayerAtlasSettings`: atlas_*), with their types and defaults (retired keys such as
+`lab_strategies` are still read: docs/VOCABULARY.md); `DEFAULTS` below is derived from them.
+Widgets use these keys directly, so setting a key before its widget renders changes the widget.
 
 Each page owns its settings: no key is read by two pages (the Fine-tune and Export pages keep
 their own normalisation and seed in `ft_normalize_rows` / `ft_adapter_seed` and `ex_normalize_rows` /
@@ -23,7 +24,7 @@ Model & layers selection (`layer_kinds`, `block_range`) are shared, and pages sa
 
 Getters/setters: `model_name()` / `set_model_name(name)`, `selected_layers(loaded)`,
 `layer_weight(loaded, layer)` (cached float32 weight, read alone from disk), `ensure_layer(key, loaded)`,
-`layer_choice(layer)` (per-layer k/r/strategy/rb with the defaults filled in),
+`layer_choice(layer)` (per-layer k/r/selection/rb_splits with the defaults filled in),
 `apply_settings(values)` (restore many keys at once, safe from any page and any point of a run).
 
 Keys starting with `ft_` or `ex_` (Fine-tune and Export/Import pages) are kept across page
@@ -44,7 +45,7 @@ from streamlit.errors import StreamlitAPIException
 from analysis.layers import filter_layers, layer_table
 from app.page_settings import ExportSettings, all_defaults
 from app.settings_io import lab_read_path
-from idlora_core.linalg.validation import STRATEGIES as STRATEGIES  # the pages read it from here
+from idlora_core.linalg.validation import SELECTIONS as SELECTIONS  # the pages read it from here
 from idlora_core.models import (
     EMBEDDED,
     ModelNotFoundError,
@@ -198,7 +199,7 @@ def selected_layers(loaded: ModelHandle) -> list[str]:
 
 
 def layer_choice(layer: str) -> dict[str, Any]:
-    """Return {"k", "r", "strategy", "rb_splits"} for `layer`: its override or the export defaults."""
+    """Return {"k", "r", "selection", "rb_splits"} for `layer`: its override or the export defaults."""
     return ExportSettings.from_state(st.session_state).layer_choice(layer)
 
 

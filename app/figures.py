@@ -18,8 +18,8 @@ import plotly.graph_objects as go
 from analysis.views import short_label
 from idlora_core.study.summary import pareto_mask, test_metric_name
 
-STRATEGY_COLORS = {"id": "#1f77b4", "centroid": "#ff7f0e", "random": "#2ca02c"}
-STRATEGY_SYMBOLS = {"id": "circle", "centroid": "diamond", "random": "x"}
+SELECTION_COLORS = {"id": "#1f77b4", "centroid": "#ff7f0e", "random": "#2ca02c"}
+SELECTION_SYMBOLS = {"id": "circle", "centroid": "diamond", "random": "x"}
 # error-vs-rank curve styles: colour, dash, marker; bounds dotted, references dashed
 CURVE_STYLES: dict[str, tuple[str, str, str]] = {
     "global SVD, same r": ("#000000", "dash", "square"),
@@ -86,14 +86,14 @@ def colour_scale(lo: float, hi: float, title: str = "rel. error") -> go.Figure:
 
 def error_vs_rank_figure(curves: pd.DataFrame, y_title: str) -> go.Figure:
     """Return the error-vs-rank lines of `analysis.views.error_vs_rank`: one style per curve
-    (strategies by colour and marker, references dashed, bounds dotted), log-log axes."""
+    (selections by colour and marker, references dashed, bounds dotted), log-log axes."""
     fig = go.Figure()
     for name, part in curves.groupby("curve", sort=False):
         part = part.sort_values("r")
         if name.startswith("cluster-wise ID ("):
-            strategy = name[len("cluster-wise ID ("):-1]
-            color, dash, symbol = STRATEGY_COLORS.get(strategy, "#17becf"), "solid", \
-                STRATEGY_SYMBOLS.get(strategy, "circle")
+            selection = name[len("cluster-wise ID ("):-1]
+            color, dash, symbol = SELECTION_COLORS.get(selection, "#17becf"), "solid", \
+                SELECTION_SYMBOLS.get(selection, "circle")
         else:
             color, dash, symbol = CURVE_STYLES.get(name, ("#17becf", "solid", "circle"))
         fig.add_trace(go.Scatter(
@@ -119,7 +119,7 @@ def gain_figure(summary: pd.DataFrame, r: int) -> go.Figure:
     colors = ["#2ca02c" if g >= 0 else "#d62728" for g in data["gain_vs_svd"]]
     fig = go.Figure(go.Bar(
         x=labels, y=data["gain_vs_svd"], marker_color=colors,
-        customdata=data[["layer", "rel_fro_error", "svd_same_r", "k", "strategy"]].to_numpy(),
+        customdata=data[["layer", "rel_fro_error", "svd_same_r", "k", "selection"]].to_numpy(),
         hovertemplate="%{customdata[0]}<br>gain %{y:+.3f}: SVD(r) %{customdata[2]:.3f} − "
                       "cluster-wise ID %{customdata[1]:.3f}<br>best k = %{customdata[3]}, "
                       "%{customdata[4]}<extra></extra>",
@@ -337,21 +337,21 @@ def ari_heatmap_figure(ari: pd.DataFrame) -> go.Figure:
 
 def seed_spread_figure(spread: pd.DataFrame, k: int) -> go.Figure:
     """Return the cluster-wise ID error against r at `k` of `analysis.sensitivity.spread_table`:
-    per strategy the mean over the k-means seeds with ±1 standard deviation bars, and global
+    per selection the mean over the k-means seeds with ±1 standard deviation bars, and global
     SVD at the same r (dashed, seed-free) for scale; log x, linear y (the errors of one k span
     a narrow range, and a ±std bar reads the same length on either side)."""
     part = spread[(spread["k"] == k) & spread["feasible"]].sort_values("r")
     fig = go.Figure()
-    for strategy, rows in part.groupby("strategy", sort=False):
-        color = STRATEGY_COLORS.get(strategy, "#17becf")
+    for selection, rows in part.groupby("selection", sort=False):
+        color = SELECTION_COLORS.get(selection, "#17becf")
         fig.add_trace(go.Scatter(
             x=rows["r"], y=rows["rel_error_mean"], mode="lines+markers",
-            name=f"cluster-wise ID ({strategy}), mean ± std",
+            name=f"cluster-wise ID ({selection}), mean ± std",
             line={"color": color, "width": 2.5},
-            marker={"symbol": STRATEGY_SYMBOLS.get(strategy, "circle"), "size": 8, "color": color},
+            marker={"symbol": SELECTION_SYMBOLS.get(selection, "circle"), "size": 8, "color": color},
             error_y={"type": "data", "array": rows["rel_error_std"], "visible": True, "thickness": 1.5},
             customdata=rows[["rel_error_std", "rel_error_min", "rel_error_max", "n_cluster_seeds"]].to_numpy(),
-            hovertemplate=f"{strategy}, r = %{{x}}: %{{y:.4f}} ± %{{customdata[0]:.4f}}<br>"
+            hovertemplate=f"{selection}, r = %{{x}}: %{{y:.4f}} ± %{{customdata[0]:.4f}}<br>"
                           "min %{customdata[1]:.4f}, max %{customdata[2]:.4f} over "
                           "%{customdata[3]} seeds<extra></extra>",
         ))

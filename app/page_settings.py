@@ -12,6 +12,11 @@ its values and
     `ExportSettings.to_run_config` and `from_run_config` on both (plus `run_config_fields(method)`:
     what a run config of that method holds).
 Fields marked LOCAL (trust_remote_code) never leave the session: not in the URL, not stored.
+Keys retired by the one vocabulary (docs/VOCABULARY.md: `lab_strategies`, `atlas_strategies`,
+`adapter_strategy`, `adapter_rb`, a layer choice's `strategy`) are still read from URLs, the
+store and session state, under the one name (`RETIRED` of each class).
+HydraLoRA's heads N share the clusters-k widgets (`ft_ks`, `adapter_k`, a layer choice's `k`):
+a run config of a heads method gets them as `TargetConfig.heads`.
 UI-level only: no Streamlit calls and no maths; `app/common.py` and `app/settings_io.py` derive
 their DEFAULTS from `all_defaults()`.
 """
@@ -24,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from typing_extensions import TypedDict  # pydantic validates this one on Python < 3.12
 
 from app.settings_codec import LOCAL, PageSettings
@@ -48,9 +53,13 @@ from idlora_core.config import (
     TrainConfig,
     field_range,
     target_for,
+    uses_clusters,
+    uses_heads,
+    uses_rank,
 )
 from idlora_core.layers import block_index, layer_kind
 from idlora_core.study.defaults import DEFAULT_LEARNING_RATES
+from idlora_core.study.grid import axis_field
 from idlora_core.tasks import BUILTIN, CAUSAL_LM_TASKS, CLASSIFICATION_TASKS, pool_sizes
 
 # Built-in tasks by model kind, the default first: real data before the synthetic sentiment task
@@ -69,8 +78,6 @@ METHOD_LABELS: dict[str, str] = {
     "head-only": "Head only (linear probe)",
     "base": "Base (no training)",
 }
-NO_GRID = ("full", "head-only", "base")  # methods that ignore r and k: one run each
-K_METHODS = ("idlora", "hydralora")  # methods whose runs vary k
 TRAIN_FIELDS: tuple[str, ...] = tuple(TrainConfig.model_fields)
 # Short demo-sized training by default (the schema's defaults are sized for real runs): 150 steps
 # of batch 16 on real text, 15 warm-up steps, each method at the learning rate study preset (a)
@@ -103,7 +110,7 @@ WIDGET_LIMITS: dict[str, tuple[float, float | None]] = {
     "ft_alpha": _limits(TargetConfig, "alpha"),
     "adapter_k": _limits(TargetConfig, "k"),
     "adapter_r": _limits(TargetConfig, "r"),
-    "adapter_rb": _limits(TargetConfig, "rb_splits"),
+    "adapter_rb_splits": _limits(TargetConfig, "rb_splits"),
     "ft_adapter_seed": _limits(AdapterConfig, "seed"),
     "ex_seed": _limits(AdapterConfig, "seed"),
 }
@@ -123,12 +130,36 @@ LIMITS: dict[str, tuple[float, float | None]] = WIDGET_LIMITS | {
 }
 
 
+RETIRED_CHOICE_KEYS = {"strategy": "selection"}  # a layer choice's old key -> the one name
+
+
+def renamed_choice(choice: Any) -> Any:
+    """Return a layer choice (dict) with its retired keys (`strategy`) under the one name
+    (`selection`); the new key wins when both are there. Anything else is returned as it is."""
+    if not isinstance(choice, Mapping):
+        return choice
+    out = dict(choice)
+    for old, new in RETIRED_CHOICE_KEYS.items():
+        if old in out:
+            value = out.pop(old)
+            out.setdefault(new, value)
+    return out
+
+
+def renamed_choices(choices: Any) -> Any:
+    """Return {layer: choice} with each choice's retired keys under the one name
+    (`renamed_choice`); anything but a mapping is returned as it is."""
+    if not isinstance(choices, Mapping):
+        return choices
+    return {layer: renamed_choice(choice) for layer, choice in choices.items()}
+
+
 class LayerChoice(TypedDict):
-    """The Export page's adapter choice for one layer."""
+    """The Export page's adapter choice for one layer (k: ID-LoRA's clusters or HydraLoRA's heads)."""
 
     k: Annotated[int, Field(ge=1)]
     r: Annotated[int, Field(ge=1)]
-    strategy: Selection
+    selection: Selection
     rb_splits: Annotated[int, Field(ge=1)]
 
 
@@ -198,10 +229,11 @@ class LabSettings(_Page):
     """Decomposition lab: the sweep grid and what the plots inspect."""
 
     PAGE: ClassVar[str] = "lab"
+    RETIRED: ClassVar[dict[str, str]] = {"lab_strategies": "lab_selections"}
     lab_layers: list[str] = _list()  # [] = the first layer selected on Model & layers
     lab_ks: list[int] = _list(1, 2, 4, 8)
     lab_ranks: list[int] = _list(4, 8, 16, 32)
-    lab_strategies: list[Selection] = _list(*SELECTIONS)
+    lab_selections: list[Selection] = _list(*SELECTIONS)
     lab_normalize_rows: bool = False
     lab_seed: int = 0
     lab_focus_layer: str | None = None  # None = the first swept layer
@@ -266,10 +298,17 @@ class FineTuneSettings(_Page):
     ft_lr_head_only: float = DEFAULT_LEARNING_RATES["head-only"]
     ft_lr_base: float = DEFAULT_LEARNING_RATES["base"]
 
-    # field -> the TargetConfig field it becomes (lists: one run per value)
+    # field -> the TargetConfig field it becomes (lists: one run per value); `k` is `heads` for
+    # HydraLoRA (`target_field`)
     TARGET_FIELDS: ClassVar[dict[str, str]] = {
         "ft_ranks": "r", "ft_ks": "k", "ft_selection": "selection", "ft_rb_splits": "rb_splits",
         "ft_alpha": "alpha", "ft_dropout": "dropout", "ft_normalize_rows": "normalize_rows"}
+
+    @classmethod
+    def target_field(cls, method: str, name: str) -> str:
+        """Return the TargetConfig field that page field `name` sets for `method` (ft_ks: k, or
+        heads for HydraLoRA)."""
+        return axis_field(method, cls.TARGET_FIELDS[name])
 
     def learning_rate(self, method: str) -> float:
         """Return the learning rate of `method` (its ft_lr_<method> field)."""
@@ -299,9 +338,10 @@ class FineTuneSettings(_Page):
         return out
 
     def targets(self, layers: list[str], r: int, k: int, method: str = "idlora") -> list[TargetConfig]:
-        """Return one target per layer name with this page's r, k, strategy, RB, alpha; only the
-        fields `method` uses (any other, set, would be a config error)."""
-        return [target_for(method, pattern=name, r=r, k=k, selection=self.ft_selection,
+        """Return one target per layer name with this page's r, k (heads N for HydraLoRA),
+        selection, RB, alpha; only the fields `method` uses (any other, set, would be a config
+        error)."""
+        return [target_for(method, pattern=name, r=r, k=k, heads=k, selection=self.ft_selection,
                            rb_splits=int(self.ft_rb_splits), alpha=float(self.ft_alpha),
                            dropout=float(self.ft_dropout), normalize_rows=bool(self.ft_normalize_rows))
                 for name in layers]
@@ -309,7 +349,8 @@ class FineTuneSettings(_Page):
     def to_run_configs(self, model: ModelConfig, model_kind: str,
                        layers: list[str]) -> list[tuple[str, RunConfig]]:
         """Return (label, RunConfig) for every run the Fine-tune page would start: one per
-        method x r x k, k only for ID-LoRA / HydraLoRA, one run for full / head-only / base.
+        method x r x k, r only for the methods that use a rank, k only for those with clusters
+        (ID-LoRA) or heads (HydraLoRA, label `heads=N`), one run for full / head-only / base.
         `output_dir` is filled in by `idlora_core.jobs.runs.start_run`."""
         if not layers:
             raise ValueError("no target layers: pick layer types on the Model & layers page")
@@ -323,11 +364,12 @@ class FineTuneSettings(_Page):
         out = []
         for method in methods:
             train = self.train_config(method)
-            grid = [(ranks[0], ks[0])] if method in NO_GRID else [
-                (r, k) for r in ranks for k in (ks if method in K_METHODS else ks[:1])]
+            counts = uses_clusters(method) or uses_heads(method)  # ft_ks: clusters k or heads N
+            grid = [(r, k) for r in (ranks if uses_rank(method) else ranks[:1])
+                    for k in (ks if counts else ks[:1])]
             for r, k in grid:
-                label = METHOD_LABELS[method] + ("" if method in NO_GRID else f" r={r}")
-                label += f" k={k}" if method in K_METHODS else ""
+                label = METHOD_LABELS[method] + (f" r={r}" if uses_rank(method) else "")
+                label += f" k={k}" if uses_clusters(method) else (f" heads={k}" if uses_heads(method) else "")
                 adapter = AdapterConfig(method=method, targets=self.targets(layers, r, k, method),
                                         seed=int(self.ft_adapter_seed))
                 out.append((label, RunConfig(model=model, adapter=adapter, tasks=tasks, train=train)))
@@ -336,16 +378,17 @@ class FineTuneSettings(_Page):
     @classmethod
     def run_config_values(cls, cfg: RunConfig) -> dict[str, Any]:
         """Return {field: value} of what `cfg` holds: its method (and that method's learning
-        rate), the first target's r, k, strategy, RB, alpha, dropout, normalisation, the seed,
-        tasks and sizes, and every training field."""
+        rate), the first target's r, k (heads N for HydraLoRA), selection, RB, alpha, dropout,
+        normalisation, the seed, tasks and sizes, and every training field."""
         first = cfg.adapter.targets[0]
+        method = cfg.adapter.method
         values: dict[str, Any] = {
             "ft_methods": [cfg.adapter.method], "ft_adapter_seed": cfg.adapter.seed,
             LR_KEYS[cfg.adapter.method].replace("-", "_"): cfg.train.learning_rate,
             "ft_tasks": [t.name for t in cfg.tasks], "ft_num_train": cfg.tasks[0].num_train,
             "ft_num_eval": cfg.tasks[0].num_eval, "ft_num_test": cfg.tasks[0].test_count,
         } | {name: ([getattr(first, t)] if name in ("ft_ranks", "ft_ks") else getattr(first, t))
-             for name, t in cls.TARGET_FIELDS.items()}
+             for name, t in ((n, cls.target_field(method, n)) for n in cls.TARGET_FIELDS)}
         return values | {f"ft_{n}": v for n, v in cfg.train.model_dump().items() if n != "learning_rate"}
 
     @classmethod
@@ -360,7 +403,7 @@ class FineTuneSettings(_Page):
         always = {"ft_methods", LR_KEYS[method].replace("-", "_"), "ft_adapter_seed", "ft_tasks",
                   "ft_num_train", "ft_num_eval", "ft_num_test"}
         train = {f"ft_{n}" for n in TRAIN_FIELDS if n != "learning_rate"}
-        return frozenset(always | train | {f for f, t in cls.TARGET_FIELDS.items() if t in used})
+        return frozenset(always | train | {f for f in cls.TARGET_FIELDS if cls.target_field(method, f) in used})
 
 
 def task_options(model_kind: str) -> tuple[str, ...]:
@@ -378,36 +421,44 @@ class ExportSettings(_Page):
     ex_run_name: str = "my-run"  # output folder inside the runs folder
     ex_normalize_rows: bool = False
     ex_seed: int = 0
-    adapter_k: int = 4  # defaults for every layer ...
+    adapter_k: int = 4  # defaults for every layer (k: clusters, or HydraLoRA's heads N) ...
     adapter_r: int = 8
-    adapter_strategy: Selection = "id"
-    adapter_rb: int = 1
-    layer_choices: dict[str, LayerChoice] = field(default_factory=dict)  # ... and per-layer overrides
+    adapter_selection: Selection = "id"
+    adapter_rb_splits: int = 1
+    # ... and per-layer overrides (an old entry's `strategy` is read as `selection`)
+    layer_choices: Annotated[dict[str, LayerChoice], BeforeValidator(renamed_choices)] = field(
+        default_factory=dict)
 
+    RETIRED: ClassVar[dict[str, str]] = {"adapter_strategy": "adapter_selection",
+                                         "adapter_rb": "adapter_rb_splits"}
     CHOICE_FIELDS: ClassVar[dict[str, str]] = {  # field -> its LayerChoice key
-        "adapter_k": "k", "adapter_r": "r", "adapter_strategy": "strategy", "adapter_rb": "rb_splits"}
-    TARGET_NAMES: ClassVar[dict[str, str]] = {  # LayerChoice key -> TargetConfig field
-        "k": "k", "r": "r", "strategy": "selection", "rb_splits": "rb_splits"}
+        "adapter_k": "k", "adapter_r": "r", "adapter_selection": "selection",
+        "adapter_rb_splits": "rb_splits"}
+    TARGET_NAMES: ClassVar[dict[str, str]] = {  # LayerChoice key -> TargetConfig field (k: heads
+        "k": "k", "r": "r", "selection": "selection", "rb_splits": "rb_splits"}  # for HydraLoRA)
 
     def layer_choice(self, layer: str) -> dict[str, Any]:
-        """Return {"k", "r", "strategy", "rb_splits"} of `layer`: its override or the defaults."""
+        """Return {"k", "r", "selection", "rb_splits"} of `layer`: its override or the defaults."""
         choice = {key: getattr(self, name) for name, key in self.CHOICE_FIELDS.items()}
-        return choice | dict((self.layer_choices or {}).get(layer, {}))
+        return choice | renamed_choice(dict((self.layer_choices or {}).get(layer, {})))
 
     def to_run_config(self, finetune: FineTuneSettings, model: ModelConfig, model_kind: str,
                       layers: list[str], choices: Mapping[str, Mapping[str, Any]] | None = None,
                       skeletons: dict[str, list[list[int]]] | None = None,
                       output_dir: str = "runs/my-run") -> RunConfig:
-        """Return the RunConfig of the Export page: one target per layer with its own k, r,
-        strategy and RB (`choices[layer]`, default `layer_choice(layer)`), Fine-tune's alpha,
+        """Return the RunConfig of the Export page: one target per layer with its own k (heads N
+        for HydraLoRA), r, selection and RB (`choices[layer]`, default `layer_choice(layer)`;
+        an old choice's `strategy` is read as `selection`), Fine-tune's alpha,
         dropout, tasks and training at the learning rate of this method, resolved skeletons."""
         if not layers:
             raise ValueError("no layers selected: pick layer types on the Model & layers page")
         method = self.ex_method
-        choices = choices or {name: self.layer_choice(name) for name in layers}
+        choices = {name: renamed_choice(c) for name, c in (
+            choices or {name: self.layer_choice(name) for name in layers}).items()}
         targets = [
             target_for(method, pattern=name, r=int(choices[name]["r"]), k=int(choices[name]["k"]),
-                       selection=choices[name]["strategy"], rb_splits=int(choices[name]["rb_splits"]),
+                       heads=int(choices[name]["k"]), selection=choices[name]["selection"],
+                       rb_splits=int(choices[name]["rb_splits"]),
                        alpha=float(finetune.ft_alpha), dropout=float(finetune.ft_dropout),
                        normalize_rows=bool(self.ex_normalize_rows))
             for name in layers
@@ -420,15 +471,16 @@ class ExportSettings(_Page):
     @classmethod
     def run_config_values(cls, cfg: RunConfig) -> dict[str, Any]:
         """Return {field: value} of what `cfg` holds: its method (an adapter method only: the page
-        offers no baseline), seed, normalisation, the first target's k / r / strategy / RB as the
-        defaults, every target as a per-layer choice (keyed by its pattern) and the run name
-        (when `output_dir` is a plain relative path)."""
+        offers no baseline), seed, normalisation, the first target's k (heads N for HydraLoRA) /
+        r / selection / RB as the defaults, every target as a per-layer choice (keyed by its
+        pattern) and the run name (when `output_dir` is a plain relative path)."""
         first = cfg.adapter.targets[0]
+        names = {key: axis_field(cfg.adapter.method, name) for key, name in cls.TARGET_NAMES.items()}
         values: dict[str, Any] = {
             "ex_seed": cfg.adapter.seed, "ex_normalize_rows": first.normalize_rows,
-            "layer_choices": {t.pattern: {key: getattr(t, name) for key, name in cls.TARGET_NAMES.items()}
+            "layer_choices": {t.pattern: {key: getattr(t, name) for key, name in names.items()}
                               for t in cfg.adapter.targets},
-        } | {name: getattr(first, cls.TARGET_NAMES[key]) for name, key in cls.CHOICE_FIELDS.items()}
+        } | {name: getattr(first, names[key]) for name, key in cls.CHOICE_FIELDS.items()}
         if cfg.adapter.method in METHODS:
             values["ex_method"] = cfg.adapter.method
         out = Path(cfg.output_dir)
@@ -445,7 +497,7 @@ class ExportSettings(_Page):
     def run_config_fields(cls, method: str) -> frozenset[str]:
         """Return the fields a RunConfig of `method` holds (what `from_run_config` gets back)."""
         used = METHOD_FIELDS.get(method, TUNABLE_FIELDS)
-        held = {f for f, key in cls.CHOICE_FIELDS.items() if cls.TARGET_NAMES[key] in used}
+        held = {f for f, key in cls.CHOICE_FIELDS.items() if axis_field(method, cls.TARGET_NAMES[key]) in used}
         return frozenset({"ex_method", "ex_run_name", "ex_seed", "layer_choices"} | held
                          | ({"ex_normalize_rows"} if "normalize_rows" in used else set()))
 
@@ -477,11 +529,12 @@ class LayerAtlasSettings(_Page):
     """Layer atlas: where the scan comes from, its grid, and the rank shown."""
 
     PAGE: ClassVar[str] = "atlas"
+    RETIRED: ClassVar[dict[str, str]] = {"atlas_strategies": "atlas_selections"}
     atlas_source: Literal["Load a scan CSV", "Scan the current model here"] = "Load a scan CSV"
     atlas_path: str = ""  # a scan CSV on the server
     atlas_ks: list[int] = _list(1, 4)
     atlas_ranks: list[int] = _list(16, 64)
-    atlas_strategies: list[Selection] = _list("id")
+    atlas_selections: list[Selection] = _list("id")
     atlas_layers: str = ""  # regex of the layers to scan; "" = all
     atlas_r: int | None = None  # None = the largest rank of the scan
 

@@ -1,7 +1,7 @@
 """The lab report export: one zip with what a student needs for a report.
 
 `report_files(...)` returns {file name: bytes}: README.txt (what is inside and the settings),
-sweep_summary.csv (per layer at one rank), strategy_means.csv, sweep_full.csv, run_comparison.csv
+sweep_summary.csv (per layer at one rank), selection_means.csv, sweep_full.csv, run_comparison.csv
 — readable headers, rounded numbers — and the figures as PNG (plotly + kaleido, which drives the
 machine's Chromium; where no browser is available the figures are written as HTML instead and
 README.txt says so). `report_zip(files)` packs them. No Streamlit here: the page gathers the
@@ -23,11 +23,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from analysis.views import layer_summary, short_label, strategy_means
+from analysis.views import layer_summary, selection_means, short_label
 
 HEADERS: dict[str, str] = {
     "layer": "layer", "label": "block · type", "m": "rows m", "n": "columns n",
-    "k": "clusters k", "r": "rank r", "strategy": "skeleton strategy",
+    "k": "clusters k", "r": "rank r", "selection": "skeleton-row selection",
     "feasible": "feasible", "total_rank": "total rank k·r",
     "min_cluster_size": "minimum cluster size",
     "rel_fro_error": "cluster-wise ID error (rel. Frobenius)",
@@ -182,9 +182,9 @@ FIGURE_TITLES = {
 
 def export_title(stem: str) -> str:
     """Return the title a report figure file `stem` gets ("heatmap_id" -> "Relative error, k x r,
-    strategy id")."""
+    selection id")."""
     if stem.startswith("heatmap_"):
-        return f"Relative error, k x r, strategy {stem[len('heatmap_'):]}"
+        return f"Relative error, k x r, selection {stem[len('heatmap_'):]}"
     return FIGURE_TITLES.get(stem, stem.replace("_", " ").capitalize())
 
 
@@ -238,15 +238,15 @@ def report_files(
         summary = layer_summary(sweep, summary_r)
         summary.insert(1, "label", [short_label(name) for name in summary["layer"]])
         files["sweep_summary.csv"] = _csv(summary)
-        lines.append(f"  sweep_summary.csv   best (k, strategy) per layer at r = {summary_r}; "
+        lines.append(f"  sweep_summary.csv   best (k, selection) per layer at r = {summary_r}; "
                      "gain = SVD(r) error - cluster-wise ID error (negative = a loss)")
         ks = sorted(int(k) for k in sweep[(sweep["r"] == summary_r) & sweep["feasible"]]["k"].unique())
         if ks:
-            files["strategy_means.csv"] = _csv(strategy_means(sweep, max(ks), summary_r))
-            lines.append(f"  strategy_means.csv  mean error over the layers at k = {max(ks)}, "
+            files["selection_means.csv"] = _csv(selection_means(sweep, max(ks), summary_r))
+            lines.append(f"  selection_means.csv  mean error over the layers at k = {max(ks)}, "
                          f"r = {summary_r}")
         files["sweep_full.csv"] = _csv(sweep)
-        lines.append("  sweep_full.csv      every (layer, k, r, strategy) of the sweep; "
+        lines.append("  sweep_full.csv      every (layer, k, r, selection) of the sweep; "
                      + _spectral_note(sweep))
     if comparison is not None and not comparison.empty:
         files["run_comparison.csv"] = _csv(_comparison_first(comparison))

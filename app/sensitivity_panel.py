@@ -79,7 +79,7 @@ def show(loaded: ModelHandle, layer: str, k: int, params: dict[str, Any]) -> Non
     ranks = sorted(int(r) for r in at_k["r"].unique())
     r = ranks[len(ranks) // 2]
     st.markdown(f"**Reading.** {sens.reading()}")
-    st.markdown("\n".join(f"- {spread_reading(spread, k, r, strategy)}" for strategy in params["strategies"]))
+    st.markdown("\n".join(f"- {spread_reading(spread, k, r, selection)}" for selection in params["selections"]))
 
     plot, curve = st.columns(2)
     plot.markdown(f"**Adjusted Rand index between the seeds' clusterings** (k = {k})")
@@ -88,7 +88,7 @@ def show(loaded: ModelHandle, layer: str, k: int, params: dict[str, Any]) -> Non
     curve.plotly_chart(figures.seed_spread_figure(spread, k), key="lab_sens_spread_chart")
 
     st.dataframe(
-        at_k[["k", "r", "strategy", "rel_error_mean", "rel_error_std", "rel_error_min",
+        at_k[["k", "r", "selection", "rel_error_mean", "rel_error_std", "rel_error_min",
               "rel_error_max", "svd_same_r", "n_cluster_seeds"]],
         key="lab_sens_spread", hide_index=True,
         column_config={
@@ -107,7 +107,7 @@ def show(loaded: ModelHandle, layer: str, k: int, params: dict[str, Any]) -> Non
     })
     st.caption("A row changes cluster when, after each seed's cluster ids are matched to the "
                "first seed's (Hungarian algorithm on the shared rows), it sits in another one. "
-               "The spread over all (k, r, strategy) is in the CSV; the random strategy's also "
+               "The spread over all (k, r, selection) is in the CSV; the random selection's also "
                "holds the random skeleton draw (same seed).")
     with st.expander(f"The {sens.n_moved} rows that change cluster under some seed"):
         st.dataframe(sens.rows(), key="lab_sens_rows", hide_index=True)

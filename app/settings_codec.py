@@ -5,7 +5,9 @@ conversions driven by the fields' types (no per-key tables). URL text: lists com
 (each value once), a (first, last) range "first-last", booleans 1/0, a dict as compact JSON,
 floats exact (repr), None as "". Values are validated with pydantic (lax for URL text, strict
 for JSON) and against the class's LIMITS; a value that does not fit is left out, so its default
-stays. Fields whose metadata is LOCAL never leave the session. No Streamlit calls, no maths.
+stays. Fields whose metadata is LOCAL never leave the session. A class's RETIRED keys (old
+session key -> the one name, docs/VOCABULARY.md) are read in state, URL and JSON under the new
+key when the new key is absent; they are never written. No Streamlit calls, no maths.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class PageSettings:
     PAGE: ClassVar[str]  # the page's name in url_state
     KEYS: ClassVar[dict[str, str]] = {}  # field -> session key, where they differ
     LIMITS: ClassVar[Mapping[str, tuple[float, float | None]]] = {}  # key -> (min, max), each item
+    RETIRED: ClassVar[dict[str, str]] = {}  # old session key -> its key now (read, never written)
 
     @classmethod
     def keys(cls) -> dict[str, str]:
@@ -38,9 +41,20 @@ class PageSettings:
         return {f.name: cls.KEYS.get(f.name, f.name) for f in dataclasses.fields(cls)}
 
     @classmethod
+    def renamed(cls, values: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Return `values` with each RETIRED key's value under its new key (when the new key is
+        absent); `values` itself when it holds no retired key."""
+        old = {o: n for o, n in cls.RETIRED.items() if o in values and n not in values}
+        if not old:
+            return values
+        return dict(values) | {new: values[o] for o, new in old.items()}
+
+    @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> typing.Self:
-        """Return the settings held in `state` (a missing key: its default)."""
+        """Return the settings held in `state` (a missing key: its default; a retired key is
+        read under its new name)."""
         base = cls()
+        state = cls.renamed(state)
         return cls(**{name: copy.deepcopy(state[key]) if key in state else getattr(base, name)
                       for name, key in cls.keys().items()})
 
@@ -70,8 +84,10 @@ class PageSettings:
     @classmethod
     def parse_query(cls, params: Mapping[str, str]) -> dict[str, Any]:
         """Return {key: value} of the keys of this class found in `params` (URL text) that parse
-        and fit their ranges; unknown keys, LOCAL keys and bad values are left out."""
+        and fit their ranges (a retired key under its new name); unknown keys, LOCAL keys and
+        bad values are left out."""
         out = {}
+        params = cls.renamed(params)
         for name, key in cls.keys().items():
             if key in params and key not in _local(cls):
                 try:
@@ -96,8 +112,9 @@ class PageSettings:
     @classmethod
     def parse_json(cls, data: Mapping[str, Any]) -> dict[str, Any]:
         """Return {key: value} of the keys of this class in `data` (JSON values) that validate
-        and fit their ranges; the rest are left out."""
+        and fit their ranges (a retired key under its new name); the rest are left out."""
         out = {}
+        data = cls.renamed(data)
         for name, key in cls.keys().items():
             if key in data and key not in _local(cls):
                 try:  # strict: JSON holds typed values ("yes" is no boolean)

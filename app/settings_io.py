@@ -191,7 +191,7 @@ def task_configs(state: Mapping[str, Any], model_kind: str) -> list[TaskConfig]:
 
 def finetune_targets(layers: list[str], state: Mapping[str, Any], r: int, k: int,
                      method: str = "idlora") -> list[TargetConfig]:
-    """Return one target per layer name with the Fine-tune page's r, k, strategy, RB, alpha;
+    """Return one target per layer name with the Fine-tune page's r, k, selection, RB, alpha;
     only the fields `method` uses (any other, set, would be a config error)."""
     return FineTuneSettings.from_state(state).targets(layers, r, k, method)
 
@@ -232,7 +232,7 @@ def export_config(
     output_dir: str = "runs/my-run",
 ) -> RunConfig:
     """Return the RunConfig of the current choices: one target per layer with its own
-    k, r, strategy and RB (`choices[layer]`), the training keys at the export method's learning
+    k, r, selection and RB (`choices[layer]`), the training keys at the export method's learning
     rate, and resolved skeletons."""
     return ExportSettings.from_state(state).to_run_config(
         FineTuneSettings.from_state(state), _model(state, model_name), model_kind, layers, choices,
@@ -244,7 +244,7 @@ def settings_from_config(cfg: RunConfig, model_settings: dict[str, Any]) -> dict
     the learning rates of other methods are kept).
 
     `model_settings` is `common.set_model_name(cfg.model.name)` (model_choice, model_path).
-    Layer kinds and block range come from the target patterns; per-layer k/r/strategy/RB
+    Layer kinds and block range come from the target patterns; per-layer k/r/selection/RB
     become `layer_choices` keyed by the pattern (a full layer name for exported files).
     """
     values: dict[str, Any] = dict(model_settings) | {

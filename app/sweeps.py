@@ -43,7 +43,7 @@ def stored_results(loaded: ModelHandle, layers: list[str], **params: Any) -> dic
     """Return {layer: SweepResult} when every layer was already swept with `params` (in this
     process, or in the on-disk cache), else None. Never computes.
 
-    params: the fields of `analysis.sweep.SweepSpec` (ks, ranks, strategies, seed, normalize_rows, ...).
+    params: the fields of `analysis.sweep.SweepSpec` (ks, ranks, selections, seed, normalize_rows, ...).
     """
     spec = SweepSpec(**params)
     store = _sweep_store()
@@ -83,7 +83,7 @@ def run_sweeps(
 
     Each layer comes from this process's store, else from the on-disk cache (a repeated
     request costs nothing), else is computed. params: the fields of `SweepSpec` (ks, ranks,
-    strategies, seed, normalize_rows, ...). progress(fraction 0..1, message).
+    selections, seed, normalize_rows, ...). progress(fraction 0..1, message).
     """
     spec = SweepSpec(**params)
     store = _sweep_store()

@@ -9,7 +9,8 @@ into the URL (with the sidebar's, which every page shares, and the `sid`), so th
 always holds the page's current choices. `persist()` runs at the end of every run of main.py and
 writes the store when the settings or runs changed. The keys, types, defaults and text forms
 are those of the page dataclasses (`app/page_settings.py`); values that do not parse, and keys
-no page knows (an old link's `ft_learning_rate`), are ignored.
+no page knows (an old link's `ft_learning_rate`), are ignored; a key the one vocabulary retired
+(`lab_strategies`, docs/VOCABULARY.md) is read under its new name.
 """
 
 from __future__ import annotations

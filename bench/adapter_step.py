@@ -56,7 +56,7 @@ METHODS = {
     "idlora": dict(r=8, k=4, selection="centroid"),
     "lora": dict(r=8),
     "dora": dict(r=8),
-    "hydralora": dict(r=8, k=4),
+    "hydralora": dict(r=8, heads=4),
     "idlora-copy": dict(r=8, k=4, selection="centroid"),
     "idlora-compile": dict(r=8, k=4, selection="centroid"),
 }
@@ -133,8 +133,9 @@ def build(base: nn.Module, method: str, r: int, k: int, cache: bool = True) -> t
     """Return (adapted copy of base, preprocessing seconds, report, the AdaptedModel)."""
     params = dict(METHODS[method])
     params["r"] = r
-    if "k" in params:
-        params["k"] = k
+    for key in ("k", "heads"):  # --k: ID-LoRA's clusters and HydraLoRA's heads N
+        if key in params:
+            params[key] = k
     cfg = AdapterConfig(method=method.split("-")[0], targets=[TargetConfig(pattern=p, **params) for p in PROJ],
                         compile_adapters=method == "idlora-compile")
     start = time.perf_counter()

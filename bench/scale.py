@@ -7,7 +7,7 @@ then measures, each in a fresh process (peak resident memory: VmHWM of that proc
   1. listing the layers of the 4-block checkpoint (`open_weights(...).layers()`):
      target < 3 s and < 1 GB;
   2. sweeping one `model.layers.1.mlp.down_proj` (4096 x 14336; ks 1,4; ranks 16,64;
-     strategy id) of each checkpoint: target peak < 1.5 GB, and the same within 15 % for 2
+     selection id) of each checkpoint: target peak < 1.5 GB, and the same within 15 % for 2
      and 4 blocks (memory set by the layer, not the model);
   3. one layer of every other 8B shape (q/o 4096x4096, k/v 1024x4096, gate/up 14336x4096),
      for the projected time of a whole 8B scan (32 blocks) and, scaled by m*n, a 70B scan.
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HIDDEN, FFN, HEADS, KV_HEADS, VOCAB = 4096, 14336, 32, 8, 128256
 KV = HIDDEN // HEADS * KV_HEADS  # 1024
 SHARD_BYTES = 2 << 30  # 2 GiB shards, as transformers writes them (several per checkpoint)
-SPEC = {"ks": [1, 4], "ranks": [16, 64], "strategies": ["id"]}
+SPEC = {"ks": [1, 4], "ranks": [16, 64], "selections": ["id"]}
 SHAPES_8B = {"q_proj": (HIDDEN, HIDDEN), "k_proj": (KV, HIDDEN), "v_proj": (KV, HIDDEN),
              "o_proj": (HIDDEN, HIDDEN), "gate_proj": (FFN, HIDDEN), "up_proj": (FFN, HIDDEN),
              "down_proj": (HIDDEN, FFN)}

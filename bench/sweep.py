@@ -1,8 +1,8 @@
 """Bench of the reconstruction-error sweep (issue 2, section 5). Run: `python bench/sweep.py`.
 
 1. MiniLM `encoder.layer.0.intermediate.dense` (1536 x 384), ks 1,2,4,8,16 x ranks
-   2,4,8,16,32,64 x strategies id,centroid,random: `analysis.sweep.sweep_layer` (one QR per
-   cluster and strategy, one spectrum per cluster, k-means once per k) against a naive
+   2,4,8,16,32,64 x selections id,centroid,random: `analysis.sweep.sweep_layer` (one QR per
+   cluster and selection, one spectrum per cluster, k-means once per k) against a naive
    reference that computes every configuration from scratch (skeleton, least squares per
    cluster, a full SVD, a global pivoted QR + least squares, the cluster spectra). Both
    use the same k-means labels code path and one BLAS thread; their errors must agree.
@@ -37,7 +37,7 @@ from idlora_core.weights import open_weights  # noqa: E402
 
 KS = [1, 2, 4, 8, 16]
 RANKS = [2, 4, 8, 16, 32, 64]
-STRATEGIES = ["id", "centroid", "random"]
+SELECTIONS = ["id", "centroid", "random"]
 
 
 def lstsq_sq(M: np.ndarray, rows: np.ndarray) -> float:
@@ -47,16 +47,16 @@ def lstsq_sq(M: np.ndarray, rows: np.ndarray) -> float:
 
 
 def naive_sweep(W: np.ndarray, seed: int = 0) -> dict:
-    """Every configuration from scratch; returns {(k, r, strategy): rel_fro_error}."""
+    """Every configuration from scratch; returns {(k, r, selection): rel_fro_error}."""
     m, n = W.shape
     fro = np.linalg.norm(W)
     out = {}
     for k in KS:
         feasible = [r for r in RANKS if rank_problem(m, n, k, r) is None]
         labels = MinSizeKMeans(k, min_size=max(feasible), random_state=seed).fit(W).labels_
-        for strategy in STRATEGIES:
+        for selection in SELECTIONS:
             for r in feasible:
-                skeleton = select_skeleton(W, labels, r, strategy, seed=seed)
+                skeleton = select_skeleton(W, labels, r, selection, seed=seed)
                 total = 0.0
                 for c, skel in enumerate(skeleton):
                     members = np.flatnonzero(labels == c)
@@ -66,7 +66,7 @@ def naive_sweep(W: np.ndarray, seed: int = 0) -> dict:
                 _ = np.sqrt((s[r:] ** 2).sum()), np.sqrt((s[k * r:] ** 2).sum())
                 _, _, piv = sla.qr(W.T, mode="economic", pivoting=True)
                 lstsq_sq(W, piv[:r])  # global_id_same_r
-                out[(k, r, strategy)] = np.sqrt(total) / fro
+                out[(k, r, selection)] = np.sqrt(total) / fro
     return out
 
 
@@ -83,7 +83,7 @@ def verdict(ok: bool) -> str:
 
 def bench_minilm(repeats: int, threads: int | None) -> None:
     W = open_weights("minilm").weight("encoder.layer.0.intermediate.dense", dtype=np.float64)
-    spec = SweepSpec(KS, RANKS, STRATEGIES, seed=0)
+    spec = SweepSpec(KS, RANKS, SELECTIONS, seed=0)
     runs = [timed(lambda: sweep_layer(W, spec, threads=threads).table)
             for _ in range(repeats)]
     table = runs[0][0]
@@ -91,7 +91,7 @@ def bench_minilm(repeats: int, threads: int | None) -> None:
     with threadpool_limits(limits=1):
         naive, naive_wall, naive_cpu = timed(lambda: naive_sweep(W))
     rows = table[table["feasible"]]
-    worst = max(abs(row.rel_fro_error / naive[(row.k, row.r, row.strategy)] - 1)
+    worst = max(abs(row.rel_fro_error / naive[(row.k, row.r, row.selection)] - 1)
                 for row in rows.itertuples())
     print("\n1. MiniLM encoder.layer.0.intermediate.dense (1536 x 384), "
           f"{len(rows)} feasible configurations")
@@ -109,7 +109,7 @@ def bench_large(full_exact: bool, threads: int | None) -> None:
     s = decaying_spectrum(n, scale=64.0)
     W = random_spectrum_matrix(n, n, s, seed=0)
     result, elapsed, cpu = timed(
-        lambda: sweep_layer(W, SweepSpec(KS, RANKS, STRATEGIES, seed=0, randomized=True),
+        lambda: sweep_layer(W, SweepSpec(KS, RANKS, SELECTIONS, seed=0, randomized=True),
                             threads=threads))
     table = result.table[result.table["feasible"]]
     fro = np.linalg.norm(W)
@@ -127,21 +127,21 @@ def bench_large(full_exact: bool, threads: int | None) -> None:
             continue
         labels = np.asarray(clustering["labels"])
         members = [np.flatnonzero(labels == c) for c in range(k)]
-        for strategy in STRATEGIES:
-            if strategy == "id":
+        for selection in SELECTIONS:
+            if selection == "id":
                 fits = [row_id(W[idx]) for idx in members]
             else:
-                orders = cluster_orders(W, labels, strategy, seed=0)
+                orders = cluster_orders(W, labels, selection, seed=0)
                 fits = [ordered_row_errors(W[idx], np.searchsorted(idx, o))
                         for idx, o in zip(members, orders, strict=True)]
-            sub = table[(table["k"] == k) & (table["strategy"] == strategy)]
+            sub = table[(table["k"] == k) & (table["selection"] == selection)]
             for row in sub.itertuples():
                 exact = np.sqrt(sum(f.sq_errors[row.r] for f in fits)) / fro
-                key = f"rel_fro_error k={k} {strategy}"
+                key = f"rel_fro_error k={k} {selection}"
                 dev[key] = max(dev.get(key, 0.0), abs(row.rel_fro_error / exact - 1))
     if full_exact:
         exact_id = row_id(W)
-        k1 = table[(table["k"] == 1) & (table["strategy"] == "id")]
+        k1 = table[(table["k"] == 1) & (table["selection"] == "id")]
         dev["global_id_same_r"] = max(
             abs(row.global_id_same_r / (np.sqrt(exact_id.sq_errors[row.r]) / fro) - 1)
             for row in k1.itertuples())

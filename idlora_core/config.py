@@ -11,6 +11,7 @@ This file is not the training loop nor the adapter code: it only describes and c
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -36,7 +37,7 @@ from idlora_core.safe_yaml import YAMLInputError, cut, decode_utf8, safe_load_bo
 AdapterMethod = Literal["idlora", "lora", "dora", "hydralora", "full"]
 BaselineMethod = Literal["head-only", "base"]
 Method = Literal[AdapterMethod, BaselineMethod]
-Selection = Literal["id", "centroid", "random"]  # skeleton strategies, in display order
+Selection = Literal["id", "centroid", "random"]  # skeleton-row selection rules, in display order
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
 Schedule = Literal["constant", "linear", "cosine"]
@@ -73,6 +74,13 @@ def _plain_int(value: Any) -> Any:
 # floats accept ints, numpy floats and YAML-1.1 strings like "1e-3", never inf/nan.
 Int = Annotated[StrictInt, BeforeValidator(_plain_int)]
 Number = Annotated[float, BeforeValidator(_refuse_bool), Field(allow_inf_nan=False)]
+
+
+class ConfigDeprecationWarning(FutureWarning):
+    """A config spelled with a retired key that still loads (docs/VOCABULARY.md, "old names").
+
+    A FutureWarning, so that the one-line note shows by default to whoever runs the config
+    (Python hides DeprecationWarning outside `__main__`)."""
 
 
 class ConfigError(ValueError):
@@ -119,9 +127,10 @@ class TargetConfig(_Strict):
         None, description="block indices to adapt (e.g. [0, 1]); None = every block"
     )
     r: Int = Field(8, ge=1, le=65_536, description="rank of each low-rank component")
-    k: Int = Field(4, ge=1, le=4096, description="ID-LoRA clusters, or HydraLoRA heads N")
+    k: Int = Field(4, ge=1, le=4096, description="ID-LoRA clusters of the weight's rows")
+    heads: Int = Field(4, ge=1, le=4096, description="HydraLoRA heads N (B matrices the router mixes)")
     selection: Selection = Field(
-        "id", description="ID-LoRA skeleton-row strategy: id (pivoted QR, the recommended one), "
+        "id", description="ID-LoRA skeleton-row selection: id (pivoted QR, the recommended one), "
         "centroid (the paper's) or random")
     rb_splits: Int = Field(
         1, ge=1, le=1024, description="rank-boosting splits p (1 = plain ID-LoRA)"
@@ -144,19 +153,70 @@ class TargetConfig(_Strict):
         return self
 
 
-# The TargetConfig fields each method uses (pattern, regex and layers apply to all).
+# The TargetConfig fields each method uses (pattern, regex and layers apply to all): the one
+# table of "which method uses r / k / heads"; the study grid and the app pages read it through
+# uses_rank / uses_clusters / uses_heads. Baselines (head-only, base) are not in it: they train
+# no adapter and ignore their targets.
 METHOD_FIELDS: dict[str, frozenset[str]] = {
     "idlora": frozenset({"r", "k", "selection", "rb_splits", "alpha", "dropout", "normalize_rows"}),
-    "hydralora": frozenset({"r", "k", "alpha", "dropout"}),
+    "hydralora": frozenset({"r", "heads", "alpha", "dropout"}),
     "lora": frozenset({"r", "alpha", "dropout"}),
     "dora": frozenset({"r", "alpha", "dropout"}),
     "full": frozenset(),
 }
-TUNABLE_FIELDS = METHOD_FIELDS["idlora"]
+# Every method-specific TargetConfig field (the ones some method does not use).
+TUNABLE_FIELDS: frozenset[str] = frozenset().union(*METHOD_FIELDS.values())
+
+
+def uses_rank(method: str) -> bool:
+    """Return True when `method` trains a rank-r adapter (its targets' `r` matters)."""
+    return "r" in METHOD_FIELDS.get(method, ())
+
+
+def uses_clusters(method: str) -> bool:
+    """Return True when `method` clusters the weight's rows into `k` clusters (ID-LoRA)."""
+    return "k" in METHOD_FIELDS.get(method, ())
+
+
+def uses_heads(method: str) -> bool:
+    """Return True when `method` mixes `heads` B matrices (HydraLoRA)."""
+    return "heads" in METHOD_FIELDS.get(method, ())
+
+
 # Configs written while selection defaulted to 'centroid' spell it on every target, lora ones too.
 _EARLIER_DEFAULTS: dict[str, object] = {"selection": "centroid"}
 # The TargetConfig fields AdapterConfig takes once for all `target_modules` (PEFT's shorthand).
 SHARED_TARGET_FIELDS: tuple[str, ...] = tuple(n for n in TargetConfig.model_fields if n != "pattern")
+
+
+# Target keys older configs spelled for one method: method -> {old key: the one name now}.
+# HydraLoRA's heads were `k`, the name of ID-LoRA's clusters (docs/VOCABULARY.md).
+RENAMED_TARGET_KEYS: dict[str, dict[str, str]] = {"hydralora": {"k": "heads"}}
+
+
+def _rename_target_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """Return the adapter mapping `data` with its targets' retired keys renamed for its method
+    (a key whose new name is given as well is left for validation to judge); warns once,
+    one line, when it renamed any."""
+    renames = RENAMED_TARGET_KEYS.get(data.get("method"))  # type: ignore[arg-type]
+    targets = data.get("targets")
+    if not renames or not isinstance(targets, list):
+        return data
+    moved: dict[str, list[int]] = {}
+    out = []
+    for i, target in enumerate(targets):
+        if isinstance(target, dict):
+            for old, new in renames.items():
+                if old in target and new not in target:
+                    target = {new if key == old else key: value for key, value in target.items()}
+                    moved.setdefault(f"{old} -> {new}", []).append(i)
+        out.append(target)
+    if moved:
+        what = "; ".join(f"{change} on targets {', '.join(map(str, idx))}" for change, idx in moved.items())
+        warnings.warn(f"adapter method {data['method']!r}: renamed retired key(s) {what} "
+                      "(docs/VOCABULARY.md); write the new name to silence this note",
+                      ConfigDeprecationWarning, stacklevel=2)
+    return {**data, "targets": out}
 
 
 def target_for(method: str, **values: Any) -> TargetConfig:
@@ -201,9 +261,14 @@ class AdapterConfig(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _expand_target_modules(cls, data: Any) -> Any:
+    def _before(cls, data: Any) -> Any:
+        # one before-validator, so the order is fixed: expand the shorthand, then rename
         if not isinstance(data, dict):
             return data
+        return _rename_target_keys(cls._expand_target_modules(data))
+
+    @classmethod
+    def _expand_target_modules(cls, data: dict[str, Any]) -> dict[str, Any]:
         shared = {name: data[name] for name in SHARED_TARGET_FIELDS if name in data}
         if "target_modules" not in data and not shared:
             return data
@@ -233,9 +298,12 @@ class AdapterConfig(_Strict):
                 default = TargetConfig.model_fields[name].default
                 if getattr(target, name) not in (default, _EARLIER_DEFAULTS.get(name, default)):
                     users = [m for m in METHOD_FIELDS if name in METHOD_FIELDS[m]]
+                    renamed = RENAMED_TARGET_KEYS.get(self.method, {}).get(name)
+                    hint = f" ({self.method}'s is {renamed!r})" if renamed else ""
                     problems.append(
                         f"targets.{i}.{name}={getattr(target, name)!r} does not apply to method "
-                        f"{self.method!r} (only to {', '.join(users)}); remove it or set {default!r}"
+                        f"{self.method!r} (only to {', '.join(users)}){hint}; remove it or set "
+                        f"{default!r}"
                     )
         if self.compile_adapters and self.method != "idlora":
             problems.append(f"compile_adapters applies to method 'idlora' only, not {self.method!r}")

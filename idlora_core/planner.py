@@ -3,7 +3,7 @@ under a trainable-parameter budget.
 
 Input: one `LayerCurve` per candidate layer (its shape and the cluster-wise ID relative
 Frobenius error at every scanned (k, r)); `curves_from_table` reads them from a sweep / scan
-table (columns layer, m, n, k, r, rel_fro_error, feasible, strategy). Objective, minimised
+table (columns layer, m, n, k, r, rel_fro_error, feasible, selection). Objective, minimised
 (docs/THEORY.md, "The budget planner"):
 
     J = sum_l  w_l * e_l,   w_l = m_l n_l / sum_j m_j n_j,
@@ -170,24 +170,26 @@ def parse_budget(text: str | int) -> Budget:
     return Budget(fraction=fraction, lora_r=r)
 
 
-def curves_from_table(table: Any, strategy: str | None = None) -> list[LayerCurve]:
+def curves_from_table(table: Any, selection: str | None = None) -> list[LayerCurve]:
     """Return one LayerCurve per layer of a sweep / scan table (a pandas DataFrame with columns
-    layer, m, n, k, r, rel_fro_error; feasible and strategy when present), in table order.
+    layer, m, n, k, r, rel_fro_error; feasible and selection when present), in table order.
 
-    strategy: keep only that skeleton strategy's rows; None needs the table to hold one.
-    Infeasible rows and rows without an error are left out. Raises ValueError naming what is
-    missing."""
+    selection: keep only that skeleton-row selection's rows; None needs the table to hold one.
+    Infeasible rows and rows without an error are left out; an older table's `strategy` column
+    is read as `selection`. Raises ValueError naming what is missing."""
     missing = [c for c in ("layer", "m", "n", "k", "r", "rel_fro_error") if c not in table.columns]
     if missing:
         raise ValueError(f"not a sweep table: missing columns {', '.join(missing)}")
-    if "strategy" in table.columns:
-        present = list(dict.fromkeys(table["strategy"]))
-        if strategy is None and len(present) > 1:
-            raise ValueError(f"the table holds strategies {', '.join(present)}: name one")
-        if strategy is not None:
-            if strategy not in present:
-                raise ValueError(f"the table holds no {strategy!r} rows (it has {', '.join(present)})")
-            table = table[table["strategy"] == strategy]
+    if "strategy" in table.columns and "selection" not in table.columns:  # a table of before the
+        table = table.rename(columns={"strategy": "selection"})  # one vocabulary (VOCABULARY.md)
+    if "selection" in table.columns:
+        present = list(dict.fromkeys(table["selection"]))
+        if selection is None and len(present) > 1:
+            raise ValueError(f"the table holds selections {', '.join(present)}: name one")
+        if selection is not None:
+            if selection not in present:
+                raise ValueError(f"the table holds no {selection!r} rows (it has {', '.join(present)})")
+            table = table[table["selection"] == selection]
     curves = []
     for name, rows in table.groupby("layer", sort=False):
         m, n = int(rows["m"].iloc[0]), int(rows["n"].iloc[0])

@@ -1,8 +1,8 @@
 """The reconstruction-error sweep of one layer: cluster-wise ID against global SVD and global ID.
 
-`sweep_layer(W, SweepSpec(ks, ranks, strategies, ...))` returns a `SweepResult` whose table
-has one row per (k, r, strategy). It runs k-means once per k, one spectrum per cluster and
-one QR per (cluster, strategy): every rank is read off the same factorisation (docs/THEORY.md),
+`sweep_layer(W, SweepSpec(ks, ranks, selections, ...))` returns a `SweepResult` whose table
+has one row per (k, r, selection). It runs k-means once per k, one spectrum per cluster and
+one QR per (cluster, selection): every rank is read off the same factorisation (docs/THEORY.md),
 never one solve per row. With `cache=True` (or a ResultCache) a repeated request is served
 from disk. The measured spectral errors (`SPECTRAL_COLUMNS`, one residual SVD per row) are
 columns of the same result: `add_spectral` fills them from the result's own labels and
@@ -32,8 +32,9 @@ from analysis.sweep_result import (
     SPECTRAL_COLUMNS,
     SweepResult,
     SweepSpec,
+    add_retired_flag,
     parse_grid,
-    parse_strategies,
+    parse_selections,
     tidy_table,
 )
 from idlora_core.cache import ResultCache, cache_key
@@ -62,7 +63,8 @@ from idlora_core.linalg.selection import centroid_order, random_order
 from idlora_core.linalg.validation import check_weight, rank_problem
 
 __all__ = ["COLUMNS", "ERROR_COLUMNS", "CACHE_NAMESPACE", "SPECTRAL_COLUMNS", "Progress",
-           "SweepResult", "SweepSpec", "add_spectral", "parse_grid", "parse_strategies",
+           "SweepResult", "SweepSpec", "add_retired_flag", "add_spectral", "parse_grid",
+           "parse_selections",
            "sweep_key", "sweep_layer", "tidy_table"]
 
 Progress = Callable[[int, int, str], None]
@@ -94,7 +96,7 @@ def sweep_layer(
     threads: int | None = 1,
 ) -> SweepResult | None:
     """Return the reconstruction-error sweep of W (m x n): a `SweepResult` whose `.table` has
-    one row per (k, r, strategy) of `spec` (columns below) and whose `.clusterings` hold the
+    one row per (k, r, selection) of `spec` (columns below) and whose `.clusterings` hold the
     labels and skeletons behind every row.
 
     Clustering: k-means runs ONCE per k, with minimum cluster size = the largest feasible r
@@ -117,7 +119,7 @@ def sweep_layer(
 
     Columns (errors are RELATIVE: divided by ||W||_F for Frobenius, by s_1(W) for spectral):
       layer, m, n          the layer name passed in and its shape
-      k, r, strategy       clusters, skeleton rows per cluster (rank), selection strategy
+      k, r, selection      clusters, skeleton rows per cluster (rank), skeleton-row selection
       feasible             False when the pair cannot be built (k*r > m or r > n); the error
                            columns of such rows are empty (NaN) and the sweep goes on
       total_rank           k*r, the most the cluster-wise ID can span
@@ -139,7 +141,7 @@ def sweep_layer(
       trainable_idlora     m*r + k*r trainable parameters of ID-LoRA (B and router)
       trainable_lora       r*(m + n) trainable parameters of LoRA at the same r
       seconds              wall-clock seconds of this row, amortised: (k-means and cluster
-                           spectra of this k) / #strategies + this strategy's QRs, divided
+                           spectra of this k) / #selections + this selection's QRs, divided
                            by the feasible ranks of k; the global spectrum/ID time is in
                            `table.attrs["global_seconds"]`
       randomized           True when the randomized path computed the row
@@ -178,8 +180,9 @@ def sweep_layer(
 def sweep_key(W: np.ndarray, spec: SweepSpec, layer: str = "") -> str:
     """Return the cache key of the sweep of W with `spec` named `layer`: the weight's bytes,
     every field of the spec except `spectral` (the spectral columns extend the same entry),
-    and the layer name."""
-    return cache_key(CACHE_NAMESPACE, [W], dict(replace(spec, spectral=False).params(), layer=layer))
+    and the layer name; fields under the names the key was first made with (`cache_params`:
+    entries cached before `strategies` became `selections` are found)."""
+    return cache_key(CACHE_NAMESPACE, [W], dict(replace(spec, spectral=False).cache_params(), layer=layer))
 
 
 def add_spectral(
@@ -244,11 +247,11 @@ def _sigma_1(s: np.ndarray) -> float:
 
 def _sweep(W: np.ndarray, spec: SweepSpec, layer: str, progress: Progress | None) -> SweepResult:
     m, n = W.shape
-    ks, ranks, strategies, seed = spec.ks, spec.ranks, spec.strategies, spec.seed
+    ks, ranks, selections, seed = spec.ks, spec.ranks, spec.selections, spec.seed
     rand, feasible, r_top, total_top = _plan(m, n, spec)
     W = _working_copy(W, rand)
     n_init = spec.n_init if spec.n_init is not None else (1 if rand else 4)
-    total_steps = 1 + sum(len(strategies) for k in ks if feasible[k])
+    total_steps = 1 + sum(len(selections) for k in ks if feasible[k])
     done = 0
 
     def tick(message: str) -> None:
@@ -279,9 +282,9 @@ def _sweep(W: np.ndarray, spec: SweepSpec, layer: str, progress: Progress | None
         rs = feasible[k]
         base = dict(layer=layer, m=m, n=n, k=k, randomized=rand)
         if not rs:
-            rows += [dict(base, r=r, strategy=st, feasible=False, total_rank=k * r,
+            rows += [dict(base, r=r, selection=sel, feasible=False, total_rank=k * r,
                           trainable_idlora=m * r + k * r, trainable_lora=r * (m + n))
-                     for st in strategies for r in ranks]
+                     for sel in selections for r in ranks]
             continue
         r_max = max(rs)
         tick(f"k={k}: k-means with minimum cluster size {r_max}")
@@ -291,32 +294,32 @@ def _sweep(W: np.ndarray, spec: SweepSpec, layer: str, progress: Progress | None
         members = [np.flatnonzero(labels == c) for c in range(k)]
         sizes = [len(idx) for idx in members]
         spectra: list[np.ndarray] = []  # for bound_cluster
-        fits: dict[str, list[RowID]] = {st: [] for st in strategies}
-        st_seconds = dict.fromkeys(strategies, 0.0)
+        fits: dict[str, list[RowID]] = {sel: [] for sel in selections}
+        sel_seconds = dict.fromkeys(selections, 0.0)
         # Cluster by cluster: one block of rows alive at a time (one cluster = W itself, no copy).
         for c, idx in enumerate(members):
             block = W if len(idx) == m else W[idx]
             spectra.append(randomized_spectrum(block, r_max + 1, seed=seed) if rand
                            else top_spectrum(block, r_max + 1))
-            for st in strategies:
+            for sel in selections:
                 t_s = time.perf_counter()
-                if st == "id" and k == 1 and global_id is not None:
-                    fits[st].append(global_id)  # one cluster: the global ID itself
+                if sel == "id" and k == 1 and global_id is not None:
+                    fits[sel].append(global_id)  # one cluster: the global ID itself
                 else:
-                    fits[st].append(_order_errors(block, _order(Z, idx, st, seed, c), r_max,
+                    fits[sel].append(_order_errors(block, _order(Z, idx, sel, seed, c), r_max,
                                                   rand, seed + c))
-                st_seconds[st] += time.perf_counter() - t_s
+                sel_seconds[sel] += time.perf_counter() - t_s
             del block
-        shared = (time.perf_counter() - t_k - sum(st_seconds.values())) / len(strategies)
-        selections: list[dict] = []
-        for st in strategies:
-            total_sq = sum(_padded(f.sq_errors, r_max) for f in fits[st])
-            seconds = (st_seconds[st] + shared) / len(rs)
+        shared = (time.perf_counter() - t_k - sum(sel_seconds.values())) / len(selections)
+        chosen: list[dict] = []
+        for sel in selections:
+            total_sq = sum(_padded(f.sq_errors, r_max) for f in fits[sel])
+            seconds = (sel_seconds[sel] + shared) / len(rs)
             for r in ranks:
-                row = dict(base, r=r, strategy=st, feasible=r in rs, total_rank=k * r,
+                row = dict(base, r=r, selection=sel, feasible=r in rs, total_rank=k * r,
                            trainable_idlora=m * r + k * r, trainable_lora=r * (m + n))
                 if r in rs:
-                    skeleton = [idx[f.order[:r]] for idx, f in zip(members, fits[st], strict=True)]
+                    skeleton = [idx[f.order[:r]] for idx, f in zip(members, fits[sel], strict=True)]
                     row.update(
                         min_cluster_size=r_max,
                         rel_fro_error=float(np.sqrt(total_sq[r])) / fro if fro else 0.0,
@@ -328,12 +331,12 @@ def _sweep(W: np.ndarray, spec: SweepSpec, layer: str, progress: Progress | None
                         bound_global=id_bound(s, r, m) / s1,
                         seconds=seconds,
                     )
-                    selections.append(dict(r=r, strategy=st,
-                                           skeleton=[sk.tolist() for sk in skeleton]))
+                    chosen.append(dict(r=r, selection=sel,
+                                      skeleton=[sk.tolist() for sk in skeleton]))
                 rows.append(row)
             done += 1
-            tick(f"k={k}, strategy={st}")
-        clusterings.append(dict(k=k, labels=labels.tolist(), selections=selections))
+            tick(f"k={k}, selection={sel}")
+        clusterings.append(dict(k=k, labels=labels.tolist(), selections=chosen))
     table = tidy_table(rows)
     table.attrs.update(global_seconds=global_seconds, randomized=rand, sigma_1=s1)
     tick("done")
@@ -374,12 +377,12 @@ def _add_spectral(W: np.ndarray, spec: SweepSpec, result: SweepResult,
         global_spec[r] = float(sla.svdvals(res, check_finite=False)[0]) / s1
         done += 1
     for i in todo:
-        k, r, strategy = (table.at[i, c] for c in ("k", "r", "strategy"))
+        k, r, selection = (table.at[i, c] for c in ("k", "r", "selection"))
         if progress is not None:
-            progress(done, total, f"spectral error k={k}, r={r}, {strategy}")
+            progress(done, total, f"spectral error k={k}, r={r}, {selection}")
         table.at[i, "global_id_spec_same_r"] = global_spec[int(r)]
         table.at[i, "rel_spec_error"] = _spectral(W, result.labels(int(k)),
-                                                  result.skeleton(int(k), int(r), strategy), s1)
+                                                  result.skeleton(int(k), int(r), selection), s1)
         done += 1
     table.attrs["spectral_seconds"] = table.attrs.get("spectral_seconds", 0.0) + time.perf_counter() - t0
     if progress is not None:
@@ -387,12 +390,12 @@ def _add_spectral(W: np.ndarray, spec: SweepSpec, result: SweepResult,
     return replace(result, table=table, global_order=order)
 
 
-def _order(Z: np.ndarray, idx: np.ndarray, strategy: str, seed: int, c: int) -> np.ndarray | None:
-    # A strategy's row order within one cluster, as positions in the cluster (as in
+def _order(Z: np.ndarray, idx: np.ndarray, selection: str, seed: int, c: int) -> np.ndarray | None:
+    # A selection's row order within one cluster, as positions in the cluster (as in
     # selection.cluster_orders); None for "id": the pivoted-QR order of the factorisation.
-    if strategy == "centroid":
+    if selection == "centroid":
         return np.searchsorted(idx, centroid_order(Z, idx))
-    if strategy == "random":
+    if selection == "random":
         return np.searchsorted(idx, random_order(idx, seed, c))
     return None
 

@@ -17,7 +17,7 @@ from analysis import plan as ap
 from analysis.sweep import SweepSpec
 from app import plan_figures
 from app import settings_io as sio
-from app.common import STRATEGIES, get_model, init_state, model_name, selected_layers
+from app.common import SELECTIONS, get_model, init_state, model_name, selected_layers
 from app.report import readable
 from idlora_core.config import dumps_config
 
@@ -49,8 +49,8 @@ def _scan(loaded, layers: list[str], spec: SweepSpec):
 
 
 @st.cache_data(max_entries=8, show_spinner="Planning every budget of the curve ...")
-def _curve(table, strategy: str, lora_r: int):
-    curves = ap.planner_curves(table, strategy)
+def _curve(table, selection: str, lora_r: int):
+    curves = ap.planner_curves(table, selection)
     lora = ap.lora_params(curves, lora_r)
     return ap.budget_curve(curves, [int(f * lora) for f in FRACTIONS])
 
@@ -60,7 +60,7 @@ def _controls() -> tuple[SweepSpec, int, float]:
     ks = c1.multiselect("Clusters k to consider", KS, default=[1, 2, 4, 8], key="plan_ks", **KEEP)
     ranks = c2.multiselect("Ranks r to consider", RANKS, default=[2, 4, 8, 16, 32, 64],
                            key="plan_ranks", **KEEP)
-    strategy = c3.selectbox("Strategy", list(STRATEGIES), key="plan_strategy", **KEEP)
+    selection = c3.selectbox("Selection", list(SELECTIONS), key="plan_selection", **KEEP)
     lora_r = c4.selectbox("LoRA rank (budget unit)", [4, 8, 16, 32], index=1, key="plan_lora_r",
                           **KEEP)
     fraction = st.select_slider(
@@ -69,13 +69,13 @@ def _controls() -> tuple[SweepSpec, int, float]:
     if not ks or not ranks:
         st.info("Pick at least one cluster count k and one rank r.")
         st.stop()
-    return SweepSpec(sorted(ks), sorted(ranks), (strategy,)), int(lora_r), float(fraction)
+    return SweepSpec(sorted(ks), sorted(ranks), (selection,)), int(lora_r), float(fraction)
 
 
-def _export(loaded, plan, clusterings, strategy: str, budget_text: str) -> None:
+def _export(loaded, plan, clusterings, selection: str, budget_text: str) -> None:
     state = st.session_state
-    skeletons = ap.plan_skeletons(plan, clusterings, strategy)
-    adapter = ap.plan_config(plan, model_name(), strategy=strategy, skeletons=skeletons).adapter
+    skeletons = ap.plan_skeletons(plan, clusterings, selection)
+    adapter = ap.plan_config(plan, model_name(), selection=selection, skeletons=skeletons).adapter
     cfg = sio.plan_run_config(state, adapter, model_name(), loaded.kind)
     text = dumps_config(cfg)
     st.markdown("**The plan as a run config** — the Fine-tune page's tasks and training, one "
@@ -117,10 +117,10 @@ def main() -> None:
     st.caption(f"Candidates: the **{len(layers)}** layers of the Model & layers selection (types "
                f"{', '.join(st.session_state.get('layer_kinds') or ['all'])}).")
     spec, lora_r, fraction = _controls()
-    strategy = spec.strategies[0]
+    selection = spec.selections[0]
     try:
         table, clusterings = _scan(loaded, layers, spec)
-        curves = ap.planner_curves(table, strategy)
+        curves = ap.planner_curves(table, selection)
     except ValueError as exc:
         st.error(f"Could not scan the layers: {exc}")
         st.stop()
@@ -148,13 +148,13 @@ def main() -> None:
     with left:
         st.plotly_chart(plan_figures.allocation_figure(cells), key="plan_heatmap")
     with right:
-        curve = _curve(table, strategy, lora_r)
+        curve = _curve(table, selection, lora_r)
         st.plotly_chart(plan_figures.budget_figure(curve, ap.lora_params(curves, lora_r), lora_r,
                                                    plan.budget), key="plan_curve")
     shown = cells.drop(columns=["label"]).rename(columns=SHOWN)
     st.dataframe(readable(shown), key="plan_cells", hide_index=True)
     if plan.adapted:
-        _export(loaded, plan, clusterings, strategy, budget_text)
+        _export(loaded, plan, clusterings, selection, budget_text)
 
 
 main()

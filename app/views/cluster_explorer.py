@@ -16,12 +16,12 @@ from analysis.explorer import cluster_view, points_frame
 from analysis.projection import pca_2d
 from app.background import umap_async, umap_is_warm, warm_umap_async
 from app.common import (
-    STRATEGIES,
+    SELECTIONS,
     ensure_layer,
     layer_weight,
     plain,
 )
-from app.figures import QUALITATIVE, STRATEGY_COLORS, TOP_MARGIN
+from app.figures import QUALITATIVE, SELECTION_COLORS, TOP_MARGIN
 from app.page import open_page
 
 SYMBOLS = {"id": "circle-open", "centroid": "diamond-open", "random": "x-thin-open"}
@@ -43,10 +43,10 @@ with c5:
                 help="Cluster rows by direction (cosine). This page's own setting: the "
                 "Decomposition lab and Fine-tune pages have their own.")
     st.number_input("Seed", 0, 2**31 - 1, step=1, key="explorer_seed")
-if st.session_state.get("explorer_skeleton") not in STRATEGIES:
+if st.session_state.get("explorer_skeleton") not in SELECTIONS:
     st.session_state["explorer_skeleton"] = "id"
-c6.radio("Skeleton rows of", list(STRATEGIES), key="explorer_skeleton",
-         help="Whose skeleton rows (the frozen A_c) are drawn on the scatter: one strategy at "
+c6.radio("Skeleton rows of", list(SELECTIONS), key="explorer_skeleton",
+         help="Whose skeleton rows (the frozen A_c) are drawn on the scatter: one selection at "
          "a time. id: pivoted QR; centroid: nearest the centroid (the paper); random.")
 
 layer = st.session_state["explorer_layer"]
@@ -60,7 +60,7 @@ m, n = W.shape
 
 @st.cache_data(max_entries=32, show_spinner="Clustering rows and selecting skeletons ...")
 def _view(model: str, layer: str, k: int, r: int, normalize: bool, seed: int, _W):
-    return cluster_view(_W, k, r, STRATEGIES, normalize_rows=normalize, seed=seed)
+    return cluster_view(_W, k, r, SELECTIONS, normalize_rows=normalize, seed=seed)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -77,13 +77,13 @@ except ValueError as exc:
 
 st.caption(
     f"`{layer}`: {m} rows of length {n}, clustered by k-means into {k} clusters of at least "
-    f"r = {r} rows each; from every cluster each strategy picks r skeleton rows (the frozen A_c)."
+    f"r = {r} rows each; from every cluster each selection picks r skeleton rows (the frozen A_c)."
 )
 
 
 def scatter(points, title: str) -> go.Figure:
     """Return the projection scatter, clusters in a qualitative palette, with the skeleton rows
-    of ONE strategy (`skeleton`) drawn on top."""
+    of ONE selection (`skeleton`) drawn on top."""
     order = [str(c) for c in range(k)]
     fig = px.scatter(
         points, x="x", y="y", color="cluster", custom_data=["row", "cluster"], title=title,
@@ -142,7 +142,7 @@ with right:
         "**What you see.** Each dot is one row of the weight (one output neuron's input "
         "weights), placed so that similar rows sit close together. Colours are the k-means "
         f"clusters; the black open symbols are the r = {r} skeleton rows the `{skeleton}` "
-        "strategy keeps per cluster — ID-LoRA's frozen projections A_c are exactly these rows. "
+        "selection keeps per cluster — ID-LoRA's frozen projections A_c are exactly these rows. "
         "Switch *Skeleton rows of* to compare: `id` (pivoted QR) picks rows that point in "
         "different directions (often large, spread out), `centroid` the typical rows of the "
         "cluster, which are nearly parallel. A 2-D projection of a "
@@ -180,10 +180,10 @@ sizes.update_layout(xaxis_title="cluster", yaxis_title="rows (count)", height=38
 a.plotly_chart(sizes, key="explorer_sizes")
 
 errors = view.errors.assign(cluster=view.errors["cluster"].astype(str))
-fig = px.bar(errors, x="cluster", y="rel_fro_error", color="strategy", barmode="group",
-             title=f"Rank-{r} ID error of each cluster", color_discrete_map=STRATEGY_COLORS,
-             category_orders={"cluster": order, "strategy": list(STRATEGIES)},
-             custom_data=["strategy"])
+fig = px.bar(errors, x="cluster", y="rel_fro_error", color="selection", barmode="group",
+             title=f"Rank-{r} ID error of each cluster", color_discrete_map=SELECTION_COLORS,
+             category_orders={"cluster": order, "selection": list(SELECTIONS)},
+             custom_data=["selection"])
 fig.update_traces(hovertemplate="cluster %{x}, %{customdata[0]}: %{y:.3f}<extra></extra>")
 best = errors.drop_duplicates("cluster")
 fig.add_trace(go.Scatter(x=best["cluster"], y=best["svd_same_r"], mode="markers",

@@ -11,12 +11,12 @@ from analysis.views import (
     error_vs_rank,
     heatmap_grid,
     layer_summary,
+    selection_means,
     short_label,
-    strategy_means,
 )
 from app import figures, sensitivity_panel
 from app.common import (
-    STRATEGIES,
+    SELECTIONS,
     ensure_layer,
     layer_weight,
     plain,
@@ -45,7 +45,7 @@ else:
     state["lab_layers"] = valid(state["lab_layers"], names)
 for key, options in (("lab_ks", K_OPTIONS), ("lab_ranks", R_OPTIONS)):
     state[key] = sorted(set(valid(state[key], options))) or [options[0]]
-state["lab_strategies"] = valid(state["lab_strategies"], list(STRATEGIES)) or ["id"]
+state["lab_selections"] = valid(state["lab_selections"], list(SELECTIONS)) or ["id"]
 
 def _use_selected(chosen: list[str]) -> None:
     st.session_state["lab_layers"] = chosen
@@ -62,7 +62,7 @@ with st.container(border=True):
     c1, c2, c3, c4, c5 = st.columns([2, 2.6, 2, 1.8, 1])
     c1.multiselect("Clusters k", K_OPTIONS, key="lab_ks")
     c2.multiselect("Ranks r", R_OPTIONS, key="lab_ranks")
-    c3.multiselect("Strategies", list(STRATEGIES), key="lab_strategies",
+    c3.multiselect("Selections", list(SELECTIONS), key="lab_selections",
                    help="id: pivoted-QR skeleton (theory); centroid: rows nearest the cluster "
                    "centroid (the paper); random: seeded baseline.")
     c4.checkbox("Normalise rows", key="lab_normalize_rows",
@@ -72,14 +72,14 @@ with st.container(border=True):
     st.caption(
         "The sweep runs k-means **once per k**, with minimum cluster size = the largest "
         "feasible r of the grid for that k (k·r ≤ m, r ≤ n), so every rank fits every cluster "
-        "and all ranks of one k share the same clusters. One QR per cluster and strategy gives "
+        "and all ranks of one k share the same clusters. One QR per cluster and selection gives "
         "the error of every rank at once. Infeasible (k, r) pairs are left blank."
     )
     run = st.button("Run sweep", key="lab_run", type="primary")
 
 layers = list(state["lab_layers"])
 params = dict(ks=sorted(state["lab_ks"]), ranks=sorted(state["lab_ranks"]),
-              strategies=list(state["lab_strategies"]), seed=int(state["lab_seed"]),
+              selections=list(state["lab_selections"]), seed=int(state["lab_seed"]),
               normalize_rows=bool(state["lab_normalize_rows"]))
 if not layers:
     st.info("Pick at least one layer above.")
@@ -101,7 +101,7 @@ if run and results is None:
     bar.progress(1.0, text=f"Done: {len(layers)} layer(s), "
                  f"{sum(len(r.table) for r in results.values())} configurations.")
 if results is None:
-    st.info("Choose layers, cluster counts, ranks and strategies, then press **Run sweep**. "
+    st.info("Choose layers, cluster counts, ranks and selections, then press **Run sweep**. "
             "Results already computed for these settings appear here at once.")
     st.stop()
 table = sweep_table(results)
@@ -125,13 +125,13 @@ m, n = int(one["m"].iloc[0]), int(one["n"].iloc[0])
 st.markdown(f"#### 1 · Relative error over k × r — `{layer}` ({m} × {n})")
 plot, text = st.columns([3, 1])
 with plot:
-    strategies = params["strategies"]
-    *cols, scale = st.columns([1.0] * len(strategies) + [0.4])  # equal heatmaps, one colour bar
+    selections = params["selections"]
+    *cols, scale = st.columns([1.0] * len(selections) + [0.4])  # equal heatmaps, one colour bar
     lo, hi = one["rel_fro_error"].min(), one["rel_fro_error"].max()
-    for col, strategy in zip(cols, strategies, strict=True):
-        col.markdown(f"**strategy: {strategy}**")
-        col.plotly_chart(figures.heatmap(heatmap_grid(one, strategy), lo, hi),
-                         key=f"lab_heatmap_{strategy}")
+    for col, selection in zip(cols, selections, strict=True):
+        col.markdown(f"**selection: {selection}**")
+        col.plotly_chart(figures.heatmap(heatmap_grid(one, selection), lo, hi),
+                         key=f"lab_heatmap_{selection}")
     scale.markdown("&nbsp;")
     scale.plotly_chart(figures.colour_scale(lo, hi), key="lab_heatmap_scale")
 with text:
@@ -212,7 +212,7 @@ shown = summary.assign(
     result=["LOSS" if g < 0 else "gain" for g in summary["gain_vs_svd"]],
 ).sort_values("gain_vs_svd", ascending=False)
 st.dataframe(
-    shown[["label", "layer", "r", "k", "strategy", "rel_fro_error", "svd_same_r", "gain_vs_svd",
+    shown[["label", "layer", "r", "k", "selection", "rel_fro_error", "svd_same_r", "gain_vs_svd",
            "result", "global_id_same_r", "svd_same_total", "gap_vs_total", "trainable_idlora",
            "trainable_lora"]],
     key="lab_summary", hide_index=True,
@@ -235,7 +235,7 @@ st.dataframe(
     },
 )
 wins, losses = int((summary["gain_vs_svd"] > 0).sum()), int((summary["gain_vs_svd"] < 0).sum())
-st.caption(f"For each layer: the (k, strategy) with the lowest error at r = {r_sum}. Gain = "
+st.caption(f"For each layer: the (k, selection) with the lowest error at r = {r_sum}. Gain = "
            "SVD(r) error − cluster-wise ID error (a difference of relative errors): clustering "
            f"beats the best global rank-{r_sum} factorisation on **{wins} of {len(summary)}** "
            f"layer(s)" + (f" and loses on **{losses}** (marked LOSS, red)" if losses else "")
@@ -245,18 +245,18 @@ if len(summary) > 1:
 ks_at = sorted(int(x) for x in table[(table["r"] == r_sum) & table["feasible"]]["k"].unique())
 if ks_at:
     k_mean = k if k in ks_at else max(ks_at)
-    means = strategy_means(table, k_mean, r_sum)
+    means = selection_means(table, k_mean, r_sum)
     st.markdown(f"**Mean over the {len(layers)} swept layer(s)** at k = {k_mean}, r = {r_sum} "
                 "(the numbers exercise 3 asks for)")
-    st.dataframe(means, key="lab_strategy_means", hide_index=True, column_config={
+    st.dataframe(means, key="lab_selection_means", hide_index=True, column_config={
         "mean_error": st.column_config.NumberColumn("mean cluster-wise ID error", format="%.3f"),
         "mean_svd_same_r": st.column_config.NumberColumn("mean SVD(r) error", format="%.3f"),
         "mean_gain": st.column_config.NumberColumn("mean gain", format="%+.3f"),
     })
-if st.button("Use these (k, r, strategy) per layer for export", key="lab_use_for_export"):
+if st.button("Use these (k, r, selection) per layer for export", key="lab_use_for_export"):
     state["layer_choices"] = {**state["layer_choices"], **choices_for_export(table, r_sum)}
     state["ex_normalize_rows"], state["ex_seed"] = params["normalize_rows"], params["seed"]
-    st.toast(f"Export will use the best k and strategy of {len(summary)} layer(s) at r = {r_sum}.")
+    st.toast(f"Export will use the best k and selection of {len(summary)} layer(s) at r = {r_sum}.")
 with st.expander("Full sweep table"):
     st.dataframe(table, key="lab_table", hide_index=True, column_config={
         **{c: st.column_config.NumberColumn(c, format="%.4f") for c in ERROR_COLUMNS},

@@ -1,6 +1,6 @@
 """Export / import page: the current choices as a `RunConfig` YAML, and back.
 
-Export: model, selected layers, method, per-layer k / r / strategy / RB, training settings and
+Export: model, selected layers, method, per-layer k / r / selection / RB, training settings and
 resolved skeleton rows, previewed, downloadable and as the exact CLI commands. Import: an
 uploaded or pasted YAML (size-capped, parsed in memory with `yaml.safe_load`) restores every
 page's settings; an invalid file shows its schema errors. No maths here.
@@ -16,7 +16,7 @@ import streamlit as st
 from app import settings_io as sio
 from app import url_state
 from app.common import (
-    STRATEGIES,
+    SELECTIONS,
     apply_settings,
     get_model,
     init_state,
@@ -27,7 +27,15 @@ from app.common import (
 )
 from idlora_core.adapters.budget import trainable_params
 from idlora_core.adapters.skeletons import layer_skeletons
-from idlora_core.config import METHODS, ConfigError, RunConfig, dumps_config, loads_config
+from idlora_core.config import (
+    METHODS,
+    ConfigError,
+    RunConfig,
+    dumps_config,
+    loads_config,
+    uses_clusters,
+    uses_heads,
+)
 from idlora_core.jobs.runs import RunPathError, safe_run_dir
 
 MAX_UPLOAD_BYTES = 256 * 1024
@@ -51,8 +59,8 @@ def _choices_editor(layers: list[str]) -> None:
                  **KEEP)
     c2.number_input("k (clusters / heads)", **sio.bounds("adapter_k"), key="adapter_k", **KEEP)
     c3.number_input("r (rank)", **sio.bounds("adapter_r"), key="adapter_r", **KEEP)
-    c4.selectbox("Strategy", list(STRATEGIES), key="adapter_strategy", **KEEP)
-    c5.number_input("RB splits p", **sio.bounds("adapter_rb"), key="adapter_rb", **KEEP,
+    c4.selectbox("Selection", list(SELECTIONS), key="adapter_selection", **KEEP)
+    c5.number_input("RB splits p", **sio.bounds("adapter_rb_splits"), key="adapter_rb_splits", **KEEP,
                  help="Rank boosting, our reading of the paper's RB: p must divide r.")
     n1, n2, _ = st.columns([1, 1, 3])
     n1.checkbox("Normalise rows", key="ex_normalize_rows", **KEEP,
@@ -68,14 +76,14 @@ def _choices_editor(layers: list[str]) -> None:
                             key=f"ov_k_{layer}")
         r = o3.number_input("r", **sio.bounds("adapter_r"), value=int(current.get("r", 8)),
                             key=f"ov_r_{layer}")
-        strategy = o4.selectbox("strategy", list(STRATEGIES), key=f"ov_strategy_{layer}",
-                                index=list(STRATEGIES).index(current.get("strategy", "id")))
-        rb = o5.selectbox("p", [1, 2, 4, 8], key=f"ov_rb_{layer}",
+        selection = o4.selectbox("selection", list(SELECTIONS), key=f"ov_selection_{layer}",
+                                 index=list(SELECTIONS).index(current.get("selection", "id")))
+        rb = o5.selectbox("p", [1, 2, 4, 8], key=f"ov_rb_splits_{layer}",
                           index=[1, 2, 4, 8].index(int(current.get("rb_splits", 1))))
         b1, b2 = st.columns(2)
         if b1.button("Set for this layer", key="set_layer_choice") and layer:
             choices = dict(state.get("layer_choices") or {})
-            choices[layer] = {"k": int(k), "r": int(r), "strategy": strategy, "rb_splits": int(rb)}
+            choices[layer] = {"k": int(k), "r": int(r), "selection": selection, "rb_splits": int(rb)}
             apply_settings({"layer_choices": choices})
         if b2.button("Clear all overrides", key="clear_layer_choices"):
             apply_settings({"layer_choices": {}})
@@ -88,11 +96,13 @@ def _layer_table(loaded, layers: list[str], choices: dict) -> pd.DataFrame:
         m, n = loaded.weights.check_layer(name).shape
         c = choices[name]
         try:
-            params = trainable_params(method, m, n, c["r"], k=c["k"], p=c["rb_splits"])
+            params = trainable_params(method, m, n, c["r"], p=c["rb_splits"],  # the k widget is
+                                      k=c["k"] if uses_clusters(method) else None,  # N for hydra
+                                      heads=c["k"] if uses_heads(method) else None)
         except ValueError:
             params = None
         rows.append({"layer": name, "shape": f"{m} x {n}", "k": c["k"], "r": c["r"],
-                     "strategy": c["strategy"], "RB p": c["rb_splits"], "trainable": params,
+                     "selection": c["selection"], "RB p": c["rb_splits"], "trainable": params,
                      "LoRA at same r": trainable_params("lora", m, n, c["r"])})
     return pd.DataFrame(rows)
 

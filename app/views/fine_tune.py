@@ -28,7 +28,7 @@ from app import settings_io as sio
 from app.common import (
     K_CHOICES,
     RANK_CHOICES,
-    STRATEGIES,
+    SELECTIONS,
     choices_with_state,
     get_model,
     init_state,
@@ -42,7 +42,7 @@ from idlora_core.jobs import limits, run_queue, runs, slots
 from idlora_core.tasks import pool_sizes
 from idlora_core.training import compare, preflight
 from idlora_core.training.evaluate import collapsed
-from idlora_core.training.run_files import ACTIVE_STATES, MetricsTail, read_run_json
+from idlora_core.training.run_files import ACTIVE_STATES, MetricsTail, RunState, read_run_json
 
 POLL_SECONDS = 1.0
 LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2, 2e-2,
@@ -89,7 +89,7 @@ def _controls(loaded) -> list[str]:
                        key="ft_ranks", **KEEP)
         st.multiselect("Clusters k (ID-LoRA) / heads N (HydraLoRA)",
                        choices_with_state(K_CHOICES, "ft_ks"), key="ft_ks", **KEEP)
-        st.selectbox("Skeleton strategy (ID-LoRA)", list(STRATEGIES),
+        st.selectbox("Skeleton selection (ID-LoRA)", list(SELECTIONS),
                      key="ft_selection", **KEEP,
                      help="id (default): pivoted-QR skeleton, the theory-backed choice and the "
                      "best reconstruction on MiniLM (lab exercise 3); centroid: the paper's "
@@ -321,7 +321,8 @@ def _learning_rate(run_dir: Path) -> float | None:
 
 def _tradeoff(table: pd.DataFrame) -> None:
     """Draw the trade-off section: the final validation metric of the finished runs."""
-    done = table[table["state"].isin(["finished", "cancelled"]) & table["validation_metric"].notna()
+    done = table[table["state"].isin([RunState.finished, RunState.cancelled])
+                 & table["validation_metric"].notna()
                  & table["trainable_params"].notna()]
     if done.empty:
         return
@@ -393,7 +394,7 @@ def _live_view(past: list) -> None:
     _tradeoff(table)
     _compare_section([d for d, state in zip(dirs, table["state"], strict=True)
                       if state not in ACTIVE_STATES])
-    failed = table[table["state"] == "failed"]
+    failed = table[table["state"] == RunState.failed]
     for d in [d for d in dirs if d.name in set(failed["run"])]:
         st.error(f"Run {_label(d)} failed. Last lines of its log:\n\n"
                  f"```\n{runs.log_tail(d, 1500)}\n```")

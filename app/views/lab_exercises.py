@@ -18,7 +18,7 @@ st.title("Lab exercises")
 url_state.mirror("exercises")
 st.caption("The exercises of the lab handout (`docs/LAB.md`, generated from the same file as "
            "these presets). **Start** sets every control the exercise needs — model, layers, "
-           "k, r, strategies, seed, normalisation — and opens its page; the steps and what you "
+           "k, r, selections, seed, normalisation — and opens its page; the steps and what you "
            "should see stay in the sidebar. Your other settings go back to their defaults.")
 active = st.session_state.get("lab_exercise")
 for ex in panel.exercises():
@@ -70,8 +70,8 @@ def _report_inputs():
         k = state.get("lab_focus_k") if state.get("lab_focus_k") in ks else max(ks)
         settings |= {"inspected layer": layer, "k for the curves": k, "summary rank": summary_r}
         lo, hi = one["rel_fro_error"].min(), one["rel_fro_error"].max()
-        for strategy in params["strategies"]:
-            figs[f"heatmap_{strategy}"] = figures.heatmap(heatmap_grid(one, strategy), lo, hi, colorbar=True)
+        for selection in params["selections"]:
+            figs[f"heatmap_{selection}"] = figures.heatmap(heatmap_grid(one, selection), lo, hi, colorbar=True)
         curves = error_vs_rank(one, k, norm="frobenius")
         if not curves.empty:
             figs["error_vs_rank_frobenius"] = figures.error_vs_rank_figure(
@@ -112,7 +112,7 @@ sweep, summary_r, comparison, figs, settings = _report_inputs()
 have = ([f"the sweep of {settings.get('layers swept')} layer(s)"] if sweep is not None else []) \
     + ([f"{len(comparison)} fine-tune run(s)"] if comparison is not None else []) \
     + ([f"{len(figs)} figure(s)"] if figs else [])
-st.caption("One zip with the sweep summary, the per-strategy means, the run comparison (readable "
+st.caption("One zip with the sweep summary, the per-selection means, the run comparison (readable "
            "headers, rounded numbers) and the figures as PNG. It holds: "
            + (", ".join(have) if have else "nothing yet — run a sweep or a fine-tune first") + ".")
 

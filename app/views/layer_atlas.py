@@ -15,7 +15,7 @@ from analysis.scan import scan
 from analysis.sweep import SweepSpec
 from app import background, url_state
 from app.background import Job
-from app.common import STRATEGIES, get_model, init_state, model_name, valid
+from app.common import SELECTIONS, get_model, init_state, model_name, valid
 from app.figures import clicked_layer
 from app.report import readable
 from app.settings_io import lab_read_path
@@ -47,7 +47,7 @@ def heatmap(cells, column: str, key: str) -> None:
         marker={"symbol": "square", "size": 26, "color": values, "showscale": True,
                 "colorscale": "RdBu" if mid is not None else "Viridis", "cmid": mid,
                 "line": {"width": 0}},
-        customdata=np.stack([cells["layer"], cells["k"], cells["strategy"]], axis=1),
+        customdata=np.stack([cells["layer"], cells["k"], cells["selection"]], axis=1),
         text=[f"{v:.3f}" for v in values],
         hovertemplate="%{customdata[0]}<br>best k=%{customdata[1]}, %{customdata[2]}<br>"
                       f"{column} = %{{text}}<extra></extra>",
@@ -126,7 +126,7 @@ init_state()
 st.title("Layer atlas")
 url_state.mirror("atlas")
 st.caption("A whole-model scan (`python -m analysis.scan --model DIR ... --out atlas.csv`), one "
-           "cell per layer: its best clustering (k, strategy) at rank r against global SVD. "
+           "cell per layer: its best clustering (k, selection) at rank r against global SVD. "
            "Click a cell to open that layer in the Decomposition lab.")
 source = st.radio("Scan", ["Load a scan CSV", "Scan the current model here"], horizontal=True,
                   key="atlas_source")
@@ -149,17 +149,17 @@ else:
     c1, c2, c3, c4 = st.columns(4)
     state = st.session_state
     for key, options in (("atlas_ks", K_OPTIONS), ("atlas_ranks", R_OPTIONS),
-                         ("atlas_strategies", list(STRATEGIES))):
+                         ("atlas_selections", list(SELECTIONS))):
         state[key] = valid(state.get(key) or [], options)  # a URL may name others
     ks = c1.multiselect("Clusters k", K_OPTIONS, key="atlas_ks")
     ranks = c2.multiselect("Ranks r", R_OPTIONS, key="atlas_ranks")
-    strategies = c3.multiselect("Strategies", list(STRATEGIES), key="atlas_strategies")
+    selections = c3.multiselect("Selections", list(SELECTIONS), key="atlas_selections")
     pattern = c4.text_input("Layers (regex, empty = all)", key="atlas_layers")
     st.caption(f"{len(loaded.weights.linear)} linear layers; each is read alone, swept, cached "
                "and released. Cached layers are not recomputed. The scan runs in the background: "
                "other pages stay usable, and Cancel stops it after the current layer.")
-    if st.button("Run the scan", key="atlas_run", type="primary", disabled=not (ks and ranks and strategies)):
-        start_scan(pattern.strip(), loaded.weights.linear, SweepSpec(sorted(ks), sorted(ranks), strategies))
+    if st.button("Run the scan", key="atlas_run", type="primary", disabled=not (ks and ranks and selections)):
+        start_scan(pattern.strip(), loaded.weights.linear, SweepSpec(sorted(ks), sorted(ranks), selections))
     if st.session_state.get(JOB) is not None:
         scan_progress()
         table = st.session_state.get("atlas_table")

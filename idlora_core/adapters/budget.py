@@ -7,27 +7,41 @@ Pure arithmetic, no torch: the sweep, the app and the tests call it to predict w
 from __future__ import annotations
 
 BUDGET_METHODS: tuple[str, ...] = ("full", "lora", "dora", "hydralora", "idlora")
+DEFAULT_K = 4  # ID-LoRA clusters, as TargetConfig.k
+DEFAULT_HEADS = 4  # HydraLoRA heads N, as TargetConfig.heads
 
 
-def _check(m: int, n: int, r: int, k: int, p: int) -> None:
-    for name, value in (("m", m), ("n", n), ("r", r), ("k", k), ("p", p)):
+def _check(m: int, n: int, r: int, k: int, p: int, heads: int = 1) -> None:
+    for name, value in (("m", m), ("n", n), ("r", r), ("k", k), ("p", p), ("heads", heads)):
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def _counts(method: str, k: int | None, heads: int | None) -> tuple[int, int]:
+    # (k, heads) with their defaults; each only for its method (HydraLoRA's heads are not k)
+    if method == "hydralora" and k is not None:
+        raise ValueError(f"hydralora has heads, not clusters k: pass heads={k} instead of k={k}")
+    if method == "idlora" and heads is not None:
+        raise ValueError(f"idlora has clusters k, not heads: pass k={heads} instead of heads={heads}")
+    return (DEFAULT_K if k is None else k), (DEFAULT_HEADS if heads is None else heads)
+
+
 def trainable_params(
-    method: str, m: int, n: int, r: int = 8, *, k: int = 4, p: int = 1, bias: bool = False
+    method: str, m: int, n: int, r: int = 8, *, k: int | None = None, p: int = 1,
+    heads: int | None = None, bias: bool = False,
 ) -> int:
     """Return the number of trainable parameters (elements) of `method` on one `(m, n)` layer.
 
-    `m` = out_features, `n` = in_features, `r` = rank, `k` = ID-LoRA clusters or HydraLoRA
-    heads N, `p` = ID-LoRA rank-boosting splits (needs `m % p == 0` and `r % p == 0`; ignored by
+    `m` = out_features, `n` = in_features, `r` = rank, `k` = ID-LoRA clusters (default 4),
+    `heads` = HydraLoRA heads N (default 4; hydralora refuses `k`, idlora refuses `heads`),
+    `p` = ID-LoRA rank-boosting splits (needs `m % p == 0` and `r % p == 0`; ignored by
     the other methods, as `apply_adapters` ignores `rb_splits` for them),
     `bias` = the layer has a bias (only full fine-tuning trains it). Formulas:
-    full `m*n (+m)`, lora `r*(m+n)`, dora `r*(m+n)+m`, hydralora `r*n + k*r*m + k*n`,
+    full `m*n (+m)`, lora `r*(m+n)`, dora `r*(m+n)+m`, hydralora `r*n + N*r*m + N*n`,
     idlora `m*r/p^2 + k*r`.
     """
-    _check(m, n, r, k, p)
+    k, heads = _counts(method, k, heads)
+    _check(m, n, r, k, p, heads)
     if method == "full":
         return m * n + (m if bias else 0)
     if method == "lora":
@@ -35,7 +49,7 @@ def trainable_params(
     if method == "dora":
         return r * (m + n) + m
     if method == "hydralora":
-        return r * n + k * r * m + k * n
+        return r * n + heads * r * m + heads * n
     if method == "idlora":
         if m % p or r % p:
             raise ValueError(
@@ -45,19 +59,21 @@ def trainable_params(
     raise ValueError(f"unknown method {method!r}; expected one of {', '.join(BUDGET_METHODS)}")
 
 
-def frozen_adapter_elements(method: str, m: int, n: int, r: int = 8, *, k: int = 4) -> int:
+def frozen_adapter_elements(method: str, m: int, n: int, r: int = 8, *, k: int | None = None,
+                            heads: int | None = None) -> int:
     """Return the frozen floating-point elements an adapter adds to one `(m, n)` layer: 0 for
     every method. ID-LoRA reads `A_c x` from the base output and keeps no copy of the rows (it
     was `k*r*n` before issue 13); its `(k, r)` int64 skeleton indices are `index_bytes`."""
-    _check(m, n, r, k, 1)
+    k, heads = _counts(method, k, heads)
+    _check(m, n, r, k, 1, heads)
     if method not in BUDGET_METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(BUDGET_METHODS)}")
     return 0
 
 
-def index_bytes(method: str, r: int = 8, *, k: int = 4) -> int:
+def index_bytes(method: str, r: int = 8, *, k: int | None = None) -> int:
     """Return the bytes of ID-LoRA's skeleton buffer (k*r int64 row indices), 0 otherwise."""
-    return 8 * k * r if method == "idlora" else 0
+    return 8 * (DEFAULT_K if k is None else k) * r if method == "idlora" else 0
 
 
 def adapter_memory_bytes(
@@ -66,15 +82,16 @@ def adapter_memory_bytes(
     n: int,
     r: int = 8,
     *,
-    k: int = 4,
+    k: int | None = None,
     p: int = 1,
+    heads: int | None = None,
     bias: bool = False,
     bytes_per_element: int = 4,
     optimizer_states: int = 2,
 ) -> int:
     """Return the bytes an adapter adds to one layer during training: trainable weights, their
     gradients and `optimizer_states` optimiser tensors each (AdamW: 2), plus frozen buffers
-    (ID-LoRA: its int64 skeleton indices)."""
-    trainable = trainable_params(method, m, n, r, k=k, p=p, bias=bias)
-    frozen = frozen_adapter_elements(method, m, n, r, k=k)
+    (ID-LoRA: its int64 skeleton indices). k: ID-LoRA clusters, heads: HydraLoRA heads."""
+    trainable = trainable_params(method, m, n, r, k=k, p=p, heads=heads, bias=bias)
+    frozen = frozen_adapter_elements(method, m, n, r, k=k, heads=heads)
     return bytes_per_element * (trainable * (2 + optimizer_states) + frozen) + index_bytes(method, r, k=k)

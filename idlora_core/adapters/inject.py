@@ -28,7 +28,7 @@ from idlora_core.adapters.hydralora import HydraLoRALinear
 from idlora_core.adapters.idlora import IDLoRALinear
 from idlora_core.adapters.report import AdapterReport, LayerRow
 from idlora_core.adapters.skeletons import compute_skeleton, resolve_skeletons  # noqa: F401 (re-export)
-from idlora_core.config import AdapterConfig, TargetConfig
+from idlora_core.config import AdapterConfig, TargetConfig, uses_clusters, uses_heads
 from idlora_core.layers import block_index, list_linear_layers
 from idlora_core.patterns import matching
 
@@ -201,7 +201,7 @@ def inject_adapters(
             elif method == "hydralora":
                 gen = torch.Generator().manual_seed(adapter_config.seed * 100_003 + i)
                 new = HydraLoRALinear(
-                    base, r=target.r, num_heads=target.k, alpha=target.alpha, dropout=target.dropout,
+                    base, r=target.r, num_heads=target.heads, alpha=target.alpha, dropout=target.dropout,
                     generator=gen,
                 )
                 _replace(model, name, new)
@@ -251,14 +251,16 @@ def build_report(
         frozen = [b for b in buffers if b.is_floating_point()]
         p = target.rb_splits if method == "idlora" else 1
         r = None if method == "full" else target.r
-        k = target.k if method in ("idlora", "hydralora") else None
+        k = target.k if uses_clusters(method) else None
+        n_heads = target.heads if uses_heads(method) else None
         has_bias = base.bias is not None
         rows.append(
             LayerRow(
-                name=name, block=block_index(name), m=m, n=n, method=method, r=r, k=k, p=p, bias=has_bias,
+                name=name, block=block_index(name), m=m, n=n, method=method, r=r, k=k, heads=n_heads,
+                p=p, bias=has_bias,
                 trainable=sum(t.numel() for t in trainable),
                 frozen_adapter_elements=sum(b.numel() for b in frozen),
-                formula=trainable_params(method, m, n, target.r, k=target.k, p=p, bias=has_bias),
+                formula=trainable_params(method, m, n, target.r, k=k, p=p, heads=n_heads, bias=has_bias),
                 adapter_bytes=sum(t.numel() * t.element_size() for t in trainable + buffers),
             )
         )

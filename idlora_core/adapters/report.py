@@ -21,7 +21,8 @@ class LayerRow:
     n: int
     method: str
     r: int | None  # rank (None for full fine-tuning)
-    k: int | None  # ID-LoRA clusters / HydraLoRA heads (None otherwise)
+    k: int | None  # ID-LoRA clusters (None otherwise)
+    heads: int | None  # HydraLoRA heads N (None otherwise)
     p: int  # ID-LoRA rank-boosting splits (1 otherwise)
     bias: bool  # the base layer has a bias
     trainable: int  # elements with requires_grad, counted from the modules

@@ -25,7 +25,7 @@ from idlora_core.weights import WeightReader
 
 def compute_skeleton(weight: torch.Tensor, target: TargetConfig, seed: int = 0) -> list[list[int]]:
     """Return k lists of r global row indices of `weight` (m, n): k-means with clusters of at least
-    r rows (`MinSizeKMeans`), then `select_skeleton` with the target's strategy."""
+    r rows (`MinSizeKMeans`), then `select_skeleton` with the target's selection."""
     m = weight.shape[0]
     if m < target.k * target.r:
         raise ValueError(

@@ -48,14 +48,14 @@ from idlora_core.study.grid import budget_key, cell_config, cell_name, expand_gr
 from idlora_core.study.runner import prepare_study, study_hash
 from idlora_core.study.storage import load_optuna_study, read_study_folder, write_study_folder
 from idlora_core.study.summary import EXTRA_KEYS, budget_label
-from idlora_core.training.run_files import read_run_json, read_status
+from idlora_core.training.run_files import RunState, read_run_json, read_status
 
 CLASS_FILE = "class.json"
 ASSIGN_FILE = "assignments.json"
 LOCK_FILE = "class.lock"
 TOKEN_ENV = "IDLORA_INSTRUCTOR_TOKEN"
-LIVE_STATES = ("queued", "starting", "running")
-HOLDING = LIVE_STATES + ("finished",)  # a pair in one of these is taken; failed / cancelled / withdrawn free it
+LIVE_STATES = ("queued", RunState.starting, RunState.running)  # "queued": the server queue's
+HOLDING = LIVE_STATES + (RunState.finished,)  # a pair in one of these is taken; failed / cancelled / withdrawn free it
 
 
 class ClassStudyError(ValueError):
@@ -462,20 +462,20 @@ def _trial(folder: Path, cfg: StudyConfig, a: Assignment) -> optuna.trial.Frozen
     run_dir = runs_root_of(folder) / a.run
     summary = read_run_json(run_dir)
     state = summary.get("state")
-    if state not in ("finished", "failed"):
-        if not run_dir.is_dir() or runs.recorded_state(run_dir) != "failed":
+    if state not in (RunState.finished, RunState.failed):
+        if not run_dir.is_dir() or runs.recorded_state(run_dir) != RunState.failed:
             return None
-        state = "failed"  # crashed before writing run.json's end
+        state = RunState.failed  # crashed before writing run.json's end
     final = _final(summary)
     attrs = {"cell": a.cell, "run": a.run, "run_dir": os.path.relpath(run_dir, folder), "run_state": state,
              "message": summary.get("message") or read_status(run_dir).get("message", ""),
              "seconds": final.get("train_seconds"), "final": final, "shared": a.shared}
     value = final.get(cfg.metric)
-    if state == "finished" and value is not None:
+    if state == RunState.finished and value is not None:
         return optuna.trial.create_trial(value=float(value), user_attrs=attrs,
                                          state=optuna.trial.TrialState.COMPLETE)
     keys = ", ".join(sorted(k for k in final if k.startswith(("eval_", "final_"))))
-    failure = attrs["message"] if state == "failed" else (
+    failure = attrs["message"] if state == RunState.failed else (
         f"metric {cfg.metric!r} is not in the run's final metrics ({keys})")
     return optuna.trial.create_trial(user_attrs={**attrs, "failure": failure},
                                      state=optuna.trial.TrialState.FAIL)
@@ -529,7 +529,7 @@ def record_finished(folder: str | Path) -> int:
     root = runs_root_of(folder)
     data = _load(folder)
     ended = [a for a in (_entry(r) for r in data["assignments"]) if a.run not in data["recorded"]
-             and (root / a.run).is_dir() and runs.recorded_state(root / a.run) in ("finished", "failed")]
+             and (root / a.run).is_dir() and runs.recorded_state(root / a.run) in (RunState.finished, RunState.failed)]
     if not ended:
         return 0
     with _locked(folder):
@@ -549,4 +549,4 @@ def progress(folder: str | Path, queue: RunQueue | None = None) -> dict[str, int
     by_run = {a.run: s for a, (s, _) in zip(joins, states(folder, joins, queue), strict=True)}
     return {"runs": len(cells), "budgets": len(budgets), "seeds": len(seeds), "joined": len(joins),
             "live": sum(s in LIVE_STATES for s in by_run.values()),
-            "finished": sum(s == "finished" for s in by_run.values())}
+            "finished": sum(s == RunState.finished for s in by_run.values())}

@@ -39,7 +39,7 @@ from typing import Any
 from idlora_core.cache import write_text_atomic
 from idlora_core.config import RunConfig, loads_config, parse_config
 from idlora_core.jobs import limits, runs, slots
-from idlora_core.training.run_files import write_status
+from idlora_core.training.run_files import RunState, write_status
 from idlora_core.training.run_folder import pid_alive
 
 QUEUE_DIR = ".queue"
@@ -295,7 +295,7 @@ class RunQueue:
                     handle = self.launcher(config, self.root, run_dir.name)
                 except (OSError, ValueError) as exc:
                     run_dir.mkdir(parents=True, exist_ok=True)
-                    write_status(run_dir, "failed", f"could not start: {exc}", pid=None)
+                    write_status(run_dir, RunState.failed, f"could not start: {exc}", pid=None)
                     continue
                 pid = getattr(handle.process, "pid", None)
                 if handle.process is not None:
@@ -316,14 +316,15 @@ def free_run_slots(runs_root: str | Path) -> int:
     return slots.max_runs() - RunQueue(runs_root).slots_in_use()
 
 
-def ticket_state(queue: RunQueue, ticket: Ticket) -> tuple[str, int | None]:
-    """Return (state, place) of a ticket: ('queued', place in line) while waiting, else the run
-    folder's state ('starting' until its folder appears) and None."""
+def ticket_state(queue: RunQueue, ticket: Ticket) -> tuple[RunState | str, int | None]:
+    """Return (state, place) of a ticket: ('queued', place in line) while waiting (a queue
+    state, not a RunState), else the run folder's RunState (starting until its folder appears)
+    and None."""
     place = queue.places().get(ticket.id)
     if place is not None:
         return "queued", place
     if not ticket.run_dir.exists():
-        return "starting", None
+        return RunState.starting, None
     return runs.recorded_state(ticket.run_dir), None
 
 

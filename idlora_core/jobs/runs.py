@@ -26,7 +26,9 @@ from idlora_core.config import RunConfig, save_config
 from idlora_core.training.run_files import (
     ACTIVE_STATES,
     FINAL_STATES,
+    RunState,
     read_status,
+    run_state_of,
     write_status,
 )
 from idlora_core.training.run_folder import pid_alive
@@ -128,7 +130,7 @@ def start_run(
     config = config.model_copy(update={"output_dir": str(run_dir)})
     cfg_path = save_config(config, run_dir / "config.yaml")
     capped = bool(memory_cap_gb) and not uses_cuda(config)
-    write_status(run_dir, "starting", "process starting" + (
+    write_status(run_dir, RunState.starting, "process starting" + (
         f" (memory cap {memory_cap_gb:g} GB)" if capped else ""), pid=None)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
@@ -159,26 +161,26 @@ def out_of_memory_message(cap_gb: float) -> str:
             "(IDLORA_MAX_RUN_MEMORY_GB): lower batch_size or seq_len, or adapt fewer layers")
 
 
-def settle_run(run_dir: str | Path, memory_cap_gb: float | None = None) -> str:
+def settle_run(run_dir: str | Path, memory_cap_gb: float | None = None) -> RunState:
     """Close the books on a run whose process has ended: a run that ended without a final status
     is marked failed, with "out of memory under the server's cap of X GB" when it had a cap and
     its status or log shows an allocation failure (else "ended without a final status"). Returns
     the state now recorded."""
     status = read_status(run_dir)
-    state, message = status.get("state", "starting"), str(status.get("message", ""))
-    if state not in ACTIVE_STATES and state != "failed":
+    state, message = run_state_of(status), str(status.get("message", ""))
+    if state not in ACTIVE_STATES and state != RunState.failed:
         return state
     cap = memory_cap_gb or None
     oom = cap and any(m in message or m in log_tail(run_dir, 4000) for m in OUT_OF_MEMORY)
     if oom and not message.startswith("out of memory"):
-        write_status(run_dir, "failed", out_of_memory_message(cap)
-                     + (f" (was: {message[:300]})" if state == "failed" else ""),
+        write_status(run_dir, RunState.failed, out_of_memory_message(cap)
+                     + (f" (was: {message[:300]})" if state == RunState.failed else ""),
                      step=int(status.get("step") or 0), max_steps=status.get("max_steps"), pid=None)
-        return "failed"
+        return RunState.failed
     if state in ACTIVE_STATES:
-        write_status(run_dir, "failed", "the training process ended without a final status (see "
+        write_status(run_dir, RunState.failed, "the training process ended without a final status (see "
                      "train.log)", pid=None)
-    return "failed"
+    return RunState.failed
 
 
 def cancel_run(handle: RunHandle) -> bool:
@@ -203,32 +205,34 @@ def wait_run(handle: RunHandle, timeout_s: float) -> int | None:
         return None
 
 
-def recorded_state(run_dir: str | Path) -> str:
-    """Return the state `status.json` records ('starting' while absent), or 'failed' when it says
-    starting/running but its recorded process on this host is gone: the one "is this run alive"
-    rule for runs this process did not start."""
+def recorded_state(run_dir: str | Path) -> RunState:
+    """Return the RunState `status.json` records (starting while absent or unreadable), or
+    failed when it says starting/running but its recorded process on this host is gone: the
+    one "is this run alive" rule for runs this process did not start."""
     found = read_status(run_dir)
-    state, pid = found.get("state", "starting"), found.get("pid")
+    state, pid = run_state_of(found), found.get("pid")
     if state in ACTIVE_STATES and isinstance(pid, int) and not pid_alive(pid):
-        return "failed"
+        return RunState.failed
     return state
 
 
-def run_state(handle: RunHandle) -> str:
-    """Return 'starting' | 'running' | 'finished' | 'cancelled' | 'failed' for a run we started.
+def run_state(handle: RunHandle) -> RunState:
+    """Return the RunState (starting, running, finished, cancelled, failed) of a run we started.
 
     The process exit code wins over a stale `status.json` (a crash cannot update the file).
     """
     proc = handle.process
     if proc is None:  # started elsewhere (the server's run queue): the recorded pid must live
         return recorded_state(handle.run_dir)
-    status = read_status(handle.run_dir).get("state", "starting")
+    status = run_state_of(read_status(handle.run_dir))
     code = proc.poll()
     if code is None:
-        return status if status in ACTIVE_STATES else "running"
+        return status if status in ACTIVE_STATES else RunState.running
     if status in FINAL_STATES:
         return status
-    return "finished" if code == 0 else ("cancelled" if code in (-15, 143, 130) else "failed")
+    if code == 0:
+        return RunState.finished
+    return RunState.cancelled if code in (-15, 143, 130) else RunState.failed
 
 
 def log_tail(run_dir: str | Path, max_chars: int = 2000, name: str = "train.log") -> str:

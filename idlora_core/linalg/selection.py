@@ -1,6 +1,6 @@
 """Skeleton-row selection for ID-LoRA: which r rows of each cluster become the frozen A_c.
 
-Strategies (docs/THEORY.md), each defined as an ORDER of a cluster's rows whose first r rows
+Selections (docs/THEORY.md), each defined as an ORDER of a cluster's rows whose first r rows
 are the rank-r skeleton (so one order serves every rank):
   - `centroid`: rows by increasing distance to the cluster centroid (the mean of the
     cluster's rows in the clustering geometry: raw rows, or L2-normalised rows when
@@ -21,7 +21,7 @@ import numpy as np
 from idlora_core.linalg.clustering import row_geometry
 from idlora_core.linalg.decomposition import row_id
 from idlora_core.linalg.randomized import randomized_row_id, use_randomized
-from idlora_core.linalg.validation import check_labels, check_rank, check_strategy, check_weight
+from idlora_core.linalg.validation import check_labels, check_rank, check_selection, check_weight
 
 
 def centroid_order(Z: np.ndarray, members: np.ndarray) -> np.ndarray:
@@ -50,29 +50,29 @@ def id_order(W: np.ndarray, members: np.ndarray, r_max: int | None = None,
 def cluster_orders(
     W: np.ndarray,
     labels: np.ndarray,
-    strategy: str,
+    selection: str,
     *,
     normalize_rows: bool = False,
     seed: int = 0,
     r_max: int | None = None,
     randomized: bool | None = False,
 ) -> list[np.ndarray]:
-    """Return one int64 array of global row indices per cluster, in the strategy's order.
+    """Return one int64 array of global row indices per cluster, in the selection's order.
 
     Exact orders cover the whole cluster; a randomized `id` order covers its first r_max rows.
     randomized: None chooses by the size of W (see `randomized.use_randomized`).
     """
     W = check_weight(W)
     labels, k = check_labels(labels, W.shape[0])
-    check_strategy(strategy)
+    check_selection(selection)
     rand = use_randomized(*W.shape, randomized) and r_max is not None
-    Z = row_geometry(W, normalize_rows) if strategy == "centroid" else W
+    Z = row_geometry(W, normalize_rows) if selection == "centroid" else W
     orders = []
     for c in range(k):
         members = np.flatnonzero(labels == c).astype(np.int64)
-        if strategy == "centroid":
+        if selection == "centroid":
             orders.append(centroid_order(Z, members))
-        elif strategy == "random":
+        elif selection == "random":
             orders.append(random_order(members, seed, c))
         else:
             orders.append(id_order(W, members, r_max, rand, seed + c))
@@ -83,7 +83,7 @@ def select_skeleton(
     W: np.ndarray,
     labels: np.ndarray,
     r: int,
-    strategy: str,
+    selection: str,
     *,
     normalize_rows: bool = False,
     seed: int = 0,
@@ -92,13 +92,13 @@ def select_skeleton(
     """Return the skeleton of each cluster c = 0..k-1: an int64 array of r GLOBAL row indices of W.
 
     W: (m, n) weight; labels: (m,) cluster ids 0..k-1 (every cluster must have >= r rows);
-    strategy: "id" | "centroid" | "random". Raises ValueError naming the bad value.
+    selection: "id" | "centroid" | "random". Raises ValueError naming the bad value.
     randomized: for "id" on large W, None picks the sketch-then-pivot ID by size.
     """
     W = check_weight(W)
     m, n = W.shape
     labels, k = check_labels(labels, m)
-    check_strategy(strategy)
+    check_selection(selection)
     if not isinstance(r, int | np.integer):
         raise ValueError(f"r must be an integer, got {r!r}")
     check_rank(m, n, k, int(r))
@@ -108,7 +108,7 @@ def select_skeleton(
         c = int(small[0])
         raise ValueError(f"cluster {c} has {int(sizes[c])} rows, fewer than r={r}")
     orders = cluster_orders(
-        W, labels, strategy, normalize_rows=normalize_rows, seed=seed, r_max=int(r),
+        W, labels, selection, normalize_rows=normalize_rows, seed=seed, r_max=int(r),
         randomized=randomized,
     )
     return [o[: int(r)].copy() for o in orders]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from idlora_core.config import SELECTIONS
+from idlora_core.config import SELECTIONS  # "id", "centroid", "random": the config's Literal
 
-STRATEGIES: tuple[str, ...] = SELECTIONS  # "id", "centroid", "random": the config's Literal
+__all__ = ["SELECTIONS", "check_labels", "check_rank", "check_selection", "check_weight", "rank_problem"]
 
 
 def check_weight(W: object, name: str = "W") -> np.ndarray:
@@ -33,11 +33,11 @@ def check_weight(W: object, name: str = "W") -> np.ndarray:
     return arr
 
 
-def check_strategy(strategy: str) -> str:
-    """Return `strategy` if it is one of STRATEGIES; ValueError otherwise."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    return strategy
+def check_selection(selection: str) -> str:
+    """Return `selection` if it is one of SELECTIONS; ValueError otherwise."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    return selection
 
 
 def rank_problem(m: int, n: int, k: int, r: int) -> str | None:

@@ -14,22 +14,36 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from idlora_core.config import METHOD_FIELDS, RunConfig
+from idlora_core.config import ALL_METHODS, METHOD_FIELDS, RunConfig, uses_clusters, uses_heads
 from idlora_core.study.config import StudyConfig
 
 GRID_KEYS: tuple[str, ...] = ("method", "r", "k", "selection", "rb_splits", "steps", "learning_rate",
                               "cluster_seed", "seed")
+# The target field each grid axis sets, per method: the `k` axis is ID-LoRA's clusters and
+# HydraLoRA's heads (`TargetConfig.heads`); which method uses which comes from METHOD_FIELDS.
+_TARGET_AXES: tuple[str, ...] = ("r", "k", "selection", "rb_splits")
+
+
+def axis_field(method: str, axis: str) -> str:
+    """Return the TargetConfig field that grid axis `axis` sets for `method` (k -> heads for
+    HydraLoRA; the axis name otherwise)."""
+    return "heads" if axis == "k" and uses_heads(method) else axis
+
+
+def uses(method: str) -> frozenset[str]:
+    """Return the grid parameters `method` uses (the others collapse to None): its target
+    fields (METHOD_FIELDS), cluster_seed for a method that clusters (ID-LoRA), steps /
+    learning_rate / seed for every trained method, only the seed for `base`."""
+    if method == "base":
+        return frozenset({"seed"})
+    fields = METHOD_FIELDS.get(method, frozenset())
+    return frozenset({a for a in _TARGET_AXES if axis_field(method, a) in fields}
+                     | ({"cluster_seed"} if uses_clusters(method) else set())
+                     | {"steps", "learning_rate", "seed"})
+
+
 # Which grid parameters each method uses; the others collapse to None.
-USES: dict[str, frozenset[str]] = {
-    "idlora": frozenset({"r", "k", "selection", "rb_splits", "steps", "learning_rate", "cluster_seed",
-                         "seed"}),
-    "lora": frozenset({"r", "steps", "learning_rate", "seed"}),
-    "dora": frozenset({"r", "steps", "learning_rate", "seed"}),
-    "hydralora": frozenset({"r", "k", "steps", "learning_rate", "seed"}),
-    "full": frozenset({"steps", "learning_rate", "seed"}),
-    "head-only": frozenset({"steps", "learning_rate", "seed"}),
-    "base": frozenset({"seed"}),
-}
+USES: dict[str, frozenset[str]] = {m: uses(m) for m in ALL_METHODS}
 
 
 def method_values(study: StudyConfig, method: str) -> dict[str, list[Any]]:
@@ -75,7 +89,8 @@ def budget_key(cell: dict[str, Any], base: RunConfig) -> tuple[str, int | None, 
     method = cell["method"]
     first = base.adapter.targets[0]
     r = (cell["r"] if cell["r"] is not None else first.r) if "r" in USES[method] else None
-    k = (cell["k"] if cell["k"] is not None else first.k) if "k" in USES[method] else None
+    k_base = getattr(first, axis_field(method, "k"))
+    k = (cell["k"] if cell["k"] is not None else k_base) if "k" in USES[method] else None
     return method, r, k
 
 
@@ -86,9 +101,9 @@ def cell_config(base: RunConfig, cell: dict[str, Any], output_dir: str) -> RunCo
     data = base.model_dump(mode="json")
     data["adapter"]["method"] = cell["method"]
     for target in data["adapter"]["targets"]:
-        for key in ("r", "k", "selection", "rb_splits"):
+        for key in _TARGET_AXES:
             if cell.get(key) is not None:
-                target[key] = cell[key]
+                target[axis_field(cell["method"], key)] = cell[key]
         if cell.get("rb_splits") is None and cell["method"] == "idlora" and target["r"] % target["rb_splits"]:
             target["rb_splits"] = 1
     if cell.get("r") is not None or cell.get("k") is not None or cell["method"] != "idlora" \

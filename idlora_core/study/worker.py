@@ -41,6 +41,7 @@ from idlora_core.study.storage import (
     record_failure,
 )
 from idlora_core.training.callbacks import StopFlag
+from idlora_core.training.run_files import RunState
 from idlora_core.training.run_folder import pid_alive
 
 RUNS_DIR = "runs"
@@ -224,9 +225,9 @@ class Worker:
                 "seconds": time.perf_counter() - start, "final": final}
 
     def _value(self, record: dict[str, Any]) -> float:
-        if record["run_state"] == "cancelled":
+        if record["run_state"] == RunState.cancelled:
             raise RuntimeError("stopped")
-        if record["run_state"] != "finished":
+        if record["run_state"] != RunState.finished:
             raise RuntimeError(record["message"])
         final = record["final"]
         if final.get(self.cfg.metric) is None:
@@ -257,7 +258,7 @@ class Worker:
             record = self._train(trial, cell, cell_name(index, cell))
             for key, value in record.items():
                 trial.set_user_attr(key, value)
-            if record["run_state"] == "cancelled":
+            if record["run_state"] == RunState.cancelled:
                 trial.set_user_attr("failure", STOPPED)
             value = self._value(record)
             print(f"[{self.label}] trial {trial.number} {cell_name(index, cell)}: {self.cfg.metric}="

@@ -1,8 +1,9 @@
 """Trainer callbacks: the live metrics file, evaluation, stop requests, NaN guard, progress bar.
 
-`MetricsCallback` appends one JSON line per logging step to `OUTPUT/metrics.jsonl`:
-step, epoch, loss, lr, trainable_params, total_params, step_seconds, tokens_per_s,
-peak_memory_mb, and the `eval_*` metrics on steps where the model was evaluated. Only the
+`MetricsCallback` appends one JSON line per logging step to `OUTPUT/metrics.jsonl`
+(`run_files.MetricRow`): step, epoch, loss, lr, grad_norm, trainable_params, total_params,
+step_seconds, tokens_per_s, peak_memory_mb, time, and the `eval_*` metrics on steps where the
+model was evaluated. Only the
 main process (rank 0) writes. This file does not build models or data.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from idlora_core.training.run_files import append_metrics, write_status
+from idlora_core.training.run_files import MetricRow, RunState, append_metrics, write_status
 
 
 def peak_memory_mb(device: torch.device | str) -> float:
@@ -97,7 +98,8 @@ class MetricsCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self._window_tokens_start = self.tokens_start = state.num_input_tokens_seen
         if state.is_world_process_zero:
-            write_status(self.output_dir, "running", "training", step=state.global_step, max_steps=state.max_steps)
+            write_status(self.output_dir, RunState.running, "training", step=state.global_step,
+                         max_steps=state.max_steps)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._step_start = time.perf_counter()
@@ -139,7 +141,7 @@ class MetricsCallback(TrainerCallback):
         self.last_loss = float(logs["loss"])
         seconds = self._window_seconds / max(self._window_steps, 1)
         tokens = state.num_input_tokens_seen - self._window_tokens_start
-        row = {
+        row: MetricRow = {  # and the eval_* metrics of this step (MetricRow's dict extras)
             "step": state.global_step,
             "epoch": round(float(state.epoch or 0.0), 4),
             "loss": self.last_loss,
@@ -151,14 +153,14 @@ class MetricsCallback(TrainerCallback):
             "tokens_per_s": tokens / self._window_seconds if self._window_seconds > 0 else None,
             "peak_memory_mb": peak_memory_mb(self.device),
             "time": time.time(),
-            **self.pending_eval,
+            **self.pending_eval,  # type: ignore[typeddict-item]
         }
         self.pending_eval = {}
         self._window_seconds, self._window_steps = 0.0, 0
         self._window_tokens_start = state.num_input_tokens_seen
         if state.is_world_process_zero:
             append_metrics(self.output_dir, row)
-            write_status(self.output_dir, "running", f"step {state.global_step}/{state.max_steps}",
+            write_status(self.output_dir, RunState.running, f"step {state.global_step}/{state.max_steps}",
                          step=state.global_step, max_steps=state.max_steps)
 
 

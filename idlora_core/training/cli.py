@@ -14,10 +14,12 @@ import argparse
 import signal
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
-from idlora_core.config import ConfigError, apply_overrides, load_config
+from idlora_core.config import ConfigDeprecationWarning, ConfigError, apply_overrides, load_config
 from idlora_core.training.callbacks import StopFlag
+from idlora_core.training.run_files import RunState
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,10 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     try:
-        config = apply_overrides(load_config(args.config), overrides) if overrides else load_config(args.config)
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always", ConfigDeprecationWarning)
+            config = apply_overrides(load_config(args.config), overrides) if overrides else load_config(args.config)
     except ConfigError as exc:
         print(f"error: {args.config}: {exc}", file=sys.stderr)
         return 1
+    for note in notes:  # a retired key: one line, not a warning with its source line
+        if issubclass(note.category, ConfigDeprecationWarning):
+            print(f"note: {args.config}: {note.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(note.message, note.category, note.filename, note.lineno)
     warn_single_cpu_launch()
     stop = StopFlag()
     install_signal_handlers(stop)
@@ -100,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {failure_reason(exc, Path(config.output_dir) / CHECKPOINT_DIR)}", file=sys.stderr)
         return 1
-    stream = sys.stdout if result.state == "finished" else sys.stderr
+    stream = sys.stdout if result.state == RunState.finished else sys.stderr
     print(f"{result.state}: {result.message}", file=stream)
     print(f"outputs: {result.output_dir}", file=stream)
-    return {"finished": 0, "cancelled": 130}.get(result.state, 1)
+    return {RunState.finished: 0, RunState.cancelled: 130}.get(result.state, 1)
 
 
 if __name__ == "__main__":

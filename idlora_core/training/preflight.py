@@ -29,7 +29,14 @@ from typing import Any
 import torch
 
 from idlora_core.adapters.budget import adapter_memory_bytes
-from idlora_core.config import AdapterConfig, RunConfig, TrainConfig
+from idlora_core.config import (
+    AdapterConfig,
+    RunConfig,
+    TargetConfig,
+    TrainConfig,
+    uses_clusters,
+    uses_heads,
+)
 
 GIB = 2**30
 ACT_PER_HIDDEN = 12  # elements per token and block, per hidden unit (residual, attention, norms)
@@ -116,16 +123,20 @@ def _bytes_per_element(train: TrainConfig, device: str) -> int:
 def _activation_width(method: str, r: int, k: int) -> int:
     # Elements per token an adapter keeps for the backward pass: LoRA/DoRA its r-vector,
     # ID-LoRA its k projections of r plus the router, HydraLoRA r plus N heads of m... bounded
-    # below by N*r; full fine-tuning keeps nothing beyond the base model.
+    # below by N*r (here k is N); full fine-tuning keeps nothing beyond the base model.
     return {"lora": r, "dora": r, "idlora": k * r + k, "hydralora": k * r + k}.get(method, 0)
 
 
 def estimate_memory(shapes: list[tuple[int, int, int, int, int]], method: str, train: TrainConfig,
                     device: str | None, *, base_params: int = 0, base_activations: int = 0) -> MemoryEstimate:
     """Return the MemoryEstimate for layers given as (m, n, r, k, p) tuples (bytes, fp32), with the
-    base model's parameter and activation bytes; `device=None` leaves `available` at 0."""
-    state = sum(adapter_memory_bytes(method, m, n, r, k=k, p=p if method == "idlora" else 1)
-                for m, n, r, k, p in shapes)
+    base model's parameter and activation bytes; k is ID-LoRA's clusters or HydraLoRA's heads N
+    (each method's count of parallel parts); `device=None` leaves `available` at 0."""
+    def counts(k: int, p: int) -> dict[str, int | None]:
+        return {"k": k if uses_clusters(method) else None, "heads": k if uses_heads(method) else None,
+                "p": p if method == "idlora" else 1}
+
+    state = sum(adapter_memory_bytes(method, m, n, r, **counts(k, p)) for m, n, r, k, p in shapes)
     if method == "full":  # the weights themselves are counted in base_params
         state -= 4 * sum(m * n for m, n, *_ in shapes)
     tokens = train.batch_size * train.seq_len
@@ -165,7 +176,7 @@ def check_run_fits(model: torch.nn.Module, adapter: AdapterConfig, train: TrainC
             raise ResourceError(
                 f"target {target.pattern!r}: r={target.r} exceeds min(m, n)={min(m, n)} of "
                 f"layer {name} ({m} x {n}); a rank cannot exceed the layer's smaller side")
-        shapes.append((int(m), int(n), target.r, target.k, target.rb_splits))
+        shapes.append((int(m), int(n), target.r, _parts(method, target), target.rb_splits))
     config = getattr(model, "config", None)
     acts = base_activation_bytes(
         config.to_dict() if hasattr(config, "to_dict") else {}, train.batch_size, train.seq_len,
@@ -179,6 +190,11 @@ def check_run_fits(model: torch.nn.Module, adapter: AdapterConfig, train: TrainC
             f"allocate but {device} has {est.available / GIB:.1f} GiB free; lower batch_size or "
             "seq_len (or r, k), turn on gradient checkpointing, or adapt fewer layers")
     return est
+
+
+def _parts(method: str, target: TargetConfig) -> int:
+    """Return a target's count of parallel parts: HydraLoRA's heads N, else ID-LoRA's clusters k."""
+    return target.heads if uses_heads(method) else target.k
 
 
 def estimate_from_headers(config: RunConfig, hf_config: Mapping[str, Any], param_count: int,
@@ -195,7 +211,8 @@ def estimate_from_headers(config: RunConfig, hf_config: Mapping[str, Any], param
             hits = [exact] if exact is not None and not target.regex else [
                 shape for name, shape in layer_shapes.items()
                 if target.regex or name.endswith("." + target.pattern)]
-            shapes += [(int(m), int(n), target.r, target.k, target.rb_splits) for m, n in hits]
+            shapes += [(int(m), int(n), target.r, _parts(method, target), target.rb_splits)
+                       for m, n in hits]
     causal = any(str(a).endswith("ForCausalLM") for a in hf_config.get("architectures") or [])
     train = config.train
     acts = 0 if method == "base" else base_activation_bytes(hf_config, train.batch_size, train.seq_len, logits=causal,

@@ -1,8 +1,8 @@
 """The files a run leaves in its output folder, written atomically so readers never see half a file.
 
-  metrics.jsonl  one JSON object per logging step (appended; see callbacks.py)
-  status.json    {state: starting|running|finished|cancelled|failed, message, pid, step,
-                 max_steps, updated}
+  metrics.jsonl  one JSON object per logging step (appended; see callbacks.py): `MetricRow`
+  status.json    {state: starting|running|finished|cancelled|failed (`RunState`), message, pid,
+                 step, max_steps, updated}
   run.json       resolved config, adapter report, versions, device, final metrics
 This file owns the run states and every reader and writer of these files; it does not train.
 """
@@ -14,17 +14,62 @@ import math
 import os
 import platform
 import time
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from idlora_core.cache import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 STATUS_FILE = "status.json"
 RUN_FILE = "run.json"
-ACTIVE_STATES = ("starting", "running")  # starting: folder written, process not yet training
-FINAL_STATES = ("finished", "cancelled", "failed")
-STATES = ACTIVE_STATES + FINAL_STATES
+
+
+class RunState(StrEnum):
+    """The state of a training run, as `status.json` stores it (the plain string: a StrEnum
+    equals its value, `RunState.running == "running"`, and json writes "running")."""
+
+    starting = "starting"  # folder written, process not yet training
+    running = "running"
+    finished = "finished"
+    cancelled = "cancelled"
+    failed = "failed"
+
+    @property
+    def active(self) -> bool:
+        """True while the run's process may still change its files (starting, running)."""
+        return self in ACTIVE_STATES
+
+
+ACTIVE_STATES: tuple[RunState, ...] = (RunState.starting, RunState.running)
+FINAL_STATES: tuple[RunState, ...] = (RunState.finished, RunState.cancelled, RunState.failed)
+STATES: tuple[RunState, ...] = ACTIVE_STATES + FINAL_STATES
+
+
+class MetricRow(TypedDict, total=False):
+    """One line of `metrics.jsonl` (`callbacks.MetricsCallback`): one logging step.
+
+    Besides these keys a row holds the evaluation metrics of the steps where the model was
+    evaluated, named `eval_<metric>` (validation: `eval_loss`, `eval_<task>_accuracy`, ...);
+    they vary with the tasks, so they are the row's `dict` extras, not fields here. None
+    stands for a value that was not finite or not measured.
+    """
+
+    step: int  # optimiser step (global)
+    epoch: float  # epochs so far, 4 decimals
+    loss: float  # training loss over the logging window (nats)
+    lr: float  # learning rate at this step
+    grad_norm: float | None  # gradient norm before clipping
+    trainable_params: int  # elements that train (adapters and head)
+    total_params: int  # elements of the adapted model
+    step_seconds: float  # mean seconds per optimiser step over the window
+    tokens_per_s: float | None  # input tokens per second over the window
+    peak_memory_mb: float  # CUDA max allocated, else the process's max RSS (MiB)
+    time: float  # Unix seconds when the row was written
+
+
+METRIC_KEYS: tuple[str, ...] = tuple(MetricRow.__annotations__)  # the fixed keys, in order
+EVAL_PREFIX = "eval_"  # the dynamic validation-metric keys of a row
 
 
 def clean_json(value: Any) -> Any:
@@ -45,16 +90,19 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(clean_json(data), indent=1, allow_nan=False))
 
 
-def write_status(output_dir: str | Path, state: str, message: str = "", *, step: int = 0,
+def write_status(output_dir: str | Path, state: RunState | str, message: str = "", *, step: int = 0,
                  max_steps: int | None = None, pid: int | None = -1) -> Path:
-    """Write `status.json` (state, message, pid, step, max_steps, updated as Unix seconds).
+    """Write `status.json` (state as its plain string, message, pid, step, max_steps, updated
+    as Unix seconds).
 
     `pid` defaults to this process; pass None for a run whose process has not started yet.
     """
-    if state not in STATES:
-        raise ValueError(f"state must be one of {STATES}, got {state!r}")
+    try:
+        known = RunState(state)
+    except ValueError:
+        raise ValueError(f"state must be one of {', '.join(STATES)}, got {state!r}") from None
     return write_json_atomic(Path(output_dir) / STATUS_FILE, {
-        "state": state, "message": message, "pid": os.getpid() if pid == -1 else pid,
+        "state": known.value, "message": message, "pid": os.getpid() if pid == -1 else pid,
         "step": int(step), "max_steps": max_steps, "updated": time.time(),
     })
 
@@ -72,12 +120,21 @@ def read_status(output_dir: str | Path) -> dict[str, Any]:
     return _read_json(Path(output_dir) / STATUS_FILE)
 
 
+def run_state_of(status: dict[str, Any]) -> RunState:
+    """Return the RunState a `read_status` dict records: starting when it holds none (no file
+    yet, half-written) or one that is not a RunState."""
+    try:
+        return RunState(status.get("state", RunState.starting))
+    except ValueError:
+        return RunState.starting
+
+
 def read_run_json(output_dir: str | Path) -> dict[str, Any]:
     """Return the run's `run.json` summary as a dict ({} while the run has not written it)."""
     return _read_json(Path(output_dir) / RUN_FILE)
 
 
-def append_metrics(output_dir: str | Path, row: dict[str, Any]) -> None:
+def append_metrics(output_dir: str | Path, row: MetricRow | dict[str, Any]) -> None:
     """Append one JSON line to `metrics.jsonl` (flushed at once so live readers see it)."""
     line = json.dumps(clean_json(row), allow_nan=False)
     with open(Path(output_dir) / METRICS_FILE, "a", encoding="utf-8") as fh:
@@ -85,7 +142,7 @@ def append_metrics(output_dir: str | Path, row: dict[str, Any]) -> None:
         fh.flush()
 
 
-def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
+def read_metrics(output_dir: str | Path) -> list[MetricRow]:
     """Return the rows of `metrics.jsonl` (an incomplete or torn line is skipped)."""
     tail = MetricsTail(output_dir)
     tail.read()
@@ -102,7 +159,7 @@ class MetricsTail:
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / METRICS_FILE
         self.offset = 0
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[MetricRow] = []
 
     def read(self) -> int:
         """Read newly appended lines; return how many rows were added."""

@@ -26,7 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from idlora_core.training.run_files import METRICS_FILE, RUN_FILE, STATUS_FILE, read_status
+from idlora_core.training.run_files import (
+    METRICS_FILE,
+    RUN_FILE,
+    STATUS_FILE,
+    RunState,
+    read_status,
+)
 
 LOCK_FILE = ".run.lock"
 CHECKPOINT_CONFIG = "run_config.yaml"  # the run's config, saved in every checkpoint folder
@@ -106,7 +112,7 @@ def _foreign_entries(folder: Path) -> list[str]:
     for entry in sorted(folder.iterdir()):
         if entry.name in LAUNCHER_FILES:
             continue
-        if entry.name == STATUS_FILE and read_status(folder).get("state") == "starting":
+        if entry.name == STATUS_FILE and read_status(folder).get("state") == RunState.starting:
             continue
         names.append(entry.name + ("/" if entry.is_dir() else ""))
     return names

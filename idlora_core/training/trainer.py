@@ -42,6 +42,7 @@ from idlora_core.training.evaluate import evaluate_tasks
 from idlora_core.training.run_files import (
     RUN_FILE,
     STATUS_FILE,
+    RunState,
     append_metrics,
     read_status,
     truncate_metrics,
@@ -71,7 +72,7 @@ class NonFiniteLossError(RuntimeError):
 class RunResult:
     """How a run ended: state (finished|cancelled|failed), message, final metrics and files."""
 
-    state: str
+    state: RunState
     message: str
     output_dir: Path
     steps: int
@@ -223,15 +224,15 @@ def run_training(config: RunConfig, *, resume: bool = False, overwrite: bool = F
         stop.immediate = False
         message = f"stopped by {stop.reason} before training started; nothing to keep"
         if main and folder.claimed:
-            write_status(folder.path, "cancelled", message)
-        return RunResult("cancelled", message, folder.path, 0)
+            write_status(folder.path, RunState.cancelled, message)
+        return RunResult(RunState.cancelled, message, folder.path, 0)
     except BaseException as exc:
         stop.immediate = False
         if main and (folder.claimed or _launched_here(folder.path)):
             if isinstance(exc, KeyboardInterrupt):
-                _record_end(folder.path, "cancelled", "interrupted (second SIGINT) without a final checkpoint")
+                _record_end(folder.path, RunState.cancelled, "interrupted (second SIGINT) without a final checkpoint")
             else:
-                _record_end(folder.path, "failed", failure_reason(exc, args.output_dir))
+                _record_end(folder.path, RunState.failed, failure_reason(exc, args.output_dir))
         raise
     finally:
         folder.release()
@@ -256,10 +257,10 @@ def failure_reason(exc: BaseException, checkpoints: str | Path | None = None) ->
 def _launched_here(output_dir: Path) -> bool:
     """True when the folder's status says a launcher started this run (state starting) but the
     run had not claimed the folder yet (an earlier run's files waited to be moved aside)."""
-    return read_status(output_dir).get("state") == "starting"
+    return read_status(output_dir).get("state") == RunState.starting
 
 
-def _record_end(output_dir: Path, state: str, message: str) -> None:
+def _record_end(output_dir: Path, state: RunState, message: str) -> None:
     """Write the final status.json; on a full disk (the atomic write needs a new file) rewrite the
     existing file in place, whose blocks are already allocated. Never raises: the error that
     ended the run is the one to report. The step reached is kept from the last status."""
@@ -294,7 +295,7 @@ def _run_locked(config: RunConfig, folder: RunFolder, args: TrainingArguments, d
         config = check_resume_config(config, output_dir, checkpoint)  # refuses before any write
         folder.claim()
     if main and folder.claimed:
-        write_status(output_dir, "running", "loading model and data", max_steps=config.train.steps)
+        write_status(output_dir, RunState.running, "loading model and data", max_steps=config.train.steps)
     stop.immediate = True  # nothing to checkpoint yet: a stop request ends the run at once
     stop.check()
     with polling(stop.check):  # generating 10^6 examples takes minutes: a stop ends it
@@ -307,7 +308,7 @@ def _run_locked(config: RunConfig, folder: RunFolder, args: TrainingArguments, d
     stop.check()
     if main and not folder.claimed:
         folder.claim()  # config, model and data loaded: only now move an earlier run aside
-        write_status(output_dir, "running", "model and data loaded", max_steps=config.train.steps)
+        write_status(output_dir, RunState.running, "model and data loaded", max_steps=config.train.steps)
     autocast = (torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
                 if precision in ("bf16", "fp16") else contextlib.nullcontext())
 
@@ -340,7 +341,7 @@ def _run_locked(config: RunConfig, folder: RunFolder, args: TrainingArguments, d
     if main:
         if checkpoint:
             truncate_metrics(output_dir, int(Path(checkpoint).name.split("-")[-1]))
-        write_json_atomic(output_dir / RUN_FILE, {**summary, "state": "running"})
+        write_json_atomic(output_dir / RUN_FILE, {**summary, "state": RunState.running})
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
@@ -354,14 +355,15 @@ def _run_locked(config: RunConfig, folder: RunFolder, args: TrainingArguments, d
                          if metrics_cb.train_seconds > 0 else None),  # optimiser steps only
         **metrics_cb.last_eval,
     }
-    if state == "finished":  # the test split is scored once, after training, never during it
+    if state == RunState.finished:  # the test split is scored once, after training, never during it
         try:
             final.update(evaluate(model, "test"))
         except RunCancelled:
-            state, message = "cancelled", (f"stopped by {stop.reason} while scoring the test split "
-                                           f"after step {steps}; checkpoint: {last_good}")
+            state, message = RunState.cancelled, (
+                f"stopped by {stop.reason} while scoring the test split after step {steps}; "
+                f"checkpoint: {last_good}")
     if main:
-        if state != "failed":
+        if state != RunState.failed:
             from idlora_core.adapters.io import save_adapters
 
             save_adapters(model, output_dir / ADAPTER_DIR)
@@ -389,24 +391,25 @@ def _evaluate_only(config: RunConfig, model, report, evaluate, trainable: int, t
     if main:
         append_metrics(output_dir, {"step": 0, "trainable_params": trainable, "total_params": total,
                                     "time": time.time(), **metrics})
-        write_json_atomic(output_dir / RUN_FILE, {**summary, "state": "finished", "message": message,
-                                                  "final_metrics": final, "checkpoint": None})
-        write_status(output_dir, "finished", message, step=0, max_steps=0)
-    return RunResult("finished", message, output_dir, 0, final, summary["adapter_report"])
+        write_json_atomic(output_dir / RUN_FILE, {**summary, "state": RunState.finished,
+                                                  "message": message, "final_metrics": final,
+                                                  "checkpoint": None})
+        write_status(output_dir, RunState.finished, message, step=0, max_steps=0)
+    return RunResult(RunState.finished, message, output_dir, 0, final, summary["adapter_report"])
 
 
 def _outcome(nonfinite_step: int | None, stop: StopFlag, steps: int, seconds: float,
-             last_good: str | None) -> tuple[str, str]:
+             last_good: str | None) -> tuple[RunState, str]:
     """Return (state, message) of a run that left the training loop."""
     if nonfinite_step is not None:
         where = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was saved before it"
         resume = " with --resume" if last_good else ""
-        return "failed", (f"loss became NaN/inf at step {nonfinite_step}; training stopped ({where}). "
-                          f"Lower train.learning_rate and run again{resume}")
+        return RunState.failed, (f"loss became NaN/inf at step {nonfinite_step}; training stopped "
+                                 f"({where}). Lower train.learning_rate and run again{resume}")
     if stop.requested:
-        return "cancelled", (f"stopped by {stop.reason} after step {steps}; checkpoint: {last_good} "
-                             "(continue with --resume)")
-    return "finished", f"trained {steps} steps in {seconds:.1f} s"
+        return RunState.cancelled, (f"stopped by {stop.reason} after step {steps}; checkpoint: "
+                                    f"{last_good} (continue with --resume)")
+    return RunState.finished, f"trained {steps} steps in {seconds:.1f} s"
 
 
 def _summary(config: RunConfig, report, device: str, precision: str, world_size: int,

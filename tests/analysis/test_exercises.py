@@ -39,7 +39,7 @@ def test_every_preset_names_its_sweep_and_every_number_has_a_check():
     for ex in load_exercises():
         if "lab_ks" in ex.settings:
             params = ex_mod.sweep_params(ex.settings)
-            assert params["ks"] and params["ranks"] and params["strategies"]
+            assert params["ks"] and params["ranks"] and params["selections"]
         for part in ("intro", "steps", "observe", "questions"):
             ex.text(part)  # KeyError when a placeholder has no check
 
@@ -47,7 +47,7 @@ def test_every_preset_names_its_sweep_and_every_number_has_a_check():
 def _table() -> pd.DataFrame:
     rows = []
     for layer, fro, svd, total in (("a", 0.5, 0.7, 0.3), ("b", 0.9, 0.8, 0.4), ("c", 0.6, 0.65, 0.2)):
-        rows.append(dict(layer=layer, k=8, r=16, strategy="id", feasible=True, rel_fro_error=fro,
+        rows.append(dict(layer=layer, k=8, r=16, selection="id", feasible=True, rel_fro_error=fro,
                          svd_same_r=svd, svd_same_total=total, bound_cluster=2.0, bound_global=5.0))
     return pd.DataFrame(rows)
 
@@ -65,7 +65,7 @@ def _table() -> pd.DataFrame:
     ({"kind": "ratio", "layer": "c", "column": "bound_global", "over": "bound_cluster", "digits": 1}, 2.5),
 ])
 def test_measure_kinds_on_a_small_table(check, expected):
-    check = {"k": 8, "r": 16, "strategy": "id"} | check
+    check = {"k": 8, "r": 16, "selection": "id"} | check
     assert same(measure(check, _table()), expected)
     if isinstance(expected, float):
         assert not same(measure(check, _table()), expected + 0.001)

@@ -20,14 +20,14 @@ def test_cluster_view_errors_match_least_squares(W):
     view = cluster_view(W, 3, 5, ["id", "centroid", "random"], seed=0)
     sizes = np.bincount(view.labels, minlength=3)
     assert view.sizes["rows"].tolist() == sizes.tolist() and sizes.min() >= 5
-    for strategy, skel in view.skeletons.items():
+    for selection, skel in view.skeletons.items():
         assert len(skel) == 3 and all(len(s) == 5 for s in skel)
         for c in range(3):
             assert (view.labels[skel[c]] == c).all()
             Wc, J = W[view.labels == c], W[skel[c]]
             X = np.linalg.lstsq(J.T, Wc.T, rcond=None)[0].T
             expected = np.linalg.norm(Wc - X @ J) / np.linalg.norm(Wc)
-            row = view.errors[(view.errors["cluster"] == c) & (view.errors["strategy"] == strategy)]
+            row = view.errors[(view.errors["cluster"] == c) & (view.errors["selection"] == selection)]
             assert np.isclose(row["rel_fro_error"].item(), expected, rtol=1e-8)
             s = np.linalg.svd(Wc, compute_uv=False)
             assert np.isclose(row["svd_same_r"].item(), np.sqrt(np.sum(s[5:] ** 2) / np.sum(s**2)))

@@ -110,7 +110,7 @@ def test_plan_cells_and_config(curves):
     (["--budget", "10"], "below the cheapest adapter"),
     (["--targets", "q_proj"], "target 'q_proj' matches no linear layer"),
     (["--ks", "1,x"], "--ks must be integers"),
-    (["--strategy", "best"], "invalid choice"),
+    (["--selection", "best"], "invalid choice"),
     (["--model", "no-such-model-dir"], "no-such-model-dir"),
 ])
 def test_bad_flags_are_one_line_errors(args, message, tmp_path, capsys):

@@ -76,7 +76,7 @@ def test_dask_path_equals_the_local_path(ckpt, tmp_path):
 def test_cli_writes_the_atlas_with_progress(ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("IDLORA_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "atlas.csv"
-    assert main(["--model", ckpt, "--ks", "1,2", "--ranks", "4", "--strategies", "id",
+    assert main(["--model", ckpt, "--ks", "1,2", "--ranks", "4", "--selections", "id",
                  "--layers", "down_proj", "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert "[2/2] model.layers.1.mlp.down_proj (swept)" in captured.err and "ETA" in captured.err
@@ -84,7 +84,7 @@ def test_cli_writes_the_atlas_with_progress(ckpt, tmp_path, capsys, monkeypatch)
     assert sorted(atlas["layer"].unique()) == ["model.layers.0.mlp.down_proj",
                                                "model.layers.1.mlp.down_proj"]
     assert main(["--model", ckpt, "--ranks", "4", "--layers", "down_proj", "--out", str(out),
-                 "--ks", "1,2", "--strategies", "id"]) == 0
+                 "--ks", "1,2", "--selections", "id"]) == 0
     assert "(cached)" in capsys.readouterr().err
     assert main(["--model", ckpt, "--layers", "nothing_here", "--out", str(out)]) == 2
     assert "no linear layer matches" in capsys.readouterr().err

@@ -112,7 +112,7 @@ def test_bad_inputs_are_one_line_errors():
         clustering_sensitivity(clustered_rows(), 3, [0], min_size=21)
 
 
-SPEC = SweepSpec(ks=(1, 2, 3), ranks=(2, 4, 30), strategies=("id", "centroid", "random"))
+SPEC = SweepSpec(ks=(1, 2, 3), ranks=(2, 4, 30), selections=("id", "centroid", "random"))
 SEEDS = [0, 1, 2, 3]
 
 
@@ -124,12 +124,12 @@ def test_rel_error_std_recomputed_from_one_sweep_per_seed(tmp_path):
                           progress=lambda done, total, _msg: steps.append((done, total)))
     assert steps and steps[-1][0] == steps[-1][1] and all(d <= t for d, t in steps)
     # independent: sweep_layer per seed, numpy's mean / std (ddof 1) per configuration
-    per_seed = [sweep_layer(W, SweepSpec(SPEC.ks, SPEC.ranks, SPEC.strategies, seed=s), layer="toy").table
+    per_seed = [sweep_layer(W, SweepSpec(SPEC.ks, SPEC.ranks, SPEC.selections, seed=s), layer="toy").table
                 for s in SEEDS]
     errors = np.stack([t["rel_fro_error"].to_numpy() for t in per_seed])  # (seeds, configs)
     assert list(spread.columns[-len(SPREAD_COLUMNS):]) == SPREAD_COLUMNS
     feasible = spread["feasible"].to_numpy()
-    assert (~feasible).sum() == 9  # r = 30: 30 > n = 16 at every k and strategy
+    assert (~feasible).sum() == 9  # r = 30: 30 > n = 16 at every k and selection
     np.testing.assert_allclose(spread["rel_error_std"][feasible], np.std(errors, axis=0, ddof=1)[feasible],
                                rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(spread["rel_error_mean"][feasible], errors.mean(axis=0)[feasible], rtol=1e-12)
@@ -139,7 +139,7 @@ def test_rel_error_std_recomputed_from_one_sweep_per_seed(tmp_path):
     assert (spread["n_cluster_seeds"] == np.where(feasible, 4, 0)).all()
     # the table is the first seed's sweep; k = 1 has one cluster whatever the seed (id: no spread)
     np.testing.assert_allclose(spread["rel_fro_error"], per_seed[0]["rel_fro_error"])
-    one = spread[(spread["k"] == 1) & (spread["strategy"] == "id") & spread["feasible"]]
+    one = spread[(spread["k"] == 1) & (spread["selection"] == "id") & spread["feasible"]]
     assert (one["rel_error_std"] == 0).all()
     assert (spread[(spread["k"] == 3) & feasible]["rel_error_std"] > 0).any()  # the seed matters
     assert spread.attrs["cluster_seeds"] == SEEDS
@@ -166,7 +166,7 @@ def test_sweep_sensitivity_uses_the_sweeps_own_clusters():
 def test_spread_reading_quotes_the_table():
     W = clustered_rows(m=48, n=16, noise=1.2)
     spread = spread_table(seed_sweeps(W, SPEC, SEEDS))
-    row = spread[(spread["k"] == 3) & (spread["r"] == 4) & (spread["strategy"] == "id")].iloc[0]
+    row = spread[(spread["k"] == 3) & (spread["r"] == 4) & (spread["selection"] == "id")].iloc[0]
     text = spread_reading(spread, 3, 4, "id")
     assert f"{row['rel_error_mean']:.4f} ± {row['rel_error_std']:.4f}" in text and "4 seeds" in text
     assert f"min {row['rel_error_min']:.4f}, max {row['rel_error_max']:.4f}" in text

@@ -18,7 +18,7 @@ from analysis.sweep import (
     SweepSpec,
     add_spectral,
     parse_grid,
-    parse_strategies,
+    parse_selections,
     sweep_key,
     sweep_layer,
 )
@@ -26,12 +26,12 @@ from idlora_core.cache import ResultCache
 from idlora_core.linalg.clustering import MinSizeKMeans
 from idlora_core.linalg.synthetic import decaying_spectrum, random_spectrum_matrix
 
-STRATS = ["id", "centroid", "random"]
+SELS = ["id", "centroid", "random"]
 
 
-def sweep(W, ks, ranks, strategies=STRATS, *, layer="", progress=None, **options):
-    """The result of sweep_layer with SweepSpec(ks, ranks, strategies, **options)."""
-    return sweep_layer(W, SweepSpec(ks, ranks, strategies, **options), layer=layer, progress=progress)
+def sweep(W, ks, ranks, selections=SELS, *, layer="", progress=None, **options):
+    """The result of sweep_layer with SweepSpec(ks, ranks, selections, **options)."""
+    return sweep_layer(W, SweepSpec(ks, ranks, selections, **options), layer=layer, progress=progress)
 
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")  # tests/conftest.py
@@ -44,7 +44,7 @@ def lstsq_sq_error(M: np.ndarray, rows: np.ndarray) -> float:
 
 
 def recompute_from_clusters(W: np.ndarray, clusters: dict) -> dict:
-    """Return {(k, r, strategy): relative Frobenius error} recomputed with lstsq from the JSON."""
+    """Return {(k, r, selection): relative Frobenius error} recomputed with lstsq from the JSON."""
     fro = np.linalg.norm(W)
     out = {}
     for clustering in clusters["clusterings"]:
@@ -54,14 +54,14 @@ def recompute_from_clusters(W: np.ndarray, clusters: dict) -> dict:
             for c, skel in enumerate(sel["skeleton"]):
                 assert len(skel) == sel["r"] and (labels[skel] == c).all()
                 total += lstsq_sq_error(W[labels == c], np.searchsorted(np.flatnonzero(labels == c), skel))
-            out[(clustering["k"], sel["r"], sel["strategy"])] = np.sqrt(total) / fro
+            out[(clustering["k"], sel["r"], sel["selection"])] = np.sqrt(total) / fro
     return out
 
 
 @pytest.fixture(scope="module")
 def random_result():
     W = np.random.default_rng(0).standard_normal((60, 24))
-    return W, sweep(W, [1, 2, 3, 8], [2, 5, 9, 30], STRATS, seed=1, layer="rand")
+    return W, sweep(W, [1, 2, 3, 8], [2, 5, 9, 30], SELS, seed=1, layer="rand")
 
 
 def test_columns_rows_and_feasibility(random_result):
@@ -69,8 +69,8 @@ def test_columns_rows_and_feasibility(random_result):
     table = res.table
     assert list(table.columns) == COLUMNS
     assert len(table) == 4 * 4 * 3
-    assert set(map(tuple, table[["k", "r", "strategy"]].values)) == {
-        (k, r, s) for k in (1, 2, 3, 8) for r in (2, 5, 9, 30) for s in STRATS}
+    assert set(map(tuple, table[["k", "r", "selection"]].values)) == {
+        (k, r, s) for k in (1, 2, 3, 8) for r in (2, 5, 9, 30) for s in SELS}
     infeasible = table[~table["feasible"]]
     # r=30 > n=24 always; k=8 with r=9 needs 72 > 60 rows
     assert set(zip(infeasible["k"], infeasible["r"], strict=True)) == {
@@ -92,7 +92,7 @@ def test_every_error_equals_lstsq_from_the_json(random_result):
     feasible = res.table[res.table["feasible"]]
     assert len(recomputed) == len(feasible)
     for row in feasible.itertuples():
-        assert row.rel_fro_error == pytest.approx(recomputed[(row.k, row.r, row.strategy)], rel=1e-8)
+        assert row.rel_fro_error == pytest.approx(recomputed[(row.k, row.r, row.selection)], rel=1e-8)
     for clustering in res.clusters_json()["clusterings"]:
         sizes = np.bincount(clustering["labels"])
         assert sizes.min() >= feasible[feasible["k"] == clustering["k"]]["min_cluster_size"].iloc[0]
@@ -103,7 +103,7 @@ def test_global_columns_against_svd_and_global_id(random_result):
     U, s, Vt = np.linalg.svd(W, full_matrices=False)
     fro = np.linalg.norm(W)
     table = res.table[res.table["feasible"]]
-    k1_id = table[(table["k"] == 1) & (table["strategy"] == "id")].set_index("r")
+    k1_id = table[(table["k"] == 1) & (table["selection"] == "id")].set_index("r")
     for row in table.itertuples():
         best = lambda R: np.linalg.norm(W - (U[:, :R] * s[:R]) @ Vt[:R]) / fro  # noqa: E731
         assert row.svd_same_r == pytest.approx(best(row.r), rel=1e-9)
@@ -119,7 +119,7 @@ def test_global_columns_against_svd_and_global_id(random_result):
        seed=st.integers(0, 1000))
 def test_eckart_young_and_global_bounds_hold(m, n, k, r, seed):
     W = np.random.default_rng(seed).standard_normal((m, n))
-    table = sweep(W, [k], [r], STRATS, seed=seed).table
+    table = sweep(W, [k], [r], SELS, seed=seed).table
     for row in table.itertuples():
         if not row.feasible:
             assert k * r > m or r > n
@@ -144,8 +144,8 @@ def test_real_minilm_query_sanity_numbers(minilm_weights):
 def test_same_seed_same_table_and_progress():
     W = np.random.default_rng(2).standard_normal((50, 16))
     calls = []
-    a = sweep(W, [2, 4], [3], STRATS, seed=5, progress=lambda d, t, msg: calls.append((d, t))).table
-    b = sweep(W, [2, 4], [3], STRATS, seed=5).table
+    a = sweep(W, [2, 4], [3], SELS, seed=5, progress=lambda d, t, msg: calls.append((d, t))).table
+    b = sweep(W, [2, 4], [3], SELS, seed=5).table
     cols = [c for c in COLUMNS if c != "seconds"]
     assert a[cols].equals(b[cols])
     assert calls[-1][0] == calls[-1][1] == 1 + 2 * 3
@@ -154,13 +154,13 @@ def test_same_seed_same_table_and_progress():
 
 def test_randomized_path_matches_exact_on_minilm(minilm_weights):
     W = minilm_weights.weight("encoder.layer.2.intermediate.dense")
-    kw = dict(ks=[1, 4], ranks=[8, 32], strategies=STRATS, seed=0, n_init=1)
+    kw = dict(ks=[1, 4], ranks=[8, 32], selections=SELS, seed=0, n_init=1)
     exact = sweep(W, randomized=False, **kw).table
     fast = sweep(W, randomized=True, **kw).table
     assert fast["randomized"].all() and not exact["randomized"].any()
     for col in ("rel_fro_error", "svd_same_r", "svd_same_total", "global_id_same_r"):
         np.testing.assert_allclose(fast[col], exact[col], rtol=0.02, err_msg=col)
-    same_order = exact["strategy"] != "id"  # centroid/random orders are shared: errors are exact
+    same_order = exact["selection"] != "id"  # centroid/random orders are shared: errors are exact
     np.testing.assert_allclose(fast.loc[same_order, "rel_fro_error"],
                                exact.loc[same_order, "rel_fro_error"], rtol=1e-5)  # float32 path
 
@@ -181,8 +181,8 @@ def test_randomized_large_spectrum_matrix_columns_close_to_known_spectrum():
         (dict(ks=[0, 2], ranks=[2]), "ks must be >= 1"),
         (dict(ks=[2], ranks=[]), "ranks must not be empty"),
         (dict(ks=[2, "x"], ranks=[2]), "ks must be integers"),
-        (dict(ks=[2], ranks=[2], strategies=["svd"]), "strategy must be one of"),
-        (dict(ks=[2], ranks=[2], strategies=[]), "at least one"),
+        (dict(ks=[2], ranks=[2], selections=["svd"]), "selection must be one of"),
+        (dict(ks=[2], ranks=[2], selections=[]), "at least one"),
     ],
 )
 def test_bad_requests(kwargs, match):
@@ -192,17 +192,17 @@ def test_bad_requests(kwargs, match):
 
 def test_spec_is_frozen_normalised_and_takes_no_strings():
     spec = SweepSpec([4, 1, 4], np.array([8, 2]), ["random", "id", "random"], seed=np.int64(3))
-    assert (spec.ks, spec.ranks, spec.strategies, spec.seed) == ((4, 1), (8, 2), ("random", "id"), 3)
+    assert (spec.ks, spec.ranks, spec.selections, spec.seed) == ((4, 1), (8, 2), ("random", "id"), 3)
     assert spec == SweepSpec((4, 1), (8, 2), ("random", "id"), seed=3) and hash(spec)
     with pytest.raises(AttributeError):
         spec.seed = 1
     with pytest.raises(TypeError, match="parse_grid"):
         SweepSpec("1,2", [2])
-    with pytest.raises(TypeError, match="parse_strategies"):
+    with pytest.raises(TypeError, match="parse_selections"):
         SweepSpec([1], [2], "id")
     # only the command lines parse strings
     assert parse_grid("1, 2,4,2", "ks") == (1, 2, 4)
-    assert parse_strategies("id,centroid") == ("id", "centroid")
+    assert parse_selections("id,centroid") == ("id", "centroid")
     with pytest.raises(ValueError, match="ks must be integers"):
         parse_grid("2,x", "ks")
     assert ERROR_COLUMNS == ["rel_fro_error", "svd_same_r", "svd_same_total", "global_id_same_r",
@@ -221,16 +221,16 @@ def test_bad_weights():
 def test_normalized_rows_cluster_in_cosine_geometry():
     W = np.random.default_rng(6).standard_normal((48, 10))
     scaled = W * np.random.default_rng(7).uniform(0.2, 5.0, size=(48, 1))
-    a = sweep(W, [3], [2, 4], STRATS, normalize_rows=True)
-    b = sweep(scaled, [3], [2, 4], STRATS, normalize_rows=True)
+    a = sweep(W, [3], [2, 4], SELS, normalize_rows=True)
+    b = sweep(scaled, [3], [2, 4], SELS, normalize_rows=True)
     labels_a = a.clusters_json()["clusterings"][0]["labels"]
     assert labels_a == b.clusters_json()["clusterings"][0]["labels"]  # row scale is ignored
-    sel_a = {(s["r"], s["strategy"]): s["skeleton"] for s in a.clusters_json()["clusterings"][0]["selections"]}
-    sel_b = {(s["r"], s["strategy"]): s["skeleton"] for s in b.clusters_json()["clusterings"][0]["selections"]}
+    sel_a = {(s["r"], s["selection"]): s["skeleton"] for s in a.clusters_json()["clusterings"][0]["selections"]}
+    sel_b = {(s["r"], s["selection"]): s["skeleton"] for s in b.clusters_json()["clusterings"][0]["selections"]}
     assert sel_a[(4, "centroid")] == sel_b[(4, "centroid")]  # centroid distances are cosine too
     recomputed = recompute_from_clusters(scaled, b.clusters_json())
     for row in b.table.itertuples():
-        assert row.rel_fro_error == pytest.approx(recomputed[(row.k, row.r, row.strategy)], rel=1e-8)
+        assert row.rel_fro_error == pytest.approx(recomputed[(row.k, row.r, row.selection)], rel=1e-8)
 
 
 # --- the spectral columns: one more part of the same (cached) result ---------------------------
@@ -251,7 +251,7 @@ def check_spectral_against_numpy(W: np.ndarray, res, rtol: float) -> None:
     assert res.has_spectral and len(table)
     for row in table.itertuples():
         labels = res.labels(row.k)
-        expected = numpy_spectral(W, labels, res.skeleton(row.k, row.r, row.strategy))
+        expected = numpy_spectral(W, labels, res.skeleton(row.k, row.r, row.selection))
         assert row.rel_spec_error == pytest.approx(expected, rel=rtol), row
         glob = numpy_spectral(W, np.zeros(len(W), int), [np.asarray(res.global_order[: row.r])])
         assert row.global_id_spec_same_r == pytest.approx(glob, rel=rtol), row
@@ -260,12 +260,12 @@ def check_spectral_against_numpy(W: np.ndarray, res, rtol: float) -> None:
 def test_spectral_columns_equal_numpy_from_the_stored_labels_and_skeletons(random_result):
     W, plain = random_result
     assert not plain.has_spectral and plain.table["rel_spec_error"].isna().all()
-    res = sweep(W, [1, 2, 3, 8], [2, 5, 9, 30], STRATS, seed=1, layer="rand", spectral=True)
+    res = sweep(W, [1, 2, 3, 8], [2, 5, 9, 30], SELS, seed=1, layer="rand", spectral=True)
     check_spectral_against_numpy(W, res, rtol=1e-9)
     # the global ID's stored order is the pivoted QR of W.T (independently: SciPy's geqp3)
     _, _, piv = scipy.linalg.qr(W.T, pivoting=True)
     assert res.global_order == piv[:9].tolist()
-    k1 = res.table[(res.table["k"] == 1) & (res.table["strategy"] == "id") & res.table["feasible"]]
+    k1 = res.table[(res.table["k"] == 1) & (res.table["selection"] == "id") & res.table["feasible"]]
     np.testing.assert_allclose(k1["rel_spec_error"], k1["global_id_spec_same_r"], rtol=1e-12)
     s = np.linalg.svd(W, compute_uv=False)
     feasible = res.table[res.table["feasible"]]
@@ -312,13 +312,13 @@ def test_adding_spectral_to_a_cached_sweep_clusters_nothing_and_extends_the_same
         tmp_path, monkeypatch):
     W = np.random.default_rng(5).standard_normal((48, 20))
     cache = ResultCache(tmp_path)
-    spec = SweepSpec([1, 3], [2, 4], STRATS, seed=3)
+    spec = SweepSpec([1, 3], [2, 4], SELS, seed=3)
     first = sweep_layer(W, spec, layer="L", cache=cache)
     assert not first.has_spectral
     (entry,) = tmp_path.rglob("*.json")
     assert entry == cache.path(sweep_key(W, spec, "L"))
     calls = count_sweep_work(monkeypatch)
-    spectral_spec = SweepSpec([1, 3], [2, 4], STRATS, seed=3, spectral=True)
+    spectral_spec = SweepSpec([1, 3], [2, 4], SELS, seed=3, spectral=True)
     ticks = []
     extended = sweep_layer(W, spectral_spec, layer="L", cache=cache,
                            progress=lambda d, t, m: ticks.append((d, t)))

@@ -36,7 +36,7 @@ def test_cli_writes_csv_and_json_that_recompute(minilm, tmp_path):
     env = dict(os.environ, IDLORA_CACHE_DIR=str(tmp_path / "cache"))
     proc = subprocess.run(
         [sys.executable, "-m", "analysis.sweep", "--model", "minilm", "--layer", LAYER,
-         "--ks", "1,2,4,8", "--ranks", "4,8,16,128", "--strategies", "id,centroid,random",
+         "--ks", "1,2,4,8", "--ranks", "4,8,16,128", "--selections", "id,centroid,random",
          "--seed", "0", "--out", str(out), "--clusters-out", str(clusters)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
@@ -50,13 +50,13 @@ def test_cli_writes_csv_and_json_that_recompute(minilm, tmp_path):
     doc = json.loads(clusters.read_text())
     assert doc["layer"] == LAYER and [c["k"] for c in doc["clusterings"]] == [1, 2, 4, 8]
     W = get_weight(minilm.model, LAYER)
-    rows = table.set_index(["k", "r", "strategy"])
+    rows = table.set_index(["k", "r", "selection"])
     checked = 0
     for clustering in doc["clusterings"]:
         labels = np.asarray(clustering["labels"])
         assert labels.shape == (384,) and set(labels) == set(range(clustering["k"]))
         for sel in clustering["selections"]:
-            expected = rows.loc[(clustering["k"], sel["r"], sel["strategy"]), "rel_fro_error"]
+            expected = rows.loc[(clustering["k"], sel["r"], sel["selection"]), "rel_fro_error"]
             assert lstsq_rel_error(W, labels, sel["skeleton"]) == pytest.approx(expected, rel=1e-8)
             checked += 1
     assert checked == int(table["feasible"].sum()) == 42

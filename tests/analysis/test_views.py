@@ -20,7 +20,7 @@ from analysis.views import (
 def table():
     rng = np.random.default_rng(0)
     W = rng.normal(size=(48, 20)) @ np.diag(np.linspace(2.0, 0.1, 20))
-    return sweep_layer(W, SweepSpec(ks=[1, 2, 8], ranks=[2, 4, 8], strategies=["id", "random"]),
+    return sweep_layer(W, SweepSpec(ks=[1, 2, 8], ranks=[2, 4, 8], selections=["id", "random"]),
                        layer="L").table
 
 
@@ -28,7 +28,7 @@ def test_heatmap_grid_is_k_by_r_with_nan_for_infeasible(table):
     grid = heatmap_grid(table, "id")
     assert list(grid.index) == [1, 2, 8] and list(grid.columns) == [2, 4, 8]
     assert np.isnan(grid.loc[8, 8])  # 8 * 8 > 48 rows
-    row = table[(table["strategy"] == "id") & (table["k"] == 2) & (table["r"] == 4)]
+    row = table[(table["selection"] == "id") & (table["k"] == 2) & (table["r"] == 4)]
     assert grid.loc[2, 4] == row["rel_fro_error"].item()
 
 
@@ -55,14 +55,14 @@ def test_best_per_rank_and_export_choices(table):
     at4 = layer_summary(table, 4)
     assert len(at4) == 1 and at4["r"].item() == 4
     choice = choices_for_export(table, 4)
-    assert choice == {"L": {"k": int(at4["k"].item()), "r": 4, "strategy": at4["strategy"].item(),
+    assert choice == {"L": {"k": int(at4["k"].item()), "r": 4, "selection": at4["selection"].item(),
                             "rb_splits": 1}}
 
 
 def test_spectral_panel_uses_measured_spectral_errors_and_the_bounds():
     rng = np.random.default_rng(1)
     W = rng.normal(size=(40, 16)) @ np.diag(np.linspace(3.0, 0.1, 16))
-    spec = sweep_layer(W, SweepSpec(ks=[2], ranks=[2, 4], strategies=["id"], spectral=True),
+    spec = sweep_layer(W, SweepSpec(ks=[2], ranks=[2, 4], selections=["id"], spectral=True),
                        layer="L").table
     curves = error_vs_rank(spec, 2, norm="spectral")
     measured = curves[curves["curve"] == "cluster-wise ID (id)"].set_index("r")["error"]
@@ -78,22 +78,22 @@ def test_spectral_panel_uses_measured_spectral_errors_and_the_bounds():
     frob = error_vs_rank(spec, 2, norm="frobenius")
     assert not (frob["kind"] == "bound").any()  # bounds live on the spectral panel only
     # without spectral=True the sweep has no measured spectral error: no curve, no fake zeros
-    plain = sweep_layer(W, SweepSpec(ks=[2], ranks=[2, 4], strategies=["id"]), layer="L").table
+    plain = sweep_layer(W, SweepSpec(ks=[2], ranks=[2, 4], selections=["id"]), layer="L").table
     assert {"cluster-wise ID (id)", "global ID, same r"}.isdisjoint(
         error_vs_rank(plain, 2, norm="spectral")["curve"])
 
 
-def test_gain_is_a_signed_difference_and_strategy_means(table):
-    from analysis.views import short_label, strategy_means
+def test_gain_is_a_signed_difference_and_selection_means(table):
+    from analysis.views import selection_means, short_label
 
     best = best_per_rank(table)
     assert np.allclose(best["gain_vs_svd"], best["svd_same_r"] - best["rel_fro_error"])
-    means = strategy_means(table, 2, 4).set_index("strategy")
+    means = selection_means(table, 2, 4).set_index("selection")
     part = table[(table["k"] == 2) & (table["r"] == 4)]
-    for strategy in ("id", "random"):
-        rows = part[part["strategy"] == strategy]
-        assert np.isclose(means.loc[strategy, "mean_error"], rows["rel_fro_error"].mean())
-        assert np.isclose(means.loc[strategy, "mean_gain"],
+    for selection in ("id", "random"):
+        rows = part[part["selection"] == selection]
+        assert np.isclose(means.loc[selection, "mean_error"], rows["rel_fro_error"].mean())
+        assert np.isclose(means.loc[selection, "mean_gain"],
                           (rows["svd_same_r"] - rows["rel_fro_error"]).mean())
     assert short_label("encoder.layer.3.attention.output.dense") == "3 · attn_out"
     assert short_label("model.layers.12.mlp.down_proj") == "12 · down"

@@ -296,6 +296,6 @@ def test_each_lab_exercise_in_a_real_browser(page, app_url):
     with zipfile.ZipFile(download.value.path()) as archive:
         names = {n.removeprefix("idlora-lab-report/") for n in archive.namelist()}
         summary = archive.read("idlora-lab-report/sweep_summary.csv").decode()
-    assert {"README.txt", "sweep_summary.csv", "strategy_means.csv", "sweep_full.csv"} <= names
+    assert {"README.txt", "sweep_summary.csv", "selection_means.csv", "sweep_full.csv"} <= names
     assert any(n.startswith("figures/heatmap_") for n in names), names
     assert "gain over SVD(r) (difference)" in summary.splitlines()[0]

@@ -47,7 +47,7 @@ def test_projection_clusters_skeletons_and_errors(minilm):
     skeletons = {t["name"]: t for t in scatter["data"] if t["name"].startswith("skeleton")}
     assert sorted(t["name"] for t in clusters) == ["cluster 0", "cluster 1", "cluster 2", "cluster 3"]
     assert sum(len(t["customdata"]) for t in clusters) == 384
-    assert set(skeletons) == {"skeleton rows: id"}  # one strategy at a time
+    assert set(skeletons) == {"skeleton rows: id"}  # one selection at a time
     assert all(len(t["customdata"]) == 4 * 8 for t in skeletons.values())
     assert "row %{customdata[0]}" in clusters[0]["hovertemplate"]
     assert "cluster %{customdata[1]}" in clusters[0]["hovertemplate"]
@@ -70,10 +70,10 @@ def test_projection_clusters_skeletons_and_errors(minilm):
         J = W[[i for i in skel if labels[i] == c]]
         X = np.linalg.lstsq(J.T, Wc.T, rcond=None)[0].T
         expected = np.linalg.norm(Wc - X @ J) / np.linalg.norm(Wc)
-        got = table[(table["cluster"] == c) & (table["strategy"] == "id")]["rel_fro_error"].item()
+        got = table[(table["cluster"] == c) & (table["selection"] == "id")]["rel_fro_error"].item()
         assert np.isclose(got, expected, rtol=1e-6, atol=1e-12)
         s = np.linalg.svd(Wc, compute_uv=False)
-        svd = table[(table["cluster"] == c) & (table["strategy"] == "id")]["svd_same_r"].item()
+        svd = table[(table["cluster"] == c) & (table["selection"] == "id")]["svd_same_r"].item()
         assert np.isclose(svd, np.sqrt(np.sum(s[8:] ** 2) / np.sum(s**2)))
         assert got >= svd - 1e-12
 

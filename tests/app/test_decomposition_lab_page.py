@@ -84,7 +84,7 @@ def test_controls_exist_and_nothing_runs_before_the_button(empty_cache):
     assert at.multiselect(key="lab_layers").value == [LAYER]
     assert at.multiselect(key="lab_ks").value == [1, 2]
     assert at.multiselect(key="lab_ranks").value == [4, 8]
-    assert at.multiselect(key="lab_strategies").value == ["id", "centroid", "random"]
+    assert at.multiselect(key="lab_selections").value == ["id", "centroid", "random"]
     assert at.checkbox(key="lab_normalize_rows").value is False
     assert at.number_input(key="lab_seed").value == 0
     assert "once per k" in " ".join(c.value for c in at.caption)
@@ -95,7 +95,7 @@ def test_controls_exist_and_nothing_runs_before_the_button(empty_cache):
 
 def test_run_small_sweep_shows_plots_and_true_numbers(minilm, empty_cache, monkeypatch):
     _sweep_store.clear()
-    at = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_strategies=["id", "centroid"])
+    at = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_selections=["id", "centroid"])
     assert "Run sweep" in at.info[0].value  # nothing stored yet: this test computes the results
     fits = _count_kmeans(monkeypatch)
     at.button(key="lab_run").click().run()
@@ -152,19 +152,19 @@ def test_run_small_sweep_shows_plots_and_true_numbers(minilm, empty_cache, monke
     assert row["trainable_lora"] == 16 * (384 + 384)
 
     # the same settings in a fresh session: results appear at once, without pressing Run
-    again = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_strategies=["id", "centroid"])
+    again = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_selections=["id", "centroid"])
     assert not again.exception
     assert len(again.success) == 1 and len(again.info) == 0
     assert again.dataframe[0].value.equals(summary)
 
     # a new app process (empty in-memory store) is served from the on-disk sweep cache
     _sweep_store.clear()
-    fresh = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_strategies=["id", "centroid"])
+    fresh = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_selections=["id", "centroid"])
     assert len(fresh.success) == 1 and len(fresh.info) == 0
     assert np.allclose(fresh.dataframe[0].value["rel_fro_error"], summary["rel_fro_error"])
 
     # the lab report's sweep_full.csv (its table comes from stored_sweeps) holds the spectral column
-    params = dict(ks=[1, 4], ranks=[4, 16], strategies=["id", "centroid"], seed=0,
+    params = dict(ks=[1, 4], ranks=[4, 16], selections=["id", "centroid"], seed=0,
                   normalize_rows=False)
     handle = open_named("minilm")
     table = stored_sweeps(handle, [LAYER], **params)
@@ -180,18 +180,18 @@ def test_run_small_sweep_shows_plots_and_true_numbers(minilm, empty_cache, monke
 
     at.button(key="lab_use_for_export").click().run()
     choice = at.session_state["layer_choices"][LAYER]
-    assert choice == {"k": int(row["k"]), "r": 16, "strategy": row["strategy"], "rb_splits": 1}
+    assert choice == {"k": int(row["k"]), "r": 16, "selection": row["selection"], "rb_splits": 1}
 
     # ... and only from it: without the entries the same fresh page has nothing to show
     for entry in entries:
         entry.unlink()
     _sweep_store.clear()
-    gone = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_strategies=["id", "centroid"])
+    gone = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_selections=["id", "centroid"])
     assert len(gone.success) == 0 and "Run sweep" in gone.info[0].value
 
 
 def test_infeasible_grid_reports_blank_cells_not_a_crash():
-    at = _page(lab_ks=[64], lab_ranks=[8, 16], lab_strategies=["random"])
+    at = _page(lab_ks=[64], lab_ranks=[8, 16], lab_selections=["random"])
     at.button(key="lab_run").click().run()
     assert not at.exception
     assert any("No feasible rank" in w.value for w in at.warning)  # 64 * 8 > 384 rows
@@ -203,7 +203,7 @@ def test_use_selected_layers_then_multi_layer_summary():
     expected = [f"encoder.layer.{b}.attention.self.{p}" for b in range(6) for p in ("query", "value")]
     assert at.multiselect(key="lab_layers").value == expected
     two = expected[:2]
-    at = _page(lab_layers=two, lab_ks=[2], lab_ranks=[8], lab_strategies=["id"])
+    at = _page(lab_layers=two, lab_ks=[2], lab_ranks=[8], lab_selections=["id"])
     at.button(key="lab_run").click().run()
     assert not at.exception
     summary = at.dataframe[0].value
@@ -226,7 +226,7 @@ def test_randomized_path_spectra_and_spectral_errors_use_the_sweeps_clusters(
     monkeypatch.setattr(randomized, "RANDOMIZED_MIN_ELEMENTS", 10_000)  # 384 x 384 goes randomized
     _sweep_store.clear()
     fits = _count_kmeans(monkeypatch)
-    at = _page(lab_ks=[8], lab_ranks=[4, 16], lab_strategies=["id"])
+    at = _page(lab_ks=[8], lab_ranks=[4, 16], lab_selections=["id"])
     at.button(key="lab_run").click().run()
     assert not at.exception, at.exception
     assert fits == [8]  # one k-means for the whole page

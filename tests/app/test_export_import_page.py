@@ -103,7 +103,7 @@ def test_import_good_yaml_restores_every_page_setting(app):
     assert s["ex_seed"] == 3 and s["ft_adapter_seed"] == 3 and s["ft_steps"] == 77 and s["ft_lr_idlora"] == 0.005
     assert s["ex_run_name"] == "imported" and "ft_runs_root" not in s
     assert s["layer_choices"]["encoder.layer.3.attention.self.key"]["k"] == 3
-    assert (s["adapter_k"], s["adapter_r"], s["adapter_strategy"], s["adapter_rb"]) == (2, 4, "id", 2)
+    assert (s["adapter_k"], s["adapter_r"], s["adapter_selection"], s["adapter_rb_splits"]) == (2, 4, "id", 2)
     assert any("mine.yaml" in m.value for m in app.success)
     assert s["lab_exercise"] is None  # the import closed the exercise panel
     # the page now exports the imported choices back (round trip, skeletons aside)
@@ -123,7 +123,7 @@ def test_resolve_skeletons_is_deterministic_and_checks_sizes(minilm):
 
 def test_settings_round_trip_without_streamlit():
     state = dict(sio.DEFAULTS) | {"ex_seed": 0, "ex_normalize_rows": True}
-    choices = {Q0: {"k": 2, "r": 8, "strategy": "random", "rb_splits": 4}}
+    choices = {Q0: {"k": 2, "r": 8, "selection": "random", "rb_splits": 4}}
     cfg = sio.export_config(state, "minilm", "encoder", [Q0], choices)
     values = sio.settings_from_config(cfg, {"model_choice": "minilm", "model_path": ""})
     cfg2 = sio.export_config(state | values, "minilm", "encoder", [Q0], values["layer_choices"])

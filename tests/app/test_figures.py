@@ -73,7 +73,7 @@ def test_log_ticks_are_1_2_3_5_and_bars_are_linear():
     summary = pd.DataFrame({"layer": ["encoder.layer.0.intermediate.dense",
                                       "encoder.layer.3.attention.output.dense"],
                             "gain_vs_svd": [-0.004, 0.24], "rel_fro_error": [0.825, 0.624],
-                            "svd_same_r": [0.821, 0.866], "k": [8, 8], "strategy": ["id", "id"]})
+                            "svd_same_r": [0.821, 0.866], "k": [8, 8], "selection": ["id", "id"]})
     fig = figures.gain_figure(summary, 16)
     assert fig.layout.yaxis.type in (None, "linear")
     (bars,) = fig.data
@@ -84,7 +84,7 @@ def test_log_ticks_are_1_2_3_5_and_bars_are_linear():
 
 
 def test_heatmap_has_no_colour_bar_unless_asked_and_the_scale_figure_matches_it():
-    # The lab draws one heatmap per strategy side by side: a bar inside one made it narrower
+    # The lab draws one heatmap per selection side by side: a bar inside one made it narrower
     # than its neighbours, so the row's one bar is a figure of its own (colour_scale).
     grid = pd.DataFrame([[0.9, 0.8], [0.7, 0.6]], index=[1, 2], columns=[4, 8])
     row = figures.heatmap(grid, 0.6, 0.9)

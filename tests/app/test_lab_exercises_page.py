@@ -101,9 +101,9 @@ def test_exercise_1_preset_reproduces_the_handout_table_in_the_summary(number):
         assert round(row["gain_vs_svd"], digits) == QUOTED[1][f"{short}_gain"]
     assert (summary["result"] == "gain").sum() == QUOTED[1]["wins"]
     assert list(summary.index[summary["result"] == "LOSS"]) == [QUOTED[1]["only_loss"]]
-    means = _frame(at, "mean_gain").set_index("strategy")["mean_error"]
-    for strategy in ("id", "random", "centroid"):
-        assert round(means[strategy], 3) == QUOTED[3][f"mean_{strategy}"]
+    means = _frame(at, "mean_gain").set_index("selection")["mean_error"]
+    for selection in ("id", "random", "centroid"):
+        assert round(means[selection], 3) == QUOTED[3][f"mean_{selection}"]
     gain = _charts(at)["lab_summary_chart"]
     assert gain["layout"]["yaxis"].get("type", "linear") == "linear"  # bars never on a log axis
     assert "3 · attn_out" in _values(gain["data"][0]["x"])
@@ -134,7 +134,7 @@ def test_exercise_4_preset_sets_the_fine_tune_controls():
     assert at.number_input(key="ft_steps").value == 150
     assert at.selectbox(key="ft_lr_idlora").value == 0.01 and at.selectbox(key="ft_lr_lora").value == 0.003
     assert at.selectbox(key="ft_lr_head-only").value == 1.0
-    assert at.selectbox(key="ft_selection").value == "id"  # exercise 3's best strategy
+    assert at.selectbox(key="ft_selection").value == "id"  # exercise 3's best selection
     assert at.multiselect(key="ft_tasks").value == ["rotten_tomatoes"]  # the real-data task
     assert at.session_state["layer_kinds"] == ["q", "v"]
     assert "Exercise 4" in " ".join(m.value for m in at.sidebar.markdown)

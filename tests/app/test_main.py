@@ -102,10 +102,10 @@ def test_page_choices_live_in_the_url_and_come_back_on_refresh():
 
 
 def test_a_value_repeated_in_the_url_is_kept_once():
-    """Issue 18 #10: lab_strategies=id,id raised StreamlitDuplicateElementKey on the lab."""
+    """Issue 18 #10: lab_selections=id,id raised StreamlitDuplicateElementKey on the lab."""
     at = AppTest.from_file(MAIN, default_timeout=180)
-    at.query_params.update(lab_strategies="id,id", lab_ks="2,2", lab_ranks="4,8,4")
+    at.query_params.update(lab_selections="id,id", lab_ks="2,2", lab_ranks="4,8,4")
     at.switch_page("views/decomposition_lab.py").run()
     assert not at.exception
-    assert at.multiselect(key="lab_strategies").value == ["id"]
+    assert at.multiselect(key="lab_selections").value == ["id"]
     assert at.multiselect(key="lab_ks").value == [2] and at.multiselect(key="lab_ranks").value == [4, 8]

@@ -29,10 +29,11 @@ from idlora_core.config import (
     dumps_config,
     loads_config,
 )
+from idlora_core.study.grid import axis_field
 
 MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
 L0, L1 = "encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.query"
-CHOICE_TARGET = {"k": "k", "r": "r", "strategy": "selection", "rb_splits": "rb_splits"}
+CHOICE_TARGET = {"k": "k", "r": "r", "selection": "selection", "rb_splits": "rb_splits"}
 
 
 def _other(hint: Any, default: Any) -> Any:
@@ -156,13 +157,13 @@ def test_an_old_url_with_garbage_loads_the_defaults():
     for cls in ps.PAGES:
         assert cls.from_query(params) == cls(), cls.__name__
         assert cls.from_json(params) == cls(), cls.__name__  # the store is as tolerant
-    assert ps.LabSettings.from_query({"lab_ks": "2,2,4", "lab_strategies": "id,id"}) == ps.LabSettings(
-        lab_ks=[2, 4], lab_strategies=["id"])  # lists keep each value once
+    assert ps.LabSettings.from_query({"lab_ks": "2,2,4", "lab_selections": "id,id"}) == ps.LabSettings(
+        lab_ks=[2, 4], lab_selections=["id"])  # lists keep each value once
     assert ps.ModelLayersSettings.from_query({"block_range": "7-3"}).block_range == (3, 7)
 
 
 def test_a_value_too_long_for_an_address_stays_out_of_the_url():
-    choice = {"k": 2, "r": 4, "strategy": "id", "rb_splits": 1}
+    choice = {"k": 2, "r": 4, "selection": "id", "rb_splits": 1}
     many = ps.ExportSettings(ex_seed=3, layer_choices={f"encoder.layer.{i}.attention.self.query": choice
                                                        for i in range(200)})
     assert many.to_query() == {"ex_seed": "3"}  # the session store keeps the overrides
@@ -192,7 +193,7 @@ def test_fine_tune_settings_round_trip_through_a_yaml_run_config():
         for name in held:
             assert getattr(back, name) == getattr(settings, name), (method, name)
         used = METHOD_FIELDS.get(method, TUNABLE_FIELDS)  # what the targets of `method` hold
-        assert ("ft_ks" in held) == ("k" in used) and ("ft_ranks" in held) == ("r" in used)
+        assert ("ft_ks" in held) == bool({"k", "heads"} & used) and ("ft_ranks" in held) == ("r" in used)
         covered |= held
     # every field is held by some method's run config (each method's learning rate included)
     assert covered == {f.name for f in dataclasses.fields(ps.FineTuneSettings)}
@@ -201,7 +202,7 @@ def test_fine_tune_settings_round_trip_through_a_yaml_run_config():
 def test_export_settings_round_trip_through_a_yaml_run_config():
     covered: set[str] = set()
     for method in METHODS:
-        settings = _changed(ps.ExportSettings, ex_method=method, adapter_r=16, adapter_rb=2)
+        settings = _changed(ps.ExportSettings, ex_method=method, adapter_r=16, adapter_rb_splits=2)
         fine_tune = _valid_fine_tune("idlora")
         cfg = settings.to_run_config(fine_tune, ModelConfig(name="minilm"), "encoder", [L0, L1],
                                      output_dir=f"runs/{settings.ex_run_name}")
@@ -213,8 +214,8 @@ def test_export_settings_round_trip_through_a_yaml_run_config():
             assert getattr(back, name) == getattr(settings, name), (method, name)
         for layer in (L0, L1):  # the override of L1, the page's defaults for L0
             mine, theirs = settings.layer_choice(layer), back.layer_choice(layer)
-            assert {k: theirs[k] for k in mine if CHOICE_TARGET[k] in used} == {
-                k: mine[k] for k in mine if CHOICE_TARGET[k] in used}, (method, layer)
+            kept = [k for k in mine if axis_field(method, CHOICE_TARGET[k]) in used]  # k: heads N
+            assert {k: theirs[k] for k in kept} == {k: mine[k] for k in kept}, (method, layer)
         assert ps.FineTuneSettings.from_run_config(_yaml(cfg)).learning_rate(method) == fine_tune.learning_rate(method)
         covered |= held
     assert covered == {f.name for f in dataclasses.fields(ps.ExportSettings)}
@@ -256,3 +257,41 @@ def test_learning_rates_live_in_the_url_and_an_old_link_loads(tmp_path, monkeypa
     assert old.selectbox(key="ft_lr_lora").value == DEFAULTS["ft_lr_lora"]
     assert old.multiselect(key="ft_methods").value == DEFAULTS["ft_methods"]
     assert "ft_learning_rate" not in dict(old.query_params)  # the page rewrote its URL
+
+
+def test_retired_keys_are_read_under_the_one_name():
+    """docs/VOCABULARY.md: an old link's `lab_strategies` / `atlas_strategies`, an old store's
+    `adapter_strategy` / `adapter_rb` and a layer choice's `strategy` load under the new names;
+    the new key wins when both are there, and only new keys are written."""
+    assert ps.LabSettings.from_query({"lab_strategies": "random,id"}).lab_selections == ["random", "id"]
+    assert ps.LabSettings.from_query({"lab_strategies": "random", "lab_selections": "centroid"}
+                                     ).lab_selections == ["centroid"]
+    assert ps.LayerAtlasSettings.from_json({"atlas_strategies": ["centroid"]}).atlas_selections == ["centroid"]
+    old = {"adapter_strategy": "random", "adapter_rb": 2,
+           "layer_choices": {L0: {"k": 2, "r": 4, "strategy": "centroid", "rb_splits": 2}}}
+    for settings in (ps.ExportSettings.from_json(old), ps.ExportSettings.from_state(old)):
+        assert (settings.adapter_selection, settings.adapter_rb_splits) == ("random", 2)
+        assert settings.layer_choice(L0) == {"k": 2, "r": 4, "selection": "centroid", "rb_splits": 2}
+        assert settings.layer_choice(L1)["selection"] == "random"
+    written = ps.ExportSettings.from_json(old).to_json()
+    assert not {"adapter_strategy", "adapter_rb"} & set(written)
+    assert written["layer_choices"][L0]["selection"] == "centroid" and "strategy" not in written["layer_choices"][L0]
+    cfg = ps.ExportSettings.from_state(old).to_run_config(
+        ps.FineTuneSettings(), ModelConfig(name="minilm"), "encoder", [L0, L1])
+    assert [t.selection for t in cfg.adapter.targets] == ["centroid", "random"]
+    assert [t.rb_splits for t in cfg.adapter.targets] == [2, 2]
+
+
+def test_hydralora_heads_come_from_the_count_widgets():
+    """The k widgets hold HydraLoRA's heads N: a hydralora run config gets them as `heads`, and
+    an imported one gives them back to the same widgets."""
+    settings = ps.FineTuneSettings(ft_methods=["hydralora"], ft_ranks=[8], ft_ks=[2, 3])
+    runs = settings.to_run_configs(ModelConfig(name="minilm"), "encoder", [L0])
+    assert [label for label, _ in runs] == ["HydraLoRA r=8 heads=2", "HydraLoRA r=8 heads=3"]
+    assert [cfg.adapter.targets[0].heads for _, cfg in runs] == [2, 3]
+    assert ps.FineTuneSettings.from_run_config(_yaml(runs[1][1])).ft_ks == [3]
+    export = ps.ExportSettings(ex_method="hydralora", adapter_k=5)
+    cfg = export.to_run_config(settings, ModelConfig(name="minilm"), "encoder", [L0])
+    assert cfg.adapter.targets[0].heads == 5
+    back = ps.ExportSettings.from_run_config(_yaml(cfg))
+    assert back.adapter_k == 5 and back.layer_choices[L0]["k"] == 5

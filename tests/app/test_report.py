@@ -19,7 +19,7 @@ def _sweep() -> pd.DataFrame:
     frames = []
     for name in ("encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.value"):
         W = rng.normal(size=(48, 24)) @ np.diag(np.linspace(2.0, 0.1, 24))
-        spec = SweepSpec(ks=[1, 4], ranks=[2, 4], strategies=["id", "random"])
+        spec = SweepSpec(ks=[1, 4], ranks=[2, 4], selections=["id", "random"])
         frames.append(sweep_layer(W, spec, layer=name).table)
     return pd.concat(frames, ignore_index=True)
 
@@ -37,7 +37,7 @@ def test_report_zip_holds_tables_with_readable_headers_and_figures():
          "test_rotten_tomatoes_accuracy": 0.77},
     ])
     summary_fig = figures.gain_figure(
-        sweep[(sweep["r"] == 4) & (sweep["k"] == 4) & (sweep["strategy"] == "id")].assign(
+        sweep[(sweep["r"] == 4) & (sweep["k"] == 4) & (sweep["selection"] == "id")].assign(
             gain_vs_svd=lambda t: t["svd_same_r"] - t["rel_fro_error"]), 4)
     files = report_files(sweep, 4, comparison, {"gain_per_layer": summary_fig},
                          {"model": "minilm"})
@@ -46,8 +46,8 @@ def test_report_zip_holds_tables_with_readable_headers_and_figures():
         names = sorted(n.removeprefix("idlora-lab-report/") for n in archive.namelist())
         read = {n.removeprefix("idlora-lab-report/"): archive.read(n) for n in archive.namelist()}
     assert names[:4] == ["README.txt", "figures/gain_per_layer.html", "run_comparison.csv",
-                         "strategy_means.csv"] or names[:4] == [
-        "README.txt", "figures/gain_per_layer.png", "run_comparison.csv", "strategy_means.csv"]
+                         "selection_means.csv"] or names[:4] == [
+        "README.txt", "figures/gain_per_layer.png", "run_comparison.csv", "selection_means.csv"]
     assert {"sweep_full.csv", "sweep_summary.csv"} <= set(names)
     figure = next(n for n in names if n.startswith("figures/"))
     if figure.endswith(".png"):
@@ -71,8 +71,8 @@ def test_report_zip_holds_tables_with_readable_headers_and_figures():
                 - summary["cluster-wise ID error (rel. Frobenius)"])
     assert np.allclose(gains, expected, atol=2e-4)  # rounded to 4 places each
     assert all(len(str(v).split(".")[-1]) <= 4 for v in gains)
-    means = pd.read_csv(io.BytesIO(read["strategy_means.csv"]))
-    assert sorted(means["skeleton strategy"]) == ["id", "random"]
+    means = pd.read_csv(io.BytesIO(read["selection_means.csv"]))
+    assert sorted(means["skeleton-row selection"]) == ["id", "random"]
     readme = read["README.txt"].decode()
     assert "model: minilm" in readme and "sweep_summary.csv" in readme
 
@@ -159,13 +159,13 @@ def test_exported_figures_have_title_axis_titles_ticks_and_room_for_them():
         assert all(getattr(margin, side) >= EXPORT_MARGIN[side] for side in "lrtb"), stem
         assert (out.layout.width, out.layout.height) == EXPORT_SIZE
         assert fig.layout.width is None  # the page's own figure is not changed
-    assert export_title("heatmap_random") == "Relative error, k x r, strategy random"
+    assert export_title("heatmap_random") == "Relative error, k x r, selection random"
     assert "σ_{" not in " ".join(t.name for t in built["error_vs_rank_frobenius"].data)
 
 
 def test_sweep_full_csv_holds_the_measured_spectral_errors_where_they_were_measured():
     rng = np.random.default_rng(3)
-    spec = SweepSpec(ks=[1, 4], ranks=[2, 4], strategies=["id", "random"])
+    spec = SweepSpec(ks=[1, 4], ranks=[2, 4], selections=["id", "random"])
     names = ("encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.value")
     weights = [rng.normal(size=(48, 24)) for _ in names]
     results = [sweep_layer(W, spec, layer=name) for W, name in zip(weights, names, strict=True)]
@@ -179,10 +179,10 @@ def test_sweep_full_csv_holds_the_measured_spectral_errors_where_they_were_measu
     # the values: numpy's spectral norm of the residual on the stored clusters and skeletons
     W = weights[0]
     for i in csv.index[first]:
-        k, r, strategy = csv.loc[i, ["clusters k", "rank r", "skeleton strategy"]]
+        k, r, selection = csv.loc[i, ["clusters k", "rank r", "skeleton-row selection"]]
         labels = results[0].labels(k)
         residual = np.zeros_like(W)
-        for c, rows in enumerate(results[0].skeleton(k, r, strategy)):
+        for c, rows in enumerate(results[0].skeleton(k, r, selection)):
             X, *_ = np.linalg.lstsq(W[rows].T, W[labels == c].T, rcond=None)
             residual[labels == c] = W[labels == c] - (W[rows].T @ X).T
         expected = np.linalg.norm(residual, 2) / np.linalg.norm(W, 2)

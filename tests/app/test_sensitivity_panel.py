@@ -18,8 +18,8 @@ from idlora_core.weights import open_weights
 
 PAGE = str(Path(__file__).resolve().parents[2] / "app" / "views" / "decomposition_lab.py")
 LAYER = "encoder.layer.0.attention.self.query"
-STATE = dict(lab_ks=[1, 4], lab_ranks=[4, 8], lab_strategies=["id", "centroid"], lab_seed=2)
-SPEC = SweepSpec(ks=(1, 4), ranks=(4, 8), strategies=("id", "centroid"), seed=2)
+STATE = dict(lab_ks=[1, 4], lab_ranks=[4, 8], lab_selections=["id", "centroid"], lab_seed=2)
+SPEC = SweepSpec(ks=(1, 4), ranks=(4, 8), selections=("id", "centroid"), seed=2)
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
@@ -68,11 +68,11 @@ def test_sensitivity_section_shows_ari_and_spread_of_the_analysis(empty_cache):
     assert charts["lab_sens_ari"]["data"][0]["x"] == ["2", "3", "4"]
     lines = {t["name"]: t for t in charts["lab_sens_spread_chart"]["data"]}
     id_line = lines["cluster-wise ID (id), mean ± std"]
-    at_k = spread[(spread["k"] == 4) & (spread["strategy"] == "id")].sort_values("r")
+    at_k = spread[(spread["k"] == 4) & (spread["selection"] == "id")].sort_values("r")
     np.testing.assert_allclose(_values(id_line["y"]), at_k["rel_error_mean"], rtol=1e-12)
     np.testing.assert_allclose(_values(id_line["error_y"]["array"]), at_k["rel_error_std"], rtol=1e-12)
     # ... and the std against numpy on the three sweeps' own errors
-    errors = np.stack([r.table.query("k == 4 and strategy == 'id'").sort_values("r")["rel_fro_error"]
+    errors = np.stack([r.table.query("k == 4 and selection == 'id'").sort_values("r")["rel_fro_error"]
                        for r in results.values()])
     np.testing.assert_allclose(at_k["rel_error_std"], np.std(errors, axis=0, ddof=1), rtol=1e-12)
 
@@ -83,8 +83,8 @@ def test_sensitivity_section_shows_ari_and_spread_of_the_analysis(empty_cache):
 
     shown = table("rel_error_std")
     assert sorted(shown["r"].unique()) == [4, 8] and set(shown["k"]) == {4}
-    np.testing.assert_allclose(shown.sort_values(["strategy", "r"])["rel_error_std"],
-                               spread[spread["k"] == 4].sort_values(["strategy", "r"])["rel_error_std"])
+    np.testing.assert_allclose(shown.sort_values(["selection", "r"])["rel_error_std"],
+                               spread[spread["k"] == 4].sort_values(["selection", "r"])["rel_error_std"])
     per_seed = table("ari_vs_reference")
     assert per_seed["rows_moved"].tolist() == sens.per_seed()["rows_moved"].tolist()
     assert table("seeds_moved")["row"].tolist() == np.flatnonzero(sens.moved_rows).tolist()
@@ -92,5 +92,5 @@ def test_sensitivity_section_shows_ari_and_spread_of_the_analysis(empty_cache):
     assert f"ARI {sens.mean_ari:.2f} on average over 3 k-means seeds at k = 4" in reading
     assert f"{sens.n_moved} of 384 rows" in reading
     lines = " ".join(m.value for m in at.markdown)
-    for strategy in ("id", "centroid"):  # one line per strategy at the middle rank (r = 8)
-        assert spread_reading(spread, 4, 8, strategy) in lines
+    for selection in ("id", "centroid"):  # one line per selection at the middle rank (r = 8)
+        assert spread_reading(spread, 4, 8, selection) in lines

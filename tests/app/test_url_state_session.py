@@ -21,7 +21,7 @@ MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
 # set on other pages than the two driven through their widgets below
 OTHER_PAGES = {"layer_kinds": ["q", "k", "v"], "explorer_k": 5, "explorer_projection": "UMAP",
                "ex_seed": 7, "layer_choices": {"encoder.layer.0.attention.self.query":
-                                               {"k": 2, "r": 4, "strategy": "random", "rb_splits": 2}},
+                                               {"k": 2, "r": 4, "selection": "random", "rb_splits": 2}},
                "st_seeds": [3, 4], "st_source": "Build from the Fine-tune choices",
                "atlas_ranks": [8], "atlas_path": "scan.csv", "lab_exercise": 2}
 

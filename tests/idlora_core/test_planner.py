@@ -137,7 +137,7 @@ def test_exact_plan_on_a_real_sweep_table_and_its_budget():
     import pandas as pd
 
     table = pd.concat(tables, ignore_index=True)
-    with pytest.raises(ValueError, match="strategies id, random: name one"):
+    with pytest.raises(ValueError, match="selections id, random: name one"):
         P.curves_from_table(table)
     curves = P.curves_from_table(table, "id")
     assert [c.name for c in curves] == [f"encoder.layer.{b}.attention.self.query" for b in range(3)]

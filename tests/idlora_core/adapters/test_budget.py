@@ -25,7 +25,23 @@ CASES = [
 
 @pytest.mark.parametrize("method,m,n,r,k,p,bias,expected", CASES)
 def test_trainable_params_matches_table(method, m, n, r, k, p, bias, expected):
-    assert trainable_params(method, m, n, r, k=k, p=p, bias=bias) == expected
+    # k is ID-LoRA's clusters and, for HydraLoRA, the heads N (its own keyword `heads`)
+    counts = {"heads": k} if method == "hydralora" else {"k": k}
+    assert trainable_params(method, m, n, r, p=p, bias=bias, **counts) == expected
+
+
+def test_hydralora_counts_heads_not_k():
+    # N heads: r*n + N*r*m + N*n, written out for N = 2 and 6 (default 4)
+    assert trainable_params("hydralora", 12, 10, 3, heads=2) == 3 * 10 + 2 * 3 * 12 + 2 * 10
+    assert trainable_params("hydralora", 12, 10, 3, heads=6) == 3 * 10 + 6 * 3 * 12 + 6 * 10
+    assert trainable_params("hydralora", 12, 10, 3) == 3 * 10 + 4 * 3 * 12 + 4 * 10
+    with pytest.raises(ValueError, match="hydralora has heads, not clusters k: pass heads=8"):
+        trainable_params("hydralora", 12, 10, 3, k=8)
+    with pytest.raises(ValueError, match="idlora has clusters k, not heads"):
+        trainable_params("idlora", 12, 10, 3, heads=8)
+    with pytest.raises(ValueError, match="heads must be a positive integer"):
+        trainable_params("hydralora", 12, 10, 3, heads=0)
+    assert adapter_memory_bytes("hydralora", 12, 10, 3, heads=2) == 4 * 4 * (30 + 72 + 20)
 
 
 def test_idlora_count_depends_on_k_only_through_router():
@@ -54,6 +70,6 @@ def test_bad_inputs():
 
 def test_frozen_elements_and_memory():
     assert frozen_adapter_elements("idlora", 576, 1536, 8, k=4) == 0  # no copied rows (issue 13)
-    assert frozen_adapter_elements("hydralora", 576, 1536, 8, k=4) == 0
+    assert frozen_adapter_elements("hydralora", 576, 1536, 8, heads=4) == 0
     trainable = 576 * 8 + 32
     assert adapter_memory_bytes("idlora", 576, 1536, 8, k=4) == 4 * 4 * trainable + 8 * 4 * 8

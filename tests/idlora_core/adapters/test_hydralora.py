@@ -42,7 +42,7 @@ def test_forward_matches_per_token_reference():
 def test_count_matches_formula_and_init_equals_base(m, n, r, heads):
     base, layer = _layer(m=m, n=n, r=r, heads=heads)
     count = sum(t.numel() for t in layer.parameters() if t.requires_grad)
-    assert count == trainable_params("hydralora", m, n, r, k=heads) == r * n + heads * r * m + heads * n
+    assert count == trainable_params("hydralora", m, n, r, heads=heads) == r * n + heads * r * m + heads * n
     assert not base.weight.requires_grad and not base.bias.requires_grad
     x = torch.randn(3, n, dtype=torch.float64)
     assert torch.equal(layer(x), base(x))

@@ -33,9 +33,15 @@ TINY = {
 
 
 def _config(method, patterns, r=4, k=2, **extra):
+    # k: ID-LoRA's clusters and HydraLoRA's heads (target_for keeps the one the method uses)
     return AdapterConfig(
-        method=method, targets=[target_for(method, pattern=p, r=r, k=k, **extra) for p in patterns]
+        method=method, targets=[target_for(method, pattern=p, r=r, k=k, heads=k, **extra) for p in patterns]
     )
+
+
+def _counts(method, k):
+    # trainable_params' keyword for the method's parallel parts: heads for HydraLoRA, else k
+    return {"heads": k} if method == "hydralora" else {"k": k}
 
 
 def _ids(vocab=1000, shape=(2, 9), seed=0):
@@ -65,7 +71,7 @@ def test_tiny_init_equal_and_counts_match_formulas(arch, method):
     assert len(report.rows) == 2 * len(patterns)  # two blocks
     for row in report.rows:
         expected = trainable_params(
-            method, row.m, row.n, 4, k=2, p=1, bias=row.bias
+            method, row.m, row.n, 4, p=1, bias=row.bias, **_counts(method, 2)
         )
         assert row.trainable == row.formula == expected, row.name
         assert row.method == method
@@ -268,7 +274,7 @@ def test_real_models_init_equal_and_counts(which, request):
             assert torch.equal(_logits(adapted, ids), base), method
             assert len(report.rows) == 4
             for row in report.rows:
-                assert row.trainable == row.formula == trainable_params(method, row.m, row.n, 8, k=4)
+                assert row.trainable == row.formula == trainable_params(method, row.m, row.n, 8, **_counts(method, 4))
             assert report.totals["trainable_total"] == _requires_grad_total(adapted)
             if method != "idlora":
                 continue
@@ -286,7 +292,7 @@ def test_real_models_init_equal_and_counts(which, request):
     assert torch.equal(_logits(loaded.model, ids), base)  # the session model is intact
 
 
-def test_real_strategies_differ_and_seeds_repeat(minilm):
+def test_real_selections_differ_and_seeds_repeat(minilm):
     name = "encoder.layer.0.attention.self.query"
     weight = minilm.model.get_submodule(name).weight
 
@@ -336,8 +342,8 @@ def test_per_target_hyperparameters_and_llama_score_head(method):
         num_attention_heads=4, num_key_value_heads=2, num_labels=3, pad_token_id=0,
     ))
     cfg = AdapterConfig(method=method, targets=[
-        target_for(method, pattern="q_proj", r=2, k=2, alpha=8.0),
-        target_for(method, pattern="up_proj", r=8, k=3, layers=[1]),
+        target_for(method, pattern="q_proj", r=2, k=2, heads=2, alpha=8.0),
+        target_for(method, pattern="up_proj", r=8, k=3, heads=3, layers=[1]),
     ])
     adapted = apply_adapters(model, cfg)
     report = adapted.report
@@ -345,8 +351,9 @@ def test_per_target_hyperparameters_and_llama_score_head(method):
     assert sorted(by_name) == ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.up_proj",
                                "model.layers.1.self_attn.q_proj"]
     up = by_name["model.layers.1.mlp.up_proj"]
-    assert up.trainable == trainable_params(method, 64, 32, 8, k=3)
-    assert by_name["model.layers.0.self_attn.q_proj"].trainable == trainable_params(method, 32, 32, 2, k=2)
+    assert up.trainable == trainable_params(method, 64, 32, 8, **_counts(method, 3))
+    assert by_name["model.layers.0.self_attn.q_proj"].trainable == trainable_params(
+        method, 32, 32, 2, **_counts(method, 2))
     assert report.head_trainable == 3 * 32  # the score head, no bias, counted apart
     inner = adapted.unwrapped
     if method != "full":

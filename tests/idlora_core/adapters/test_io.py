@@ -45,7 +45,7 @@ def _out(model, ids):
 @pytest.mark.parametrize("factory", [lambda: make_tiny_bert(num_labels=2), make_tiny_llama], ids=["bert", "llama"])
 def test_roundtrip_reproduces_outputs_exactly(method, factory, tmp_path, monkeypatch):
     patterns = ["query", "value"] if factory().__class__.__name__.startswith("Bert") else ["q_proj", "down_proj"]
-    cfg = AdapterConfig(method=method, targets=[target_for(method, pattern=p, r=4, k=2) for p in patterns], seed=3)
+    cfg = AdapterConfig(method=method, targets=[target_for(method, pattern=p, r=4, k=2, heads=2) for p in patterns], seed=3)
     model = model_module.apply_adapters(factory(), cfg)
     report = model.report
     _perturb(model)
@@ -102,10 +102,10 @@ def test_real_minilm_roundtrip(minilm, tmp_path):
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not an adapter folder"):
         load_adapters(make_tiny_llama(), tmp_path)
-    cfg = AdapterConfig(method="hydralora", targets=[TargetConfig(pattern="q_proj", r=4, k=2)])
+    cfg = AdapterConfig(method="hydralora", targets=[TargetConfig(pattern="q_proj", r=4, heads=2)])
     model = model_module.apply_adapters(make_tiny_llama(), cfg)
     save_adapters(model, tmp_path)
-    other = cfg.model_copy(update={"targets": [TargetConfig(pattern="q_proj", r=2, k=2)]})
+    other = cfg.model_copy(update={"targets": [TargetConfig(pattern="q_proj", r=2, heads=2)]})
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"adapter": other.model_dump(mode="json")}))
     with pytest.raises(ValueError, match="saved shape"):
         load_adapters(make_tiny_llama(), tmp_path)
@@ -161,7 +161,7 @@ def test_bad_weights_file_is_one_line_naming_it(damage, tmp_path):
 def test_nonfinite_weights_are_an_error(method, bad, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    cfg = AdapterConfig(method=method, targets=[target_for(method, pattern="q_proj", r=4, k=2)])
+    cfg = AdapterConfig(method=method, targets=[target_for(method, pattern="q_proj", r=4, k=2, heads=2)])
     model = model_module.apply_adapters(make_tiny_llama(), cfg)
     save_adapters(model, tmp_path)
     path = tmp_path / "adapter_model.safetensors"

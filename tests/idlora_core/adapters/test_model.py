@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("private_skeleton_cache", "one_thread")
 @pytest.mark.parametrize("method", ["idlora", "lora", "dora", "hydralora", "full"])
 def test_one_wrapper_for_every_method(method, tmp_path):
     base = make_tiny_llama()
-    cfg = AdapterConfig(method=method, targets=[target_for(method, pattern="q_proj", r=4, k=2)])
+    cfg = AdapterConfig(method=method, targets=[target_for(method, pattern="q_proj", r=4, k=2, heads=2)])
     adapted = apply_adapters(base, cfg)
     assert isinstance(adapted, AdaptedModel) and adapted.method == method
     assert adapted.unwrapped is base and adapted.unwrapped.model is base.model  # .model stays the model's

@@ -93,7 +93,7 @@ def test_readme_lines_train_with_transformers_trainer(tmp_path, monkeypatch, cap
 @pytest.mark.parametrize("method", ["idlora", "lora", "dora", "hydralora", "full", "base"])
 def test_a_module_like_any_other(method, capsys):
     base = make_tiny_llama()
-    adapted = apply_adapters(base, AdapterConfig(method=method, targets=[target_for(method, pattern="q_proj", r=4, k=2)]))
+    adapted = apply_adapters(base, AdapterConfig(method=method, targets=[target_for(method, pattern="q_proj", r=4, k=2, heads=2)]))
     assert isinstance(adapted, torch.nn.Module) and adapted.module is not None
     state = adapted.state_dict()
     assert state.keys() == {f"module.{k}" for k in adapted.module.state_dict()}  # as DDP's
@@ -134,7 +134,7 @@ def randomize_adapters(adapted: AdaptedModel, seed: int = 0) -> None:
 def test_disable_adapters_gives_the_base_output(method):
     base = make_tiny_llama()
     reference = copy.deepcopy(base)
-    adapted = apply_adapters(base, AdapterConfig(method=method, targets=[target_for(method, pattern="q_proj", r=4, k=2)]))
+    adapted = apply_adapters(base, AdapterConfig(method=method, targets=[target_for(method, pattern="q_proj", r=4, k=2, heads=2)]))
     randomize_adapters(adapted)
     with torch.no_grad():
         expected = reference(input_ids=IDS).logits
@@ -155,7 +155,7 @@ def test_full_fine_tuning_has_no_adapter_to_disable():
 
 @pytest.mark.parametrize("method", ["idlora", "lora", "hydralora", "full"])
 def test_save_pretrained_from_pretrained_round_trip(method, tmp_path):
-    adapted = apply_adapters(make_tiny_llama(), AdapterConfig(method=method, targets=[target_for(method, pattern="q_proj", r=4, k=2)]))
+    adapted = apply_adapters(make_tiny_llama(), AdapterConfig(method=method, targets=[target_for(method, pattern="q_proj", r=4, k=2, heads=2)]))
     randomize_adapters(adapted, seed=1)
     assert adapted.save_pretrained(tmp_path / "a") == tmp_path / "a"
     again = AdaptedModel.from_pretrained(make_tiny_llama(), tmp_path / "a")

@@ -67,16 +67,16 @@ def test_fixed_order_all_ranks_equal_lstsq(name):
     np.testing.assert_allclose(fit.errors() / fro, brute / fro, rtol=1e-8, atol=1e-12)
 
 
-@pytest.mark.parametrize("strategy", ["id", "centroid", "random"])
-def test_real_minilm_cluster_errors_equal_lstsq(minilm, strategy):
+@pytest.mark.parametrize("selection", ["id", "centroid", "random"])
+def test_real_minilm_cluster_errors_equal_lstsq(minilm, selection):
     W = get_weight(minilm.model, "encoder.layer.1.attention.self.value")
     labels = MinSizeKMeans(4, min_size=32).fit(W).labels_
     fro = np.linalg.norm(W)
-    for c, skel in enumerate(select_skeleton(W, labels, 32, strategy, seed=3)):
+    for c, skel in enumerate(select_skeleton(W, labels, 32, selection, seed=3)):
         members = np.flatnonzero(labels == c)
         local = np.searchsorted(members, skel)
         order = np.concatenate([local, np.setdiff1d(np.arange(len(members)), local)])
-        fit = row_id(W[members]) if strategy == "id" else ordered_row_errors(W[members], order)
+        fit = row_id(W[members]) if selection == "id" else ordered_row_errors(W[members], order)
         for r in (1, 2, 8, 17, 32):
             brute = lstsq_error(W[members], local[:r])
             assert abs(fit.errors()[r] - brute) / fro <= 1e-8 * max(brute / fro, 1e-3)

@@ -1,4 +1,4 @@
-"""Skeleton selection: shapes, each strategy against an independent computation, errors."""
+"""Skeleton selection: shapes, each selection against an independent computation, errors."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ def clustered():
     return W, labels
 
 
-@pytest.mark.parametrize("strategy", ["id", "centroid", "random"])
-def test_shape_membership_and_prefix(clustered, strategy):
+@pytest.mark.parametrize("selection", ["id", "centroid", "random"])
+def test_shape_membership_and_prefix(clustered, selection):
     W, labels = clustered
-    sk8 = select_skeleton(W, labels, 8, strategy, seed=1)
-    sk3 = select_skeleton(W, labels, 3, strategy, seed=1)
+    sk8 = select_skeleton(W, labels, 8, selection, seed=1)
+    sk3 = select_skeleton(W, labels, 3, selection, seed=1)
     assert len(sk8) == 4
     for c, (a, b) in enumerate(zip(sk8, sk3, strict=True)):
         assert a.dtype == np.int64 and a.shape == (8,)
@@ -70,22 +70,22 @@ def test_single_cluster_id_is_global_id():
 
 
 @pytest.mark.parametrize(
-    "labels,r,strategy,match",
+    "labels,r,selection,match",
     [
         (np.repeat([0, 1, 2, 3], [10, 10, 5, 5]), 8, "id", "k\\*r=4\\*8=32 exceeds the 30 rows"),
         (np.repeat([0, 1, 2], [20, 5, 5]), 6, "id", "cluster 1 has 5 rows, fewer than r=6"),
         (np.repeat([0, 1], 15), 9, "id", "r=9 exceeds the 8 columns"),
         (np.repeat([0, 1], 15), 0, "id", "r=0"),
-        (np.repeat([0, 1], 15), 2, "pca", "strategy must be one of"),
+        (np.repeat([0, 1], 15), 2, "pca", "selection must be one of"),
         (np.repeat([0, 2], 15), 2, "id", "cluster 1 is empty"),
         (np.zeros(29, dtype=int), 2, "id", "labels must have shape \\(30,\\)"),
         (np.repeat([0, -1], 15), 2, "id", "labels must be >= 0"),
     ],
 )
-def test_bad_requests(labels, r, strategy, match):
+def test_bad_requests(labels, r, selection, match):
     W = np.random.default_rng(0).standard_normal((30, 8))
     with pytest.raises(ValueError, match=match):
-        select_skeleton(W, labels, r, strategy)
+        select_skeleton(W, labels, r, selection)
 
 
 def test_bad_weights():

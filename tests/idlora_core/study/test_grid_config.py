@@ -68,7 +68,7 @@ def test_cell_config_sets_values_on_every_target():
             "learning_rate": 0.01, "seed": 7}
     cfg = cell_config(base, cell, "/tmp/x")
     assert cfg.adapter.method == "hydralora" and cfg.output_dir == "/tmp/x"
-    assert [(t.r, t.k) for t in cfg.adapter.targets] == [(2, 3), (2, 3)]
+    assert [(t.r, t.heads) for t in cfg.adapter.targets] == [(2, 3), (2, 3)]  # the k axis: heads
     assert (cfg.train.steps, cfg.train.learning_rate, cfg.train.seed, cfg.adapter.seed) == (5, 0.01, 7, 7)
     assert budget_key(cell, base) == ("hydralora", 2, 3)
     assert budget_key({**cell, "method": "lora", "r": None}, base) == ("lora", 8, None)

@@ -13,8 +13,9 @@ TRAIN = TrainConfig(batch_size=8, seq_len=64)
 
 
 def _adapter(method: str, r: int, k: int = 2) -> AdapterConfig:
-    return AdapterConfig(method=method, targets=[target_for(method, pattern="query", r=r, k=k),
-                                                 target_for(method, pattern="value", r=r, k=k)])
+    # k: ID-LoRA's clusters and HydraLoRA's heads (target_for keeps the one the method uses)
+    return AdapterConfig(method=method, targets=[target_for(method, pattern="query", r=r, k=k, heads=k),
+                                                 target_for(method, pattern="value", r=r, k=k, heads=k)])
 
 
 def test_rank_above_the_smaller_side_is_an_error(tiny_bert):
@@ -43,6 +44,14 @@ def test_estimate_matches_the_formulas_and_refuses_past_free_memory(tiny_bert, m
     assert "base model" in message
     monkeypatch.setattr(preflight, "available_bytes", lambda device: est.needed)
     assert check_run_fits(tiny_bert, _adapter("lora", 8), TRAIN, "cpu").total == est.total
+
+
+def test_hydralora_estimate_counts_its_heads(tiny_bert):
+    # HydraLoRA with N = 3 heads on 4 layers of 32 x 32: r*n + N*r*m + N*n trainable, x4 states,
+    # 4 bytes; activations N*r + N per token (the heads are `heads`, not ID-LoRA's k)
+    est = check_run_fits(tiny_bert, _adapter("hydralora", 4, k=3), TRAIN, "cpu")
+    assert est.state == 4 * (4 * 32 + 3 * 4 * 32 + 3 * 32) * 4 * 4
+    assert est.activations == 4 * 8 * 64 * (3 * 4 + 3) * 4
 
 
 def test_the_base_models_activations_dominate_a_large_batch(minilm, minilm_weights):

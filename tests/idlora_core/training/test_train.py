@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[3]
 # One torch / BLAS thread: tiny models gain nothing from a second thread, and on a shared CPU
 # every parallel region waits for both threads to be scheduled (grad-checkpoint test: 147 s -> 28 s).
 pytestmark = pytest.mark.usefixtures("one_thread")
-LM_TARGETS = [{"pattern": p, "r": 4, "k": 2} for p in ("q_proj", "o_proj", "up_proj", "down_proj")]
-BERT_TARGETS = [{"pattern": p, "r": 4, "k": 2} for p in ("query", "value", "attention.output.dense")]
+LM_TARGETS = [{"pattern": p, "r": 4, "k": 2, "heads": 2} for p in ("q_proj", "o_proj", "up_proj", "down_proj")]
+BERT_TARGETS = [{"pattern": p, "r": 4, "k": 2, "heads": 2} for p in ("query", "value", "attention.output.dense")]
 METRIC_KEYS = {"step", "epoch", "loss", "lr", "trainable_params", "total_params", "step_seconds",
                "tokens_per_s", "peak_memory_mb"}
 
