@@ -1,6 +1,7 @@
 """Studies for the UI as tables: presets, a study built from Fine-tune choices, its run count and
 time estimate, and the live trials / summary tables of a study folder.
 
+The time estimate rests on this server's measured runs (`idlora_core.jobs.throughput`).
 Starting, stopping and listing study processes is `idlora_core.jobs.studies`; the trade-off and
 learning-rate figures are `app.figures`. No Streamlit here: the app, notebooks, docs and tests share it.
 """
@@ -13,9 +14,10 @@ from typing import Any
 import pandas as pd
 
 from idlora_core.config import RunConfig
+from idlora_core.jobs.throughput import Estimate, estimate_run_seconds
 from idlora_core.study.config import StudyConfig, parse_study
 from idlora_core.study.defaults import DEFAULT_LEARNING_RATES
-from idlora_core.study.grid import expand_grid
+from idlora_core.study.grid import cell_config, expand_grid
 from idlora_core.study.runner import summary_table, trials_table
 from idlora_core.study.storage import read_study_folder
 from idlora_core.study.summary import budget_label
@@ -47,14 +49,31 @@ def run_count(study: StudyConfig) -> int:
     return len(cells) * (study.grid.learning_rate.trials if study.grid.tpe else 1)
 
 
-def estimate_seconds(study: StudyConfig, workers: int, seconds_per_step: float = 0.6,
-                     overhead_s: float = 10.0) -> float:
-    """Return a rough wall-clock estimate in seconds: runs x (steps x seconds_per_step + overhead)
-    / workers. The defaults are MiniLM on a shared 2-core CPU (preset (a)); GPUs are faster."""
+def estimate_study(study: StudyConfig, workers: int, runs_root: str | Path | None = None, *,
+                   param_count: int | None = None) -> tuple[float, dict[str, Estimate]]:
+    """Return (seconds, {method: Estimate of its longest run}): the study's wall-clock estimate,
+    runs x per-run estimate / workers, each run estimated from the runs this server finished in
+    `runs_root` (`idlora_core.jobs.throughput`; the default guess where none matches)."""
     cells, _ = expand_grid(study)
-    per = [(c.get("steps") or study.base.train.steps) * (0 if c["method"] == "base" else seconds_per_step)
-           + overhead_s for c in cells]
-    return sum(per) * run_count(study) / max(len(cells), 1) / max(workers, 1)
+    memo: dict[tuple, Estimate] = {}
+    per: list[float] = []
+    longest: dict[str, Estimate] = {}
+    for cell in cells:
+        key = (cell["method"], cell.get("steps"))
+        if key not in memo:
+            config = cell_config(study.base, cell, "estimate")
+            memo[key] = estimate_run_seconds(config, runs_root, param_count=param_count)
+        found = memo[key]
+        per.append(found.seconds)
+        if cell["method"] not in longest or found.seconds > longest[cell["method"]].seconds:
+            longest[cell["method"]] = found
+    seconds = sum(per) * run_count(study) / max(len(cells), 1) / max(workers, 1)
+    return seconds, longest
+
+
+def estimate_seconds(study: StudyConfig, workers: int, runs_root: str | Path | None = None) -> float:
+    """Return the study's wall-clock estimate in seconds (`estimate_study`)."""
+    return estimate_study(study, workers, runs_root)[0]
 
 
 def study_tables(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:

@@ -58,7 +58,8 @@ def is_instructor() -> bool:
     return bool(state.get(INSTRUCTOR))
 
 
-def _sign_in() -> None:
+def sign_in() -> None:
+    """Draw the Instructor box: the token, once given, makes this session the instructor."""
     with st.expander("Instructor"), st.form("cs_signin", clear_on_submit=True, border=False):
         token = st.text_input("Instructor token", type="password", key="cs_token")
         if st.form_submit_button("Sign in", key="cs_signin_button"):
@@ -183,7 +184,7 @@ def panel() -> None:
             for folder in cs.list_class_studies(root):
                 _instructor_view(folder)
     elif cs.token_configured():
-        _sign_in()
+        sign_in()
     for folder in cs.list_class_studies(root, only_open=False):
         cs.record_finished(folder)  # a student who closed the tab still contributes
     opened = cs.list_class_studies(root)

@@ -10,7 +10,11 @@ touch each other's runs. Served to a lab, each user gets a fair share (`idlora_c
 Start is refused in one line when it would pass the user's cap of queued and running runs, or a
 run's steps or estimated memory (base model included) pass the server's limits, before any run
 is queued; a user withdraws their own waiting runs one by one, and the page reads the queue once
-per render.
+per render. Before Start the page shows each run's estimated minutes and the expected wait,
+from this server's measured runs (`app/run_estimates.py`); a run over the room's time limit
+needs a confirmation naming its estimate. A student reloads only their own past runs; the
+instructor (server token) sees every run with its owner, cancels any and downloads the class's
+results (`app/instructor_runs.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import streamlit as st
 import torch
 
 from analysis import runs as run_tables
-from app import background, figures, url_state
+from app import background, class_panel, figures, instructor_runs, run_estimates, url_state
 from app import settings_io as sio
 from app.common import (
     K_CHOICES,
@@ -38,7 +42,7 @@ from app.common import (
 )
 from app.report import COLLAPSED_NOTE, headline, lead_columns, readable, runs_display
 from idlora_core.config import ALL_METHODS, AdapterConfig, RunConfig
-from idlora_core.jobs import limits, run_queue, runs, slots
+from idlora_core.jobs import limits, run_queue, runs, slots, throughput
 from idlora_core.tasks import pool_sizes
 from idlora_core.training import compare, preflight
 from idlora_core.training.evaluate import collapsed
@@ -171,9 +175,10 @@ def _param_count(weights) -> int:
     return sum(math.prod(t.shape) for t in weights.tensors.values())
 
 
-def _start_clicked(loaded, layers: list[str]) -> None:
+def _start_clicked(loaded, layers: list[str], confirmed: bool = False) -> None:
     """Queue the chosen runs, after the checks that need nothing built: the user's share of the
-    queue (from the number of runs), then the size of each run (steps, estimated memory)."""
+    queue (from the number of runs), then the size of each run (steps, estimated memory, and its
+    estimated time: over the room's limit only when `confirmed`)."""
     state = st.session_state
     queue, me = _queue(), background.user_id()
     try:
@@ -183,7 +188,10 @@ def _start_clicked(loaded, layers: list[str]) -> None:
                            "runs", "IDLORA_MAX_QUEUED_PER_USER")
         planned = sio.finetune_configs(state, model_name(), loaded.kind, layers)
         if planned:
-            limits.check_runs([cfg for _, cfg in planned], [_memory(loaded, cfg, layers) for _, cfg in planned], lim)
+            configs = [cfg for _, cfg in planned]
+            estimates = throughput.estimate_runs(configs, queue.root, param_count=_param_count(loaded.weights))
+            limits.check_runs(configs, [_memory(loaded, cfg, layers) for cfg in configs], lim,
+                              estimates=estimates, confirmed=confirmed)
     except limits.LimitError as exc:
         st.error(str(exc))
         return
@@ -461,6 +469,7 @@ def main() -> None:
     for key, empty in ((HANDLES, []), (TICKETS, []), (TAILS, {}), (LABELS, {})):
         state.setdefault(key, empty)
     st.header("Fine-tune")
+    class_panel.is_instructor()  # reads ?token= before mirror() rewrites the address without it
     url_state.mirror("finetune")
     st.caption("Short runs of ID-LoRA, LoRA, DoRA, HydraLoRA and full fine-tuning on the same "
                "layers and task: watch the loss and the trainable-parameter budget side by side.")
@@ -470,20 +479,23 @@ def main() -> None:
     state["_ft_chance"] = _chance(loaded)
     layers = _controls(loaded)
     _plan_panel(loaded)
+    queue, me = _queue(), background.user_id()
+    confirmed = run_estimates.panel(loaded, layers, _planned_count(state), queue, _param_count(loaded.weights))
     b1, b2, _ = st.columns([1, 1, 4])
     if b1.button("Start runs", key="start_runs", type="primary"):
-        _start_clicked(loaded, layers)
+        _start_clicked(loaded, layers, confirmed)
     if b2.button("Cancel my runs", key="cancel_runs"):
-        queue, me = _queue(), background.user_id()
-        n = sum(queue.withdraw(e["id"], me) for e in queue.owned(me)[0])
-        n += sum(queue.cancel(t.id) for t in state[TICKETS])
+        waiting, running = queue.owned(me)  # this user's runs, also those of a tab closed since
+        n = sum(queue.withdraw(e["id"], me) for e in waiting) + sum(queue.cancel(e["id"], me) for e in running)
         st.toast(f"Withdrew or asked {n} run(s) to stop (after their current step; metrics are kept).")
+    instructor = instructor_runs.panel(queue, me)
 
     root = sio.runs_root()
     mine = {h.run_dir for h in state[HANDLES]}
-    past_names = [p.name for p in runs.list_runs(root) if p not in mine]
-    state["ft_past"] = valid(state.get("ft_past") or [], past_names)
-    st.multiselect(f"Reload past runs from {root}", past_names, key="ft_past", **KEEP)
+    past = {name: label for name, label in instructor_runs.past_runs(root, me, instructor).items()
+            if root / name not in mine}  # a student lists only their own runs
+    state["ft_past"] = valid(state.get("ft_past") or [], list(past))
+    st.multiselect(f"Reload past runs from {root}", list(past), key="ft_past", format_func=past.get, **KEEP)
     past = [root / name for name in state["ft_past"]]
 
     active = any(runs.run_state(h) in ACTIVE_STATES for h in state[HANDLES])

@@ -7,8 +7,10 @@ parameters with 95 % CIs and the Pareto frontier), metric against learning rate 
 the summary table (validation and test columns) and a paired comparison of two budgets.
 Served to a lab, a study is sized before anything is expanded or started (its run count from the
 grid's axis lengths, its steps and its base run's estimated memory against the server's limits,
-`idlora_core/jobs/limits.py`), each user runs at most IDLORA_MAX_STUDIES_PER_USER studies at
-once, and only the user who started a study can stop it here.
+`idlora_core/jobs/limits.py`; its time from this server's measured runs,
+`idlora_core/jobs/throughput.py`, with a confirmation when a run is over the room's time limit),
+each user runs at most IDLORA_MAX_STUDIES_PER_USER studies at once, and only the user who
+started a study can stop it here.
 No maths here: `analysis/studies.py`, `idlora_core/study/` and `idlora_core/jobs/studies.py`.
 """
 
@@ -36,7 +38,7 @@ from app.common import (
 )
 from app.page_settings import lr_text
 from idlora_core.config import ALL_METHODS, ConfigError
-from idlora_core.jobs import limits, run_queue
+from idlora_core.jobs import limits, run_queue, throughput
 from idlora_core.jobs import studies as jobs
 from idlora_core.jobs.runs import log_tail
 from idlora_core.study.config import load_study
@@ -157,7 +159,13 @@ def _setup(loaded) -> None:
     try:  # from the grid's axis lengths and headers: refused before anything is expanded
         lim = limits.server_limits()
         limits.check_study(study, lim)
-        limits.check_runs([study.base], _memory(study), lim)
+        serial, per_method = studies.estimate_study(study, 1, sio.runs_root())  # measured on this server
+        longest = max(per_method.values(), key=lambda e: e.seconds)
+        try:
+            limits.check_runs([study.base], _memory(study), lim, estimates=[longest])
+            long_runs = None
+        except limits.NeedsConfirmation as exc:  # over the room's time per run: ask below
+            long_runs = exc
     except (limits.LimitError, ValueError) as exc:
         st.error(str(exc))
         return
@@ -170,9 +178,17 @@ def _setup(loaded) -> None:
                               help=f"Trials run in this many processes; at most {slots} now, within the "
                               "server's global run limit (IDLORA_MAX_RUNS) shared with the Fine-tune page.")
     runs = studies.run_count(study)
-    minutes = studies.estimate_seconds(study, int(workers)) / 60
-    st.markdown(f"**{runs} runs**, roughly **{minutes:.0f} min** with {int(workers)} worker(s) "
-                "(estimated for MiniLM on a 2-core CPU).", help="Estimate: steps x 0.6 s + 10 s per run.")
+    st.markdown(f"**{runs} runs**, about **{throughput.minutes(serial / int(workers))}** with {int(workers)} "
+                "worker(s): runs x time per run / workers.")
+    st.caption("Time per run: " + " · ".join(
+        f"{sio.METHOD_LABELS.get(m, m)} about {throughput.minutes(e.seconds)} ({e.source})"
+        for m, e in per_method.items()))
+    confirmed = True
+    if long_runs is not None:
+        st.warning(f"A run of this study takes about {throughput.minutes(long_runs.seconds)} ({long_runs.source}), "
+                   f"over this room's {lim.run_minutes:g} min per run (IDLORA_MAX_RUN_MINUTES): tick the box to "
+                   "start it anyway.")
+        confirmed = st.checkbox(limits.confirm_label(long_runs.seconds, "each run"), key="st_confirm_long")
     # the default name follows the chosen study: a name typed for one preset must not carry
     # over to another preset or to a built grid
     chosen = f"preset:{st.session_state.get('st_preset')}" if source == "Preset" else "built"
@@ -181,6 +197,10 @@ def _setup(loaded) -> None:
         st.session_state["st_name"] = study.name or time.strftime("study-%Y%m%d-%H%M%S")
     name = st.text_input("Study name", key="st_name")
     if st.button("Start study", type="primary", key="st_start"):
+        if not confirmed:
+            st.error(f"Tick \"{limits.confirm_label(long_runs.seconds, 'each run')}\" to start this study, or "
+                     "lower its steps, batch size or sequence length.")
+            return
         me = background.user_id()
         try:
             limits.check_share(len(jobs.running_studies_of(sio.runs_root(), me)), 1, lim.studies_per_user,
@@ -278,6 +298,7 @@ def _paired(trials, summary, metric: str, direction: str) -> None:
 def main() -> None:
     init_state()
     st.title("Studies")
+    class_panel.is_instructor()  # reads ?token= before mirror() rewrites the address without it
     url_state.mirror("studies")
     st.caption("A fair comparison: every method at its own best learning rate, several seeds, against "
                "head-only and base. Run as Optuna trials; each trial is an ordinary run folder.")

@@ -3,9 +3,10 @@
 The queue lives on disk, in `RUNS_ROOT/.queue/`, not in any browser session: closing a tab
 does not lose or stall its queued runs, a restarted server finds them again, and two server
 processes on one runs folder share it. Layout:
-  waiting/<ns-time>-<id>.json   a run to start (config, run folder, label, owner); FIFO
-                                by file name; written once, never changed
-  active/<id>.json              a started run: its folder, process id, owner and memory cap
+  waiting/<ns-time>-<id>.json   a run to start (config, run folder, label, owner, and its
+                                `throughput.RunShape` for wait estimates); FIFO by file name;
+                                written once, never changed
+  active/<id>.json              a started run: its folder, process id, owner, shape, memory cap
   seen/<owner hash>             touched while the owner's page is open (its heartbeat)
   lock                          flock'ed while the queue is changed
 `QueueWorker` (one thread per server process) calls `pump()` every second: while fewer
@@ -13,6 +14,8 @@ runs are alive than `slots.max_runs()`, the oldest waiting run is started with
 `idlora_core.jobs.runs.start_run` under the server's memory cap, and waiting runs whose owner
 has not been seen for the ticket lifetime are dropped. Sessions `submit` (at most their
 share: `idlora_core.jobs.limits`), `withdraw` their own tickets and ask for `places()`.
+A started run's folder gets `owner.json` (`idlora_core.jobs.owners`): who may list it later.
+`cancel(id, owner)` refuses another owner's run (PermissionError) unless `instructor=True`.
 
 Reading the queue costs one directory listing: a ticket file is parsed once per process (its
 name is unique and its content never changes), so a page that shows places for 1,000
@@ -32,13 +35,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from idlora_core.cache import write_text_atomic
 from idlora_core.config import RunConfig, loads_config, parse_config
-from idlora_core.jobs import limits, runs, slots
+from idlora_core.jobs import limits, owners, runs, slots, throughput
 from idlora_core.training.run_files import RunState, write_status
 from idlora_core.training.run_folder import pid_alive
 
@@ -173,6 +176,7 @@ class RunQueue:
                 ticket = Ticket(uuid.uuid4().hex[:12], run_dir, label or run_dir.name, config.adapter.method)
                 entry = {"id": ticket.id, "run_dir": str(run_dir), "label": ticket.label, "owner": owner,
                          "method": ticket.method, "submitted": time.time(),
+                         "shape": asdict(throughput.RunShape.of(config)),  # for the wait estimates
                          "config": config.model_dump(mode="json")}  # JSON: 100x faster than YAML
                 write_text_atomic(self.dir / "waiting" / f"{time.time_ns():020d}-{ticket.id}.json",
                                   json.dumps(entry))
@@ -249,18 +253,29 @@ class RunQueue:
             path.unlink(missing_ok=True)
             return True
 
-    def cancel(self, ticket_id: str) -> bool:
-        """Withdraw a waiting run, or ask a started one to stop (SIGTERM); True when found."""
+    def cancel(self, ticket_id: str, owner: str | None = None, *, instructor: bool = False) -> bool:
+        """Withdraw a waiting run, or ask a started one to stop (SIGTERM); True when found.
+
+        owner: the user asking; a run of another owner raises PermissionError unless `instructor`
+        (None: the server itself asks, e.g. a class study after its own check)."""
         with self._locked():
             path = self._waiting_file(ticket_id)
-            if path is not None:
+            entry = None if path is None else self._read(path)
+            live = None
+            if entry is None:
+                live = next((e for _, e in self._active() if e.get("id") == ticket_id and pid_alive(e.get("pid"))),
+                            None)
+            found = entry or live
+            if found is None:
+                return False
+            if owner is not None and not instructor and found.get("owner") != owner:
+                raise PermissionError(f"run {found.get('label') or ticket_id!r} belongs to another user: only "
+                                      "its owner or the instructor can cancel it")
+            if entry is not None:
                 path.unlink(missing_ok=True)
-                return True
-            for _, entry in self._active():
-                if entry.get("id") == ticket_id and pid_alive(entry.get("pid")):
-                    os.kill(entry["pid"], signal.SIGTERM)
-                    return True
-        return False
+            else:
+                os.kill(live["pid"], signal.SIGTERM)
+            return True
 
     def pump(self) -> list[runs.RunHandle]:
         """Start the oldest waiting runs while fewer than the limit are alive; return their handles.
@@ -296,17 +311,27 @@ class RunQueue:
                 except (OSError, ValueError) as exc:
                     run_dir.mkdir(parents=True, exist_ok=True)
                     write_status(run_dir, RunState.failed, f"could not start: {exc}", pid=None)
+                    self._record_owner(run_dir, entry)
                     continue
+                self._record_owner(run_dir, entry)
                 pid = getattr(handle.process, "pid", None)
                 if handle.process is not None:
                     self._children[entry["id"]] = handle.process
                 write_text_atomic(self.dir / "active" / f"{entry['id']}.json", json.dumps(
                     {"id": entry["id"], "run_dir": str(run_dir), "label": entry.get("label", ""),
                      "owner": entry.get("owner", ""), "pid": pid, "started": time.time(),
+                     "shape": entry.get("shape"), "method": entry.get("method", ""),
                      "memory_cap_gb": getattr(handle, "memory_cap_gb", None)}))
                 started.append(handle)
                 alive += 1
         return started
+
+    @staticmethod
+    def _record_owner(run_dir: Path, entry: dict[str, Any]) -> None:
+        """Write owner.json into a started run's folder (who may list it: idlora_core.jobs.owners)."""
+        if entry.get("owner") and run_dir.is_dir():
+            with contextlib.suppress(OSError):  # a full disk: the run trains, unlisted to its owner
+                owners.write_owner(run_dir, entry["owner"], entry.get("label", ""))
 
 
 def free_run_slots(runs_root: str | Path) -> int:

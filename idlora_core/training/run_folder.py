@@ -4,7 +4,7 @@
     atomically; a second run fails at once naming the holder. A lock left by a process that
     no longer exists on this host is stale and taken over.
   - Nothing of a finished run is lost by a failed re-run: a folder that already holds
-    anything but the launcher's files (config.yaml, train.log, a 'starting' status.json) is
+    anything but the launcher's files (config.yaml, train.log, owner.json, a 'starting' status.json) is
     refused unless `overwrite`; with it, the old run's files are moved to
     `replaced-<time>/` inside the folder only by `claim()`, which the trainer calls after the
     new run's config, model and data have loaded.
@@ -36,7 +36,8 @@ from idlora_core.training.run_files import (
 
 LOCK_FILE = ".run.lock"
 CHECKPOINT_CONFIG = "run_config.yaml"  # the run's config, saved in every checkpoint folder
-LAUNCHER_FILES = {"config.yaml", "train.log", LOCK_FILE}  # written before the run starts
+OWNER_FILE = "owner.json"  # who queued the run (idlora_core/jobs/owners.py), written by the server's queue
+LAUNCHER_FILES = {"config.yaml", "train.log", LOCK_FILE, OWNER_FILE}  # written before the run starts
 RUN_OUTPUTS = (METRICS_FILE, RUN_FILE, STATUS_FILE, "checkpoints", "adapter")
 # fields that may change on --resume: where the run lives and how often it logs / saves /
 # evaluates, and its total length (continue a finished run for more steps)
