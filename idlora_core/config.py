@@ -33,7 +33,7 @@ from pydantic import (
 from idlora_core.cache import write_text_atomic
 from idlora_core.safe_yaml import YAMLInputError, cut, decode_utf8, safe_load_bounded, shorten
 
-AdapterMethod = Literal["idlora", "lora", "dora", "hydralora", "full"]
+AdapterMethod = Literal["idlora", "lora", "dora", "adalora", "hydralora", "full"]
 BaselineMethod = Literal["head-only", "base"]
 Method = Literal[AdapterMethod, BaselineMethod]
 Selection = Literal["id", "centroid", "random"]  # skeleton strategies, in display order
@@ -119,6 +119,9 @@ class TargetConfig(_Strict):
         None, description="block indices to adapt (e.g. [0, 1]); None = every block"
     )
     r: Int = Field(8, ge=1, le=65_536, description="rank of each low-rank component")
+    target_r: Int | None = Field(
+        None, ge=1, le=65_536, description="AdaLoRA: the average rank kept after pruning (r is the "
+        "rank each layer starts with and trains); None = 2/3 of r, rounded (PEFT's 8 of 12)")
     k: Int = Field(4, ge=1, le=4096, description="ID-LoRA clusters, or HydraLoRA heads N")
     selection: Selection = Field(
         "id", description="ID-LoRA skeleton-row strategy: id (pivoted QR, the recommended one), "
@@ -139,6 +142,9 @@ class TargetConfig(_Strict):
                 re.compile(self.pattern)
             except re.error as exc:
                 raise ValueError(f"pattern {self.pattern!r} is not a valid regex: {exc}") from exc
+        if self.target_r is not None and self.target_r > self.r:
+            raise ValueError(f"target_r={self.target_r} must not exceed r={self.r} (AdaLoRA prunes "
+                             "from r down to target_r)")
         if self.r % self.rb_splits:
             raise ValueError(
                 f"rb_splits={self.rb_splits} must divide r={self.r} (rank boosting splits z "
@@ -153,9 +159,11 @@ METHOD_FIELDS: dict[str, frozenset[str]] = {
     "hydralora": frozenset({"r", "k", "alpha", "dropout"}),
     "lora": frozenset({"r", "alpha", "dropout"}),
     "dora": frozenset({"r", "alpha", "dropout"}),
+    "adalora": frozenset({"r", "target_r", "alpha", "dropout"}),
     "full": frozenset(),
 }
 TUNABLE_FIELDS = METHOD_FIELDS["idlora"]
+_METHOD_ONLY_FIELDS = frozenset().union(*METHOD_FIELDS.values())  # a method-specific field each
 # Configs written while selection defaulted to 'centroid' spell it on every target, lora ones too.
 _EARLIER_DEFAULTS: dict[str, object] = {"selection": "centroid"}
 # The TargetConfig fields AdapterConfig takes once for all `target_modules` (PEFT's shorthand).
@@ -181,7 +189,7 @@ class AdapterConfig(_Strict):
 
     method: Method = Field(
         "idlora",
-        description="idlora | lora | dora | hydralora | full, or the baselines head-only (only the "
+        description="idlora | lora | dora | adalora | hydralora | full, or the baselines head-only (only the "
         "task head trains; targets ignored) and base (no training)",
     )
     targets: list[TargetConfig] = Field(
@@ -232,7 +240,7 @@ class AdapterConfig(_Strict):
         used = METHOD_FIELDS[self.method]
         problems = []
         for i, target in enumerate(self.targets):
-            for name in sorted(TUNABLE_FIELDS - used):
+            for name in sorted(_METHOD_ONLY_FIELDS - used):
                 default = TargetConfig.model_fields[name].default
                 if getattr(target, name) not in (default, _EARLIER_DEFAULTS.get(name, default)):
                     users = [m for m in METHOD_FIELDS if name in METHOD_FIELDS[m]]

@@ -3,7 +3,8 @@ Rotten Tomatoes, 80 steps of batch 16 with 8 warm-up steps, ID-LoRA r = 8 and Lo
 k = 4, 5 seeds; `configs/studies/minilm_rotten_tomatoes.yaml`): for each method the learning
 rate of its grid with the best mean VALIDATION accuracy over seeds (docs/STUDIES.md). DoRA and
 HydraLoRA were not in that study: they start at LoRA's rate (DoRA is LoRA plus a magnitude
-vector; HydraLoRA's B-heads are LoRA's B); full fine-tuning starts at 1e-4, the usual BERT rate
+vector; HydraLoRA's B-heads are LoRA's B), and so does AdaLoRA (LoRA with an SVD-shaped
+update, PEFT's; untuned); full fine-tuning starts at 1e-4, the usual BERT rate
 (1e-3 diverges on some seeds). A single run's YAML keeps one `train.learning_rate`; these are
 only what the Fine-tune and Studies pages start from.
 """
@@ -14,6 +15,7 @@ DEFAULT_LEARNING_RATES: dict[str, float] = {
     "idlora": 1e-2,
     "lora": 3e-3,
     "dora": 3e-3,
+    "adalora": 3e-3,  # LoRA's, not tuned: the plan-vs-uniform preset measures 3e-3 and 1e-2
     "hydralora": 3e-3,
     "full": 1e-4,
     "head-only": 1.0,
