@@ -189,8 +189,8 @@ class AdapterConfig(_Strict):
 
     method: Method = Field(
         "idlora",
-        description="idlora | lora | dora | adalora | hydralora | full, or the baselines head-only (only the "
-        "task head trains; targets ignored) and base (no training)",
+        description="idlora | lora | dora | adalora | hydralora | full, or the baselines head-only "
+        "(only the task head trains; targets ignored) and base (no training)",
     )
     targets: list[TargetConfig] = Field(
         default_factory=lambda: [TargetConfig(pattern="query"), TargetConfig(pattern="value")],

@@ -38,10 +38,12 @@ from idlora_core.config import AdapterConfig, RunConfig
 def _forward(self: AdaptedModel, *args: Any, labels: Any = None, **kwargs: Any) -> Any:
     if labels is not None:
         kwargs["labels"] = labels
-    if self.training and self.adapter_config.method == "adalora":
+    tuner = getattr(self.module, "base_model", None)
+    if self.training and self.adapter_config.method == "adalora" and hasattr(tuner, "trainable_adapter_name"):
         # PeftModel.forward skips the tuner's forward, where AdaLoRA adds its orthogonal
-        # regulariser to the loss: call the tuner (training only; evaluation losses stay plain)
-        return self.module.base_model(*args, **kwargs)
+        # regulariser to the loss: call the tuner (training only, and only with an adapter that
+        # trains: evaluation and inference-only loads keep the plain loss)
+        return tuner(*args, **kwargs)
     return self.module(*args, **kwargs)
 
 

@@ -237,6 +237,13 @@ def test_save_load_round_trip_reproduces_outputs(tmp_path):
         assert torch.equal(loaded(input_ids=ids).logits, expected)
     assert loaded.report.totals == adapted.report.totals  # nothing pruned yet: every triplet saved
     assert loaded.module.peft_config["default"].target_r == 2
+    frozen = load_adapters(make_tiny_bert(num_labels=2), tmp_path / "a", is_trainable=False)
+    assert not any(p.requires_grad for p in frozen.parameters())
+    frozen.train()  # an inference-only load has no allocator: the plain loss, no error
+    torch.manual_seed(3)
+    plain = frozen.module(input_ids=ids, labels=torch.tensor([0, 1])).loss
+    torch.manual_seed(3)
+    assert torch.equal(frozen(input_ids=ids, labels=torch.tensor([0, 1])).loss, plain)
 
 
 def test_config_fields():
