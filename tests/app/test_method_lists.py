@@ -16,7 +16,7 @@ def test_every_method_has_a_label_colour_rate_and_grid_entry():
         assert method in sio.METHOD_LABELS and method in sio.LR_KEYS, method
         assert method in figures.METHOD_COLORS and method in DEFAULT_LEARNING_RATES and method in USES, method
     assert len(set(figures.METHOD_COLORS.values())) == len(figures.METHOD_COLORS)  # told apart
-    assert sio.METHOD_LABELS["adalora"] == "AdaLoRA" and DEFAULT_LEARNING_RATES["adalora"] == 3e-3
+    assert sio.METHOD_LABELS["adalora"] == "AdaLoRA" and DEFAULT_LEARNING_RATES["adalora"] == 3e-2
 
 
 def test_fine_tune_page_plans_adalora_runs():
@@ -26,4 +26,4 @@ def test_fine_tune_page_plans_adalora_runs():
     cfg = plan[3][1]
     assert cfg.adapter.method == "adalora" and cfg.adapter.targets[0].r == 8
     assert cfg.adapter.targets[0].k == 4 and cfg.adapter.targets[0].target_r is None  # defaults: unused
-    assert cfg.train.learning_rate == state[sio.LR_KEYS["adalora"]] == 3e-3
+    assert cfg.train.learning_rate == state[sio.LR_KEYS["adalora"]] == 3e-2
