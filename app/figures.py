@@ -148,7 +148,7 @@ def spectra_figure(spectra: pd.DataFrame) -> go.Figure:
 
 
 # --- Fine-tune -------------------------------------------------------------------------------
-METHOD_COLORS = {"idlora": "#1f77b4", "lora": "#ff7f0e", "dora": "#2ca02c",
+METHOD_COLORS = {"idlora": "#1f77b4", "lora": "#ff7f0e", "dora": "#2ca02c", "adalora": "#17becf",
                  "hydralora": "#9467bd", "full": "#d62728", "head-only": "#7f7f7f", "base": "#000000"}
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
 

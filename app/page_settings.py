@@ -73,6 +73,7 @@ METHOD_LABELS: dict[str, str] = {
     "idlora": "ID-LoRA",
     "lora": "LoRA",
     "dora": "DoRA",
+    "adalora": "AdaLoRA",
     "hydralora": "HydraLoRA",
     "full": "Full fine-tuning",
     "head-only": "Head only (linear probe)",

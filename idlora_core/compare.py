@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", help="also write the table as Markdown to this file")
     parser.add_argument("--pair", nargs=2, metavar=("A", "B"),
                         help="with one study folder: the paired difference A - B of two budgets (METHOD, "
-                        "METHOD:rN, METHOD:rN:kM or METHOD:kM) on the test metric, seed by seed, each at its "
+                        "METHOD:rN, METHOD:rN:kM or METHOD:kM, @VARIANT for a grid.variants arm, e.g. "
+                        "idlora@planned) on the test metric, seed by seed, each at its "
                         "validation-chosen learning rate; --csv / --markdown then write the per-seed table")
     args = parser.parse_args(argv)
     study = len(args.runs) == 1 and (Path(args.runs[0]) / "study.json").is_file()

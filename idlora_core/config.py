@@ -34,7 +34,7 @@ from idlora_core.cache import write_text_atomic
 from idlora_core.patterns import compile_pattern
 from idlora_core.safe_yaml import YAMLInputError, cut, decode_utf8, safe_load_bounded, shorten
 
-AdapterMethod = Literal["idlora", "lora", "dora", "hydralora", "full"]
+AdapterMethod = Literal["idlora", "lora", "dora", "adalora", "hydralora", "full"]
 BaselineMethod = Literal["head-only", "base"]
 Method = Literal[AdapterMethod, BaselineMethod]
 Selection = Literal["id", "centroid", "random"]  # skeleton-row selection rules, in display order
@@ -127,6 +127,9 @@ class TargetConfig(_Strict):
         None, description="block indices to adapt (e.g. [0, 1]); None = every block"
     )
     r: Int = Field(8, ge=1, le=65_536, description="rank of each low-rank component")
+    target_r: Int | None = Field(
+        None, ge=1, le=65_536, description="AdaLoRA: the average rank kept after pruning (r is the "
+        "rank each layer starts with and trains); None = 2/3 of r, rounded (PEFT's 8 of 12)")
     k: Int = Field(4, ge=1, le=4096, description="ID-LoRA clusters of the weight's rows")
     heads: Int = Field(4, ge=1, le=4096, description="HydraLoRA heads N (B matrices the router mixes)")
     selection: Selection = Field(
@@ -145,6 +148,9 @@ class TargetConfig(_Strict):
     def _check(self) -> TargetConfig:
         if self.regex:
             compile_pattern(self.pattern)  # PatternError (a ValueError): invalid or too large
+        if self.target_r is not None and self.target_r > self.r:
+            raise ValueError(f"target_r={self.target_r} must not exceed r={self.r} (AdaLoRA prunes "
+                             "from r down to target_r)")
         if self.r % self.rb_splits:
             raise ValueError(
                 f"rb_splits={self.rb_splits} must divide r={self.r} (rank boosting splits z "
@@ -162,6 +168,7 @@ METHOD_FIELDS: dict[str, frozenset[str]] = {
     "hydralora": frozenset({"r", "heads", "alpha", "dropout"}),
     "lora": frozenset({"r", "alpha", "dropout"}),
     "dora": frozenset({"r", "alpha", "dropout"}),
+    "adalora": frozenset({"r", "target_r", "alpha", "dropout"}),
     "full": frozenset(),
 }
 # Every method-specific TargetConfig field (the ones some method does not use).
@@ -238,8 +245,8 @@ class AdapterConfig(_Strict):
 
     method: Method = Field(
         "idlora",
-        description="idlora | lora | dora | hydralora | full, or the baselines head-only (only the "
-        "task head trains; targets ignored) and base (no training)",
+        description="idlora | lora | dora | adalora | hydralora | full, or the baselines head-only "
+        "(only the task head trains; targets ignored) and base (no training)",
     )
     targets: list[TargetConfig] = Field(
         default_factory=lambda: [TargetConfig(pattern="query"), TargetConfig(pattern="value")],

@@ -6,7 +6,7 @@ Pure arithmetic, no torch: the sweep, the app and the tests call it to predict w
 
 from __future__ import annotations
 
-BUDGET_METHODS: tuple[str, ...] = ("full", "lora", "dora", "hydralora", "idlora")
+BUDGET_METHODS: tuple[str, ...] = ("full", "lora", "dora", "adalora", "hydralora", "idlora")
 DEFAULT_K = 4  # ID-LoRA clusters, as TargetConfig.k
 DEFAULT_HEADS = 4  # HydraLoRA heads N, as TargetConfig.heads
 
@@ -37,8 +37,12 @@ def trainable_params(
     `p` = ID-LoRA rank-boosting splits (needs `m % p == 0` and `r % p == 0`; ignored by
     the other methods, as `apply_adapters` ignores `rb_splits` for them),
     `bias` = the layer has a bias (only full fine-tuning trains it). Formulas:
-    full `m*n (+m)`, lora `r*(m+n)`, dora `r*(m+n)+m`, hydralora `r*n + N*r*m + N*n`,
-    idlora `m*r/p^2 + k*r`.
+    full `m*n (+m)`, lora `r*(m+n)`, dora `r*(m+n)+m`, adalora `r*(m+n+1)`,
+    hydralora `r*n + N*r*m + N*n`, idlora `m*r/p^2 + k*r`.
+
+    AdaLoRA's `r` is the rank each layer starts with (PEFT's `init_r`): A (r x n), the singular
+    values E (r x 1) and B (m x r) all train from the first step to the last; pruning to
+    `target_r` zeroes entries of E, it does not free them (PEFT drops them only on save).
     """
     k, heads = _counts(method, k, heads)
     _check(m, n, r, k, p, heads)
@@ -48,6 +52,8 @@ def trainable_params(
         return r * (m + n)
     if method == "dora":
         return r * (m + n) + m
+    if method == "adalora":
+        return r * (m + n + 1)
     if method == "hydralora":
         return r * n + heads * r * m + heads * n
     if method == "idlora":
@@ -61,14 +67,15 @@ def trainable_params(
 
 def frozen_adapter_elements(method: str, m: int, n: int, r: int = 8, *, k: int | None = None,
                             heads: int | None = None) -> int:
-    """Return the frozen floating-point elements an adapter adds to one `(m, n)` layer: 0 for
-    every method. ID-LoRA reads `A_c x` from the base output and keeps no copy of the rows (it
+    """Return the frozen floating-point elements an adapter adds to one `(m, n)` layer: 1 for
+    AdaLoRA (PEFT's `ranknum`, the frozen rank the update is divided by), 0 for every other
+    method. ID-LoRA reads `A_c x` from the base output and keeps no copy of the rows (it
     was `k*r*n` before issue 13); its `(k, r)` int64 skeleton indices are `index_bytes`."""
     k, heads = _counts(method, k, heads)
     _check(m, n, r, k, 1, heads)
     if method not in BUDGET_METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(BUDGET_METHODS)}")
-    return 0
+    return 1 if method == "adalora" else 0
 
 
 def index_bytes(method: str, r: int = 8, *, k: int | None = None) -> int:

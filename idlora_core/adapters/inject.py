@@ -1,11 +1,12 @@
 """Put adapters on a transformers model: find the target linears, create the adapter, replace.
 
 One entry point, `inject_adapters(model, adapter_config)` (wrapped by `model.apply_adapters`), for
-all five methods and two baselines:
+all six methods and two baselines:
   idlora     -> `IDLoRALinear` (skeleton rows from `clustering` + `selection`, or from
                 `adapter_config.skeletons` when given, so a saved config needs no re-clustering)
   hydralora  -> `HydraLoRALinear`
   lora, dora -> PEFT (`LoraConfig(target_modules=[exact names], use_dora=...)`, `get_peft_model`)
+  adalora    -> PEFT (`AdaLoraConfig`, built by `adalora.adalora_config`; r is PEFT's init_r)
   full       -> the chosen linears themselves are unfrozen, nothing else
   head-only  -> no adapter: only the head modules train (targets ignored)
   base       -> nothing trains (the reference point with 0 trainable parameters)
@@ -23,6 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from idlora_core.adapters.adalora import adalora_config
 from idlora_core.adapters.budget import trainable_params
 from idlora_core.adapters.hydralora import HydraLoRALinear
 from idlora_core.adapters.idlora import IDLoRALinear
@@ -125,9 +127,14 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.base_model.model if isinstance(model, PeftModel) else model
 
 
+PEFT_METHODS = ("lora", "dora", "adalora")  # built by PEFT, saved with save_pretrained
+
+
 def _apply_peft(model, targets, adapter_config, adapter_name, heads):
     from peft import LoraConfig, get_peft_model
 
+    if adapter_config.method == "adalora":
+        return get_peft_model(model, adalora_config(targets, heads), adapter_name=adapter_name)
     dropouts = {t.dropout for _, t in targets}
     if len(dropouts) > 1:
         raise ValueError(f"PEFT LoRA/DoRA takes one dropout for all targets, got {sorted(dropouts)}")
@@ -162,7 +169,7 @@ def inject_adapters(
     cache: bool = True,
 ) -> tuple[nn.Module, AdapterConfig, AdapterReport]:
     """Adapt `model` IN PLACE (deep-copy it first to keep the original) and return its three parts:
-    the model that runs (a `peft.PeftModel` for lora / dora), the config with resolved ID-LoRA
+    the model that runs (a `peft.PeftModel` for lora / dora / adalora), the config with resolved ID-LoRA
     skeletons and the `AdapterReport`. `idlora_core.adapters.model.apply_adapters` wraps them in
     an `AdaptedModel`.
 
@@ -185,7 +192,7 @@ def inject_adapters(
     if method == "idlora":
         skeletons = resolve_skeletons(model, targets, adapter_config, progress, cache)
     model.requires_grad_(False)
-    if method in ("lora", "dora"):
+    if method in PEFT_METHODS:
         model = _apply_peft(model, targets, adapter_config, adapter_name, heads)
     else:
         for i, (name, target) in enumerate(targets):
@@ -205,7 +212,7 @@ def inject_adapters(
                     generator=gen,
                 )
                 _replace(model, name, new)
-            else:  # pragma: no cover - the config schema only allows the five methods
+            else:  # pragma: no cover - the config schema only allows the six methods
                 raise ValueError(f"unknown method {method!r}")
         for head in heads:
             model.get_submodule(head).requires_grad_(True)
@@ -248,6 +255,8 @@ def build_report(
         m, n = base.out_features, base.in_features
         trainable = [p for p in module.parameters() if p.requires_grad]
         buffers = [b for bname, b in module.named_buffers() if bname.split(".")[-1].startswith("idlora_")]
+        # AdaLoRA's `ranknum`: a frozen one-element parameter per layer (the rank it divides by)
+        buffers += [p for pname, p in module.named_parameters() if pname.startswith("ranknum.")]
         frozen = [b for b in buffers if b.is_floating_point()]
         p = target.rb_splits if method == "idlora" else 1
         r = None if method == "full" else target.r

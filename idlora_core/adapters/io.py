@@ -9,8 +9,9 @@ Folder layout:
                              read from the base output); its metadata `skeleton_rows_sha256` holds
                              per layer the SHA-256 of the rows W0[J] the skeleton reads (rounded
                              to bfloat16, so an fp32 and a bf16 load of one checkpoint agree).
-                             lora / dora: PEFT's own file
-  adapter_config.json        lora / dora only: PEFT's config (`save_pretrained`)
+                             lora / dora / adalora: PEFT's own file (AdaLoRA: only the ranks
+                             its allocator kept, so a loaded AdaLoRA counts its final ranks)
+  adapter_config.json        lora / dora / adalora only: PEFT's config (`save_pretrained`)
 Writes go only into `folder`; each file is written to a temporary name, then renamed.
 
 Loading checks what it reads: a missing, empty or truncated weights file, a config that does not
@@ -34,6 +35,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from idlora_core.adapters.inject import (
+    PEFT_METHODS,
     adapter_state_dict,
     build_report,
     head_module_names,
@@ -104,7 +106,7 @@ def save_adapters(model: nn.Module, folder: str | Path, *, run_config: RunConfig
     folder.mkdir(parents=True, exist_ok=True)
     resolved = _resolved(model, run_config)
     adapter = resolved.adapter if isinstance(resolved, RunConfig) else resolved
-    if adapter.method in ("lora", "dora"):
+    if adapter.method in PEFT_METHODS:
         model.module.save_pretrained(str(folder))
     else:
         tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
@@ -182,7 +184,7 @@ def load_adapter_parts(
     one did; `idlora_core.adapters.model.load_adapters` wraps the parts."""
     folder = Path(folder)
     adapter, run_config = _read_configs(folder)
-    if adapter.method in ("lora", "dora"):
+    if adapter.method in PEFT_METHODS:
         from peft import PeftModel
 
         base_params = sum(p.numel() for p in base_model.parameters())

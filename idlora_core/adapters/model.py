@@ -1,7 +1,7 @@
-"""`AdaptedModel`: what `apply_adapters` and `load_adapters` return, the same for all five methods.
+"""`AdaptedModel`: what `apply_adapters` and `load_adapters` return, the same for all six methods.
 
 An `nn.Module` with one submodule, `module`: the model that runs (a `peft.PeftModel` for
-lora / dora, the transformers model with `IDLoRALinear` / `HydraLoRALinear` layers in it for
+lora / dora / adalora, the transformers model with `IDLoRALinear` / `HydraLoRALinear` layers in it for
 idlora / hydralora, the model itself for full; named like DDP's `.module`, so that a
 transformers model's own `.model` stays reachable). Besides it: `adapter_config` (the resolved
 `AdapterConfig`, ID-LoRA skeletons filled in), `report` (the `AdapterReport`) and `run_config`
@@ -38,6 +38,12 @@ from idlora_core.config import AdapterConfig, RunConfig
 def _forward(self: AdaptedModel, *args: Any, labels: Any = None, **kwargs: Any) -> Any:
     if labels is not None:
         kwargs["labels"] = labels
+    tuner = getattr(self.module, "base_model", None)
+    if self.training and self.adapter_config.method == "adalora" and hasattr(tuner, "trainable_adapter_name"):
+        # PeftModel.forward skips the tuner's forward, where AdaLoRA adds its orthogonal
+        # regulariser to the loss: call the tuner (training only, and only with an adapter that
+        # trains: evaluation and inference-only loads keep the plain loss)
+        return tuner(*args, **kwargs)
     return self.module(*args, **kwargs)
 
 
@@ -77,13 +83,13 @@ class AdaptedModel(nn.Module):
 
     @property
     def method(self) -> str:
-        """The adapter method: idlora, lora, dora, hydralora or full (or head-only, base)."""
+        """The adapter method: idlora, lora, dora, adalora, hydralora or full (or head-only, base)."""
         return self.adapter_config.method
 
     @property
     def unwrapped(self) -> nn.Module:
         """The transformers model with the adapter layers in it (inside PEFT's wrapper for
-        lora / dora); its module names are the ones the report rows use."""
+        lora / dora / adalora); its module names are the ones the report rows use."""
         from peft import PeftModel
 
         module = self.module

@@ -1,4 +1,4 @@
-"""`AdapterReport`: what an adapted model trains, layer by layer, the same for all five methods.
+"""`AdapterReport`: what an adapted model trains, layer by layer, the same for all six methods.
 
 Counts come from the real modules (`requires_grad` parameters and `idlora_` buffers); the
 `formula` column is `budget.trainable_params` for the same layer, so the two can be compared.

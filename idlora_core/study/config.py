@@ -11,6 +11,7 @@
       ranks: {idlora: [8], lora: [4, 8]}         # optional per-method ranks (override r)
       seed: [0, 1, 2]
       cluster_seed: [0, 1, 2]                    # optional: ID-LoRA's k-means seed as its own axis
+      variants: {planned: configs/plan.yaml}   # optional named arms with their own adapter section
     metric: eval_sentiment_accuracy
     direction: maximize
 
@@ -27,6 +28,7 @@ two sources of variance (`summary.py`: seed_std, cluster_std).
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from idlora_core.config import (
     MAX_CONFIG_BYTES,
     MAX_SEED,
+    AdapterConfig,
     ConfigError,
     Method,
     RunConfig,
@@ -43,7 +46,9 @@ from idlora_core.config import (
     _format_errors,
     load_config,
 )
-from idlora_core.safe_yaml import YAMLInputError, decode_utf8, safe_load_bounded, shorten
+from idlora_core.safe_yaml import YAMLInputError, cut, decode_utf8, safe_load_bounded, shorten
+
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class _Strict(BaseModel):
@@ -84,6 +89,20 @@ class Grid(_Strict):
     steps: list[int] | None = Field(None, min_length=1)
     selection: list[Selection] | None = Field(None, min_length=1)
     rb_splits: list[int] | None = Field(None, min_length=1)
+    variants: dict[str, AdapterConfig] | None = Field(
+        None, description="named arms with an adapter section of their own (e.g. a per-layer plan "
+        "of python -m analysis.plan): the path of a run config (its adapter section is taken) or "
+        "an inline adapter section; model, tasks and training stay the base's. Each runs at every "
+        "seed and steps value and at its method's learning rates")
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, table):
+        bad = [name for name in table or {} if not VARIANT_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"variant names are letters, digits, '_' and '-' (they name run "
+                             f"folders and budgets such as idlora@planned), got {bad}")
+        return table
 
     @field_validator("r", "k", "steps", "rb_splits")
     @classmethod
@@ -145,8 +164,10 @@ class StudyConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
+        variant_methods = {v.method for v in (self.grid.variants or {}).values()}
         for field in ("learning_rates", "ranks"):
-            unknown = set(getattr(self.grid, field) or {}) - set(self.grid.method)
+            known = set(self.grid.method) | (variant_methods if field == "learning_rates" else set())
+            unknown = set(getattr(self.grid, field) or {}) - known
             if unknown:
                 raise ValueError(f"grid.{field} names methods not in grid.method: {sorted(unknown)}")
         if self.grid.tpe and self.grid.learning_rates:
@@ -175,15 +196,40 @@ def _resolve_base(data: dict[str, Any], where: Path | None) -> tuple[dict[str, A
     return data, []
 
 
+def _resolve_variants(data: dict[str, Any], where: Path | None) -> tuple[dict[str, Any], list[str]]:
+    """Replace each `grid.variants` value that is a path by the adapter section of the run config
+    it names (inline, so the stored study needs no file); return (data, problems)."""
+    grid = data.get("grid")
+    variants = grid.get("variants") if isinstance(grid, dict) else None
+    if not isinstance(variants, dict):
+        return data, []
+    problems, resolved = [], {}
+    for name, value in variants.items():
+        if isinstance(value, str):
+            path = Path(value)
+            if not path.is_absolute() and where is not None and not path.exists():
+                path = where / path
+            try:
+                value = load_config(path).adapter.model_dump(mode="json")
+            except ConfigError as exc:
+                problems += [f"grid.variants.{name} ({cut(value)}): {e}" for e in exc.errors]
+                continue  # reported once, not again as "not a mapping"
+        resolved[name] = value
+    return {**data, "grid": {**grid, "variants": resolved}}, problems
+
+
 def parse_study(data: dict[str, Any] | None, where: str | Path | None = None) -> StudyConfig:
     """Return the validated StudyConfig of a plain dict; raises ConfigError listing every problem.
 
-    `where`: the folder relative `base:` paths are looked up in (besides the working folder).
+    `where`: the folder relative `base:` and `grid.variants` paths are looked up in (besides
+    the working folder).
     """
     if not isinstance(data, dict):
         raise ConfigError([f"(top level): expected a mapping with base, grid and metric, got "
                            f"{type(data).__name__}"])
     data, problems = _resolve_base(data, Path(where) if where else None)
+    data, variant_problems = _resolve_variants(data, Path(where) if where else None)
+    problems += variant_problems
     try:
         study = StudyConfig.model_validate(data)
     except ValidationError as exc:

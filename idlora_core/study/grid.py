@@ -1,5 +1,8 @@
 """Grid expansion: a StudyConfig -> the list of distinct trials (cells), and a cell -> a RunConfig.
 
+`grid.variants` arms are cells of their own (`variant_cells`): each carries its adapter section,
+which replaces the base's in `cell_config`.
+
 A parameter that a method does not use collapses for that method (k for LoRA, r for
 head-only, everything but the seed for base), so no two cells train the same thing. Cells
 are plain dicts so that they travel through Optuna's storage as JSON.
@@ -19,6 +22,7 @@ from idlora_core.study.config import StudyConfig
 
 GRID_KEYS: tuple[str, ...] = ("method", "r", "k", "selection", "rb_splits", "steps", "learning_rate",
                               "cluster_seed", "seed")
+GRID_KEYS += ("variant",)  # the name of a grid.variants arm; None for the method cells
 # The target field each grid axis sets, per method: the `k` axis is ID-LoRA's clusters and
 # HydraLoRA's heads (`TargetConfig.heads`); which method uses which comes from METHOD_FIELDS.
 _TARGET_AXES: tuple[str, ...] = ("r", "k", "selection", "rb_splits")
@@ -53,8 +57,9 @@ def method_values(study: StudyConfig, method: str) -> dict[str, list[Any]]:
     lrs = None if g.tpe else ((g.learning_rates or {}).get(method) or g.learning_rate)
     given = {"r": (g.ranks or {}).get(method) or g.r, "k": g.k, "selection": g.selection, "rb_splits": g.rb_splits, "steps": g.steps,
              "learning_rate": lrs, "cluster_seed": g.cluster_seed, "seed": g.seed}
-    return {key: (list(values) if values and key in USES[method] else [None])
-            for key, values in given.items()}
+    values = {key: (list(values) if values and key in USES[method] else [None])
+              for key, values in given.items()}
+    return values | {"variant": [None]}  # variant cells come from `variant_cells`
 
 
 def expand_grid(study: StudyConfig) -> tuple[list[dict[str, Any]], list[str]]:
@@ -80,13 +85,32 @@ def expand_grid(study: StudyConfig) -> tuple[list[dict[str, Any]], list[str]]:
                 notes.append(f"skipped {method} r={ranks} rb_splits={p}: p must divide r")
                 continue
             cells.append(cell)
-    return cells, notes
+    return cells + variant_cells(study), notes
+
+
+def variant_cells(study: StudyConfig) -> list[dict[str, Any]]:
+    """Return the cells of the study's `grid.variants`: for each named adapter section, one cell
+    per steps x learning rate (its method's) x seed, r / k / selection / rb_splits None (the
+    section holds them); each cell carries the section as `adapter` (cells travel as JSON)."""
+    cells = []
+    for name, adapter in (study.grid.variants or {}).items():
+        values = method_values(study, adapter.method)
+        keys = ("steps", "learning_rate", "seed")
+        for combo in itertools.product(*(values[k] for k in keys)):
+            cells.append({**dict.fromkeys(GRID_KEYS), "method": adapter.method, "variant": name,
+                          **dict(zip(keys, combo, strict=True)), "adapter": adapter.model_dump(mode="json")})
+    return cells
 
 
 def budget_key(cell: dict[str, Any], base: RunConfig) -> tuple[str, int | None, int | None]:
     """Return (method, r, k) of a cell as the summary groups it: the base config's first-target
     value where the grid leaves r / k unset, None where the method does not use it."""
     method = cell["method"]
+    if cell.get("variant") is not None:  # its own targets: their r / k when all share one
+        shared = {key: {t.get(key) for t in cell["adapter"]["targets"]} for key in ("r", "k")}
+        r, k = (next(iter(shared[key])) if len(shared[key]) == 1 and key in USES[method] else None
+                for key in ("r", "k"))
+        return method, r, k
     first = base.adapter.targets[0]
     r = (cell["r"] if cell["r"] is not None else first.r) if "r" in USES[method] else None
     k_base = getattr(first, axis_field(method, "k"))
@@ -99,6 +123,8 @@ def cell_config(base: RunConfig, cell: dict[str, Any], output_dir: str) -> RunCo
     target for r, k, selection, rb_splits), train.seed = the cell's seed, adapter.seed = its
     cluster_seed when it has one, else its seed."""
     data = base.model_dump(mode="json")
+    if cell.get("variant") is not None:  # a grid.variants arm: its adapter section replaces the base's
+        data["adapter"] = dict(cell["adapter"])
     data["adapter"]["method"] = cell["method"]
     for target in data["adapter"]["targets"]:
         for key in _TARGET_AXES:
@@ -127,8 +153,10 @@ def cell_config(base: RunConfig, cell: dict[str, Any], output_dir: str) -> RunCo
 
 
 def cell_name(number: int, cell: dict[str, Any]) -> str:
-    """Return the run-folder name of a cell, e.g. `0007-lora-r8-lr0.003-s1` (`-c2`: cluster seed 2)."""
+    """Return the run-folder name of a cell, e.g. `0007-lora-r8-lr0.003-s1` (`-c2`: cluster seed 2;
+    a variant's name follows the method: `0040-idlora-planned-lr0.01-s0`)."""
     parts = [f"{number:04d}", cell["method"]]
+    parts += [cell["variant"]] if cell.get("variant") else []
     short = {"r": "r", "k": "k", "selection": "", "rb_splits": "p", "steps": "n", "learning_rate": "lr",
              "cluster_seed": "c", "seed": "s"}
     for key, tag in short.items():

@@ -35,8 +35,11 @@ CLUSTER_COLUMNS: list[str] = ["n_cluster_seeds", "seed_std", "cluster_std", "tes
                               "test_cluster_std"]
 GROUP_KEYS: list[str] = ["method", "r", "k"]
 EXTRA_KEYS: tuple[str, ...] = ("selection", "rb_splits", "steps")
-BUDGET_FORM = "METHOD, METHOD:rN, METHOD:rN:kM or METHOD:kM (e.g. idlora:r8:k4)"
-_BUDGET_RE = re.compile(r"(?P<method>[A-Za-z0-9_-]+)(?::r(?P<r>\d+))?(?::k(?P<k>\d+))?")
+BUDGET_FORM = ("METHOD, METHOD:rN, METHOD:rN:kM or METHOD:kM (e.g. idlora:r8:k4), any of them "
+               "@VARIANT for a grid.variants arm (e.g. idlora@planned)")
+_BUDGET_RE = re.compile(r"(?P<method>[A-Za-z0-9_-]+)(?::r(?P<r>\d+))?(?::k(?P<k>\d+))?"
+                        r"(?:@(?P<variant>[A-Za-z0-9_-]+))?")
+VARIANT_KEY = "variant"  # a grid.variants arm: a budget of its own whenever the study has one
 
 
 def t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float, float]:
@@ -101,7 +104,8 @@ def pareto_confident_mask(trainable: np.ndarray, mean: np.ndarray, low: np.ndarr
 def _group_keys(trials: pd.DataFrame) -> list[str]:
     """(method, r, k) plus any other grid column that varies (selection, rb_splits, steps)."""
     extra = [c for c in EXTRA_KEYS if c in trials and trials[c].dropna().nunique() > 1]
-    return GROUP_KEYS + extra
+    variant = [VARIANT_KEY] if VARIANT_KEY in trials and trials[VARIANT_KEY].notna().any() else []
+    return GROUP_KEYS + extra + variant
 
 
 def _complete(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -218,23 +222,28 @@ def summarize(trials: pd.DataFrame, metric: str = "value", direction: str = "max
 
 
 def parse_budget(text: str) -> dict[str, Any]:
-    """Return the budget selector of `text`: "idlora:r8:k4" -> {"method": "idlora", "r": 8, "k": 4};
-    accepts METHOD, METHOD:rN, METHOD:rN:kM and METHOD:kM (ValueError otherwise)."""
+    """Return the budget selector of `text`: "idlora:r8:k4" -> {"method": "idlora", "r": 8, "k": 4},
+    "idlora@planned" -> {"method": "idlora", "variant": "planned"}; accepts METHOD, METHOD:rN,
+    METHOD:rN:kM and METHOD:kM, each optionally followed by @VARIANT (ValueError otherwise)."""
     match = _BUDGET_RE.fullmatch(text.strip())
     if not match:
         raise ValueError(f"bad budget {text!r}: expected {BUDGET_FORM}")
-    return {k: (v if k == "method" else int(v)) for k, v in match.groupdict().items() if v is not None}
+    return {k: (v if k in ("method", VARIANT_KEY) else int(v))
+            for k, v in match.groupdict().items() if v is not None}
 
 
 def budget_label(budget: dict[str, Any]) -> str:
-    """Return the short name of a budget: "idlora:r8:k4", "lora:r4", "base", other grid keys as
-    " key=value" ({"method": "lora", "r": 4, "steps": 60} -> "lora:r4 steps=60")."""
+    """Return the short name of a budget: "idlora:r8:k4", "lora:r4", "base", a variant as
+    "@name" ("idlora:k8@planned"), other grid keys as " key=value" ({"method": "lora", "r": 4,
+    "steps": 60} -> "lora:r4 steps=60")."""
     def given(key: str) -> bool:
         return budget.get(key) is not None and not pd.isna(budget[key])
 
     label = str(budget.get("method", "?"))
     label += "".join(f":{key}{int(budget[key])}" for key in ("r", "k") if given(key))
-    return label + "".join(f" {key}={budget[key]}" for key in budget if key not in GROUP_KEYS and given(key))
+    label += f"@{budget[VARIANT_KEY]}" if given(VARIANT_KEY) else ""
+    return label + "".join(f" {key}={budget[key]}" for key in budget
+                           if key not in GROUP_KEYS and key != VARIANT_KEY and given(key))
 
 
 def _same(value: Any, wanted: Any) -> bool:
@@ -345,6 +354,8 @@ def _pick(budgets: list[tuple[dict[str, Any], pd.DataFrame]], selector: dict[str
     if unknown:
         raise ValueError(f"budget {name}: {', '.join(unknown)} is not a budget key of this study (keys: "
                          f"{', '.join(keys)}); budgets available: {available}")
+    if VARIANT_KEY in keys and VARIANT_KEY not in selector:  # no @name: a method cell, not an arm
+        selector = {**selector, VARIANT_KEY: None}
     found = [(b, g) for b, g in budgets if all(_same(b.get(k), v) for k, v in selector.items())]
     if len(found) != 1:
         what = "no budget" if not found else f"{len(found)} budgets"

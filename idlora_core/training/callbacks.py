@@ -1,4 +1,5 @@
-"""Trainer callbacks: the live metrics file, evaluation, stop requests, NaN guard, progress bar.
+"""Trainer callbacks: the live metrics file, evaluation, stop requests, NaN guard, progress bar,
+AdaLoRA's rank allocation.
 
 `MetricsCallback` appends one JSON line per logging step to `OUTPUT/metrics.jsonl`
 (`run_files.MetricRow`): step, epoch, loss, lr, grad_norm, trainable_params, total_params,
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from idlora_core.adapters.adalora import set_total_step, update_and_allocate
 from idlora_core.training.run_files import MetricRow, RunState, append_metrics, write_status
 
 
@@ -207,3 +209,20 @@ class ProgressCallback(TrainerCallback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class AdaLoraCallback(TrainerCallback):
+    """AdaLoRA's part of the training loop (`adapters/adalora.py`): at the start, the schedule
+    for the Trainer's max_steps; after every optimiser step (before the gradients are zeroed),
+    PEFT's `update_and_allocate(step)`, which scores the singular values and prunes to the
+    budget. `calls` counts the allocations made."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        set_total_step(model, state.max_steps)
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        update_and_allocate(model, state.global_step)  # 0-based: the step just taken
+        self.calls += 1

@@ -123,8 +123,9 @@ def _bytes_per_element(train: TrainConfig, device: str) -> int:
 def _activation_width(method: str, r: int, k: int) -> int:
     # Elements per token an adapter keeps for the backward pass: LoRA/DoRA its r-vector,
     # ID-LoRA its k projections of r plus the router, HydraLoRA r plus N heads of m... bounded
-    # below by N*r (here k is N); full fine-tuning keeps nothing beyond the base model.
-    return {"lora": r, "dora": r, "idlora": k * r + k, "hydralora": k * r + k}.get(method, 0)
+    # below by N*r (here k is N); AdaLoRA its r-vector (scaled by E); full fine-tuning keeps
+    # nothing beyond the base model.
+    return {"lora": r, "dora": r, "adalora": r, "idlora": k * r + k, "hydralora": k * r + k}.get(method, 0)
 
 
 def estimate_memory(shapes: list[tuple[int, int, int, int, int]], method: str, train: TrainConfig,
@@ -167,7 +168,7 @@ def check_run_fits(model: torch.nn.Module, adapter: AdapterConfig, train: TrainC
     from idlora_core.adapters.inject import resolve_targets
 
     method = adapter.method
-    if method not in ("idlora", "lora", "dora", "hydralora", "full"):
+    if method not in ("idlora", "lora", "dora", "adalora", "hydralora", "full"):
         return None
     shapes = []
     for name, target in resolve_targets(model, adapter):

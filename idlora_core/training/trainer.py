@@ -31,6 +31,7 @@ from idlora_core.config import RunConfig, dumps_config
 from idlora_core.tasks import load_tasks
 from idlora_core.tasks.base import polling
 from idlora_core.training.callbacks import (
+    AdaLoraCallback,
     MetricsCallback,
     ProgressCallback,
     RunCancelled,
@@ -334,6 +335,8 @@ def _run_locked(config: RunConfig, folder: RunFolder, args: TrainingArguments, d
     trainer.add_callback(metrics_cb)
     if progress:
         trainer.add_callback(ProgressCallback())
+    if config.adapter.method == "adalora":
+        trainer.add_callback(AdaLoraCallback())
     for cb in callbacks or []:
         trainer.add_callback(cb)
     summary = _summary(config, report, device, precision, args.world_size, data)
