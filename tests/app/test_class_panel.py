@@ -212,3 +212,16 @@ def test_a_waiting_class_run_is_kept_queued_by_the_open_page(lab, tmp_path):
     assert time.time() - lab._last_seen("session:bob") < 5
     assert lab.expire() == 0 and [e["owner"] for e in lab.waiting()] == ["session:bob"]
     assert cs.assignment_state(folder, cs.assignments(folder, "session:bob")[0], lab)[0] == "queued"
+
+
+def test_the_studies_page_signs_the_instructor_in_from_the_url(lab, monkeypatch):
+    """docs/LAB.md's `?token=` on the Studies page: the page's URL mirror dropped it unread."""
+    from pathlib import Path
+
+    monkeypatch.setenv(cs.TOKEN_ENV, TOKEN)
+    page = str(Path(__file__).resolve().parents[2] / "app" / "views" / "studies.py")
+    at = AppTest.from_file(page, default_timeout=180)
+    at.query_params["token"] = TOKEN
+    at.run()
+    assert not at.exception and _has(at, "cs_open")
+    assert "token" not in at.query_params
