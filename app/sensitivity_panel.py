@@ -50,11 +50,12 @@ def _key(loaded: ModelHandle, layer: str, spec: SweepSpec, seeds: list[int]) -> 
 
 def start(loaded: ModelHandle, layer: str, spec: SweepSpec, seeds: list[int]) -> background.Job:
     """Submit the sweeps of `layer` with every k-means seed of `seeds` to the background pool as
-    this session's job; an identical request (any session's) returns the same job. Raises
+    this session's job; an identical request (any session's) returns the same job, a new one
+    cancels this session's unfinished seed sweeps of other settings. Raises
     background.JobRefused (one line) when the pool or the user's share of it is full."""
     key = _key(loaded, layer, spec, seeds)
     return background.submit(_seed_job, layer_weight(loaded, layer), spec, list(seeds), layer,
-                             kind="seeds", key=key,
+                             kind="seeds", key=key, supersede=True,
                              label=f"sweeps of {layer} with {len(seeds)} k-means seeds")
 
 

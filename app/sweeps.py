@@ -129,14 +129,15 @@ def start_sweeps(loaded: ModelHandle, layers: list[str], **params: Any) -> Job:
     """Submit the sweep of `layers` (what `run_sweeps` computes) to the app's background pool as
     this session's job and return it; its result {layer: SweepResult} also lands in the store,
     where `stored_results` finds it. An identical request (same model, layers and grid) that
-    is waiting, running or done returns that job, whoever submitted it.
+    is waiting, running or done returns that job, whoever submitted it; a new one cancels this
+    session's unfinished sweep of other settings (the page shows one sweep at a time).
 
     Raises ValueError for a bad grid (SweepSpec), background.JobRefused when the pool or the
     user's share of it is full (one line)."""
     spec = SweepSpec(**params)
     store = _sweep_store()
     key = "sweep-" + repr((loaded.name, tuple(layers), replace(spec, spectral=False)))
-    job = background.submit(_sweep_job, store, loaded, list(layers), spec, kind="sweep",
+    job = background.submit(_sweep_job, store, loaded, list(layers), spec, kind="sweep", supersede=True,
                             label=f"sweep of {_plural(len(layers), 'layer')}", key=key)
     if job.state == "done":  # the same sweep finished before: its results, stored again
         for layer, result in job.result().items():

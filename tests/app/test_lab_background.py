@@ -242,3 +242,20 @@ def test_the_planner_scan_runs_in_the_pool_cancel_then_scan_again(planner, monke
     other.run()
     assert not other.exception and "_plan_job" not in other.session_state
     assert {m.label: m.value for m in other.metric}["Objective"] == f"{plan.objective:.4f}"
+
+
+def test_a_new_sweep_replaces_the_sessions_unfinished_one(monkeypatch):
+    _sweep_store.clear()
+    started, stopped = _endless(monkeypatch, app.sweeps, "sweep_layer")
+    at = _lab("alice")
+    at.button(key="lab_run").click().run()
+    assert started.wait(30)
+    first = at.session_state["_lab_sweep_job"]
+    at.multiselect(key="lab_ks").set_value([1, 2]).run()
+    at.button(key="lab_run").click().run()  # other settings: the first sweep is not needed any more
+    assert stopped.wait(10)
+    second = at.session_state["_lab_sweep_job"]
+    assert second is not first and first.state == "cancelled" and not second.done()
+    assert [j.label for j in background.pool().jobs(owner="session:alice") if not j.done()] == ["sweep of 1 layer"]
+    background.pool().cancel(second.id, "session:alice")
+    _wait(second.done)
