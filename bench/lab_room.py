@@ -234,6 +234,40 @@ def class_study_config(steps: int | None, quick: bool):
     return parse_study(data)
 
 
+def share_apptest_globals() -> None:
+    """Let AppTest sessions run in threads at once, as a server's sessions do. AppTest keeps three
+    things process-wide per run: a new compiled-script cache (compiling the same pages in several
+    threads at once trips CPython 3.11's ast module: "AST constructor recursion depth mismatch"),
+    the mock Runtime (set at the start of a run, cleared at its end: another session's script then
+    fails with "Runtime hasn't been created!"), and the `global.appTest` option (patched in and
+    out around a run: another session's dataframes then render lazily, without values). Here the
+    sessions share one script cache, as a server does, a cleared Runtime falls back to the last
+    one set, and the option stays on."""
+    import contextlib
+
+    from streamlit import config
+    from streamlit.runtime import Runtime
+    from streamlit.runtime.scriptrunner.script_cache import ScriptCache
+    from streamlit.testing.v1 import app_test, local_script_runner, util
+
+    shared = ScriptCache()
+    app_test.ScriptCache = local_script_runner.ScriptCache = lambda: shared
+    config.get_option = util.build_mock_config_get_option({"global.appTest": True})
+    app_test.patch_config_options = lambda overrides: contextlib.nullcontext()
+    last: list[Runtime] = []
+
+    def instance(cls) -> Runtime:
+        if cls._instance is not None:
+            last[:] = [cls._instance]
+            return cls._instance
+        if last:
+            return last[0]
+        raise RuntimeError("Runtime hasn't been created!")
+
+    Runtime.instance = classmethod(instance)
+    Runtime.exists = classmethod(lambda cls: cls._instance is not None or bool(last))
+
+
 # ----------------------------------------------------------------------------- a student
 
 class Student:
@@ -366,6 +400,7 @@ def simulate(students: int, runs_per_student: int, steps: int | None, quick: boo
     from idlora_core.jobs import class_study as cs
     from idlora_core.jobs import run_queue
 
+    share_apptest_globals()
     runs_root = tmp / "runs"
     runs_root.mkdir(parents=True)
     study = class_study_config(steps, quick)
