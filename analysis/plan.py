@@ -80,9 +80,25 @@ def scan_layers(weights: WeightReader, layers: Sequence[str], spec: SweepSpec,
     """Return (sweep table of `layers`, {layer: clusterings}) — each weight read alone, swept
     through the cache (`analysis.sweep.sweep_layer`, the scan's own unit of work) and released;
     clusterings hold the skeleton rows behind every row. progress(done, total, layer, cached)."""
+    found = _scan(weights, layers, spec, progress, lookup_only=False)
+    assert found is not None  # computing never comes back empty-handed
+    return found
+
+
+def stored_scan(weights: WeightReader, layers: Sequence[str],
+                spec: SweepSpec) -> tuple[pd.DataFrame, dict[str, list[dict]]] | None:
+    """Return what `scan_layers` returns when every layer is in the cache, else None; computes
+    nothing (one cache lookup per layer)."""
+    return _scan(weights, layers, spec, None, lookup_only=True)
+
+
+def _scan(weights: WeightReader, layers: Sequence[str], spec: SweepSpec, progress: ScanProgress | None,
+          lookup_only: bool) -> tuple[pd.DataFrame, dict[str, list[dict]]] | None:
     tables, clusterings = [], {}
     for done, name in enumerate(layers, 1):
-        result = sweep_layer(weights.weight(name), spec, layer=name, cache=True)
+        result = sweep_layer(weights.weight(name), spec, layer=name, cache=True, lookup_only=lookup_only)
+        if result is None:
+            return None
         tables.append(result.table)
         clusterings[name] = result.clusterings
         if progress is not None:

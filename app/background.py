@@ -272,11 +272,17 @@ def submit(fn: Callable[..., Any], *args: Any, kind: str, label: str, key: str |
 
 
 def show_job(job: Job, cancel_key: str) -> None:
-    """Draw a job's progress bar and, while it waits or runs, a Cancel button (key `cancel_key`)."""
+    """Draw a job's progress bar and, while it waits or runs, a Cancel button (key `cancel_key`);
+    a job another user submitted (an identical request this session shares) gets a note instead,
+    since only its owner may cancel it."""
     state = job.state
     text = {"waiting": "waiting for a free worker (other sessions' jobs run first)"}.get(state, job.message)
     st.progress(job.fraction, text=f"{job.label}: {text}")
-    if state in ("waiting", "running") and st.button("Cancel", key=cancel_key):
+    if state not in ("waiting", "running"):
+        return
+    if job.owner != user_id():
+        st.caption("Another session asked for the same computation first: you share its result.")
+    elif st.button("Cancel", key=cancel_key):
         pool().cancel(job.id, job.owner)
         st.toast(f"Cancelling {job.label} (it stops after its current step).")
 

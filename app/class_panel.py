@@ -147,6 +147,7 @@ def _join(folder: Path) -> tuple[str, str]:
     except (OSError, ValueError) as exc:
         return "error", f"Could not join: {exc}"
     queue().pump()
+    st.session_state[background.QUEUE_ROOT] = str(queue().root)  # the heartbeat keeps it queued
     st.session_state[STUDY_CURRENT] = st.session_state[STUDY_PICKER] = str(folder)  # show it below
     what = f"**{a.budget}, seed {a.seed}**"
     if a.shared:

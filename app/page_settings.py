@@ -294,6 +294,7 @@ class FineTuneSettings(_Page):
     ft_lr_idlora: float = DEFAULT_LEARNING_RATES["idlora"]
     ft_lr_lora: float = DEFAULT_LEARNING_RATES["lora"]
     ft_lr_dora: float = DEFAULT_LEARNING_RATES["dora"]
+    ft_lr_adalora: float = DEFAULT_LEARNING_RATES["adalora"]
     ft_lr_hydralora: float = DEFAULT_LEARNING_RATES["hydralora"]
     ft_lr_full: float = DEFAULT_LEARNING_RATES["full"]
     ft_lr_head_only: float = DEFAULT_LEARNING_RATES["head-only"]

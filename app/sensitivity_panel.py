@@ -1,8 +1,10 @@
 """The Decomposition lab's "Clustering sensitivity" section: is the result the k-means seed?
 
 For the inspected layer the page's sweep is repeated with S k-means seeds (the page's seed and
-the next S-1; `analysis.sensitivity`), only when the button is pressed; every seed's sweep is
-cached like the page's own, so a repeated request (or the page's seed itself) costs a lookup.
+the next S-1; `analysis.sensitivity`), only when the button is pressed, in the app's background
+pool (`app.background`: progress and Cancel here, the page stays usable); every seed's sweep is
+cached like the page's own, so a repeated request (or the page's seed itself) costs a lookup,
+made on the page at once.
 Shown: the seed x seed adjusted Rand index at the focus k, the cluster-wise ID error with ±1
 std bars over the seeds, the rows that change cluster, and a one-line reading. UI only.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import streamlit as st
 
 from analysis.sensitivity import (
@@ -19,17 +22,56 @@ from analysis.sensitivity import (
     spread_table,
     sweep_sensitivity,
 )
-from analysis.sweep import SweepSpec
-from app import figures
+from analysis.sweep import SweepResult, SweepSpec
+from app import background, figures
 from app.common import ModelHandle, layer_weight, plain
 
 DEFAULT_SEEDS = 5
 MAX_SEEDS = 20  # each seed is one more sweep of the layer
 SEEDS_KEY = "lab_sens_seeds"
+JOB = "_lab_sens_job"  # this session's seed sweeps in the background pool, or None
+POLL_SECONDS = 1.0
 
 
 def _seeds(first: int, count: int) -> list[int]:
     return [first + i for i in range(count)]
+
+
+def _seed_job(job: background.Job, W: np.ndarray, spec: SweepSpec, seeds: list[int],
+              layer: str) -> dict[int, SweepResult]:
+    # On a pool worker: analysis only, progress (and cancel) through the job.
+    return seed_sweeps(W, spec, seeds, layer=layer, cache=True,
+                       progress=lambda done, total, message: job.report(done / max(total, 1), message))
+
+
+def _key(loaded: ModelHandle, layer: str, spec: SweepSpec, seeds: list[int]) -> str:
+    return "seeds-" + repr((loaded.name, layer, spec, tuple(seeds)))
+
+
+def start(loaded: ModelHandle, layer: str, spec: SweepSpec, seeds: list[int]) -> background.Job:
+    """Submit the sweeps of `layer` with every k-means seed of `seeds` to the background pool as
+    this session's job; an identical request (any session's) returns the same job, a new one
+    cancels this session's unfinished seed sweeps of other settings. Raises
+    background.JobRefused (one line) when the pool or the user's share of it is full."""
+    key = _key(loaded, layer, spec, seeds)
+    return background.submit(_seed_job, layer_weight(loaded, layer), spec, list(seeds), layer,
+                             kind="seeds", key=key, supersede=True,
+                             label=f"sweeps of {layer} with {len(seeds)} k-means seeds")
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _poll(job: background.Job) -> None:
+    """Progress and Cancel of the seed sweeps; the whole page reruns once they have ended."""
+    if job.done():
+        st.rerun()
+    background.show_job(job, "lab_sens_cancel")
+
+
+def _ended(job: background.Job) -> None:
+    if job.state == "cancelled":
+        st.info("The seed sweeps were cancelled; the seeds they finished are cached.")
+    elif job.state == "failed":
+        st.error(f"The sweeps could not run: {plain(str(job.exception()))}")
 
 
 def show(loaded: ModelHandle, layer: str, k: int, params: dict[str, Any]) -> None:
@@ -52,18 +94,21 @@ def show(loaded: ModelHandle, layer: str, k: int, params: dict[str, Any]) -> Non
     seeds = _seeds(spec.seed, count)
     W = layer_weight(loaded, layer)
     results = seed_sweeps(W, spec, seeds, layer=layer, cache=True, lookup_only=True)
+    job = state.get(JOB)
     if run and results is None:
-        bar = st.progress(0.0, text=f"Sweeping {layer} with {count} k-means seeds ...")
-
-        def tick(done: int, total: int, message: str) -> None:
-            bar.progress(min(max(done / max(total, 1), 0.0), 1.0), text=message)
-
         try:
-            results = seed_sweeps(W, spec, seeds, layer=layer, cache=True, progress=tick)
-        except ValueError as exc:
-            st.error(f"The sweeps could not run: {plain(str(exc))}")
+            job = state[JOB] = start(loaded, layer, spec, seeds)
+        except background.JobRefused as exc:
+            st.error(str(exc))
+    if job is not None and job.done():
+        state[JOB] = None
+        _ended(job)
+        if results is None and job.state == "done" and job.key == _key(loaded, layer, spec, seeds):
+            results = job.result()  # also when the disk cache lost them since
+    elif job is not None:
+        _poll(job)
+        if results is None:
             return
-        bar.progress(1.0, text=f"Done: {count} seeds.")
     if results is None:
         st.caption(f"Press the button to repeat this layer's sweep with seeds {seeds[0]}–"
                    f"{seeds[-1]}: the agreement of the clusterings (adjusted Rand index), the rows "

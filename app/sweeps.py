@@ -2,6 +2,9 @@
 
 `run_sweeps` computes what is missing with `analysis.sweep.sweep_layer` (which stores every
 layer's result in the cache folder); `stored_results` / `stored_sweeps` only look results up.
+The page never computes on its script thread: `start_sweeps` and `start_spectral` submit the
+same work to the app's bounded background pool (`app.background`) and return its Job, whose
+progress the page polls; an identical request of another session returns the same job.
 The store keeps each layer's whole `SweepResult` (table, labels, skeletons): the pages read
 their tables from it, the spectra panel its clusters, and `spectral_sweep` adds the measured
 spectral columns to it (`analysis.sweep.add_spectral`: from the stored clusterings, saved
@@ -16,11 +19,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from analysis.sweep import SweepResult, SweepSpec, add_spectral, sweep_layer, tidy_table
+from app import background
+from app.background import Job
 from app.common import ModelHandle, layer_weight
+
+Store = dict[tuple, SweepResult]
 
 
 @st.cache_resource(show_spinner=False)
@@ -71,22 +79,9 @@ def stored_sweeps(loaded: ModelHandle, layers: list[str], **params: Any) -> pd.D
     return None if results is None else sweep_table(results)
 
 
-def run_sweeps(
-    loaded: ModelHandle,
-    layers: list[str],
-    *,
-    progress: Callable[[float, str], None] | None = None,
-    **params: Any,
-) -> dict[str, SweepResult]:
-    """Return {layer: SweepResult} of `layers` (analysis.sweep), computing only what is not
-    stored yet.
-
-    Each layer comes from this process's store, else from the on-disk cache (a repeated
-    request costs nothing), else is computed. params: the fields of `SweepSpec` (ks, ranks,
-    selections, seed, normalize_rows, ...). progress(fraction 0..1, message).
-    """
-    spec = SweepSpec(**params)
-    store = _sweep_store()
+def _sweep_into(store: Store, loaded: ModelHandle, layers: list[str], spec: SweepSpec,
+                progress: Callable[[float, str], None] | None,
+                weight: Callable[[str], np.ndarray]) -> dict[str, SweepResult]:
     for i, layer in enumerate(layers):
         key = _sweep_key(loaded, layer, spec)
         if key in store:
@@ -97,29 +92,113 @@ def run_sweeps(
                 progress((i + done / max(total, 1)) / len(layers),
                          f"{layer} ({i + 1}/{len(layers)}): {message}")
 
-        store[key] = sweep_layer(layer_weight(loaded, layer), spec, layer=layer, cache=True,
-                                 progress=tick)
+        store[key] = sweep_layer(weight(layer), spec, layer=layer, cache=True, progress=tick)
     return {layer: store[_sweep_key(loaded, layer, spec)] for layer in layers}
 
 
+def run_sweeps(
+    loaded: ModelHandle,
+    layers: list[str],
+    *,
+    progress: Callable[[float, str], None] | None = None,
+    **params: Any,
+) -> dict[str, SweepResult]:
+    """Return {layer: SweepResult} of `layers` (analysis.sweep), computing only what is not
+    stored yet, on the calling thread (the page uses `start_sweeps`).
+
+    Each layer comes from this process's store, else from the on-disk cache (a repeated
+    request costs nothing), else is computed. params: the fields of `SweepSpec` (ks, ranks,
+    selections, seed, normalize_rows, ...). progress(fraction 0..1, message).
+    """
+    return _sweep_into(_sweep_store(), loaded, layers, SweepSpec(**params), progress,
+                       lambda layer: layer_weight(loaded, layer))
+
+
+def _sweep_job(job: Job, store: Store, loaded: ModelHandle, layers: list[str],
+               spec: SweepSpec) -> dict[str, SweepResult]:
+    # On a pool worker: no Streamlit call here (the store was fetched on the script thread);
+    # each weight is read alone, straight from the checkpoint.
+    return _sweep_into(store, loaded, layers, spec, job.report, loaded.weights.weight)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def start_sweeps(loaded: ModelHandle, layers: list[str], **params: Any) -> Job:
+    """Submit the sweep of `layers` (what `run_sweeps` computes) to the app's background pool as
+    this session's job and return it; its result {layer: SweepResult} also lands in the store,
+    where `stored_results` finds it. An identical request (same model, layers and grid) that
+    is waiting, running or done returns that job, whoever submitted it; a new one cancels this
+    session's unfinished sweep of other settings (the page shows one sweep at a time).
+
+    Raises ValueError for a bad grid (SweepSpec), background.JobRefused when the pool or the
+    user's share of it is full (one line)."""
+    spec = SweepSpec(**params)
+    store = _sweep_store()
+    key = "sweep-" + repr((loaded.name, tuple(layers), replace(spec, spectral=False)))
+    job = background.submit(_sweep_job, store, loaded, list(layers), spec, kind="sweep", supersede=True,
+                            label=f"sweep of {_plural(len(layers), 'layer')}", key=key)
+    if job.state == "done":  # the same sweep finished before: its results, stored again
+        for layer, result in job.result().items():
+            store.setdefault(_sweep_key(loaded, layer, spec), result)
+    return job
+
+
+def _spectral_into(store: Store, loaded: ModelHandle, layer: str, spec: SweepSpec,
+                   W: np.ndarray, progress: Callable[[float, str], None] | None = None) -> SweepResult:
+    key = _sweep_key(loaded, layer, spec)
+    result = store.get(key)
+
+    def tick(done: int, total: int, message: str) -> None:
+        if progress is not None:
+            progress(done / max(total, 1), message)
+
+    if result is None:
+        result = sweep_layer(W, replace(spec, spectral=True), layer=layer, cache=True, progress=tick)
+    elif not result.has_spectral:
+        result = add_spectral(W, result, spec, cache=True, progress=tick)
+    store[key] = result
+    return result
+
+
 def spectral_sweep(loaded: ModelHandle, layer: str, **params: Any) -> SweepResult:
-    """Return the sweep result of one layer with the measured spectral columns filled in.
+    """Return the sweep result of one layer with the measured spectral columns filled in,
+    computed on the calling thread (the page uses `start_spectral`).
 
     A stored result is extended (one residual SVD per configuration, from its own clusters
     and skeletons; saved under the same cache key) and replaces the stored one; a layer not
     swept yet is swept first. params: the fields of `SweepSpec`.
     """
+    return _spectral_into(_sweep_store(), loaded, layer, SweepSpec(**params),
+                          layer_weight(loaded, layer))
+
+
+def _spectral_job(job: Job, store: Store, loaded: ModelHandle, layer: str, spec: SweepSpec,
+                  W: np.ndarray) -> SweepResult:
+    job.report(0.0, "one SVD of the residual per configuration, on the sweep's own clusters")
+    return _spectral_into(store, loaded, layer, spec, W, job.report)
+
+
+def spectral_key(loaded: ModelHandle, layer: str, **params: Any) -> str:
+    """Return the job key of `start_spectral(loaded, layer, **params)` (Job.key)."""
+    return "spectral-" + repr((loaded.name, layer, replace(SweepSpec(**params), spectral=False)))
+
+
+def start_spectral(loaded: ModelHandle, layer: str, **params: Any) -> Job:
+    """Submit the measured spectral columns of `layer` (what `spectral_sweep` computes) to the
+    background pool and return the Job; the extended result replaces the stored one. A new
+    request of this session cancels its older unfinished one (another inspected layer), and an
+    identical request returns the same job. Raises background.JobRefused when the pool is full."""
     spec = SweepSpec(**params)
     store = _sweep_store()
-    key = _sweep_key(loaded, layer, spec)
-    W = layer_weight(loaded, layer)
-    result = store.get(key)
-    if result is None:
-        result = sweep_layer(W, replace(spec, spectral=True), layer=layer, cache=True)
-    elif not result.has_spectral:
-        result = add_spectral(W, result, spec, cache=True)
-    store[key] = result
-    return result
+    key = spectral_key(loaded, layer, **params)
+    job = background.submit(_spectral_job, store, loaded, layer, spec, layer_weight(loaded, layer),
+                            kind="spectral", supersede=True, label=f"spectral errors of {layer}",
+                            key=key)
+    if job.state == "done":  # measured before: stored again
+        store[_sweep_key(loaded, layer, spec)] = job.result()
+    return job
 
 
 def stored_spectral(loaded: ModelHandle, layer: str, **params: Any) -> pd.DataFrame | None:

@@ -1,7 +1,8 @@
 """Budget planner page: per-layer ID-LoRA (k, r) under a trainable-parameter budget.
 
 The candidate layers are the Model & layers selection; each is swept once (through the cache,
-with a progress bar) and `idlora_core.planner` chooses which to adapt and how
+in the app's background pool with progress and Cancel; a scan already cached is read at once)
+and `idlora_core.planner` chooses which to adapt and how
 (`analysis/plan.py`). Shows the allocation heatmap, the objective against the budget with the
 uniform reference, the plan's YAML (download) and sends the plan to the Fine-tune page.
 No maths here.
@@ -15,7 +16,7 @@ import streamlit as st
 
 from analysis import plan as ap
 from analysis.sweep import SweepSpec
-from app import plan_figures
+from app import background, plan_figures
 from app import settings_io as sio
 from app.common import SELECTIONS, get_model, init_state, model_name, selected_layers
 from app.report import readable
@@ -23,6 +24,8 @@ from idlora_core.config import dumps_config
 
 KEEP = {"persist_state": "session"}  # widget values survive page switches
 SCANS = "_plan_scan"  # {"key": (model, layers, spec), "table", "clusterings"}: the last scan
+JOB = "_plan_job"  # this session's scan in the background pool (app.background.Job), or None
+POLL_SECONDS = 1.0
 FINE_TUNE = str(Path(__file__).resolve().parent / "fine_tune.py")
 KS, RANKS = [1, 2, 4, 8, 16], [1, 2, 4, 8, 16, 32, 64, 128]
 FRACTIONS = [round(0.05 * i, 2) for i in range(1, 41)]  # budget slider and curve: 0.05 .. 2 x LoRA
@@ -31,21 +34,61 @@ SHOWN = {"params": "trainable parameters", "error": "rel. error (1 = not adapted
          "k": "k (0 = not adapted)", "r": "r (0 = not adapted)"}
 
 
+def _scan_job(job: background.Job, weights, layers: list[str], spec: SweepSpec):
+    # On a pool worker: analysis only; a progress report is also where Cancel stops it.
+    return ap.scan_layers(weights, layers, spec, progress=lambda d, t, layer, hit: job.report(
+        d / t, f"[{d}/{t}] {layer} ({'cached' if hit else 'swept'})"))
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _poll(job: background.Job) -> None:
+    """Progress and Cancel of the scan; the whole page reruns once it has ended."""
+    if job.done():
+        st.rerun()
+    background.show_job(job, "plan_cancel")
+
+
 def _scan(loaded, layers: list[str], spec: SweepSpec):
-    """Return (table, clusterings) of the candidate layers: this session's last scan, or a new
-    one (each layer through the on-disk cache) under a progress bar."""
+    """Return (table, clusterings) of the candidate layers: this session's last scan, or the
+    cached one (read at once), or the result of a scan in the background pool; while that runs
+    the page shows its progress and stops here."""
+    state = st.session_state
     key = (model_name(), tuple(layers), spec)
-    last = st.session_state.get(SCANS)
+    last = state.get(SCANS)
     if last is not None and last["key"] == key:
         return last["table"], last["clusterings"]
-    bar = st.progress(0.0, text=f"Sweeping {len(layers)} layers (one weight at a time, cached) ...")
-    table, clusterings = ap.scan_layers(
-        loaded.weights, layers, spec,
-        progress=lambda d, t, layer, hit: bar.progress(
-            d / t, text=f"[{d}/{t}] {layer} ({'cached' if hit else 'swept'})"))
-    bar.empty()
-    st.session_state[SCANS] = {"key": key, "table": table, "clusterings": clusterings}
-    return table, clusterings
+    job, job_key = state.get(JOB), "plan-scan-" + repr(key)
+    if job is not None and job.key != job_key:  # other layers or grid now: that scan is not needed
+        background.pool().cancel(job.id, background.user_id())
+        job = state[JOB] = None
+    if job is None:
+        found = ap.stored_scan(loaded.weights, layers, spec)  # cached: no job at all
+        if found is not None:
+            state[SCANS] = {"key": key, "table": found[0], "clusterings": found[1]}
+            return found
+        try:  # an identical scan of any session is shared; this session's older one is replaced
+            job = state[JOB] = background.submit(
+                _scan_job, loaded.weights, list(layers), spec, kind="plan-scan", key=job_key,
+                supersede=True, label=f"scan of {len(layers)} layers (one weight at a time, cached)")
+        except background.JobRefused as exc:
+            st.error(str(exc))
+            st.stop()
+    if not job.done():
+        _poll(job)
+        st.stop()
+    if job.state != "done":
+        if job.state == "cancelled":
+            st.info("The scan was cancelled; the layers it finished are cached and are not computed again.")
+        else:
+            st.error(f"Could not scan the layers: {job.exception()}")
+        if st.button("Scan again", key="plan_rescan"):
+            state[JOB] = None
+            st.rerun()
+        st.stop()
+    found = job.result()
+    state[JOB] = None
+    state[SCANS] = {"key": key, "table": found[0], "clusterings": found[1]}
+    return found
 
 
 @st.cache_data(max_entries=8, show_spinner="Planning every budget of the curve ...")

@@ -14,7 +14,7 @@ from analysis.views import (
     selection_means,
     short_label,
 )
-from app import figures, sensitivity_panel
+from app import background, figures, sensitivity_panel
 from app.common import (
     SELECTIONS,
     ensure_layer,
@@ -24,15 +24,60 @@ from app.common import (
     valid,
 )
 from app.page import open_page
-from app.sweeps import run_sweeps, spectral_sweep, stored_results, sweep_table
+from app.sweeps import spectral_key, start_spectral, start_sweeps, stored_results, sweep_table
 
 K_OPTIONS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
 R_OPTIONS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256]
+JOB = "_lab_sweep_job"  # this session's sweep in the background pool (app.background.Job) or None
+SPECTRAL_JOB = "_lab_spectral_job"  # the last spectral measurement this session started
+POLL_SECONDS = 1.0
 
 
 @st.cache_data(max_entries=64, show_spinner="Singular values of the clusters ...")
 def _spectra(model: str, layer: str, labels, _W):
     return spectra_frame(_W, labels)  # the sweep's own clusters (labels), no new k-means
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _poll(job: background.Job, cancel_key: str) -> None:
+    """Progress and Cancel of a background job; the whole page reruns once it has ended."""
+    if job.done():
+        st.rerun()
+    background.show_job(job, cancel_key)
+
+
+def _spectral_panel(layer: str) -> None:
+    """Start (or follow) the background measurement of `layer`'s spectral columns; once it is
+    stored the page draws them. A measurement this session cancelled waits for its button."""
+    last = state.get(SPECTRAL_JOB)
+    if last is not None and last.cancelled() and last.key == spectral_key(loaded, layer, **params):
+        st.info("The spectral errors were cancelled.")
+        if not st.button("Measure the spectral errors", key="lab_spectral_run"):
+            return
+    try:
+        job = state[SPECTRAL_JOB] = start_spectral(loaded, layer, **params)
+    except background.JobRefused as exc:
+        st.warning(f"The spectral errors wait: {exc}")
+        return
+    if job.state == "done":
+        results[layer] = job.result()
+    elif job.state == "failed":
+        st.error(f"Could not measure the spectral errors: {job.exception()}")
+    elif not job.done():
+        _poll(job, "lab_spectral_cancel")
+
+
+def _sweep_ended(job: background.Job) -> None:
+    """Say why a finished sweep job left no results (a finished one needs no words)."""
+    if job.state == "cancelled":
+        st.info("The sweep was cancelled; the layers it finished are cached and are not computed again.")
+    elif job.state == "failed":
+        exc = job.exception()
+        if isinstance(exc, ValueError):
+            st.error(f"The sweep could not run: {plain(str(exc))}\n\nAdjust k and r so that "
+                     "k × r ≤ m and r ≤ n for the chosen layers.")
+        else:
+            st.error(f"The sweep failed: {type(exc).__name__}: {plain(str(exc))}")
 
 
 loaded = open_page("Decomposition lab", "lab")
@@ -85,21 +130,27 @@ if not layers:
     st.info("Pick at least one layer above.")
     st.stop()
 
+# Stored results (this process, or the disk cache) are read here at once; anything to compute
+# runs in the app's background pool while this page polls it (other pages stay usable).
 results = stored_results(loaded, layers, **params)  # layer -> SweepResult (table, clusters)
+job = state.get(JOB)
 if run and results is None:
-    bar = st.progress(0.0, text="Starting the sweep ...")
-
-    def show(fraction: float, message: str) -> None:
-        bar.progress(min(max(fraction, 0.0), 1.0), text=message)
-
     try:
-        results = run_sweeps(loaded, layers, progress=show, **params)
+        job = state[JOB] = start_sweeps(loaded, layers, **params)
+    except background.JobRefused as exc:
+        st.error(str(exc))
     except ValueError as exc:
         st.error(f"The sweep could not run: {plain(str(exc))}\n\nAdjust k and r so that "
                  "k × r ≤ m and r ≤ n for the chosen layers.")
         st.stop()
-    bar.progress(1.0, text=f"Done: {len(layers)} layer(s), "
-                 f"{sum(len(r.table) for r in results.values())} configurations.")
+if job is not None and job.done():
+    state[JOB] = None
+    _sweep_ended(job)
+    results = results or stored_results(loaded, layers, **params)
+elif job is not None:
+    _poll(job, "lab_cancel")
+    if results is None:
+        st.stop()
 if results is None:
     st.info("Choose layers, cluster counts, ranks and selections, then press **Run sweep**. "
             "Results already computed for these settings appear here at once.")
@@ -158,14 +209,15 @@ else:
                   "same total rank k·r")
     left.plotly_chart(figures.error_vs_rank_figure(curves, "‖W − Ŵ‖_F / ‖W‖_F (log)"),
                       key="lab_error_vs_rank")
-    with st.spinner("Measuring the spectral error of this layer (one SVD per configuration, "
-                    "on the sweep's own clusters and skeletons) ..."):
-        results[layer] = spectral_sweep(loaded, layer, **params)
-    table = sweep_table(results)  # the full table below holds this layer's spectral columns
-    spectral = error_vs_rank(results[layer].table, k, norm="spectral")
     right.markdown("**Spectral norm** — the measured error against the ID bounds (dotted)")
-    right.plotly_chart(figures.error_vs_rank_figure(spectral, "‖W − Ŵ‖₂ / σ₁(W) (log)"),
-                       key="lab_error_vs_rank_spectral")
+    if not results[layer].has_spectral:  # one SVD per configuration: measured in the background
+        with right:
+            _spectral_panel(layer)
+    if results[layer].has_spectral:
+        table = sweep_table(results)  # the full table below holds this layer's spectral columns
+        spectral = error_vs_rank(results[layer].table, k, norm="spectral")
+        right.plotly_chart(figures.error_vs_rank_figure(spectral, "‖W − Ŵ‖₂ / σ₁(W) (log)"),
+                           key="lab_error_vs_rank_spectral")
 st.markdown(
     "**Same r** (same trainable B): cluster-wise ID against global SVD and global ID at rank "
     "r. Beating them is the paper's claim. "

@@ -298,7 +298,7 @@ def _paired(trials, summary, metric: str, direction: str) -> None:
 def main() -> None:
     init_state()
     st.title("Studies")
-    class_panel.is_instructor()  # reads ?token= before mirror() rewrites the address without it
+    class_panel.is_instructor()  # reads ?token= before the URL mirror below rewrites the address
     url_state.mirror("studies")
     st.caption("A fair comparison: every method at its own best learning rate, several seeds, against "
                "head-only and base. Run as Optuna trials; each trial is an ordinary run folder.")

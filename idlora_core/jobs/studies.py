@@ -7,6 +7,7 @@ Optuna storage and `launcher.json` (the pid and worker count that the run limit 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from idlora_core.jobs.runs import (
     uses_cuda,
 )
 from idlora_core.study.config import StudyConfig, dumps_study
+from idlora_core.study.storage import LOCK_FILE, _read_holder
 from idlora_core.training.run_folder import pid_alive
 
 STUDIES_DIR = "studies"
@@ -49,13 +51,18 @@ def start_study(study: StudyConfig, runs_root: str | Path, name: str, workers: i
     processes inherits (CPU studies only, as for `runs.start_run`).
 
     Raises ValueError when the name is not one folder name, when a study of that name is still
-    running, or when the folder holds a study with other settings (the same settings resume it:
+    running (started here, or by a `python -m idlora_core.study` command that holds the folder's
+    lock), or when the folder holds a study with other settings (the same settings resume it:
     finished trials are never repeated)."""
     out = study_dir(runs_root, name)
     spec = out / "input.yaml"
     text = dumps_study(study)
     if study_running(out):
         raise ValueError(f"study {name!r} is running; choose another name, or wait for it to finish")
+    holder = lock_holder(out)
+    if holder is not None:
+        raise ValueError(f"study {name!r} is being run by another study command, {holder}: wait for it "
+                         "to finish or stop it (SIGTERM), or choose another name")
     if spec.is_file() and spec.read_text(encoding="utf-8") != text:
         raise ValueError(f"a study with other settings is named {name!r}; choose another name "
                          "(the same settings resume it)")
@@ -72,6 +79,26 @@ def start_study(study: StudyConfig, runs_root: str | Path, name: str, workers: i
             start_new_session=True, preexec_fn=cap)
     write_text_atomic(out / LAUNCH_FILE, json.dumps({"pid": proc.pid, "workers": workers, "owner": owner}))
     return out
+
+
+def lock_holder(out_dir: str | Path) -> str | None:
+    """Return who holds the study folder's coordinator lock (DIR/.study.lock, taken by every
+    `python -m idlora_core.study` for as long as it runs), as "pid P on host H (since T)", or
+    None when no process holds it. Probes with a shared, non-blocking flock, released at once."""
+    path = Path(out_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file: no coordinator ever ran here
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # conflicts only with a coordinator's LOCK_EX
+    except BlockingIOError:
+        return _read_holder(fd)
+    except OSError:  # a file system without locks: the coordinator cannot have one either
+        return None
+    finally:
+        os.close(fd)  # closing drops the probe's lock
+    return None
 
 
 def _launch(out_dir: str | Path) -> dict:

@@ -44,8 +44,8 @@ def _expected(fraction: str):
     return ap.make_plan(curves, f"{fraction}xlora@8")
 
 
-def test_the_plan_on_screen_is_the_library_plan(app):
-    app.run()
+def test_the_plan_on_screen_is_the_library_plan(app, settle):
+    settle(app)  # the scan runs in the background pool; the page polls it
     assert not app.exception and not app.error
     metrics = {m.label: m.value for m in app.metric}
     lora = 4 * 8 * (384 + 384)
@@ -84,8 +84,8 @@ def test_the_plan_on_screen_is_the_library_plan(app):
     assert more.objective < plan.objective
 
 
-def test_send_to_fine_tune_offers_the_plan_run(app):
-    app.run()
+def test_send_to_fine_tune_offers_the_plan_run(app, settle):
+    settle(app)
     app.button(key="plan_send").click().run()
     sent = app.session_state["ft_plan"]
     assert sent["model"] == "minilm"

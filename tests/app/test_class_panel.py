@@ -185,3 +185,43 @@ def test_the_studies_page_reads_a_class_study_like_any_study(lab, tmp_path):
     assert sorted(summary["metric_mean"]) == pytest.approx(sorted(sum(v) / 2 for v in scores.values()))
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert {"idlora", "lora", "head-only", "base"} <= {t.get("name") for t in fig["data"]}
+
+
+def test_a_waiting_class_run_is_kept_queued_by_the_open_page(lab, tmp_path):
+    """A joined run that waits longer than IDLORA_TICKET_TTL_MINUTES was dropped: the Studies page
+    never touched its owner's heartbeat (found by bench/lab_room.py's room of 20)."""
+    import time
+
+    from app import background
+    from idlora_core.study.config import load_study
+
+    folder = cs.open_class_study(tmp_path, "fri", load_study(class_panel.studies.list_presets()["minilm_rotten_tomatoes"]),
+                                 [0, 1])
+    script = "from app import background, class_panel\nbackground.keep_alive()\nclass_panel.panel()\n"
+    alice, bob = (AppTest.from_string(script, default_timeout=60) for _ in range(2))
+    for at, name in ((alice, "alice"), (bob, "bob")):
+        at.session_state["_idlora_session"] = name
+        at.run()
+        at.button(key="cs_join").click().run()
+    assert [e["owner"] for e in lab.waiting()] == ["session:bob"]  # the limit of 1: bob waits
+    assert bob.session_state[background.QUEUE_ROOT] == str(lab.root)
+    seen = lab._seen_path("session:bob")
+    old = time.time() - 3600
+    os.utime(seen, (old, old))
+    bob.run()  # any rerun of an open page (and its 30-s fragment) reports the owner alive
+    assert time.time() - lab._last_seen("session:bob") < 5
+    assert lab.expire() == 0 and [e["owner"] for e in lab.waiting()] == ["session:bob"]
+    assert cs.assignment_state(folder, cs.assignments(folder, "session:bob")[0], lab)[0] == "queued"
+
+
+def test_the_studies_page_signs_the_instructor_in_from_the_url(lab, monkeypatch):
+    """docs/LAB.md's `?token=` on the Studies page: the page's URL mirror dropped it unread."""
+    from pathlib import Path
+
+    monkeypatch.setenv(cs.TOKEN_ENV, TOKEN)
+    page = str(Path(__file__).resolve().parents[2] / "app" / "views" / "studies.py")
+    at = AppTest.from_file(page, default_timeout=180)
+    at.query_params["token"] = TOKEN
+    at.run()
+    assert not at.exception and _has(at, "cs_open")
+    assert "token" not in at.query_params

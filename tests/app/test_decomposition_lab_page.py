@@ -93,12 +93,12 @@ def test_controls_exist_and_nothing_runs_before_the_button(empty_cache):
     assert not (empty_cache / "results").exists()
 
 
-def test_run_small_sweep_shows_plots_and_true_numbers(minilm, empty_cache, monkeypatch):
+def test_run_small_sweep_shows_plots_and_true_numbers(minilm, empty_cache, monkeypatch, settle):
     _sweep_store.clear()
     at = _page(lab_ks=[1, 4], lab_ranks=[4, 16], lab_selections=["id", "centroid"])
     assert "Run sweep" in at.info[0].value  # nothing stored yet: this test computes the results
     fits = _count_kmeans(monkeypatch)
-    at.button(key="lab_run").click().run()
+    settle(at.button(key="lab_run").click())
     assert not at.exception, at.exception
     # k-means once per k: the spectral columns and the spectra reuse the sweep's clusters
     assert sorted(fits) == [1, 4]
@@ -190,21 +190,21 @@ def test_run_small_sweep_shows_plots_and_true_numbers(minilm, empty_cache, monke
     assert len(gone.success) == 0 and "Run sweep" in gone.info[0].value
 
 
-def test_infeasible_grid_reports_blank_cells_not_a_crash():
+def test_infeasible_grid_reports_blank_cells_not_a_crash(settle):
     at = _page(lab_ks=[64], lab_ranks=[8, 16], lab_selections=["random"])
-    at.button(key="lab_run").click().run()
+    settle(at.button(key="lab_run").click())
     assert not at.exception
     assert any("No feasible rank" in w.value for w in at.warning)  # 64 * 8 > 384 rows
 
 
-def test_use_selected_layers_then_multi_layer_summary():
+def test_use_selected_layers_then_multi_layer_summary(settle):
     at = _page()
     at.button(key="lab_use_selected").click().run()
     expected = [f"encoder.layer.{b}.attention.self.{p}" for b in range(6) for p in ("query", "value")]
     assert at.multiselect(key="lab_layers").value == expected
     two = expected[:2]
     at = _page(lab_layers=two, lab_ks=[2], lab_ranks=[8], lab_selections=["id"])
-    at.button(key="lab_run").click().run()
+    settle(at.button(key="lab_run").click())
     assert not at.exception
     summary = at.dataframe[0].value
     assert summary["layer"].tolist() == two and (summary["k"] == 2).all()
@@ -220,14 +220,14 @@ def test_use_selected_layers_then_multi_layer_summary():
 
 
 def test_randomized_path_spectra_and_spectral_errors_use_the_sweeps_clusters(
-        minilm, empty_cache, monkeypatch):
+        minilm, empty_cache, monkeypatch, settle):
     """On the randomized path (float32, one k-means restart) a fresh k-means finds other
     clusters than the sweep's: the spectra and the spectral errors must be the sweep's."""
     monkeypatch.setattr(randomized, "RANDOMIZED_MIN_ELEMENTS", 10_000)  # 384 x 384 goes randomized
     _sweep_store.clear()
     fits = _count_kmeans(monkeypatch)
     at = _page(lab_ks=[8], lab_ranks=[4, 16], lab_selections=["id"])
-    at.button(key="lab_run").click().run()
+    settle(at.button(key="lab_run").click())
     assert not at.exception, at.exception
     assert fits == [8]  # one k-means for the whole page
     result = _sweep_store()[("all-MiniLM-L6-v2", LAYER, SweepSpec([8], [4, 16], ["id"]))]

@@ -60,7 +60,7 @@ def _lines(chart: dict) -> dict[str, dict]:
             for t in chart["data"]}
 
 
-def test_exercise_2_preset_shows_the_quoted_numbers_and_reset_restores_defaults():
+def test_exercise_2_preset_shows_the_quoted_numbers_and_reset_restores_defaults(settle):
     at = _start(2)
     assert at.title[0].value == "Decomposition lab"
     assert at.multiselect(key="lab_layers").value == [Q0]
@@ -69,7 +69,7 @@ def test_exercise_2_preset_shows_the_quoted_numbers_and_reset_restores_defaults(
     assert at.checkbox(key="lab_normalize_rows").value is False
     panel = " ".join(m.value for m in at.sidebar.markdown)
     assert "Exercise 2" in panel and str(QUOTED[2]["bound_cluster"]) in panel
-    at.button(key="lab_run").click().run()
+    settle(at.button(key="lab_run").click())
     assert not at.exception, at.exception
     charts = _charts(at)
     spectral = _lines(charts["lab_error_vs_rank_spectral"])
@@ -88,10 +88,10 @@ def test_exercise_2_preset_shows_the_quoted_numbers_and_reset_restores_defaults(
 
 
 @pytest.mark.parametrize("number", [1])
-def test_exercise_1_preset_reproduces_the_handout_table_in_the_summary(number):
+def test_exercise_1_preset_reproduces_the_handout_table_in_the_summary(number, settle):
     at = _start(number)
     assert len(at.multiselect(key="lab_layers").value) == QUOTED[1]["n_layers"]
-    at.button(key="lab_run").click().run()
+    settle(at.button(key="lab_run").click())
     assert not at.exception, at.exception
     summary = _frame(at, "gain_vs_svd").set_index("layer")
     for short, layer in (("a3", A3), ("q0", Q0), ("f0", "encoder.layer.0.intermediate.dense")):

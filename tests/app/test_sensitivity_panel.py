@@ -36,13 +36,13 @@ def _charts(at: AppTest) -> dict[str, dict]:
     return {c.proto.id.rsplit("-", 1)[-1]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
 
 
-def test_sensitivity_section_shows_ari_and_spread_of_the_analysis(empty_cache):
+def test_sensitivity_section_shows_ari_and_spread_of_the_analysis(empty_cache, settle):
     _sweep_store.clear()
     at = AppTest.from_file(PAGE, default_timeout=180)
     for key, value in STATE.items():
         at.session_state[key] = value
     at.run()
-    at.button(key="lab_run").click().run()
+    settle(at.button(key="lab_run").click())
     assert not at.exception, at.exception
     # before its button: the section is a caption, no chart, no extra sweep in the cache
     assert at.number_input(key="lab_sens_seeds").value == 5
@@ -51,7 +51,7 @@ def test_sensitivity_section_shows_ari_and_spread_of_the_analysis(empty_cache):
     assert len(list((empty_cache / "results").rglob("*.json"))) == 1  # the page's own sweep only
 
     at.number_input(key="lab_sens_seeds").set_value(3).run()
-    at.button(key="lab_sens_run").click().run()
+    settle(at.button(key="lab_sens_run").click())
     assert not at.exception, at.exception
     assert len(list((empty_cache / "results").rglob("*.json"))) == 3  # seeds 3 and 4 added
 

@@ -110,3 +110,37 @@ def test_the_owner_is_recorded_and_only_they_may_stop_it(tmp_path, monkeypatch):
     assert studies.running_studies_of(tmp_path, "user:carl") == []
     # the cap is set in the study process (its workers inherit it); 0 = none
     assert callable(calls[0]["preexec_fn"]) and calls[1]["preexec_fn"] is None
+
+
+def test_a_folder_held_by_a_cli_coordinator_is_refused_naming_the_holder(tmp_path, monkeypatch):
+    """The app's Start study used to report "started" while its coordinator failed on the lock."""
+    import subprocess
+    import sys
+    import time
+
+    from idlora_core.study.storage import LOCK_FILE
+
+    out = studies.study_dir(tmp_path, "held")
+    assert studies.lock_holder(out) is None  # no lock file yet
+    script = ("import sys, time; from idlora_core.study.storage import StudyLock; "
+              f"StudyLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    started = []  # from here on, start_study's coordinator is only recorded
+    monkeypatch.setattr(studies.subprocess, "Popen", lambda *a, **k: started.append(a) or
+                        type("P", (), {"pid": 10**7})())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        found = studies.lock_holder(out)
+        assert found is not None and found.startswith(f"pid {holder.pid} on host ")
+        with pytest.raises(ValueError, match=rf"^study 'held' is being run by another study command, "
+                                             rf"pid {holder.pid} on host .*: wait for it to finish"):
+            studies.start_study(_study([0]), tmp_path, "held")
+        assert started == [] and not (out / studies.LAUNCH_FILE).exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    deadline = time.monotonic() + 10  # the kernel drops the flock with the process
+    while studies.lock_holder(out) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (out / LOCK_FILE).is_file() and studies.lock_holder(out) is None
+    assert studies.start_study(_study([0]), tmp_path, "held") == out and len(started) == 1
