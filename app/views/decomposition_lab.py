@@ -48,10 +48,15 @@ def _poll(job: background.Job, cancel_key: str) -> None:
 
 def _spectral_panel(layer: str) -> None:
     """Start (or follow) the background measurement of `layer`'s spectral columns; once it is
-    stored the page draws them. A measurement this session cancelled waits for its button."""
+    stored the page draws them. A measurement this session cancelled, or one that failed, waits
+    for its button."""
     last = state.get(SPECTRAL_JOB)
-    if last is not None and last.cancelled() and last.key == spectral_key(loaded, layer, **params):
-        st.info("The spectral errors were cancelled.")
+    ended = None if last is None or last.key != spectral_key(loaded, layer, **params) else last.state
+    if ended in ("cancelled", "failed"):  # not resubmitted on every rerun: the pool retries these
+        if ended == "cancelled":
+            st.info("The spectral errors were cancelled.")
+        else:
+            st.error(f"Could not measure the spectral errors: {last.exception()}")
         if not st.button("Measure the spectral errors", key="lab_spectral_run"):
             return
     try:
@@ -59,11 +64,12 @@ def _spectral_panel(layer: str) -> None:
     except background.JobRefused as exc:
         st.warning(f"The spectral errors wait: {exc}")
         return
-    if job.state == "done":
+    now = job.state  # read once: a job ending between two reads would leave nothing drawn, no poll
+    if now == "done":
         results[layer] = job.result()
-    elif job.state == "failed":
+    elif now == "failed" and ended != "failed":  # a retry failing again: said above already
         st.error(f"Could not measure the spectral errors: {job.exception()}")
-    elif not job.done():
+    elif now in ("waiting", "running"):
         _poll(job, "lab_spectral_cancel")
 
 

@@ -12,21 +12,25 @@ from app import background
 
 
 def run_until_idle(at: AppTest, timeout: float = 300.0) -> AppTest:
-    """Run `at`, then, while the app's background pool holds an unfinished job (the page's
-    sweep, its spectral errors, ...), wait for it and run again (as the page's polling fragment
-    does); return `at` after the first run that leaves no job waiting or running."""
+    """Run `at` as the page's polling fragment would: again after every run during which a
+    background job (the page's sweep, its spectral errors, ...) was waiting or running, or was
+    submitted, once that job has ended; return `at` after the first run that started with every
+    job ended and submitted none. (A job submitted and finished within one run still needs the
+    rerun that shows its result: the run drew only its progress.)"""
     deadline = time.monotonic() + timeout
-    at.run()
-    while busy := [j for j in background.pool().jobs() if not j.done()]:
-        for job in busy:
+    while True:
+        ended = {j.id for j in background.pool().jobs() if j.done()}
+        at.run()
+        pending = [j for j in background.pool().jobs() if j.id not in ended]
+        if not pending:
+            return at
+        for job in pending:
             left = deadline - time.monotonic()
-            assert left > 0, f"background jobs still running after {timeout:.0f} s: {[j.label for j in busy]}"
+            assert left > 0, f"background jobs still running after {timeout:.0f} s: {[j.label for j in pending]}"
             try:
                 job.exception(timeout=left)  # waits; an error shows on the page, not here
             except Exception:  # noqa: BLE001 - cancelled, or the timeout (asserted above next turn)
                 pass
-        at.run()
-    return at
 
 
 @pytest.fixture
