@@ -21,6 +21,7 @@ from app.sweeps import _sweep_store, stored_spectral, stored_sweeps
 from idlora_core.layers import get_weight
 from idlora_core.linalg import randomized
 from idlora_core.linalg.clustering import MinSizeKMeans
+from tests.analysis.test_sweep import numpy_spectral
 
 PAGE = str(Path(__file__).resolve().parents[2] / "app" / "views" / "decomposition_lab.py")
 LAYER = "encoder.layer.0.attention.self.query"
@@ -45,17 +46,6 @@ def _count_kmeans(monkeypatch) -> list:
 
     monkeypatch.setattr(MinSizeKMeans, "fit", fit)
     return calls
-
-
-def _spectral_error(W: np.ndarray, labels: np.ndarray, skeleton) -> float:
-    """numpy: ||W - W_hat||_2 / s_1(W), each cluster's rows least-squares on its skeleton rows."""
-    W = np.asarray(W, dtype=np.float64)
-    residual = np.zeros_like(W)
-    for c, rows in enumerate(skeleton):
-        members = labels == c
-        X, *_ = np.linalg.lstsq(W[rows].T, W[members].T, rcond=None)
-        residual[members] = W[members] - (W[rows].T @ X).T
-    return np.linalg.norm(residual, 2) / np.linalg.norm(W, 2)
 
 
 def _assert_spectra_of(chart: dict, W: np.ndarray, labels: np.ndarray) -> None:
@@ -133,9 +123,9 @@ def test_run_small_sweep_shows_plots_and_true_numbers(minilm, empty_cache, monke
     W = get_weight(minilm.model, LAYER)
     _, _, piv = scipy.linalg.qr(W.astype(np.float64).T, pivoting=True)
     for r in (4, 16):
-        glob = _spectral_error(W, np.zeros(384, int), [piv[:r]])
+        glob = numpy_spectral(W, np.zeros(384, int), [piv[:r]])
         assert np.isclose(spectral["global ID, same r"][r], glob, rtol=1e-9)
-        expected = _spectral_error(W, stored.labels(4), stored.skeleton(4, r, "id"))
+        expected = numpy_spectral(W, stored.labels(4), stored.skeleton(4, r, "id"))
         assert np.isclose(spectral["cluster-wise ID (id)"][r], expected, rtol=1e-9)
     _assert_spectra_of(charts["lab_spectra"], W, stored.labels(4))  # the sweep's own clusters
     full = [d.value for d in at.dataframe if "rel_spec_error" in d.value.columns]
@@ -237,7 +227,7 @@ def test_randomized_path_spectra_and_spectral_errors_use_the_sweeps_clusters(
     charts = {c.proto.id.rsplit("-", 1)[-1]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
     _assert_spectra_of(charts["lab_spectra"], W, labels)
     for r in (4, 16):  # float32 residuals on this path
-        expected = _spectral_error(W, labels, result.skeleton(8, r, "id"))
+        expected = numpy_spectral(W, labels, result.skeleton(8, r, "id"))
         assert np.isclose(result.table.set_index("r").loc[r, "rel_spec_error"], expected, rtol=1e-4)
     # what the page drew before: a fresh exact k-means (4 restarts, float64) — other clusters
     fresh = MinSizeKMeans(8, min_size=16, random_state=0).fit(W.astype(np.float64)).labels_
