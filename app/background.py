@@ -38,13 +38,14 @@ from analysis.projection import umap_2d, umap_is_warm, warm_umap
 from idlora_core.jobs.limits import server_limits
 from idlora_core.jobs.run_queue import QueueWorker, RunQueue
 
-__all__ = ["Job", "JobCancelled", "JobPool", "JobRefused", "keep_alive", "pool", "session_id", "show_job",
-           "submit", "umap_async", "umap_is_warm", "user_id", "warm_umap_async"]
+__all__ = ["Job", "JobCancelled", "JobPool", "JobRefused", "keep_alive", "poll", "pool", "result_when_ready",
+           "session_id", "show_job", "submit", "umap_async", "umap_is_warm", "user_id", "warm_umap_async"]
 
 QUEUE_ROOT = "_idlora_queue_root"  # the runs folder whose queue holds this session's runs
 HEARTBEAT_SECONDS = 30.0
 SERVER = "server"  # owner of the server's own jobs (UMAP warm-up): no per-user share
 FINISHED_KEPT = 32  # finished jobs (and their results) kept per process
+POLL_SECONDS = 1.0  # how often a page polls its unfinished job
 
 
 class JobRefused(RuntimeError):
@@ -285,6 +286,51 @@ def show_job(job: Job, cancel_key: str) -> None:
     elif st.button("Cancel", key=cancel_key):
         pool().cancel(job.id, job.owner)
         st.toast(f"Cancelling {job.label} (it stops after its current step).")
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def poll(job: Job, cancel_key: str) -> None:
+    """Draw `job`'s progress and Cancel every POLL_SECONDS; the whole page reruns once it ended."""
+    if job.done():
+        st.rerun()
+    show_job(job, cancel_key)
+
+
+def result_when_ready(fn: Callable[..., Any], *args: Any, kind: str, label: str, key: str,
+                      panel: str, **kwargs: Any) -> Any | None:
+    """Return `fn(job, *args, **kwargs)` computed in the pool, or None while it is not ready.
+
+    For page work that must not run on the script thread (a clustering, a projection, the
+    spectra of a layer's clusters). `key` names the inputs: the same key is the same job, and the
+    last result of each `panel` is kept in the session, so reruns neither wait nor recompute. While
+    the job waits or runs this draws its progress and Cancel (the page reruns when it ends) and
+    returns None; a refused submission or a cancelled job gets one line on the page and None. A
+    failed job raises its error here, on the script thread, for the page to word."""
+    state = st.session_state.setdefault("_idlora_panels", {})  # panel -> (key, job or result)
+    kept_key, kept = state.get(panel, (None, None))
+    if kept_key == key and not isinstance(kept, Job):
+        return kept
+    if kept_key == key and kept.state == "failed":  # not retried on every rerun: same inputs
+        raise kept.exception()
+    if kept_key == key and kept.state == "cancelled":  # not restarted on every rerun
+        st.info(f"{label} was cancelled.")
+        if not st.button(f"Start {label} again", key=f"{panel}_restart"):
+            return None
+    try:
+        job = submit(fn, *args, kind=kind, label=label, key=key, supersede=True, **kwargs)
+    except JobRefused as exc:
+        st.warning(f"{label} waits: {exc}")
+        return None
+    state[panel] = (key, job)
+    status = job.state  # read once: a job ending between two reads would leave nothing drawn
+    if status == "done":
+        state[panel] = (key, job.result())
+        return state[panel][1]
+    if status == "failed":
+        raise job.exception()
+    if status == "waiting" or status == "running":
+        poll(job, f"{panel}_cancel")
+    return None
 
 
 def _umap(job: Job, X: np.ndarray, **params: Any) -> np.ndarray:

@@ -34,6 +34,7 @@ switches too; do not use those prefixes for buttons, file uploaders, download bu
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,15 @@ def selected_layers(loaded: ModelHandle) -> list[str]:
 def layer_choice(layer: str) -> dict[str, Any]:
     """Return {"k", "r", "selection", "rb_splits"} for `layer`: its override or the export defaults."""
     return ExportSettings.from_state(st.session_state).layer_choice(layer)
+
+
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:^])")
+
+
+def literal(message: object) -> str:
+    """Return `message` escaped for Markdown, so that it shows exactly as written: a user's text
+    (a layer regex such as `^(\\w|[a-z])*\\d`) would otherwise lose its `*`, `\\` and `$`."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", str(message))
 
 
 def plain(message: str) -> str:

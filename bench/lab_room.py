@@ -7,7 +7,8 @@ at a time (--max-runs, default 2 as docs/LAB.md advises for a 2-core machine). B
 students start, the instructor opens a class study of study preset (a) (`cs.open_class_study`,
 what the Studies page's *Open class study* calls) with enough seeds for every join.
 
-Each student, with no thinking time (the server's capacity, not the room's pace):
+Each student (with no thinking time by default: the server's capacity, not the room's pace;
+with --minute-s S, at the handout's pace: see below):
   1. Lab exercises -> Start exercise 1 -> Decomposition lab: Run sweep (36 layers), waits for the
      per-layer summary (and the focus layer's spectral errors, also a background job);
   2. Start exercise 2 -> Run sweep, waits for the spectral panel;
@@ -28,6 +29,19 @@ student's sweep computes, the others share it or read the cache. The repo's cach
 
     .venv/bin/python bench/lab_room.py --students 20 [--runs-per-student 1] [--json OUT]
     .venv/bin/python bench/lab_room.py --students 2 --quick     # smoke run: 4-step runs, small eval
+    .venv/bin/python bench/lab_room.py --students 20 --runs-per-student 2 --minute-s 15
+
+The room's pace (--minute-s S): docs/LAB.md's timetable starts the exercises at lab minutes 10,
+30, 45 and 60. Student i works at pace p_i, drawn uniformly from [0.85, 1.15] (seeded), and
+begins exercise n at lab minute p_i x start(n), or at once when the previous exercise ran late;
+a lab minute lasts S seconds of wall time. S = 60 is the real pace. A smaller S compresses only
+the thinking time; every sweep, render and run still takes real seconds. The students then
+reach the queue closer together, so the queue waits are at least as long as at the real pace
+(a FIFO queue's waits cannot shrink when arrivals come earlier), and the finish, counted in lab
+minutes, is at least as late. A compressed room that meets the target therefore meets it at the
+real pace. --from-minute M starts the clock at lab minute M (what the timetable put earlier
+begins at once): `--exercises 4 --minute-s 60 --from-minute 50` is exercise 4 at the real pace,
+the students arriving between lab minutes 51 and 69, without the hour before it.
 
 Target (issue 17 #9) on an idle 2-core machine: N = 20 finishes all four exercises within 90
 minutes with a median queue wait of at most 2 minutes.
@@ -39,6 +53,7 @@ import argparse
 import json
 import math
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -62,6 +77,8 @@ QUICK = {"steps": 4, "num_train": 200, "num_eval": 32, "num_test": 32}
 STATUS_POLL_S, HEARTBEAT_S = 5.0, 30.0  # app/class_panel.POLL_SECONDS, background.HEARTBEAT_SECONDS
 FINAL = ("finished", "failed", "cancelled", "withdrawn")
 TARGET_WALL_S, TARGET_WAIT_S = 90 * 60, 120.0
+TIMETABLE_MIN = {1: 10, 2: 30, 3: 45, 4: 60}  # docs/LAB.md: the lab minute each exercise begins
+PACE_RANGE = (0.85, 1.15)  # slowest and fastest student's pace, relative to the timetable
 
 
 # ----------------------------------------------------------------------------- the event log
@@ -87,7 +104,8 @@ def _max(values: list[float]) -> float | None:
     return round(max(values), 1) if values else None
 
 
-def summarise(events: list[dict[str, Any]], exercises: tuple[int, ...] = (1, 2, 3, 4)) -> dict[str, Any]:
+def summarise(events: list[dict[str, Any]], exercises: tuple[int, ...] = (1, 2, 3, 4),
+              minute_s: float = 0.0, from_minute: float = 0.0) -> dict[str, Any]:
     """Return the room's summary from an event log.
 
     Events used (t in seconds): "start" (the students begin), "exercise_start" / "exercise_end"
@@ -98,6 +116,9 @@ def summarise(events: list[dict[str, Any]], exercises: tuple[int, ...] = (1, 2, 
     shares a run already started, None when the run never started), run times, done (seconds from
     start to their last exercise's end, None unless every exercise in `exercises` ended), errors.
     Overall: wall_s (start -> last student done), completed, medians and maxima, the targets.
+    minute_s > 0 (a paced room whose clock started at lab minute `from_minute`): the finish is also
+    given in lab minutes (from_minute + wall_s / minute_s), and the 90-minute target is counted in
+    them.
     """
     t0 = min((e["t"] for e in events if e["event"] == "start"), default=min((e["t"] for e in events), default=0.0))
     started = {e["ticket"]: e["t"] for e in events if e["event"] == "run_start"}
@@ -145,8 +166,9 @@ def summarise(events: list[dict[str, Any]], exercises: tuple[int, ...] = (1, 2, 
         "sweep_wait_median_s": _median(sweeps), "sweep_wait_max_s": _max(sweeps),
         "run_median_s": _median(runs), "render_median_s": None if not renders else round(statistics.median(renders), 2),
         "render_p95_s": None if not renders else round(sorted(renders)[math.ceil(0.95 * len(renders)) - 1], 2),
-        "meets_target": bool(wall is not None and wall <= TARGET_WALL_S and median_wait is not None
-                             and median_wait <= TARGET_WAIT_S),
+        "wall_lab_min": None if wall is None or minute_s <= 0 else round(from_minute + wall / minute_s, 1),
+        "meets_target": bool(wall is not None and median_wait is not None and median_wait <= TARGET_WAIT_S
+                             and ((from_minute + wall / minute_s) * 60 if minute_s > 0 else wall) <= TARGET_WALL_S),
         "per_student": students,
     }
 
@@ -273,10 +295,12 @@ def share_apptest_globals() -> None:
 class Student:
     """One student's session (an AppTest of app/main.py) and what they do."""
 
-    def __init__(self, name: str, log: EventLog, folder: Path, runs_root: Path, runs: int) -> None:
+    def __init__(self, name: str, log: EventLog, folder: Path, runs_root: Path, runs: int,
+                 pace: float = 0.0, minute_s: float = 0.0) -> None:
         from streamlit.testing.v1 import AppTest
 
         self.name, self.log, self.folder, self.root, self.runs = name, log, folder, runs_root, runs
+        self.pace, self.minute_s = pace, minute_s  # minute_s 0: no thinking time
         self.user = f"session:{name}"
         self.at = AppTest.from_file(MAIN, default_timeout=900)
         self.at.session_state["_idlora_session"] = name  # background.user_id() is "session:<name>"
@@ -291,14 +315,21 @@ class Student:
 
     def settle(self) -> None:
         """Wait for this session's background jobs as the page's polling fragment does, then render."""
-        while pending := [job for key in JOB_KEYS if key in self.at.session_state
-                          and (job := self.at.session_state[key]) is not None and not job.done()]:
+        while pending := [job for job in self.jobs() if not job.done()]:
             for job in pending:
                 try:
                     job.exception(timeout=3600)
                 except Exception:  # noqa: BLE001 - cancelled or failed: the page says which
                     pass
             self.render()
+
+    def jobs(self) -> list:
+        """Return the background jobs this session's pages hold: each page's own (JOB_KEYS) and
+        the panels' (`background.result_when_ready`: the explorer's clustering, the spectra)."""
+        state = self.at.session_state
+        held = [state[key] for key in JOB_KEYS if key in state and state[key] is not None]
+        panels = state["_idlora_panels"] if "_idlora_panels" in state else {}
+        return held + [job for _, job in panels.values() if hasattr(job, "done")]
 
     def start_exercise(self, number: int, page: str) -> None:
         """Lab exercises -> Start exercise `number` (the preset opens `page`)."""
@@ -331,9 +362,12 @@ class Student:
 
     def exercise_3(self) -> None:
         self.start_exercise(3, EXPLORER)
+        self.render()
+        self.settle()  # the clustering runs in the background pool
         if "explorer_sizes" not in self.charts():
             raise RuntimeError("exercise 3: the Cluster explorer shows no cluster sizes")
         self.render(self.at.checkbox(key="explorer_normalize_rows").check().run)
+        self.settle()
         self.at.switch_page(LAB)
         self.render()
         self.run_sweep(3, lambda: any("mean_gain" in d.value.columns for d in self.at.dataframe))
@@ -371,13 +405,24 @@ class Student:
                 raise RuntimeError(f"exercise 4: the run {join.run} ended {state}")
             self.render()  # the class's plot with this run in it
 
-    def work(self, exercises: tuple[int, ...]) -> None:
-        """Do the exercises in order; an exercise that fails is logged and the next one begins."""
+    def wait_for_timetable(self, number: int, t0: float, from_minute: float = 0.0) -> None:
+        """Paced room: sleep until this student's lab minute pace x TIMETABLE_MIN[number], the
+        clock having started (at `t0`) at lab minute `from_minute`."""
+        if self.minute_s > 0:
+            due = t0 + (self.pace * TIMETABLE_MIN[number] - from_minute) * self.minute_s
+            time.sleep(max(0.0, due - time.time()))
+
+    def work(self, exercises: tuple[int, ...], t0: float | None = None, from_minute: float = 0.0) -> None:
+        """Do the exercises in order (a paced room: each at its time in the timetable, the clock
+        starting at `t0` at lab minute `from_minute`); an exercise that fails is logged and the
+        next one begins."""
+        t0 = time.time() if t0 is None else t0
         try:
             self.render()  # the first page: Model & layers
         except Exception as exc:  # noqa: BLE001 - logged: the summary counts it
             self.log.add(self.name, "error", exercise=0, message=f"{type(exc).__name__}: {exc}"[:300])
         for number in exercises:
+            self.wait_for_timetable(number, t0, from_minute)
             self.log.add(self.name, "exercise_start", exercise=number)
             try:
                 getattr(self, f"exercise_{number}")()
@@ -392,8 +437,11 @@ class Student:
 # ----------------------------------------------------------------------------- the room
 
 def simulate(students: int, runs_per_student: int, steps: int | None, quick: bool, max_runs: int,
-             exercises: tuple[int, ...], tmp: Path) -> dict[str, Any]:
-    """Run the room in folder `tmp`; return the JSON document (settings, summary, events)."""
+             exercises: tuple[int, ...], tmp: Path, minute_s: float = 0.0, seed: int = 0,
+             from_minute: float = 0.0) -> dict[str, Any]:
+    """Run the room in folder `tmp`; return the JSON document (settings, summary, events).
+    minute_s > 0: the students keep the timetable at their own pace (seeded by `seed`), the
+    clock starting at lab minute `from_minute`."""
     os.environ.update(IDLORA_RUNS_DIR=str(tmp / "runs"), IDLORA_CACHE_DIR=str(tmp / "cache"),
                       IDLORA_MAX_RUNS=str(max_runs))
     from app import background
@@ -411,9 +459,12 @@ def simulate(students: int, runs_per_student: int, steps: int | None, quick: boo
     sampler, monitor = Sampler(), QueueMonitor(runs_root, log)
     sampler.start()
     monitor.start()
-    people = [Student(f"student{i + 1:02d}", log, folder, runs_root, runs_per_student) for i in range(students)]
+    paces = [random.Random(f"{seed}:{i}").uniform(*PACE_RANGE) for i in range(students)]
+    people = [Student(f"student{i + 1:02d}", log, folder, runs_root, runs_per_student, paces[i], minute_s)
+              for i in range(students)]
     log.add("server", "start")
-    threads = [threading.Thread(target=s.work, args=(exercises,), name=s.name) for s in people]
+    t0 = time.time()
+    threads = [threading.Thread(target=s.work, args=(exercises, t0, from_minute), name=s.name) for s in people]
     try:
         for t in threads:
             t.start()
@@ -432,9 +483,10 @@ def simulate(students: int, runs_per_student: int, steps: int | None, quick: boo
                 child.terminate()
             except psutil.Error:
                 pass
-    summary = summarise(log.events, exercises)
+    summary = summarise(log.events, exercises, minute_s, from_minute)
     return {
         "bench": "lab_room", "students": students, "runs_per_student": runs_per_student,
+        "minute_s": minute_s, "from_minute": from_minute, "seed": seed, "paces": [round(p, 3) for p in paces],
         "steps": study.base.train.steps, "quick": quick, "max_runs": max_runs, "cpus": os.cpu_count(),
         "class_study": {"budgets": budgets, "seeds": seeds},
         "exercises": list(exercises),
@@ -448,8 +500,10 @@ def print_table(result: dict[str, Any]) -> None:
     """Print one row per student and the room's summary lines."""
     s = result["summary"]
     label = " (QUICK smoke run: not the lab's runs)" if result["quick"] else ""
+    pace = (f"timetable pace, 1 lab minute = {result['minute_s']:g} s" if result.get("minute_s")
+            else "no thinking time")
     print(f"\nlab_room: {result['students']} students, {result['runs_per_student']} run(s) each of "
-          f"{result['steps']} steps{label}, {result['max_runs']} run slots, {result['cpus']} CPUs")
+          f"{result['steps']} steps{label}, {result['max_runs']} run slots, {result['cpus']} CPUs, {pace}")
     exercises = result["exercises"]
     head = f"{'student':<10}" + "".join(f"{'ex' + str(n) + ' s':>9}" for n in exercises) + \
         f"{'done s':>9}  {'sweep waits s':<18}{'queue waits s':<16}{'run s':<14}errors"
@@ -460,7 +514,8 @@ def print_table(result: dict[str, Any]) -> None:
               f"{','.join(map(str, row['sweep_waits_s'])) or '—':<18}"
               f"{','.join(map(str, row['queue_waits_s'])) or '—':<16}"
               f"{','.join(map(str, row['run_s'])) or '—':<14}{len(row['errors'])}")
-    print(f"wall {s['wall_s']} s; completed {s['completed']}/{s['students']}; queue wait median "
+    lab_min = f" ({s['wall_lab_min']} lab min)" if s.get("wall_lab_min") is not None else ""
+    print(f"wall {s['wall_s']} s{lab_min}; completed {s['completed']}/{s['students']}; queue wait median "
           f"{s['queue_wait_median_s']} s, max {s['queue_wait_max_s']} s; sweep wait median "
           f"{s['sweep_wait_median_s']} s, max {s['sweep_wait_max_s']} s; run median {s['run_median_s']} s; "
           f"render median {s['render_median_s']} s, p95 {s['render_p95_s']} s; peak RSS server "
@@ -484,13 +539,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-runs", type=int, default=int(os.environ.get("IDLORA_MAX_RUNS") or 2),
                         help="training processes at once (IDLORA_MAX_RUNS; default 2)")
     parser.add_argument("--exercises", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4])
+    parser.add_argument("--minute-s", type=float, default=0.0,
+                        help="keep docs/LAB.md's timetable, one lab minute lasting this many seconds "
+                             "(60 = real pace; less compresses the thinking time only); 0: no thinking time")
+    parser.add_argument("--from-minute", type=float, default=0.0,
+                        help="with --minute-s: the lab minute at which the clock starts (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the students' paces")
     parser.add_argument("--json", type=Path, help="write the settings, summary and event log here")
     args = parser.parse_args(argv)
     if args.students < 1 or args.max_runs < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--students, --max-runs and --steps must be at least 1")
+    if not 0 <= args.minute_s <= 600:
+        parser.error(f"--minute-s must be between 0 and 600 seconds, got {args.minute_s:g}")
+    if not 0 <= args.from_minute <= 90:
+        parser.error(f"--from-minute must be a lab minute between 0 and 90, got {args.from_minute:g}")
     with tempfile.TemporaryDirectory(prefix="lab-room-") as tmp:
         result = simulate(args.students, args.runs_per_student, args.steps, args.quick, args.max_runs,
-                          tuple(sorted(set(args.exercises))), Path(tmp))
+                          tuple(sorted(set(args.exercises))), Path(tmp), args.minute_s, args.seed,
+                          args.from_minute)
     print_table(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

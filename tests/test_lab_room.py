@@ -4,6 +4,7 @@ the class study it trains (preset (a), or the labelled quick sizes)."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,36 @@ def test_the_class_study_is_preset_a_or_the_labelled_quick_sizes(room):
     quick = room.class_study_config(None, quick=True)
     assert quick.base.train.steps == room.QUICK["steps"] and quick.base.tasks[0].num_eval == room.QUICK["num_eval"]
     assert room.class_study_config(20, quick=False).base.train.steps == 20
+
+
+def test_a_paced_room_counts_the_90_minutes_in_lab_minutes(room):
+    events = [e for e in _log(room) if e["who"] != "ben"]  # anna finishes 400 s after the start
+    assert room.summarise(events, minute_s=10)["wall_lab_min"] == 40.0  # 400 s at 10 s a lab minute
+    assert room.summarise(events, minute_s=10)["meets_target"] is True
+    assert room.summarise(events, minute_s=10, from_minute=55)["wall_lab_min"] == 95.0
+    assert room.summarise(events, minute_s=10, from_minute=55)["meets_target"] is False  # 95 > 90
+    assert room.summarise(events, minute_s=4)["meets_target"] is False  # 100 lab minutes
+    assert room.summarise(events)["wall_lab_min"] is None  # no pace: seconds only
+
+
+def test_a_paced_student_begins_each_exercise_at_their_own_lab_minute(room, monkeypatch):
+    slept = []
+    monkeypatch.setattr(room.time, "sleep", slept.append)
+    monkeypatch.setattr(room.time, "time", lambda: 1000.0)
+    student = room.Student.__new__(room.Student)
+    student.pace, student.minute_s = 1.1, 2.0
+    student.wait_for_timetable(4, t0=1000.0)  # lab minute 1.1 x 60 = 66, at 2 s each
+    student.wait_for_timetable(2, t0=1000.0, from_minute=10)  # 1.1 x 30 - 10 = 23 lab minutes
+    student.wait_for_timetable(1, t0=1000.0, from_minute=50)  # long past: at once
+    assert slept == pytest.approx([132.0, 46.0, 0.0])
+    student.minute_s = 0.0  # no thinking time: never sleeps
+    student.wait_for_timetable(4, t0=1000.0)
+    assert len(slept) == 3
+
+
+def test_paces_and_the_timetable_are_the_handouts(room):
+    lab = (room.REPO / "docs" / "LAB.md").read_text()
+    for number, minute in room.TIMETABLE_MIN.items():
+        assert re.search(rf"^\| {minute}–\d+ min \| {number}\. ", lab, re.M), (number, minute)
+    low, high = room.PACE_RANGE
+    assert 0 < low < 1 < high

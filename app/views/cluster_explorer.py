@@ -14,7 +14,7 @@ import streamlit as st
 
 from analysis.explorer import cluster_view, points_frame
 from analysis.projection import pca_2d
-from app.background import umap_async, umap_is_warm, warm_umap_async
+from app.background import Job, result_when_ready, umap_async, umap_is_warm, warm_umap_async
 from app.common import (
     SELECTIONS,
     ensure_layer,
@@ -58,22 +58,25 @@ W = layer_weight(loaded, layer)
 m, n = W.shape
 
 
-@st.cache_data(max_entries=32, show_spinner="Clustering rows and selecting skeletons ...")
-def _view(model: str, layer: str, k: int, r: int, normalize: bool, seed: int, _W):
-    return cluster_view(_W, k, r, SELECTIONS, normalize_rows=normalize, seed=seed)
-
-
-@st.cache_data(max_entries=32, show_spinner=False)
-def _pca(model: str, layer: str, normalize: bool, _W):
-    return pca_2d(_W, normalize_rows=normalize)
+def _view_job(job: Job, W, k: int, r: int, normalize: bool, seed: int):
+    """The page's clustering (k-means, three selections) and PCA, in the background pool."""
+    job.report(0.0, f"clustering {W.shape[0]} rows into {k} clusters")
+    view = cluster_view(W, k, r, SELECTIONS, normalize_rows=normalize, seed=seed)
+    job.report(0.9, "PCA of the rows")
+    return view, pca_2d(W, normalize_rows=normalize)
 
 
 try:
-    view = _view(loaded.name, layer, k, r, normalize, seed, W)
+    ready = result_when_ready(
+        _view_job, W, k, r, normalize, seed, kind="explorer", label="clustering the rows",
+        key=f"explorer|{loaded.name}|{layer}|{k}|{r}|{normalize}|{seed}", panel="explorer_view")
 except ValueError as exc:
     st.error(f"{plain(str(exc))}\n\nThis layer has {m} rows and {n} columns: choose k and r "
              f"with k × r ≤ {m} and r ≤ {n}.")
     st.stop()
+if ready is None:  # its progress is drawn; the page reruns when it is done
+    st.stop()
+view, pca = ready
 
 st.caption(
     f"`{layer}`: {m} rows of length {n}, clustered by k-means into {k} clusters of at least "
@@ -109,7 +112,7 @@ def scatter(points, title: str) -> go.Figure:
 
 def projection_panel() -> None:
     """Draw the scatter: UMAP when asked and ready, PCA otherwise (and while UMAP computes)."""
-    xy, title = _pca(loaded.name, layer, normalize, W), "PCA of the rows (first two axes)"
+    xy, title = pca, "PCA of the rows (first two axes)"
     if st.session_state["explorer_projection"] == "UMAP":
         job = umap_async(W, normalize_rows=normalize, seed=seed)
         if job.done() and job.exception() is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import streamlit as st
 
 from analysis.explorer import spectra_frame
@@ -30,20 +32,11 @@ K_OPTIONS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
 R_OPTIONS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256]
 JOB = "_lab_sweep_job"  # this session's sweep in the background pool (app.background.Job) or None
 SPECTRAL_JOB = "_lab_spectral_job"  # the last spectral measurement this session started
-POLL_SECONDS = 1.0
 
 
-@st.cache_data(max_entries=64, show_spinner="Singular values of the clusters ...")
-def _spectra(model: str, layer: str, labels, _W):
-    return spectra_frame(_W, labels)  # the sweep's own clusters (labels), no new k-means
-
-
-@st.fragment(run_every=POLL_SECONDS)
-def _poll(job: background.Job, cancel_key: str) -> None:
-    """Progress and Cancel of a background job; the whole page reruns once it has ended."""
-    if job.done():
-        st.rerun()
-    background.show_job(job, cancel_key)
+def _spectra_job(job: background.Job, W, labels):
+    job.report(0.0, "singular values of the layer and its clusters")
+    return spectra_frame(W, labels)  # the sweep's own clusters (labels), no new k-means
 
 
 def _spectral_panel(layer: str) -> None:
@@ -70,7 +63,7 @@ def _spectral_panel(layer: str) -> None:
     elif now == "failed" and ended != "failed":  # a retry failing again: said above already
         st.error(f"Could not measure the spectral errors: {job.exception()}")
     elif now in ("waiting", "running"):
-        _poll(job, "lab_spectral_cancel")
+        background.poll(job, "lab_spectral_cancel")
 
 
 def _sweep_ended(job: background.Job) -> None:
@@ -154,7 +147,7 @@ if job is not None and job.done():
     _sweep_ended(job)
     results = results or stored_results(loaded, layers, **params)
 elif job is not None:
-    _poll(job, "lab_cancel")
+    background.poll(job, "lab_cancel")
     if results is None:
         st.stop()
 if results is None:
@@ -243,8 +236,13 @@ st.markdown(f"#### 3 · Singular values of the layer and of its {k} clusters")
 plot, text = st.columns([3, 1])
 labels = results[layer].labels(k)  # the sweep's clusters at this k (None: none feasible)
 if labels is not None:
-    spectra = _spectra(loaded.name, layer, labels, layer_weight(loaded, layer))
-    plot.plotly_chart(figures.spectra_figure(spectra), key="lab_spectra")
+    with plot:
+        spectra = background.result_when_ready(
+            _spectra_job, layer_weight(loaded, layer), labels, kind="spectra",
+            label="singular values of the clusters", panel="lab_spectra",
+            key=f"spectra|{loaded.name}|{layer}|{hashlib.sha1(labels.tobytes()).hexdigest()}")
+    if spectra is not None:
+        plot.plotly_chart(figures.spectra_figure(spectra), key="lab_spectra")
 else:
     plot.warning(f"The sweep has no clusters at k = {k} (no feasible r); pick a smaller k.")
 with text:

@@ -15,7 +15,7 @@ from analysis.scan import scan
 from analysis.sweep import SweepSpec
 from app import background, url_state
 from app.background import Job
-from app.common import SELECTIONS, get_model, init_state, model_name, valid
+from app.common import SELECTIONS, get_model, init_state, literal, model_name, valid
 from app.figures import clicked_layer
 from app.report import readable
 from app.settings_io import lab_read_path
@@ -83,10 +83,11 @@ def start_scan(pattern: str, names, spec: SweepSpec) -> None:
     try:
         chosen = matching(pattern, names) if pattern else list(names)
     except PatternError as exc:
-        st.error(str(exc))
+        st.error(literal(exc))
         return
     if not chosen:
-        st.error(f"No linear layer matches {pattern!r}: try a part of a name, e.g. 'query' or 'layer\\.0\\.'")
+        st.error(literal(f"No linear layer matches {pattern!r}: try a part of a name, e.g. 'query' or "
+                         "'layer\\.0\\.'"))
         return
     try:  # a new scan of this session replaces its unfinished one
         st.session_state[JOB] = background.submit(
@@ -141,7 +142,7 @@ if source == "Load a scan CSV":
                                else lab_read_path(path.strip(), "scan CSV"))
             st.session_state["atlas_table"] = table
         except (OSError, ValueError) as exc:
-            st.error(f"Could not read the scan: {exc}")
+            st.error(literal(f"Could not read the scan: {exc}"))
 else:
     loaded = get_model()
     if loaded is None:

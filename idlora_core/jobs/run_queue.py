@@ -93,7 +93,8 @@ class RunQueue:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _start_capped(self, config: RunConfig, root: Path, name: str) -> runs.RunHandle:
-        return runs.start_run(config, root, name, memory_cap_gb=limits.server_limits().run_memory_gb)
+        return runs.start_run(config, root, name, memory_cap_gb=limits.server_limits().run_memory_gb,
+                              threads=slots.threads_per_run())
 
     def _read(self, path: Path) -> dict[str, Any] | None:
         self.reads += 1

@@ -116,6 +116,7 @@ def start_run(
     overrides: list[str] | None = None,
     *,
     memory_cap_gb: float | None = None,
+    threads: int | None = None,
 ) -> RunHandle:
     """Write `config` into a new run folder under `runs_root` and start training it.
 
@@ -124,6 +125,7 @@ def start_run(
     memory_cap_gb: the child's address-space limit (RLIMIT_AS, set before it starts; CPU runs
     only, since CUDA reserves address space far beyond its use); a run that passes it fails and
     `settle_run` says so.
+    threads: the child's CPU threads (OMP_NUM_THREADS) unless the server's environment sets them.
     """
     run_dir = safe_run_dir(runs_root, name or new_run_name(config.adapter.method))
     run_dir.mkdir(parents=True, exist_ok=False)
@@ -134,6 +136,8 @@ def start_run(
         f" (memory cap {memory_cap_gb:g} GB)" if capped else ""), pid=None)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    if threads is not None:
+        env.setdefault("OMP_NUM_THREADS", str(threads))  # the admin's own setting wins
     if capped:
         env[CAP_ENV] = f"{memory_cap_gb:g}"
     with open(run_dir / "train.log", "ab") as log:

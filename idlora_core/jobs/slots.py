@@ -29,6 +29,17 @@ def max_runs() -> int:
     return gpus if gpus > 0 else max(1, (os.cpu_count() or 2) // 2)
 
 
+def threads_per_run() -> int:
+    """Return the CPU threads each app-started run may use: this machine's cores shared equally
+    among `max_runs()` runs (at least 1). Two runs of two threads each on two cores stall each
+    other at every parallel region; one thread each keeps both busy."""
+    try:
+        runs = max_runs()
+    except ValueError:  # a bad IDLORA_MAX_RUNS is reported where runs are started
+        runs = 1
+    return max(1, (os.cpu_count() or 1) // runs)
+
+
 def hand_started_runs(runs_root: str | Path, known: set[Path] = frozenset()) -> int:
     """Return the number of training processes alive on this host in run folders directly under
     `runs_root` that are not in `known`: runs started by hand (`python -m idlora_core.train`

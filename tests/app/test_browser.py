@@ -49,12 +49,14 @@ def wait_health(url: str, timeout_s: float) -> bool:
     return False
 
 
-def start_app(port: int, runs_dir: Path, log_path: Path) -> subprocess.Popen:
-    """Start the Streamlit app headless on `port` (argument list, no shell); return the process."""
+def start_app(port: int, runs_dir: Path, log_path: Path, **extra_env: str) -> subprocess.Popen:
+    """Start the Streamlit app headless on `port` (argument list, no shell), with `extra_env` added
+    to its environment; return the process."""
     # One run at a time: the Fine-tune test's second run waits in the queue, so its chart is
     # certain to show the first run's points alone before it grows (two runs in parallel
     # could both finish between two polls; CI saw that).
-    env = dict(os.environ, IDLORA_RUNS_DIR=str(runs_dir), IDLORA_MAX_RUNS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, IDLORA_RUNS_DIR=str(runs_dir), IDLORA_MAX_RUNS="1", PYTHONUNBUFFERED="1",
+               **extra_env)
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "main.py"),
            "--server.headless", "true", "--server.port", str(port),
            "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app import background
 from idlora_core.layers import get_weight
 
 PAGE = str(Path(__file__).resolve().parents[2] / "app" / "views" / "cluster_explorer.py")
@@ -33,11 +35,11 @@ def _charts(at: AppTest) -> dict[str, dict]:
     return {c.proto.id.rsplit("-", 1)[-1]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
 
 
-def test_projection_clusters_skeletons_and_errors(minilm):
+def test_projection_clusters_skeletons_and_errors(minilm, settle):
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.session_state["explorer_k"] = 4
     at.session_state["explorer_r"] = 8
-    at.run()
+    settle(at)
     assert not at.exception
     assert at.selectbox(key="explorer_layer").value == LAYER
     assert at.radio(key="explorer_projection").value == "PCA"
@@ -81,13 +83,43 @@ def test_projection_clusters_skeletons_and_errors(minilm):
     assert (at.session_state["adapter_k"], at.session_state["adapter_r"]) == (4, 8)
 
 
-def test_too_many_clusters_shows_error():
+def test_too_many_clusters_shows_error(settle, fresh_pool):
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.session_state["explorer_k"] = 100
     at.session_state["explorer_r"] = 8
-    at.run()
+    settle(at)
     assert not at.exception
     assert "k × r ≤ 384" in at.error[0].value
+    at.run()  # the failed job is kept for these inputs: not submitted again on every rerun
+    assert "k × r ≤ 384" in at.error[0].value
+    assert len(fresh_pool.jobs(kind="explorer")) == 1
+
+
+def test_clustering_runs_in_the_background_pool_once(settle, fresh_pool, monkeypatch):
+    import analysis.explorer
+
+    threads = []
+    real = analysis.explorer.cluster_view
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(analysis.explorer, "cluster_view", recording)
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["explorer_k"], at.session_state["explorer_r"] = 3, 4
+    at.run()
+    jobs = fresh_pool.jobs(kind="explorer")
+    assert [j.label for j in jobs] == ["clustering the rows"]
+    settle(at)
+    assert "explorer_scatter" in _charts(at) and "explorer_sizes" in _charts(at)
+    at.radio(key="explorer_skeleton").set_value("centroid").run()  # same clustering: kept
+    assert not at.exception and "explorer_scatter" in _charts(at)
+    assert len(fresh_pool.jobs(kind="explorer")) == 1
+    assert len(threads) == 1 and threads[0].startswith("idlora-job"), threads  # not the script thread
+    at.session_state["explorer_k"] = 2
+    settle(at)  # new inputs: a new job
+    assert len(fresh_pool.jobs(kind="explorer")) == 2 and len(threads) == 2
 
 
 @pytest.mark.slow
@@ -96,6 +128,9 @@ def test_umap_replaces_pca_when_ready():
 
     at = AppTest.from_file(PAGE, default_timeout=240)
     at.session_state["explorer_projection"] = "UMAP"
+    at.run()
+    for job in background.pool().jobs(kind="explorer"):  # the clustering, not the UMAP
+        job.result(timeout=120)
     at.run()
     assert not at.exception
     first = _charts(at)["explorer_scatter"]["layout"]["title"]["text"]

@@ -109,8 +109,8 @@ def test_exercise_1_preset_reproduces_the_handout_table_in_the_summary(number, s
     assert "3 · attn_out" in _values(gain["data"][0]["x"])
 
 
-def test_exercise_3_opens_the_explorer_with_the_quoted_cluster_sizes():
-    at = _start(3)
+def test_exercise_3_opens_the_explorer_with_the_quoted_cluster_sizes(settle):
+    at = settle(_start(3))  # the clustering runs in the background pool
     assert at.title[0].value == "Cluster explorer"
     assert at.selectbox(key="explorer_layer").value == A3
     chart = _charts(at)["explorer_sizes"]
@@ -120,7 +120,7 @@ def test_exercise_3_opens_the_explorer_with_the_quoted_cluster_sizes():
     assert sorted(sizes, reverse=True) == QUOTED[3]["sizes_raw"]
     scatter = _charts(at)["explorer_scatter"]["data"]
     assert [t["name"] for t in scatter if "skeleton" in t["name"]] == ["skeleton rows: id"]
-    at.checkbox(key="explorer_normalize_rows").check().run()
+    settle(at.checkbox(key="explorer_normalize_rows").check())
     sizes = [y for t in _charts(at)["explorer_sizes"]["data"] for y in _values(t["y"])]
     assert sorted(sizes, reverse=True) == QUOTED[3]["sizes_norm"]
     at.switch_page("views/decomposition_lab.py").run()

@@ -43,6 +43,20 @@ def _end(queue: RunQueue, name: str) -> None:
         time.sleep(0.05)
 
 
+def test_each_queued_run_gets_an_equal_share_of_the_cores(monkeypatch, tmp_path):
+    monkeypatch.setattr(slots.os, "cpu_count", lambda: 8)
+    for runs_at_once, threads in (("1", 8), ("2", 4), ("3", 2), ("8", 1), ("16", 1)):
+        monkeypatch.setenv("IDLORA_MAX_RUNS", runs_at_once)
+        assert slots.threads_per_run() == threads
+    monkeypatch.setenv("IDLORA_MAX_RUNS", "two")  # reported where runs start; here one run's share
+    assert slots.threads_per_run() == 8
+    monkeypatch.setenv("IDLORA_MAX_RUNS", "2")
+    asked = []
+    monkeypatch.setattr(runs, "start_run", lambda *a, **kw: asked.append(kw))
+    RunQueue(tmp_path)._start_capped(parse_config({}), tmp_path, "x")
+    assert asked[0]["threads"] == 4
+
+
 def test_limit_from_env_gpus_or_cpu_cores(monkeypatch):
     import torch
 

@@ -128,6 +128,15 @@ def test_start_run_writes_config_in_own_folder(tmp_path, monkeypatch):
     assert run_files.read_status(h1.run_dir)["state"] == "starting"
     with pytest.raises(runs.RunPathError):
         runs.start_run(RunConfig(), tmp_path, name="../evil")
+    assert "OMP_NUM_THREADS" not in kwargs["env"] or kwargs["env"]["OMP_NUM_THREADS"] == runs.os.environ.get(
+        "OMP_NUM_THREADS")  # no threads asked: the server's environment as it is
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    runs.start_run(RunConfig(), tmp_path, threads=1)
+    assert started[-1][1]["env"]["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the admin's own setting wins
+    runs.start_run(RunConfig(), tmp_path, threads=1)
+    assert started[-1][1]["env"]["OMP_NUM_THREADS"] == "3"
 
 
 def _wait(predicate, timeout_s: float) -> bool:
