@@ -65,6 +65,7 @@ class Job:
     def __init__(self, owner: str, kind: str, label: str, key: str | None) -> None:
         self.id = f"{kind}-{next(self._ids)}"
         self.owner, self.kind, self.label, self.key = owner, kind, label, key
+        self.sharers: set[str] = set()  # other users who asked for the same key and wait for it
         self.submitted = time.time()
         self.started: float | None = None
         self.fraction, self.message = 0.0, "waiting for a free worker"
@@ -143,18 +144,27 @@ class JobPool:
         """Run `fn(job, *args, **kwargs)` on a worker; return its Job.
 
         A job with the same `key` that is waiting, running or done is returned instead (a failed
-        or cancelled one is retried). supersede: first cancel the owner's other unfinished jobs of
-        this `kind` (a new layer's UMAP replaces the old one's). Raises JobRefused when the pool
-        or the owner's share is full.
+        or cancelled one is retried), and the asking user becomes one of its sharers. supersede:
+        first drop the owner's other unfinished jobs of this `kind` (a new layer's UMAP replaces
+        the old one's): cancelled when no one else shares them, else handed to a sharer, so one
+        student's new setting never cancels what another student waits for. Raises JobRefused
+        when the pool or the owner's share is full.
         """
         with self._lock:
             if key is not None:
                 same = next((j for j in reversed(self._jobs.values()) if j.key == key), None)
                 if same is not None and same.state in ("waiting", "running", "done"):
+                    if same.owner != owner:
+                        same.sharers.add(owner)
                     return same
             if supersede:
                 for old in self._jobs.values():
-                    if old.owner == owner and old.kind == kind and not old.done():
+                    if old.kind != kind or old.done():
+                        continue
+                    old.sharers.discard(owner)
+                    if old.owner == owner and old.sharers:  # others wait for it: theirs now
+                        old.owner = old.sharers.pop()
+                    elif old.owner == owner:
                         old.cancel()
             active = [j for j in self._jobs.values() if not j.done()]
             if len(active) >= self.max_jobs:

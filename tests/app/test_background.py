@@ -103,6 +103,27 @@ def test_a_new_request_supersedes_the_sessions_older_ones(small_pool):
         release.set()
 
 
+def test_a_new_setting_never_cancels_a_job_another_user_waits_for(small_pool):
+    release = threading.Event()
+    try:
+        stuck = small_pool.submit(_stuck(release), owner="other", kind="scan", label="holds the worker")
+        shared = small_pool.submit(lambda job: "clusters k=4", owner="A", kind="explorer", label="k=4",
+                                   key="k4", supersede=True)
+        assert small_pool.submit(lambda job: "never run", owner="B", kind="explorer", label="k=4",
+                                 key="k4", supersede=True) is shared  # B waits for A's job
+        assert shared.sharers == {"B"}
+        mine = small_pool.submit(lambda job: "clusters k=8", owner="A", kind="explorer", label="k=8",
+                                 key="k8", supersede=True)  # A moves on to k = 8
+        assert shared.state == "waiting" and shared.owner == "B" and not shared.sharers  # B's now
+        again = small_pool.submit(lambda job: "clusters k=2", owner="A", kind="explorer", label="k=2",
+                                  key="k2", supersede=True)  # no one shares k = 8: cancelled
+        assert mine.state == "cancelled" and again.state == "waiting"
+        small_pool.cancel(stuck.id, "other")
+        assert shared.result(timeout=5) == "clusters k=4" and again.result(timeout=5) == "clusters k=2"
+    finally:
+        release.set()
+
+
 def test_an_open_page_keeps_its_queued_runs_alive(tmp_path):
     """The heartbeat `app/main.py` draws on every page of a session that queued runs."""
     from streamlit.testing.v1 import AppTest
