@@ -40,12 +40,15 @@ browser-deps:
 	  else echo "chromium missing and not root: browser tests will be skipped"; fi; }
 
 # --durations=15: every run lists its 15 slowest tests (tests/README.md keeps the budget).
+# -n 2 --dist loadfile: two pytest-xdist workers (one per core of the 2-core machine), each
+# taking whole test files, so a file's module fixtures are built once.
+XDIST := -n 2 --dist loadfile
 test: install browser-deps
-	$(BIN)/python -m pytest -m "not slow" --durations=15
+	$(BIN)/python -m pytest -m "not slow" $(XDIST) --durations=15
 
 # Local inner loop: the default suite without the browser and multi-process tests.
 test-quick: install
-	$(BIN)/python -m pytest -m "not slow and not browser and not multiprocess" --durations=15
+	$(BIN)/python -m pytest -m "not slow and not browser and not multiprocess" $(XDIST) --durations=15
 
 test-slow: install browser-deps
 	$(BIN)/python -m pytest -m slow --durations=15

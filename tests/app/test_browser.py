@@ -139,6 +139,7 @@ def n_points(page) -> int:
     return page.locator(".st-key-loss_chart .scatterlayer .trace .points path").count()
 
 
+@pytest.mark.slow  # 33 s; default: app/test_served_lab.py (browser) and the AppTest page tests
 def test_sweep_finetune_and_export_in_a_real_browser(page, app_url):
     t0 = time.monotonic()
 

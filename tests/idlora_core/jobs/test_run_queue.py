@@ -156,6 +156,7 @@ def test_submit_refuses_a_taken_folder_name(tmp_path):
         queue.submit(_cfg(), name="../outside")
 
 
+@pytest.mark.slow  # 10 s; default: the FIFO tests with sleeper processes in this file
 @pytest.mark.multiprocess  # two real training processes (about 45 s on 2 busy cores)
 def test_real_training_runs_one_after_the_other(tiny_bert_dir, tmp_path, monkeypatch):
     """Two real training processes through the queue with a limit of one never overlap."""

@@ -245,6 +245,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow  # 18 s; default: jobs/test_studies.py::test_a_folder_held_by_a_cli_coordinator_is_refused_naming_the_holder
 @pytest.mark.multiprocess
 def test_second_coordinator_on_one_folder_is_refused_then_resumes(tiny_bert_dir, tmp_path):
     out = tmp_path / "study"

@@ -190,6 +190,7 @@ def test_warm_worker_loads_in_the_runs_precision(tiny_bert_dir, tmp_path, monkey
     assert dtypes == {"bf16": {torch.bfloat16}, "fp32": {torch.float32}}
 
 
+@pytest.mark.slow  # 12 s; default: study/test_grid_config.py::test_tpe_range_checks_and_yaml_round_trip
 def test_tpe_learning_rate_search(tiny_bert_dir, tmp_path):
     out = tmp_path / "study"
     spec = write_study_yaml(tmp_path / "s.yaml", tiny_bert_dir, learning_rate={"low": 1e-3, "high": 1e-1, "trials": 2},
