@@ -33,13 +33,15 @@ def list_presets() -> dict[str, Path]:
 
 def build_study(base: RunConfig, methods: list[str], ranks: list[int], ks: list[int],
                 learning_rates: dict[str, list[float]], seeds: list[int], metric: str,
-                direction: str = "maximize", name: str | None = None) -> StudyConfig:
-    """Return the StudyConfig of a grid built from Fine-tune choices: `learning_rates` gives each
-    method its own list (missing methods use DEFAULT_LR)."""
+                direction: str = "maximize", name: str | None = None,
+                heads: list[int] | None = None) -> StudyConfig:
+    """Return the StudyConfig of a grid built from Fine-tune choices: `ks` ID-LoRA's clusters,
+    `heads` HydraLoRA's heads N (None: `ks`, as before they had their own list);
+    `learning_rates` gives each method its own list (missing methods use DEFAULT_LR)."""
     lrs = {m: learning_rates.get(m) or [DEFAULT_LR.get(m, 1e-3)] for m in methods}
     return parse_study({"name": name, "base": base.model_dump(mode="json"),
-                        "grid": {"method": methods, "r": ranks, "k": ks, "learning_rates": lrs, "seed": seeds,
-                                 "learning_rate": [base.train.learning_rate]},
+                        "grid": {"method": methods, "r": ranks, "k": ks, "heads": heads, "learning_rates": lrs,
+                                 "seed": seeds, "learning_rate": [base.train.learning_rate]},
                         "metric": metric, "direction": direction})
 
 

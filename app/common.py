@@ -10,8 +10,8 @@ Session-state keys (the contract between pages; Export/Import reads and restores
 fields of the page dataclasses in `app/page_settings.py` (`SidebarSettings`: model_choice,
 model_path, trust_remote_code, lab_exercise; `ModelLayersSettings`: layer_kinds, block_range;
 `LabSettings`: lab_*; `ExplorerSettings`: explorer_*; `FineTuneSettings`: ft_*;
-`ExportSettings`: ex_*, adapter_k/r/selection/rb_splits and the per-layer overrides
-`layer_choices` {layer: {"k", "r", "selection", "rb_splits"}}; `StudiesSettings`: st_*;
+`ExportSettings`: ex_*, adapter_k/heads/r/selection/rb_splits and the per-layer overrides
+`layer_choices` {layer: {"k", "heads", "r", "selection", "rb_splits"}}; `StudiesSettings`: st_*;
 `LayerAtlasSettings`: atlas_*), with their types and defaults (retired keys such as
 `lab_strategies` are still read: docs/VOCABULARY.md); `DEFAULTS` below is derived from them.
 Widgets use these keys directly, so setting a key before its widget renders changes the widget.
@@ -24,7 +24,7 @@ Model & layers selection (`layer_kinds`, `block_range`) are shared, and pages sa
 
 Getters/setters: `model_name()` / `set_model_name(name)`, `selected_layers(loaded)`,
 `layer_weight(loaded, layer)` (cached float32 weight, read alone from disk), `ensure_layer(key, loaded)`,
-`layer_choice(layer)` (per-layer k/r/selection/rb_splits with the defaults filled in),
+`layer_choice(layer)` (per-layer k/heads/r/selection/rb_splits with the defaults filled in),
 `apply_settings(values)` (restore many keys at once, safe from any page and any point of a run).
 
 Keys starting with `ft_` or `ex_` (Fine-tune and Export/Import pages) are kept across page
@@ -200,7 +200,8 @@ def selected_layers(loaded: ModelHandle) -> list[str]:
 
 
 def layer_choice(layer: str) -> dict[str, Any]:
-    """Return {"k", "r", "selection", "rb_splits"} for `layer`: its override or the export defaults."""
+    """Return {"k", "heads", "r", "selection", "rb_splits"} for `layer`: its override or the export
+    defaults."""
     return ExportSettings.from_state(st.session_state).layer_choice(layer)
 
 
@@ -219,7 +220,7 @@ def plain(message: str) -> str:
 
 
 RANK_CHOICES = (1, 2, 4, 8, 16, 32, 64)  # ranks r offered by the Fine-tune and Studies pages
-K_CHOICES = (1, 2, 4, 8, 16)  # clusters k / heads N offered by the same pages
+K_CHOICES = (1, 2, 4, 8, 16)  # clusters k and (their own widgets) heads N offered by the same pages
 
 
 def choices_with_state(base: tuple[int, ...], key: str) -> list[int]:

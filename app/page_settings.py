@@ -15,8 +15,11 @@ Fields marked LOCAL (trust_remote_code) never leave the session: not in the URL,
 Keys retired by the one vocabulary (docs/VOCABULARY.md: `lab_strategies`, `atlas_strategies`,
 `adapter_strategy`, `adapter_rb`, a layer choice's `strategy`) are still read from URLs, the
 store and session state, under the one name (`RETIRED` of each class).
-HydraLoRA's heads N share the clusters-k widgets (`ft_ks`, `adapter_k`, a layer choice's `k`):
-a run config of a heads method gets them as `TargetConfig.heads`.
+ID-LoRA's clusters k and HydraLoRA's heads N have widgets of their own (`ft_ks` / `ft_heads`,
+`st_ks` / `st_heads`, `adapter_k` / `adapter_heads`, a layer choice's `k` / `heads`): a run
+config gets them as `TargetConfig.k` / `TargetConfig.heads`. The k keys held both counts
+before, so an old URL, store or session without a heads key reads it from the k key (`FALLBACK`
+of each class); a layer choice without `heads` takes the page's `adapter_heads`.
 UI-level only: no Streamlit calls and no maths; `app/common.py` and `app/settings_io.py` derive
 their DEFAULTS from `all_defaults()`.
 """
@@ -27,7 +30,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, NotRequired
 
 from pydantic import BeforeValidator, Field
 from typing_extensions import TypedDict  # pydantic validates this one on Python < 3.12
@@ -59,7 +62,6 @@ from idlora_core.config import (
 )
 from idlora_core.layers import block_index, layer_kind
 from idlora_core.study.defaults import DEFAULT_LEARNING_RATES
-from idlora_core.study.grid import axis_field
 from idlora_core.tasks import BUILTIN, CAUSAL_LM_TASKS, CLASSIFICATION_TASKS, pool_sizes
 
 # Built-in tasks by model kind, the default first: real data before the synthetic sentiment task
@@ -110,6 +112,7 @@ WIDGET_LIMITS: dict[str, tuple[float, float | None]] = {
     "ft_rb_splits": _limits(TargetConfig, "rb_splits"),
     "ft_alpha": _limits(TargetConfig, "alpha"),
     "adapter_k": _limits(TargetConfig, "k"),
+    "adapter_heads": _limits(TargetConfig, "heads"),
     "adapter_r": _limits(TargetConfig, "r"),
     "adapter_rb_splits": _limits(TargetConfig, "rb_splits"),
     "ft_adapter_seed": _limits(AdapterConfig, "seed"),
@@ -124,6 +127,7 @@ LIMITS: dict[str, tuple[float, float | None]] = WIDGET_LIMITS | {
 } | {
     "ft_dropout": _limits(TargetConfig, "dropout"),
     "ft_ranks": _limits(TargetConfig, "r"), "ft_ks": _limits(TargetConfig, "k"),
+    "ft_heads": _limits(TargetConfig, "heads"), "st_heads": (1, None),
     "lab_ks": (1, None), "lab_ranks": (1, None), "lab_seed": _SEED, "lab_focus_k": (1, None),
     "lab_summary_r": (1, None), "explorer_k": (1, 256), "explorer_r": (1, 512),
     "explorer_seed": _SEED, "st_ranks": (1, None), "st_ks": (1, None), "st_seeds": (0, 9),
@@ -156,9 +160,11 @@ def renamed_choices(choices: Any) -> Any:
 
 
 class LayerChoice(TypedDict):
-    """The Export page's adapter choice for one layer (k: ID-LoRA's clusters or HydraLoRA's heads)."""
+    """The Export page's adapter choice for one layer (k: ID-LoRA's clusters; heads: HydraLoRA's
+    heads N, absent in a choice written before it had its own key: the page's `adapter_heads`)."""
 
     k: Annotated[int, Field(ge=1)]
+    heads: NotRequired[Annotated[int, Field(ge=1)]]
     r: Annotated[int, Field(ge=1)]
     selection: Selection
     rb_splits: Annotated[int, Field(ge=1)]
@@ -258,14 +264,17 @@ class ExplorerSettings(_Page):
 
 @dataclass
 class FineTuneSettings(_Page):
-    """Fine-tune: methods x ranks x clusters, tasks and training, one learning rate per method."""
+    """Fine-tune: methods x ranks x clusters / heads, tasks and training, one learning rate per
+    method."""
 
     PAGE: ClassVar[str] = "finetune"
     KEYS: ClassVar[dict[str, str]] = {key.replace("-", "_"): key for key in LR_KEYS.values()}
+    FALLBACK: ClassVar[dict[str, str]] = {"ft_heads": "ft_ks"}  # ft_ks held the heads before
     ft_methods: list[Method] = _list("idlora", "lora")
     ft_tasks: list[str] = _list(*ENCODER_TASKS[:1])  # the default model (MiniLM) is an encoder
     ft_ranks: list[int] = _list(8)
-    ft_ks: list[int] = _list(4)  # clusters k (ID-LoRA) / heads N (HydraLoRA)
+    ft_ks: list[int] = _list(4)  # clusters k (ID-LoRA)
+    ft_heads: list[int] = _list(4)  # heads N (HydraLoRA)
     ft_selection: Selection = "id"
     ft_rb_splits: int = 1
     ft_normalize_rows: bool = False
@@ -300,17 +309,12 @@ class FineTuneSettings(_Page):
     ft_lr_head_only: float = DEFAULT_LEARNING_RATES["head-only"]
     ft_lr_base: float = DEFAULT_LEARNING_RATES["base"]
 
-    # field -> the TargetConfig field it becomes (lists: one run per value); `k` is `heads` for
-    # HydraLoRA (`target_field`)
+    # field -> the TargetConfig field it becomes (lists: one run per value)
     TARGET_FIELDS: ClassVar[dict[str, str]] = {
-        "ft_ranks": "r", "ft_ks": "k", "ft_selection": "selection", "ft_rb_splits": "rb_splits",
-        "ft_alpha": "alpha", "ft_dropout": "dropout", "ft_normalize_rows": "normalize_rows"}
-
-    @classmethod
-    def target_field(cls, method: str, name: str) -> str:
-        """Return the TargetConfig field that page field `name` sets for `method` (ft_ks: k, or
-        heads for HydraLoRA)."""
-        return axis_field(method, cls.TARGET_FIELDS[name])
+        "ft_ranks": "r", "ft_ks": "k", "ft_heads": "heads", "ft_selection": "selection",
+        "ft_rb_splits": "rb_splits", "ft_alpha": "alpha", "ft_dropout": "dropout",
+        "ft_normalize_rows": "normalize_rows"}
+    LIST_FIELDS: ClassVar[tuple[str, ...]] = ("ft_ranks", "ft_ks", "ft_heads")  # one run per value
 
     def learning_rate(self, method: str) -> float:
         """Return the learning rate of `method` (its ft_lr_<method> field)."""
@@ -339,11 +343,13 @@ class FineTuneSettings(_Page):
                                   num_test=n_test))
         return out
 
-    def targets(self, layers: list[str], r: int, k: int, method: str = "idlora") -> list[TargetConfig]:
-        """Return one target per layer name with this page's r, k (heads N for HydraLoRA),
-        selection, RB, alpha; only the fields `method` uses (any other, set, would be a config
-        error)."""
-        return [target_for(method, pattern=name, r=r, k=k, heads=k, selection=self.ft_selection,
+    def targets(self, layers: list[str], r: int, k: int, method: str = "idlora",
+                heads: int | None = None) -> list[TargetConfig]:
+        """Return one target per layer name with this page's r, clusters k, heads N (default:
+        the first of ft_heads), selection, RB, alpha; only the fields `method` uses (any other,
+        set, would be a config error)."""
+        heads = int(heads) if heads is not None else (sorted({int(n) for n in self.ft_heads}) or [4])[0]
+        return [target_for(method, pattern=name, r=r, k=k, heads=heads, selection=self.ft_selection,
                            rb_splits=int(self.ft_rb_splits), alpha=float(self.ft_alpha),
                            dropout=float(self.ft_dropout), normalize_rows=bool(self.ft_normalize_rows))
                 for name in layers]
@@ -351,13 +357,15 @@ class FineTuneSettings(_Page):
     def to_run_configs(self, model: ModelConfig, model_kind: str,
                        layers: list[str]) -> list[tuple[str, RunConfig]]:
         """Return (label, RunConfig) for every run the Fine-tune page would start: one per
-        method x r x k, r only for the methods that use a rank, k only for those with clusters
-        (ID-LoRA) or heads (HydraLoRA, label `heads=N`), one run for full / head-only / base.
-        `output_dir` is filled in by `idlora_core.jobs.runs.start_run`."""
+        method x r x count, r only for the methods that use a rank, the count only for those
+        with clusters (ID-LoRA: ft_ks, label `k=K`) or heads (HydraLoRA: ft_heads, label
+        `heads=N`), one run for full / head-only / base. `output_dir` is filled in by
+        `idlora_core.jobs.runs.start_run`."""
         if not layers:
             raise ValueError("no target layers: pick layer types on the Model & layers page")
         ranks = sorted({int(r) for r in self.ft_ranks}) or [8]
         ks = sorted({int(k) for k in self.ft_ks}) or [4]
+        heads = sorted({int(n) for n in self.ft_heads}) or [4]
         tasks = self.task_configs(model_kind)
         methods = [m for m in ALL_METHODS if m in self.ft_methods]
         if "head-only" in methods and model_kind != "encoder":  # else every such run fails once queued
@@ -366,13 +374,13 @@ class FineTuneSettings(_Page):
         out = []
         for method in methods:
             train = self.train_config(method)
-            counts = uses_clusters(method) or uses_heads(method)  # ft_ks: clusters k or heads N
-            grid = [(r, k) for r in (ranks if uses_rank(method) else ranks[:1])
-                    for k in (ks if counts else ks[:1])]
-            for r, k in grid:
+            grid = [(r, k, n) for r in (ranks if uses_rank(method) else ranks[:1])
+                    for k in (ks if uses_clusters(method) else ks[:1])
+                    for n in (heads if uses_heads(method) else heads[:1])]
+            for r, k, n in grid:
                 label = METHOD_LABELS[method] + (f" r={r}" if uses_rank(method) else "")
-                label += f" k={k}" if uses_clusters(method) else (f" heads={k}" if uses_heads(method) else "")
-                adapter = AdapterConfig(method=method, targets=self.targets(layers, r, k, method),
+                label += (f" k={k}" if uses_clusters(method) else "") + (f" heads={n}" if uses_heads(method) else "")
+                adapter = AdapterConfig(method=method, targets=self.targets(layers, r, k, method, heads=n),
                                         seed=int(self.ft_adapter_seed))
                 out.append((label, RunConfig(model=model, adapter=adapter, tasks=tasks, train=train)))
         return out
@@ -380,17 +388,16 @@ class FineTuneSettings(_Page):
     @classmethod
     def run_config_values(cls, cfg: RunConfig) -> dict[str, Any]:
         """Return {field: value} of what `cfg` holds: its method (and that method's learning
-        rate), the first target's r, k (heads N for HydraLoRA), selection, RB, alpha, dropout,
+        rate), the first target's r, clusters k, heads N, selection, RB, alpha, dropout,
         normalisation, the seed, tasks and sizes, and every training field."""
         first = cfg.adapter.targets[0]
-        method = cfg.adapter.method
         values: dict[str, Any] = {
             "ft_methods": [cfg.adapter.method], "ft_adapter_seed": cfg.adapter.seed,
             LR_KEYS[cfg.adapter.method].replace("-", "_"): cfg.train.learning_rate,
             "ft_tasks": [t.name for t in cfg.tasks], "ft_num_train": cfg.tasks[0].num_train,
             "ft_num_eval": cfg.tasks[0].num_eval, "ft_num_test": cfg.tasks[0].test_count,
-        } | {name: ([getattr(first, t)] if name in ("ft_ranks", "ft_ks") else getattr(first, t))
-             for name, t in ((n, cls.target_field(method, n)) for n in cls.TARGET_FIELDS)}
+        } | {name: ([getattr(first, t)] if name in cls.LIST_FIELDS else getattr(first, t))
+             for name, t in cls.TARGET_FIELDS.items()}
         return values | {f"ft_{n}": v for n, v in cfg.train.model_dump().items() if n != "learning_rate"}
 
     @classmethod
@@ -405,7 +412,7 @@ class FineTuneSettings(_Page):
         always = {"ft_methods", LR_KEYS[method].replace("-", "_"), "ft_adapter_seed", "ft_tasks",
                   "ft_num_train", "ft_num_eval", "ft_num_test"}
         train = {f"ft_{n}" for n in TRAIN_FIELDS if n != "learning_rate"}
-        return frozenset(always | train | {f for f in cls.TARGET_FIELDS if cls.target_field(method, f) in used})
+        return frozenset(always | train | {f for f, t in cls.TARGET_FIELDS.items() if t in used})
 
 
 def task_options(model_kind: str) -> tuple[str, ...]:
@@ -423,7 +430,8 @@ class ExportSettings(_Page):
     ex_run_name: str = "my-run"  # output folder inside the runs folder
     ex_normalize_rows: bool = False
     ex_seed: int = 0
-    adapter_k: int = 4  # defaults for every layer (k: clusters, or HydraLoRA's heads N) ...
+    adapter_k: int = 4  # defaults for every layer: ID-LoRA's clusters k ...
+    adapter_heads: int = 4  # ... HydraLoRA's heads N ...
     adapter_r: int = 8
     adapter_selection: Selection = "id"
     adapter_rb_splits: int = 1
@@ -433,33 +441,39 @@ class ExportSettings(_Page):
 
     RETIRED: ClassVar[dict[str, str]] = {"adapter_strategy": "adapter_selection",
                                          "adapter_rb": "adapter_rb_splits"}
-    CHOICE_FIELDS: ClassVar[dict[str, str]] = {  # field -> its LayerChoice key
-        "adapter_k": "k", "adapter_r": "r", "adapter_selection": "selection",
-        "adapter_rb_splits": "rb_splits"}
-    TARGET_NAMES: ClassVar[dict[str, str]] = {  # LayerChoice key -> TargetConfig field (k: heads
-        "k": "k", "r": "r", "selection": "selection", "rb_splits": "rb_splits"}  # for HydraLoRA)
+    FALLBACK: ClassVar[dict[str, str]] = {"adapter_heads": "adapter_k"}  # adapter_k held the heads before
+    CHOICE_FIELDS: ClassVar[dict[str, str]] = {  # field -> its LayerChoice key (= TargetConfig field)
+        "adapter_k": "k", "adapter_heads": "heads", "adapter_r": "r",
+        "adapter_selection": "selection", "adapter_rb_splits": "rb_splits"}
 
     def layer_choice(self, layer: str) -> dict[str, Any]:
-        """Return {"k", "r", "selection", "rb_splits"} of `layer`: its override or the defaults."""
-        choice = {key: getattr(self, name) for name, key in self.CHOICE_FIELDS.items()}
-        return choice | renamed_choice(dict((self.layer_choices or {}).get(layer, {})))
+        """Return {"k", "heads", "r", "selection", "rb_splits"} of `layer`: its override, each
+        key it lacks from the page's defaults."""
+        return self.filled(dict((self.layer_choices or {}).get(layer, {})))
+
+    def filled(self, choice: Mapping[str, Any]) -> dict[str, Any]:
+        """Return layer choice `choice` under the one names (`renamed_choice`) with each missing
+        key (`heads` in a choice written before it had its own key) from the page's defaults."""
+        defaults = {key: getattr(self, name) for name, key in self.CHOICE_FIELDS.items()}
+        return defaults | renamed_choice(dict(choice))
 
     def to_run_config(self, finetune: FineTuneSettings, model: ModelConfig, model_kind: str,
                       layers: list[str], choices: Mapping[str, Mapping[str, Any]] | None = None,
                       skeletons: dict[str, list[list[int]]] | None = None,
                       output_dir: str = "runs/my-run") -> RunConfig:
-        """Return the RunConfig of the Export page: one target per layer with its own k (heads N
-        for HydraLoRA), r, selection and RB (`choices[layer]`, default `layer_choice(layer)`;
-        an old choice's `strategy` is read as `selection`), Fine-tune's alpha,
-        dropout, tasks and training at the learning rate of this method, resolved skeletons."""
+        """Return the RunConfig of the Export page: one target per layer with its own clusters k,
+        heads N, r, selection and RB (`choices[layer]`, default `layer_choice(layer)`; an old
+        choice's `strategy` is read as `selection`, a missing key is the page's default),
+        Fine-tune's alpha, dropout, tasks and training at the learning rate of this method,
+        resolved skeletons."""
         if not layers:
             raise ValueError("no layers selected: pick layer types on the Model & layers page")
         method = self.ex_method
-        choices = {name: renamed_choice(c) for name, c in (
+        choices = {name: self.filled(c) for name, c in (
             choices or {name: self.layer_choice(name) for name in layers}).items()}
         targets = [
             target_for(method, pattern=name, r=int(choices[name]["r"]), k=int(choices[name]["k"]),
-                       heads=int(choices[name]["k"]), selection=choices[name]["selection"],
+                       heads=int(choices[name]["heads"]), selection=choices[name]["selection"],
                        rb_splits=int(choices[name]["rb_splits"]),
                        alpha=float(finetune.ft_alpha), dropout=float(finetune.ft_dropout),
                        normalize_rows=bool(self.ex_normalize_rows))
@@ -473,16 +487,16 @@ class ExportSettings(_Page):
     @classmethod
     def run_config_values(cls, cfg: RunConfig) -> dict[str, Any]:
         """Return {field: value} of what `cfg` holds: its method (an adapter method only: the page
-        offers no baseline), seed, normalisation, the first target's k (heads N for HydraLoRA) /
-        r / selection / RB as the defaults, every target as a per-layer choice (keyed by its
+        offers no baseline), seed, normalisation, the first target's clusters k / heads N / r /
+        selection / RB as the defaults, every target as a per-layer choice (keyed by its
         pattern) and the run name (when `output_dir` is a plain relative path)."""
         first = cfg.adapter.targets[0]
-        names = {key: axis_field(cfg.adapter.method, name) for key, name in cls.TARGET_NAMES.items()}
+        keys = cls.CHOICE_FIELDS.values()
         values: dict[str, Any] = {
             "ex_seed": cfg.adapter.seed, "ex_normalize_rows": first.normalize_rows,
-            "layer_choices": {t.pattern: {key: getattr(t, name) for key, name in names.items()}
+            "layer_choices": {t.pattern: {key: getattr(t, key) for key in keys}
                               for t in cfg.adapter.targets},
-        } | {name: getattr(first, names[key]) for name, key in cls.CHOICE_FIELDS.items()}
+        } | {name: getattr(first, key) for name, key in cls.CHOICE_FIELDS.items()}
         if cfg.adapter.method in METHODS:
             values["ex_method"] = cfg.adapter.method
         out = Path(cfg.output_dir)
@@ -499,7 +513,7 @@ class ExportSettings(_Page):
     def run_config_fields(cls, method: str) -> frozenset[str]:
         """Return the fields a RunConfig of `method` holds (what `from_run_config` gets back)."""
         used = METHOD_FIELDS.get(method, TUNABLE_FIELDS)
-        held = {f for f, key in cls.CHOICE_FIELDS.items() if axis_field(method, cls.TARGET_NAMES[key]) in used}
+        held = {f for f, key in cls.CHOICE_FIELDS.items() if key in used}
         return frozenset({"ex_method", "ex_run_name", "ex_seed", "layer_choices"} | held
                          | ({"ex_normalize_rows"} if "normalize_rows" in used else set()))
 
@@ -510,11 +524,13 @@ class StudiesSettings(_Page):
 
     PAGE: ClassVar[str] = "studies"
     KEYS: ClassVar[dict[str, str]] = {"st_lr_head_only": "st_lr_head-only"}
+    FALLBACK: ClassVar[dict[str, str]] = {"st_heads": "st_ks"}  # st_ks held the heads before
     st_source: Literal["Preset", "Build from the Fine-tune choices"] = "Preset"
     st_preset: str | None = None  # None = the first preset
     st_methods: list[Method] | None = None  # None = the Fine-tune methods plus the baselines
     st_ranks: list[int] | None = None  # None = from the Fine-tune ranks (r/2, r, 2r for one)
-    st_ks: list[int] | None = None  # None = the Fine-tune ks
+    st_ks: list[int] | None = None  # ID-LoRA's clusters k; None = the Fine-tune ks
+    st_heads: list[int] | None = None  # HydraLoRA's heads N; None = the Fine-tune heads
     st_seeds: list[int] = _list(0, 1, 2)
     # each method's learning rates, the text of its box (comma-separated)
     st_lr_idlora: str = lr_text("idlora")

@@ -7,7 +7,11 @@ floats exact (repr), None as "". Values are validated with pydantic (lax for URL
 for JSON) and against the class's LIMITS; a value that does not fit is left out, so its default
 stays. Fields whose metadata is LOCAL never leave the session. A class's RETIRED keys (old
 session key -> the one name, docs/VOCABULARY.md) are read in state, URL and JSON under the new
-key when the new key is absent; they are never written. No Streamlit calls, no maths.
+key when the new key is absent; they are never written. A class's FALLBACK keys (key -> the
+key it falls back to, e.g. HydraLoRA's heads -> the clusters-k key that held them before) take
+the other key's value when they are absent from state, URL or JSON; so that a reload never does
+that to a key left at its default, a FALLBACK key is written (URL, store) whenever the key it
+falls back to is. No Streamlit calls, no maths.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class PageSettings:
     KEYS: ClassVar[dict[str, str]] = {}  # field -> session key, where they differ
     LIMITS: ClassVar[Mapping[str, tuple[float, float | None]]] = {}  # key -> (min, max), each item
     RETIRED: ClassVar[dict[str, str]] = {}  # old session key -> its key now (read, never written)
+    FALLBACK: ClassVar[dict[str, str]] = {}  # key -> the key whose value it takes when absent
 
     @classmethod
     def keys(cls) -> dict[str, str]:
@@ -43,16 +48,20 @@ class PageSettings:
     @classmethod
     def renamed(cls, values: Mapping[str, Any]) -> Mapping[str, Any]:
         """Return `values` with each RETIRED key's value under its new key (when the new key is
-        absent); `values` itself when it holds no retired key."""
+        absent), then each absent FALLBACK key with the value of the key it falls back to;
+        `values` itself when neither applies."""
         old = {o: n for o, n in cls.RETIRED.items() if o in values and n not in values}
-        if not old:
-            return values
-        return dict(values) | {new: values[o] for o, new in old.items()}
+        if old:
+            values = dict(values) | {new: values[o] for o, new in old.items()}
+        missing = {key: other for key, other in cls.FALLBACK.items() if other in values and key not in values}
+        if missing:
+            values = dict(values) | {key: values[other] for key, other in missing.items()}
+        return values
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> typing.Self:
-        """Return the settings held in `state` (a missing key: its default; a retired key is
-        read under its new name)."""
+        """Return the settings held in `state` (a missing key: its default, or the value of the key
+        it falls back to (FALLBACK); a retired key is read under its new name)."""
         base = cls()
         state = cls.renamed(state)
         return cls(**{name: copy.deepcopy(state[key]) if key in state else getattr(base, name)
@@ -72,20 +81,28 @@ class PageSettings:
         return {key: getattr(self, name) for name, key in self.keys().items()
                 if getattr(self, name) != getattr(base, name)}
 
+    def _written(self) -> dict[str, Any]:
+        """Return `changed()` plus each FALLBACK key whose other key is in it (at its own value,
+        a default included: absent, it would take the other key's value when read back)."""
+        out = self.changed()
+        names = {key: name for name, key in self.keys().items()}
+        return out | {key: getattr(self, names[key]) for key, other in self.FALLBACK.items()
+                      if other in out and key not in out}
+
     def to_query(self) -> dict[str, str]:
-        """Return the URL parameters of the values that differ from the defaults (LOCAL fields
-        never; nor a value longer than MAX_QUERY_CHARS, e.g. overrides for hundreds of layers:
-        the session store keeps it)."""
+        """Return the URL parameters of the values that differ from the defaults, and of each
+        FALLBACK key whose other key is written (LOCAL fields never; nor a value longer than
+        MAX_QUERY_CHARS, e.g. overrides for hundreds of layers: the session store keeps it)."""
         local = _local(type(self))
         texts = {key: encode(value, _hint(type(self), _field(type(self), key)))
-                 for key, value in self.changed().items() if key not in local}
+                 for key, value in self._written().items() if key not in local}
         return {key: text for key, text in texts.items() if len(text) <= MAX_QUERY_CHARS}
 
     @classmethod
     def parse_query(cls, params: Mapping[str, str]) -> dict[str, Any]:
         """Return {key: value} of the keys of this class found in `params` (URL text) that parse
-        and fit their ranges (a retired key under its new name); unknown keys, LOCAL keys and
-        bad values are left out."""
+        and fit their ranges (a retired key under its new name, a missing FALLBACK key from the
+        key it falls back to); unknown keys, LOCAL keys and bad values are left out."""
         out = {}
         params = cls.renamed(params)
         for name, key in cls.keys().items():
@@ -103,16 +120,18 @@ class PageSettings:
 
     def to_json(self, changed_only: bool = False) -> dict[str, Any]:
         """Return {key: JSON-able value} of every non-LOCAL field (only those that differ from
-        their defaults with `changed_only`), for the session store."""
+        their defaults, and FALLBACK keys whose other key is written, with `changed_only`), for
+        the session store."""
         local = _local(type(self))
-        values = self.changed() if changed_only else self.values()
+        values = self._written() if changed_only else self.values()
         return {key: _adapter(type(self), _field(type(self), key)).dump_python(value, mode="json")
                 for key, value in values.items() if key not in local}
 
     @classmethod
     def parse_json(cls, data: Mapping[str, Any]) -> dict[str, Any]:
         """Return {key: value} of the keys of this class in `data` (JSON values) that validate
-        and fit their ranges (a retired key under its new name); the rest are left out."""
+        and fit their ranges (a retired key under its new name, a missing FALLBACK key from the
+        key it falls back to); the rest are left out."""
         out = {}
         data = cls.renamed(data)
         for name, key in cls.keys().items():

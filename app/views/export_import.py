@@ -1,6 +1,7 @@
 """Export / import page: the current choices as a `RunConfig` YAML, and back.
 
-Export: model, selected layers, method, per-layer k / r / selection / RB, training settings and
+Export: model, selected layers, method, per-layer k (ID-LoRA's clusters) or heads N
+(HydraLoRA) / r / selection / RB, training settings and
 resolved skeleton rows, previewed, downloadable and as the exact CLI commands. Import: an
 uploaded or pasted YAML (size-capped, parsed in memory with `yaml.safe_load`) restores every
 page's settings; an invalid file shows its schema errors. No maths here.
@@ -42,6 +43,7 @@ MAX_UPLOAD_BYTES = 256 * 1024
 # Widget values survive page switches (Streamlit >= 1.67).
 KEEP = {"persist_state": "session"}
 CONFIG_FILE = "idlora_config.yaml"
+COUNT_LABELS = {"k": "k (clusters, ID-LoRA)", "heads": "heads N (HydraLoRA)"}  # layer-choice key -> label
 
 
 @st.cache_data(show_spinner="Clustering rows and picking skeletons ...", max_entries=32)
@@ -57,7 +59,8 @@ def _choices_editor(layers: list[str]) -> None:
     c1, c2, c3, c4, c5 = st.columns(5)
     c1.selectbox("Method", list(METHODS), format_func=sio.METHOD_LABELS.get, key="ex_method",
                  **KEEP)
-    c2.number_input("k (clusters / heads)", **sio.bounds("adapter_k"), key="adapter_k", **KEEP)
+    count = _count_key(state["ex_method"])  # the method's count: clusters k or heads N
+    c2.number_input(COUNT_LABELS[count], **sio.bounds(f"adapter_{count}"), key=f"adapter_{count}", **KEEP)
     c3.number_input("r (rank)", **sio.bounds("adapter_r"), key="adapter_r", **KEEP)
     c4.selectbox("Selection", list(SELECTIONS), key="adapter_selection", **KEEP)
     c5.number_input("RB splits p", **sio.bounds("adapter_rb_splits"), key="adapter_rb_splits", **KEEP,
@@ -72,8 +75,8 @@ def _choices_editor(layers: list[str]) -> None:
         o1, o2, o3, o4, o5 = st.columns(5)
         layer = o1.selectbox("Layer", layers, key="ov_layer")
         current = layer_choice(layer) if layer else {}
-        k = o2.number_input("k", **sio.bounds("adapter_k"), value=int(current.get("k", 4)),
-                            key=f"ov_k_{layer}")
+        n = o2.number_input({"k": "k", "heads": "heads N"}[count], **sio.bounds(f"adapter_{count}"),
+                            value=int(current.get(count, 4)), key=f"ov_{count}_{layer}")
         r = o3.number_input("r", **sio.bounds("adapter_r"), value=int(current.get("r", 8)),
                             key=f"ov_r_{layer}")
         selection = o4.selectbox("selection", list(SELECTIONS), key=f"ov_selection_{layer}",
@@ -83,25 +86,32 @@ def _choices_editor(layers: list[str]) -> None:
         b1, b2 = st.columns(2)
         if b1.button("Set for this layer", key="set_layer_choice") and layer:
             choices = dict(state.get("layer_choices") or {})
-            choices[layer] = {"k": int(k), "r": int(r), "selection": selection, "rb_splits": int(rb)}
+            choices[layer] = {"k": int(current["k"]), "heads": int(current["heads"]), "r": int(r),
+                              "selection": selection, "rb_splits": int(rb)} | {count: int(n)}
             apply_settings({"layer_choices": choices})
         if b2.button("Clear all overrides", key="clear_layer_choices"):
             apply_settings({"layer_choices": {}})
 
 
+def _count_key(method: str) -> str:
+    """Return the layer-choice key of `method`'s count: "heads" (HydraLoRA's N), else "k"."""
+    return "heads" if uses_heads(method) else "k"
+
+
 def _layer_table(loaded, layers: list[str], choices: dict) -> pd.DataFrame:
     method = st.session_state["ex_method"]
+    count = _count_key(method)
     rows = []
     for name in layers:
         m, n = loaded.weights.check_layer(name).shape
         c = choices[name]
         try:
-            params = trainable_params(method, m, n, c["r"], p=c["rb_splits"],  # the k widget is
-                                      k=c["k"] if uses_clusters(method) else None,  # N for hydra
-                                      heads=c["k"] if uses_heads(method) else None)
+            params = trainable_params(method, m, n, c["r"], p=c["rb_splits"],
+                                      k=c["k"] if uses_clusters(method) else None,
+                                      heads=c["heads"] if uses_heads(method) else None)
         except ValueError:
             params = None
-        rows.append({"layer": name, "shape": f"{m} x {n}", "k": c["k"], "r": c["r"],
+        rows.append({"layer": name, "shape": f"{m} x {n}", count: c[count], "r": c["r"],
                      "selection": c["selection"], "RB p": c["rb_splits"], "trainable": params,
                      "LoRA at same r": trainable_params("lora", m, n, c["r"])})
     return pd.DataFrame(rows)

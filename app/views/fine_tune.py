@@ -41,7 +41,14 @@ from app.common import (
     valid,
 )
 from app.report import COLLAPSED_NOTE, headline, lead_columns, readable, runs_display
-from idlora_core.config import ALL_METHODS, AdapterConfig, RunConfig
+from idlora_core.config import (
+    ALL_METHODS,
+    AdapterConfig,
+    RunConfig,
+    uses_clusters,
+    uses_heads,
+    uses_rank,
+)
 from idlora_core.jobs import limits, run_queue, runs, slots, throughput
 from idlora_core.tasks import pool_sizes
 from idlora_core.training import compare, preflight
@@ -70,8 +77,8 @@ def _controls(loaded) -> list[str]:
     with left:
         st.multiselect(
             "Methods", list(ALL_METHODS), format_func=sio.METHOD_LABELS.get, key="ft_methods", **KEEP,
-            help="One run per method (and per rank / cluster count in the next column), side by "
-            "side.",
+            help="One run per method (and per rank / clusters k / heads N in the next column), "
+            "side by side.",
         )
         options = list(sio.task_options(loaded.kind))
         state["ft_tasks"] = valid(state.get("ft_tasks") or [], options) or [options[0]]
@@ -91,8 +98,11 @@ def _controls(loaded) -> list[str]:
     with mid:
         st.multiselect("Ranks r", choices_with_state(RANK_CHOICES, "ft_ranks"),
                        key="ft_ranks", **KEEP)
-        st.multiselect("Clusters k (ID-LoRA) / heads N (HydraLoRA)",
-                       choices_with_state(K_CHOICES, "ft_ks"), key="ft_ks", **KEEP)
+        st.multiselect("Clusters k (ID-LoRA)", choices_with_state(K_CHOICES, "ft_ks"), key="ft_ks", **KEEP)
+        if any(uses_heads(m) for m in state.get("ft_methods") or []):  # like the learning rates
+            st.multiselect("Heads N (HydraLoRA)", choices_with_state(K_CHOICES, "ft_heads"),
+                           key="ft_heads", **KEEP,
+                           help="B matrices the router mixes; one HydraLoRA run per rank and N.")
         st.selectbox("Skeleton selection (ID-LoRA)", list(SELECTIONS),
                      key="ft_selection", **KEEP,
                      help="id (default): pivoted-QR skeleton, the theory-backed choice and the "
@@ -157,11 +167,13 @@ def _queue() -> run_queue.RunQueue:
 
 def _planned_count(state) -> int:
     """Return how many runs Start would queue, from the lengths of the choices (no configs built):
-    ID-LoRA and HydraLoRA one per r x k, LoRA and DoRA one per r, the others one."""
+    ID-LoRA one per r x k, HydraLoRA one per r x heads N, LoRA, DoRA and AdaLoRA one per r, the
+    others one."""
     ranks = len(set(state.get("ft_ranks") or [])) or 1
     ks = len(set(state.get("ft_ks") or [])) or 1
-    per = {"idlora": ranks * ks, "hydralora": ranks * ks, "lora": ranks, "dora": ranks}
-    return sum(per.get(m, 1) for m in dict.fromkeys(state.get("ft_methods") or []))
+    heads = len(set(state.get("ft_heads", state.get("ft_ks")) or [])) or 1  # an old session: ft_ks
+    return sum((ranks if uses_rank(m) else 1) * (ks if uses_clusters(m) else 1) * (heads if uses_heads(m) else 1)
+               for m in dict.fromkeys(state.get("ft_methods") or []))
 
 
 def _memory(loaded, config, layers: list[str]) -> int:

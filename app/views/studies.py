@@ -37,7 +37,7 @@ from app.common import (
     valid,
 )
 from app.page_settings import lr_text
-from idlora_core.config import ALL_METHODS, ConfigError
+from idlora_core.config import ALL_METHODS, ConfigError, uses_heads
 from idlora_core.jobs import limits, run_queue, throughput
 from idlora_core.jobs import studies as jobs
 from idlora_core.jobs.runs import log_tail
@@ -88,9 +88,16 @@ def _built_study(loaded):
             state["st_ranks"] = _study_ranks(state.get("ft_ranks", sio.DEFAULTS["ft_ranks"]))
         if state.get("st_ks") is None:
             state["st_ks"] = sorted({int(k) for k in state.get("ft_ks", sio.DEFAULTS["ft_ks"])}) or [4]
+        if state.get("st_heads") is None:  # a session without ft_heads: its ft_ks held the heads
+            fine_tune = state.get("ft_heads", state.get("ft_ks", sio.DEFAULTS["ft_heads"]))
+            state["st_heads"] = sorted({int(n) for n in fine_tune}) or [4]
         ranks = st.multiselect("Ranks r", choices_with_state(RANK_CHOICES, "st_ranks"), key="st_ranks", **KEEP,
                                help="From the Fine-tune ranks: one rank r becomes r/2, r, 2r (a trade-off needs budgets).")
-        ks = st.multiselect("Clusters k / heads N", choices_with_state(K_CHOICES, "st_ks"), key="st_ks", **KEEP)
+        ks = st.multiselect("Clusters k (ID-LoRA)", choices_with_state(K_CHOICES, "st_ks"), key="st_ks", **KEEP)
+        heads = None  # grid.heads: only for a chosen HydraLoRA, whose box is shown like Fine-tune's
+        if any(uses_heads(m) for m in methods):
+            heads = st.multiselect("Heads N (HydraLoRA)", choices_with_state(K_CHOICES, "st_heads"),
+                                   key="st_heads", **KEEP)
         state["st_seeds"] = valid(state.get("st_seeds") or [], list(range(10)))
         seeds = st.multiselect("Seeds", list(range(10)), key="st_seeds", **KEEP)
     with right:
@@ -108,15 +115,16 @@ def _built_study(loaded):
             except ValueError as exc:
                 st.error(str(exc))
                 return None
-    if not methods or not ranks or not ks or not seeds or not layers:
-        st.info("Pick at least one method, rank, k and seed (and target layers on the Model & layers page).")
+    if not methods or not ranks or not ks or heads == [] or not seeds or not layers:
+        st.info("Pick at least one method, rank, k, heads N (HydraLoRA) and seed (and target layers on "
+                "the Model & layers page).")
         return None
     # validation metrics choose the learning rate; the summary reports their test_* twins
     kind_metric = (f"eval_{tasks[0]}_accuracy", "maximize") if loaded.kind == "encoder" else ("eval_loss", "minimize")
     probe = {**dict(state), "ft_methods": ["lora"], "ft_tasks": tasks}
     try:
         base = sio.finetune_configs(probe, model_name(), loaded.kind, layers)[0][1]
-        return studies.build_study(base, methods, ranks, ks, lrs, seeds, *kind_metric)
+        return studies.build_study(base, methods, ranks, ks, lrs, seeds, *kind_metric, heads=heads)
     except (ConfigError, ValueError) as exc:
         st.error(f"The grid is not valid: {exc}")
         return None

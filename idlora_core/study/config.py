@@ -5,7 +5,8 @@
     grid:
       method: [idlora, lora, head-only, base]
       r: [4, 8, 16]
-      k: [4]
+      k: [4]                                     # ID-LoRA's clusters
+      heads: [2, 4]                              # optional: HydraLoRA's heads N (default: k)
       learning_rate: [1.0e-3, 3.0e-3, 1.0e-2]    # or {low: 1e-4, high: 1e-2, trials: 8} (TPE)
       learning_rates: {head-only: [1.0e-2]}      # optional per-method lists (override the above)
       ranks: {idlora: [8], lora: [4, 8]}         # optional per-method ranks (override r)
@@ -74,7 +75,10 @@ class Grid(_Strict):
 
     method: list[Method] = Field(["idlora", "lora"], min_length=1)
     r: list[int] | None = Field(None, min_length=1, description="ranks (None: the base config's)")
-    k: list[int] | None = Field(None, min_length=1, description="ID-LoRA clusters / HydraLoRA heads")
+    k: list[int] | None = Field(None, min_length=1, description="ID-LoRA clusters (and HydraLoRA heads "
+                                "when `heads` is not given)")
+    heads: list[int] | None = Field(None, min_length=1, description="HydraLoRA heads N (None: the k list, "
+                                    "as before heads had their own axis)")
     learning_rate: list[float] | LearningRateRange | None = Field(
         None, description="a list (grid) or {low, high, trials} (TPE search)")
     learning_rates: dict[Method, list[float]] | None = Field(
@@ -104,7 +108,7 @@ class Grid(_Strict):
                              f"folders and budgets such as idlora@planned), got {bad}")
         return table
 
-    @field_validator("r", "k", "steps", "rb_splits")
+    @field_validator("r", "k", "heads", "steps", "rb_splits")
     @classmethod
     def _positive(cls, values: list[int] | None) -> list[int] | None:
         bad = [v for v in values or [] if v < 1]

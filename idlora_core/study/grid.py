@@ -24,7 +24,8 @@ GRID_KEYS: tuple[str, ...] = ("method", "r", "k", "selection", "rb_splits", "ste
                               "cluster_seed", "seed")
 GRID_KEYS += ("variant",)  # the name of a grid.variants arm; None for the method cells
 # The target field each grid axis sets, per method: the `k` axis is ID-LoRA's clusters and
-# HydraLoRA's heads (`TargetConfig.heads`); which method uses which comes from METHOD_FIELDS.
+# HydraLoRA's heads (`TargetConfig.heads`), whose values come from `grid.heads` when the study
+# lists them (`method_values`); which method uses which comes from METHOD_FIELDS.
 _TARGET_AXES: tuple[str, ...] = ("r", "k", "selection", "rb_splits")
 
 
@@ -55,7 +56,8 @@ def method_values(study: StudyConfig, method: str) -> dict[str, list[Any]]:
     the learning rate is [None] in TPE mode, where Optuna samples it)."""
     g = study.grid
     lrs = None if g.tpe else ((g.learning_rates or {}).get(method) or g.learning_rate)
-    given = {"r": (g.ranks or {}).get(method) or g.r, "k": g.k, "selection": g.selection, "rb_splits": g.rb_splits, "steps": g.steps,
+    counts = (g.heads or g.k) if uses_heads(method) else g.k  # HydraLoRA: grid.heads, else k
+    given = {"r": (g.ranks or {}).get(method) or g.r, "k": counts, "selection": g.selection, "rb_splits": g.rb_splits, "steps": g.steps,
              "learning_rate": lrs, "cluster_seed": g.cluster_seed, "seed": g.seed}
     values = {key: (list(values) if values and key in USES[method] else [None])
               for key, values in given.items()}

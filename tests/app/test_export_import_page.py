@@ -161,3 +161,35 @@ def test_per_layer_override_reaches_the_yaml(app):
     assert (target.k, target.r) == (2, 16)
     assert [len(rows) for rows in cfg.adapter.skeletons[layer]] == [16, 16]
     assert next(t for t in cfg.adapter.targets if t.pattern == Q0).k == 4  # others keep k
+
+
+def test_hydralora_export_uses_the_heads_widget(app):
+    """Issue 20: for HydraLoRA the page shows heads N (adapter_heads), not clusters k, and its
+    YAML's targets get heads from it (a per-layer override too); k stays ID-LoRA's."""
+    app.session_state["adapter_k"] = 2  # ID-LoRA's clusters: no part of a HydraLoRA export
+    app.run()
+    assert app.number_input(key="adapter_k").label == "k (clusters, ID-LoRA)"
+    app.selectbox(key="ex_method").set_value("hydralora").run()
+    assert not [w for w in app.number_input if w.key == "adapter_k"]
+    heads = app.number_input(key="adapter_heads")
+    assert heads.label == "heads N (HydraLoRA)" and heads.value == 4
+    heads.set_value(3).run()
+    assert not app.exception
+    cfg = loads_config(_yaml_shown(app))
+    assert cfg.adapter.method == "hydralora" and {t.heads for t in cfg.adapter.targets} == {3}
+    assert {t.k for t in cfg.adapter.targets} == {TargetConfig.model_fields["k"].default}  # not adapter_k
+    assert app.dataframe[0].value["heads"].tolist() == [3, 3, 3, 3]
+    app.toggle(key="ex_override").set_value(True).run()
+    layer = "encoder.layer.1.attention.self.value"
+    app.selectbox(key="ov_layer").set_value(layer).run()
+    app.number_input(key=f"ov_heads_{layer}").set_value(5)
+    app.button(key="set_layer_choice").click().run()
+    assert not app.exception
+    assert app.session_state["layer_choices"][layer] == {
+        "k": 2, "heads": 5, "r": 8, "selection": "id", "rb_splits": 1}
+    cfg = loads_config(_yaml_shown(app))
+    assert {t.pattern: t.heads for t in cfg.adapter.targets}[layer] == 5
+    assert {t.heads for t in cfg.adapter.targets if t.pattern != layer} == {3}
+    app.selectbox(key="ex_method").set_value("idlora").run()  # ID-LoRA: its k is back
+    assert app.number_input(key="adapter_k").value == 2
+    assert {t.k for t in loads_config(_yaml_shown(app)).adapter.targets} == {2}

@@ -12,7 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app import settings_io as sio
-from idlora_core.config import RunConfig, save_config
+from idlora_core.config import RunConfig, load_config, save_config
 
 PAGE = str(Path(__file__).resolve().parents[2] / "app" / "views" / "fine_tune.py")
 
@@ -277,3 +277,38 @@ def test_global_limit_queues_runs_of_all_sessions_and_shows_places(tmp_path, mon
     assert "DoRA r=8 — place 2 of 2" in shown
     first = " ".join(c.value for c in tabs[0].run().caption)
     assert "LoRA r=8 — place 1 of 2" in first and "1 running, 1 queued" in first
+
+
+def test_heads_and_clusters_have_their_own_widgets_and_reach_the_runs(tmp_path, monkeypatch):
+    """Issue 20: HydraLoRA's heads N is its own widget (ft_heads, shown once HydraLoRA is
+    chosen), ID-LoRA's clusters k another (ft_ks); the started runs' configs carry each on its
+    own field, labelled k=K and heads=N."""
+    started = _fake_training_processes(monkeypatch)
+    monkeypatch.setenv("IDLORA_MAX_RUNS", "4")
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.run()
+    assert at.multiselect(key="ft_ks").label == "Clusters k (ID-LoRA)"
+    assert not [w for w in at.multiselect if w.key == "ft_heads"]  # HydraLoRA not chosen
+    at.multiselect(key="ft_methods").set_value(["idlora", "hydralora"]).run()
+    heads = at.multiselect(key="ft_heads")
+    assert heads.label == "Heads N (HydraLoRA)" and heads.value == [4]
+    heads.set_value([2, 4]).run()  # the estimate counts ID-LoRA 1 k + HydraLoRA 2 N
+    assert "**3 runs**" in " ".join(c.value for c in at.caption)
+    at.multiselect(key="ft_heads").set_value([2]).run()
+    at.multiselect(key="ft_ks").set_value([8]).run()
+    at.button(key="start_runs").click().run()
+    assert not at.exception and len(started) == 2
+    configs = {h.method: load_config(h.run_dir / "config.yaml") for h in at.session_state["ft_handles"]}
+    assert configs["hydralora"].adapter.targets[0].heads == 2
+    assert configs["idlora"].adapter.targets[0].k == 8
+    assert sorted(at.session_state["ft_labels"].values()) == ["HydraLoRA r=8 heads=2", "ID-LoRA r=8 k=8"]
+
+
+def test_an_old_session_with_only_ft_ks_gives_hydralora_its_heads():
+    """A session or link from before ft_heads: its ft_ks held HydraLoRA's heads N, and still does."""
+    state = {key: value for key, value in sio.DEFAULTS.items() if key != "ft_heads"}
+    state |= {"ft_methods": ["hydralora", "idlora"], "ft_ks": [2, 8]}
+    plan = sio.finetune_configs(state, "minilm", "encoder", ["encoder.layer.0.attention.self.query"])
+    assert [(label, cfg.adapter.targets[0].heads) for label, cfg in plan if cfg.adapter.method == "hydralora"] == [
+        ("HydraLoRA r=8 heads=2", 2), ("HydraLoRA r=8 heads=8", 8)]

@@ -29,11 +29,10 @@ from idlora_core.config import (
     dumps_config,
     loads_config,
 )
-from idlora_core.study.grid import axis_field
 
 MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
 L0, L1 = "encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.query"
-CHOICE_TARGET = {"k": "k", "r": "r", "selection": "selection", "rb_splits": "rb_splits"}
+CHOICE_TARGET = {"k": "k", "heads": "heads", "r": "r", "selection": "selection", "rb_splits": "rb_splits"}
 
 
 def _other(hint: Any, default: Any) -> Any:
@@ -177,7 +176,7 @@ def _yaml(cfg):
 def _valid_fine_tune(method: str) -> ps.FineTuneSettings:
     # every field changed; r divisible by p, and a first task without a fixed pool (its sizes
     # stay as chosen: a real dataset caps them)
-    return _changed(ps.FineTuneSettings, ft_methods=[method], ft_ranks=[16], ft_ks=[2],
+    return _changed(ps.FineTuneSettings, ft_methods=[method], ft_ranks=[16], ft_ks=[2], ft_heads=[3],
                     ft_rb_splits=2, ft_tasks=["sentiment", "bbc_news"])
 
 
@@ -193,7 +192,8 @@ def test_fine_tune_settings_round_trip_through_a_yaml_run_config():
         for name in held:
             assert getattr(back, name) == getattr(settings, name), (method, name)
         used = METHOD_FIELDS.get(method, TUNABLE_FIELDS)  # what the targets of `method` hold
-        assert ("ft_ks" in held) == bool({"k", "heads"} & used) and ("ft_ranks" in held) == ("r" in used)
+        assert ("ft_ks" in held) == ("k" in used) and ("ft_heads" in held) == ("heads" in used)
+        assert ("ft_ranks" in held) == ("r" in used)
         covered |= held
     # every field is held by some method's run config (each method's learning rate included)
     assert covered == {f.name for f in dataclasses.fields(ps.FineTuneSettings)}
@@ -214,7 +214,7 @@ def test_export_settings_round_trip_through_a_yaml_run_config():
             assert getattr(back, name) == getattr(settings, name), (method, name)
         for layer in (L0, L1):  # the override of L1, the page's defaults for L0
             mine, theirs = settings.layer_choice(layer), back.layer_choice(layer)
-            kept = [k for k in mine if axis_field(method, CHOICE_TARGET[k]) in used]  # k: heads N
+            kept = [k for k in mine if CHOICE_TARGET[k] in used]
             assert {k: theirs[k] for k in kept} == {k: mine[k] for k in kept}, (method, layer)
         assert ps.FineTuneSettings.from_run_config(_yaml(cfg)).learning_rate(method) == fine_tune.learning_rate(method)
         covered |= held
@@ -271,7 +271,7 @@ def test_retired_keys_are_read_under_the_one_name():
            "layer_choices": {L0: {"k": 2, "r": 4, "strategy": "centroid", "rb_splits": 2}}}
     for settings in (ps.ExportSettings.from_json(old), ps.ExportSettings.from_state(old)):
         assert (settings.adapter_selection, settings.adapter_rb_splits) == ("random", 2)
-        assert settings.layer_choice(L0) == {"k": 2, "r": 4, "selection": "centroid", "rb_splits": 2}
+        assert settings.layer_choice(L0) == {"k": 2, "heads": 4, "r": 4, "selection": "centroid", "rb_splits": 2}
         assert settings.layer_choice(L1)["selection"] == "random"
     written = ps.ExportSettings.from_json(old).to_json()
     assert not {"adapter_strategy", "adapter_rb"} & set(written)
@@ -282,16 +282,49 @@ def test_retired_keys_are_read_under_the_one_name():
     assert [t.rb_splits for t in cfg.adapter.targets] == [2, 2]
 
 
-def test_hydralora_heads_come_from_the_count_widgets():
-    """The k widgets hold HydraLoRA's heads N: a hydralora run config gets them as `heads`, and
-    an imported one gives them back to the same widgets."""
-    settings = ps.FineTuneSettings(ft_methods=["hydralora"], ft_ranks=[8], ft_ks=[2, 3])
+def test_hydralora_heads_have_their_own_widgets():
+    """Issue 20: HydraLoRA's heads N are ft_heads / adapter_heads / a layer choice's heads, never
+    the clusters-k keys: runs labelled heads=N, and an imported config gives them back there."""
+    settings = ps.FineTuneSettings(ft_methods=["idlora", "hydralora"], ft_ranks=[8], ft_ks=[8],
+                                   ft_heads=[2, 3])
     runs = settings.to_run_configs(ModelConfig(name="minilm"), "encoder", [L0])
-    assert [label for label, _ in runs] == ["HydraLoRA r=8 heads=2", "HydraLoRA r=8 heads=3"]
-    assert [cfg.adapter.targets[0].heads for _, cfg in runs] == [2, 3]
-    assert ps.FineTuneSettings.from_run_config(_yaml(runs[1][1])).ft_ks == [3]
-    export = ps.ExportSettings(ex_method="hydralora", adapter_k=5)
-    cfg = export.to_run_config(settings, ModelConfig(name="minilm"), "encoder", [L0])
+    assert [label for label, _ in runs] == ["ID-LoRA r=8 k=8", "HydraLoRA r=8 heads=2", "HydraLoRA r=8 heads=3"]
+    assert runs[0][1].adapter.targets[0].k == 8
+    assert [cfg.adapter.targets[0].heads for _, cfg in runs[1:]] == [2, 3]
+    back = ps.FineTuneSettings.from_run_config(_yaml(runs[2][1]))
+    assert back.ft_heads == [3] and back.ft_methods == ["hydralora"]
+    export = ps.ExportSettings(ex_method="hydralora", adapter_k=5, adapter_heads=6,
+                               layer_choices={L1: {"k": 2, "heads": 3, "r": 4, "selection": "id", "rb_splits": 1}})
+    cfg = export.to_run_config(settings, ModelConfig(name="minilm"), "encoder", [L0, L1])
+    assert [t.heads for t in cfg.adapter.targets] == [6, 3]
+    assert [t.k for t in cfg.adapter.targets] == [4, 4]  # the schema's default: adapter_k is ID-LoRA's
+    imported = ps.ExportSettings.from_run_config(_yaml(cfg))
+    assert imported.adapter_heads == 6 and imported.layer_choices[L1]["heads"] == 3
+    values = sio.settings_from_config(cfg, {})
+    assert (values["adapter_heads"], values["ft_heads"]) == (6, [6])
+
+
+def test_an_old_state_url_or_store_with_only_the_k_key_gives_the_heads():
+    """Before issue 20 ft_ks / st_ks / adapter_k held HydraLoRA's heads too: without the heads
+    key they still do; with it, the heads key wins. A new URL or store writes the heads key
+    whenever it writes the k key, so a reload never takes k for the heads."""
+    old_state = {"ft_methods": ["hydralora"], "ft_ranks": [8], "ft_ks": [3, 5]}
+    runs = sio.finetune_configs(old_state, "minilm", "encoder", [L0])
+    assert [cfg.adapter.targets[0].heads for _, cfg in runs] == [3, 5]
+    assert ps.FineTuneSettings.from_query({"ft_ks": "3,5"}).ft_heads == [3, 5]
+    assert ps.FineTuneSettings.from_json({"ft_ks": [3], "ft_heads": [2]}).ft_heads == [2]
+    assert ps.StudiesSettings.from_query({"st_ks": "2,8"}).st_heads == [2, 8]
+    old_export = ps.ExportSettings.from_json({"ex_method": "hydralora", "adapter_k": 5})
+    assert old_export.adapter_heads == 5 and old_export.layer_choice(L0)["heads"] == 5
+    cfg = old_export.to_run_config(ps.FineTuneSettings(), ModelConfig(name="minilm"), "encoder", [L0])
     assert cfg.adapter.targets[0].heads == 5
-    back = ps.ExportSettings.from_run_config(_yaml(cfg))
-    assert back.adapter_k == 5 and back.layer_choices[L0]["k"] == 5
+    # new settings: k changed, heads left at its default -> the heads key is written too
+    new = ps.FineTuneSettings(ft_ks=[8])
+    assert new.to_query() == {"ft_ks": "8", "ft_heads": "4"}
+    assert ps.FineTuneSettings.from_query(new.to_query()) == new
+    assert ps.FineTuneSettings.from_json(new.to_json(changed_only=True)) == new
+    studies = ps.StudiesSettings(st_ks=[2])
+    assert ps.StudiesSettings.from_query(studies.to_query()) == studies  # st_heads stays None
+    export = ps.ExportSettings(adapter_k=7)
+    assert ps.ExportSettings.from_json(export.to_json(changed_only=True)) == export
+    assert ps.ExportSettings().to_query() == {} == ps.FineTuneSettings().to_json(changed_only=True)

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from idlora_core.study.grid import cell_config, expand_grid
 from tests.app.test_fine_tune_page import plotly_array
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,6 +141,40 @@ def test_built_grid_on_a_causal_lm_leaves_head_only_out(tmp_path, monkeypatch):
     assert not at.exception
     assert at.multiselect(key="st_methods").value == ["idlora", "lora", "base"]
 
+
+
+def test_built_grid_takes_heads_from_their_own_widget(tmp_path, monkeypatch):
+    """Issue 20: HydraLoRA's heads N have their own box (st_heads, from the Fine-tune ft_heads,
+    shown once HydraLoRA is in the grid); ID-LoRA's clusters k stay in st_ks."""
+    from analysis import studies
+
+    built = []
+    real = studies.build_study
+    monkeypatch.setattr(studies, "build_study", lambda *a, **kw: built.append(real(*a, **kw)) or built[-1])
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["st_source"] = "Build from the Fine-tune choices"
+    at.session_state["ft_heads"] = [2, 8]
+    at.session_state["st_methods"] = ["idlora", "lora"]
+    at.run()
+    assert not at.exception
+    assert at.multiselect(key="st_ks").label == "Clusters k (ID-LoRA)"
+    assert not [w for w in at.multiselect if w.key == "st_heads"]  # no HydraLoRA in the grid
+    at.multiselect(key="st_methods").set_value(["idlora", "hydralora"]).run()
+    heads = at.multiselect(key="st_heads")
+    assert heads.label == "Heads N (HydraLoRA)" and heads.value == [2, 8]  # the Fine-tune heads
+    at.multiselect(key="st_ranks").set_value([8]).run()
+    at.multiselect(key="st_seeds").set_value([0]).run()
+    at.multiselect(key="st_ks").set_value([16]).run()
+    # independent count: idlora 1 r x 1 k x 3 lr = 3, hydralora 1 r x 2 N x 3 lr = 6
+    assert "**9 runs**" in " ".join(m.value for m in at.markdown)
+    at.multiselect(key="st_heads").set_value([2]).run()
+    assert "**6 runs**" in " ".join(m.value for m in at.markdown)
+    cells, _ = expand_grid(built[-1])
+    targets = {(c["method"], c["learning_rate"]): cell_config(built[-1].base, c, "x").adapter.targets[0]
+               for c in cells}
+    assert {(m, t.k if m == "idlora" else t.heads) for (m, _), t in targets.items()} == {
+        ("idlora", 16), ("hydralora", 2)}
 
 
 def test_study_name_follows_the_chosen_study(tmp_path, monkeypatch):

@@ -38,6 +38,7 @@ from idlora_core.config import (
 )
 from idlora_core.jobs.runs import recorded_state
 from idlora_core.study import grid
+from idlora_core.study.config import parse_study
 from idlora_core.training.run_files import (
     ACTIVE_STATES,
     FINAL_STATES,
@@ -172,13 +173,14 @@ def test_grid_and_pages_agree_with_method_fields(method):
     assert ("r" in grid.USES[method]) == uses_rank(method)
     assert ("k" in grid.USES[method]) == counts
     assert grid.axis_field(method, "k") == ("heads" if uses_heads(method) else "k")
-    # the Fine-tune page: one run per r (if used) x count (if used), the count on its own field
-    state = {"ft_methods": [method], "ft_ranks": [4, 8], "ft_ks": [2, 3]}
+    # the Fine-tune page: one run per r (if used) x count (if used), each count from its own
+    # widget onto its own field (clusters k: ft_ks, heads N: ft_heads)
+    state = {"ft_methods": [method], "ft_ranks": [4, 8], "ft_ks": [2, 3], "ft_heads": [5, 6]}
     runs = sio.finetune_configs(state, "minilm", "encoder", ["encoder.layer.0.attention.self.query"])
     assert len(runs) == (2 if uses_rank(method) else 1) * (2 if counts else 1)
     if uses_clusters(method) or uses_heads(method):
-        field = "heads" if uses_heads(method) else "k"
-        assert sorted({getattr(cfg.adapter.targets[0], field) for _, cfg in runs}) == [2, 3]
+        field, values = ("heads", [5, 6]) if uses_heads(method) else ("k", [2, 3])
+        assert sorted({getattr(cfg.adapter.targets[0], field) for _, cfg in runs}) == values
         assert all(f" {field}=" in label for label, _ in runs)
 
 
@@ -203,13 +205,23 @@ def test_study_cell_and_pages_put_hydralora_counts_on_heads():
     cfg = grid.cell_config(base, cell, "/tmp/x")
     assert (cfg.adapter.targets[0].heads, cfg.adapter.targets[0].k) == (5, 4)
     assert grid.budget_key({**cell, "k": None}, base) == ("hydralora", 4, 4)  # base heads: default
-    # export and import: the page's k widget is N for HydraLoRA, both ways
+    # export and import: HydraLoRA's N is the heads widget's and a layer choice's `heads`, both ways
     state = {"ex_method": "hydralora"}
-    choices = {"q": {"k": 3, "r": 4, "selection": "id", "rb_splits": 1}}
+    choices = {"q": {"k": 2, "heads": 3, "r": 4, "selection": "id", "rb_splits": 1}}
     exported = sio.export_config(state, "minilm", "encoder", ["q"], choices)
     assert exported.adapter.targets[0].heads == 3
     values = sio.settings_from_config(exported, {})
-    assert (values["adapter_k"], values["ft_ks"], values["layer_choices"]["q"]["k"]) == (3, [3], 3)
+    assert (values["adapter_heads"], values["ft_heads"], values["layer_choices"]["q"]["heads"]) == (3, [3], 3)
+    # a study's grid.heads is HydraLoRA's N; without it, grid.k (what a study held before)
+    study = parse_study({"base": base.model_dump(mode="json"), "metric": "eval_loss",
+                         "grid": {"method": ["idlora", "hydralora"], "k": [8], "heads": [2, 3]}})
+    cells, _ = grid.expand_grid(study)
+    counts = {(c["method"], grid.cell_config(base, c, "/tmp/x").adapter.targets[0].k,
+               grid.cell_config(base, c, "/tmp/x").adapter.targets[0].heads) for c in cells}
+    assert counts == {("idlora", 8, 4), ("hydralora", 4, 2), ("hydralora", 4, 3)}
+    without = parse_study({"base": base.model_dump(mode="json"), "metric": "eval_loss",
+                           "grid": {"method": ["hydralora"], "k": [5]}})
+    assert [c["k"] for c in grid.expand_grid(without)[0]] == [5]
     assert values["adapter_rb_splits"] == 1 and "adapter_rb" not in values
 
 
