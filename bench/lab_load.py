@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queued", type=int, default=120, help="waiting tickets of other users")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
+    from bench.lab_room import share_apptest_globals
+
+    share_apptest_globals()  # sessions in threads at once, as a server runs them (see there)
     with tempfile.TemporaryDirectory(prefix="lab-load-") as tmp:
         os.environ.update(IDLORA_RUNS_DIR=str(Path(tmp) / "runs"), IDLORA_CACHE_DIR=str(Path(tmp) / "cache"),
                           IDLORA_NO_UMAP_WARM="1")
