@@ -43,7 +43,7 @@ __all__ = ["Job", "JobCancelled", "JobPool", "JobRefused", "keep_alive", "poll",
 
 QUEUE_ROOT = "_idlora_queue_root"  # the runs folder whose queue holds this session's runs
 HEARTBEAT_SECONDS = 30.0
-SERVER = "server"  # owner of the server's own jobs (UMAP warm-up): no per-user share
+SERVER = "server"  # owner of the server's own jobs: no per-user share
 FINISHED_KEPT = 32  # finished jobs (and their results) kept per process
 POLL_SECONDS = 1.0  # how often a page polls its unfinished job
 
@@ -375,13 +375,31 @@ def umap_async(
         return _failed(exc)
 
 
-def warm_umap_async() -> Job | Future:
-    """Start compiling UMAP's kernels in the background pool (once per process); returns its Job."""
+_WARM_UP: Future | None = None
+_WARM_UP_LOCK = threading.Lock()
+
+
+def _warm_up(future: Future) -> None:
+    _lower_thread_priority()
     try:
-        return pool().submit(lambda job: warm_umap(), owner=SERVER, kind="umap",
-                             label="UMAP warm-up", key="umap-warm")
-    except JobRefused as exc:
-        return _failed(exc)
+        warm_umap()
+    except BaseException as exc:  # noqa: BLE001 - kept in the Future; UMAP then compiles on first use
+        future.set_exception(exc)
+    else:
+        future.set_result(None)
+
+
+def warm_umap_async() -> Future:
+    """Start compiling UMAP's kernels once per process, on a thread of its own at lowered priority
+    (not the pool's worker: the 20-40 s compile would hold up every page's clustering and sweeps
+    behind it); return its Future."""
+    global _WARM_UP
+    with _WARM_UP_LOCK:
+        if _WARM_UP is None:
+            _WARM_UP = Future()
+            threading.Thread(target=_warm_up, args=(_WARM_UP,), name="idlora-umap-warm-up",
+                             daemon=True).start()
+        return _WARM_UP
 
 
 @st.cache_resource(show_spinner=False)

@@ -139,3 +139,20 @@ def test_an_open_page_keeps_its_queued_runs_alive(tmp_path):
     at.session_state[background.QUEUE_ROOT] = str(tmp_path)
     at.run()
     assert not at.exception and time.time() - queue._last_seen("session:me") < 5
+
+
+def test_the_umap_warm_up_never_holds_the_pools_worker(monkeypatch, fresh_pool):
+    """UMAP's one-off compile (20-40 s) ran on the pool's one worker: the first student's
+    clustering waited behind it. It has a thread of its own now, started once per process."""
+    release, calls = threading.Event(), []
+    monkeypatch.setattr(background, "warm_umap", lambda: (calls.append(1), release.wait(30)))
+    monkeypatch.setattr(background, "_WARM_UP", None)
+    try:
+        warm = background.warm_umap_async()
+        assert background.warm_umap_async() is warm  # once per process
+        job = fresh_pool.submit(lambda job: "clusters", owner="A", kind="explorer", label="clustering")
+        assert job.result(timeout=10) == "clusters" and not warm.done()  # ran beside the compile
+    finally:
+        release.set()
+    warm.result(timeout=10)
+    assert calls == [1]
