@@ -3,8 +3,8 @@
 N headless sessions (Streamlit AppTest instances, each in its own thread, sharing this process
 as a server shares its caches, background pool and run queue) render a mix of pages `--rounds`
 times each: Model & layers, Fine-tune, Studies, Layer atlas, Cluster explorer. Session 0 starts
-a whole-model scan on the Layer atlas (the background pool, `app/background.py`) before the
-others render, so their renders run beside it. The run queue holds `--queued` waiting tickets
+a whole-model scan on the Layer atlas (the background pool, `app/background.py`); the others'
+warm renders wait until it has started, so they run beside it. The run queue holds `--queued` waiting tickets
 of other users (nothing starts: a fake study holds every slot). A ticker thread samples how long
 the process fails to schedule a 10 ms sleep: the stall a health check (/_stcore/health) would see.
 
@@ -72,6 +72,9 @@ def _prepare(root: Path, queued: int) -> None:
             queue.submit_many([(f"u{user}-{i}", config) for i in range(batch)], owner=f"user:bench-{user}")
 
 
+scan_running = threading.Event()  # set by session 0 once its scan has started
+
+
 def _session(page: str, rounds: int, scan: bool) -> dict:
     """Render `page` `rounds` + 1 times in one AppTest session; return its timings."""
     from streamlit.testing.v1 import AppTest
@@ -88,12 +91,22 @@ def _session(page: str, rounds: int, scan: bool) -> dict:
             at.radio(key="atlas_source").set_value("Scan the current model here").run()
             at.text_input(key="atlas_layers").set_value("")
             at.button(key="atlas_run").click().run()
+            job = at.session_state["atlas_job"]
+            while job is not None and job.started is None and not job.done():
+                time.sleep(0.05)  # the others render while the scan runs, not while it waits
+            scan_running.set()
+        elif not scan:
+            scan_running.wait(120)
     job = at.session_state["atlas_job"] if scan and "atlas_job" in at.session_state else None
     return {"page": page, "first": times[0], "warm": times[1:], "errors": errors, "job": job}
 
 
 def measure(n: int, rounds: int) -> dict:
     """Run `n` sessions at once; return the summary for this N."""
+    from app import background
+
+    background.reset_pool()  # the previous N's cancelled scan finishes its layer elsewhere
+    scan_running.clear()
     pages = [("layer_atlas.py", True)] + [(MIX[i % len(MIX)], False) for i in range(n - 1)]
     sampler = Sampler()
     sampler.start()
