@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from filelock import FileLock
 
 from idlora_core.cache import cache_dir
 from idlora_core.models import LoadedModel, load_model
@@ -261,14 +263,23 @@ class FinishedStudy:
 
 
 @pytest.fixture(scope="session")
-def finished_tiny_study(tiny_bert_dir, tmp_path_factory) -> FinishedStudy:
-    """A study run once a session by the real command with 2 workers on the tiny BERT: idlora,
+def finished_tiny_study(tiny_bert_dir, tmp_path_factory, worker_id) -> FinishedStudy:
+    """A study run once a test run by the real command with 2 workers on the tiny BERT: idlora,
     lora and head-only at learning rates 0.01 and 0.03, and base, each on seeds 0 and 1
-    (14 trials). Read by tests/idlora_core/study/test_run.py and tests/app/test_studies_page.py."""
-    root = tmp_path_factory.mktemp("study-runs")
-    out = root / "studies" / "tiny"
-    spec = write_study_yaml(root / "tiny.yaml", tiny_bert_dir, learning_rate=[0.01, 0.03], seed=[0, 1])
-    proc = study_cli([str(spec), "--out", str(out), "--workers", "2"], root)
-    log, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, log
-    return FinishedStudy(root, out, log)
+    (14 trials). Read (never written) by tests/idlora_core/study/test_run.py and
+    tests/app/test_studies_page.py. Under pytest-xdist the first worker that needs it builds it
+    in the run's shared temporary folder, under a file lock, and the others read it."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent
+    root = shared / "finished-tiny-study"
+    out, done = root / "studies" / "tiny", shared / "finished-tiny-study.log"
+    with FileLock(str(shared / "finished-tiny-study.lock")):
+        if not done.is_file():
+            shutil.rmtree(root, ignore_errors=True)  # a build that failed half-way
+            root.mkdir(parents=True)
+            spec = write_study_yaml(root / "tiny.yaml", tiny_bert_dir, learning_rate=[0.01, 0.03], seed=[0, 1])
+            proc = study_cli([str(spec), "--out", str(out), "--workers", "2"], root)
+            log, _ = proc.communicate(timeout=600)
+            assert proc.returncode == 0, log
+            done.write_text(log, encoding="utf-8")
+    return FinishedStudy(root, out, done.read_text(encoding="utf-8"))

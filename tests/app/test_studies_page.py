@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -224,24 +225,18 @@ def test_a_study_this_tab_started_shows_at_once_even_before_its_first_trial(fini
     assert any("ended before its first trial" in w.value and "does not exist" in w.value for w in at.warning)
 
 
-def test_only_the_owner_sees_stop_on_a_running_study(finished_tiny_study, monkeypatch):
+def test_only_the_owner_sees_stop_on_a_running_study(finished_tiny_study, tmp_path, monkeypatch):
     """Issue 18 #2: a user stops their own studies, not another student's."""
     from idlora_core.jobs import studies
 
-    monkeypatch.setenv("IDLORA_RUNS_DIR", str(finished_tiny_study.root))
-    launch = finished_tiny_study.out / studies.LAUNCH_FILE
-    kept = launch.read_text() if launch.exists() else None
-    try:
-        for owner, stop_shown in (("session:someone-else", False), ("session:me", True), ("", True)):
-            launch.write_text(json.dumps({"pid": os.getpid(), "workers": 1, "owner": owner}))  # "running"
-            at = AppTest.from_file(PAGE, default_timeout=120)
-            at.session_state["_idlora_session"] = "me"
-            at.run()
-            assert not at.exception
-            assert ("st_stop" in [b.key for b in at.button]) is stop_shown, owner
-            assert any("Another user started this study" in c.value for c in at.caption) is not stop_shown
-    finally:
-        if kept is None:
-            launch.unlink()
-        else:
-            launch.write_text(kept)
+    shutil.copytree(finished_tiny_study.root / "studies", tmp_path / "studies")  # the shared one stays as is
+    monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
+    launch = tmp_path / "studies" / finished_tiny_study.out.name / studies.LAUNCH_FILE
+    for owner, stop_shown in (("session:someone-else", False), ("session:me", True), ("", True)):
+        launch.write_text(json.dumps({"pid": os.getpid(), "workers": 1, "owner": owner}))  # "running"
+        at = AppTest.from_file(PAGE, default_timeout=120)
+        at.session_state["_idlora_session"] = "me"
+        at.run()
+        assert not at.exception
+        assert ("st_stop" in [b.key for b in at.button]) is stop_shown, owner
+        assert any("Another user started this study" in c.value for c in at.caption) is not stop_shown
