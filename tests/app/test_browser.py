@@ -8,6 +8,7 @@ Browsers are never downloaded here: without /usr/bin/chromium the test is skippe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,16 +78,23 @@ def stop_app(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
+    with served_app(tmp_path_factory.mktemp("browser-runs"), "streamlit.log") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def served_app(runs_dir: Path, log_name: str, **extra_env: str) -> Iterator[str]:
+    """Yield the URL of the app served on a free port (skips the test without Chromium or
+    playwright; its log goes to test-artifacts/`log_name`); stop it afterwards."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} missing: install Debian's chromium (make browser-deps)")
     pytest.importorskip("playwright.sync_api", reason="playwright-python is not installed")
     ARTIFACTS.mkdir(exist_ok=True)
-    runs_dir = tmp_path_factory.mktemp("browser-runs")
     port = free_port()
-    proc = start_app(port, runs_dir, ARTIFACTS / "streamlit.log")
+    proc = start_app(port, runs_dir, ARTIFACTS / log_name, **extra_env)
     url = f"http://127.0.0.1:{port}"
     try:
-        assert wait_health(url, 60), (ARTIFACTS / "streamlit.log").read_text()[-2000:]
+        assert wait_health(url, 60), (ARTIFACTS / log_name).read_text()[-2000:]
         yield url
     finally:
         stop_app(proc)

@@ -17,21 +17,15 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from tests.app.test_browser import (
-    ARTIFACTS,
-    CHROMIUM,
     browser,  # noqa: F401 - the module's headless Chromium
-    free_port,
     goto,
     no_exception,
+    served_app,
     shot,
-    start_app,
-    stop_app,
-    wait_health,
 )
 
 pytestmark = pytest.mark.browser
@@ -43,18 +37,8 @@ HEALTH_LIMIT_S = 1.0
 
 @pytest.fixture(scope="module")
 def lab_url(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} missing: install Debian's chromium (make browser-deps)")
-    ARTIFACTS.mkdir(exist_ok=True)
-    port = free_port()
-    proc = start_app(port, tmp_path_factory.mktemp("served-runs"), ARTIFACTS / "streamlit-served.log",
-                     IDLORA_LAB="1")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert wait_health(url, 60), (ARTIFACTS / "streamlit-served.log").read_text()[-2000:]
+    with served_app(tmp_path_factory.mktemp("served-runs"), "streamlit-served.log", IDLORA_LAB="1") as url:
         yield url
-    finally:
-        stop_app(proc)
 
 
 class HealthProbe(threading.Thread):
