@@ -30,7 +30,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, NotRequired
+from typing import Annotated, Any, ClassVar, Literal, NotRequired, Self
 
 from pydantic import BeforeValidator, Field
 from typing_extensions import TypedDict  # pydantic validates this one on Python < 3.12
@@ -183,6 +183,12 @@ def _list(*values: Any) -> Any:
 class _Page(PageSettings):
     LIMITS: ClassVar[Mapping[str, tuple[float, float | None]]] = LIMITS
 
+    @classmethod
+    def from_run_config(cls, cfg: RunConfig, base: Self | None = None) -> Self:
+        """Return `base` (default: the defaults) with what `cfg` holds (`run_config_values`, which
+        the pages that a run config fills define: Model & layers, Fine-tune, Export)."""
+        return dataclasses.replace(base or cls(), **cls.run_config_values(cfg))
+
 
 # ---- the pages ----------------------------------------------------------------------------------
 
@@ -212,11 +218,6 @@ class ModelLayersSettings(_Page):
         kinds = list(dict.fromkeys(k for t in cfg.adapter.targets
                                    if (k := layer_kind(t.pattern)) != "other"))
         return {"block_range": _blocks(cfg)} | ({"layer_kinds": kinds} if kinds else {})
-
-    @classmethod
-    def from_run_config(cls, cfg: RunConfig, base: ModelLayersSettings | None = None) -> ModelLayersSettings:
-        """Return `base` (default: the defaults) with what `cfg` holds (`run_config_values`)."""
-        return dataclasses.replace(base or cls(), **cls.run_config_values(cfg))
 
 
 def _blocks(cfg: RunConfig) -> tuple[int, int] | None:
@@ -401,11 +402,6 @@ class FineTuneSettings(_Page):
         return values | {f"ft_{n}": v for n, v in cfg.train.model_dump().items() if n != "learning_rate"}
 
     @classmethod
-    def from_run_config(cls, cfg: RunConfig, base: FineTuneSettings | None = None) -> FineTuneSettings:
-        """Return `base` (default: the defaults) with what `cfg` holds (`run_config_values`)."""
-        return dataclasses.replace(base or cls(), **cls.run_config_values(cfg))
-
-    @classmethod
     def run_config_fields(cls, method: str) -> frozenset[str]:
         """Return the fields a RunConfig of `method` holds (what `from_run_config` gets back)."""
         used = METHOD_FIELDS.get(method, TUNABLE_FIELDS)
@@ -503,11 +499,6 @@ class ExportSettings(_Page):
         if out.name and not out.is_absolute() and ".." not in out.parts:
             values["ex_run_name"] = out.name  # the folder above is the server's runs folder
         return values
-
-    @classmethod
-    def from_run_config(cls, cfg: RunConfig, base: ExportSettings | None = None) -> ExportSettings:
-        """Return `base` (default: the defaults) with what `cfg` holds (`run_config_values`)."""
-        return dataclasses.replace(base or cls(), **cls.run_config_values(cfg))
 
     @classmethod
     def run_config_fields(cls, method: str) -> frozenset[str]:

@@ -17,6 +17,7 @@ from idlora_core.config import parse_config
 from idlora_core.jobs import class_study as cs
 from idlora_core.jobs import owners, run_queue
 from idlora_core.jobs.run_queue import RunQueue
+from tests.app.conftest import AlivePopen
 from tests.idlora_core.jobs.test_throughput import fake_run
 
 PAGE = str(Path(__file__).resolve().parents[2] / "app" / "views" / "fine_tune.py")
@@ -29,15 +30,6 @@ def _served(tmp_path, monkeypatch):
     a SIGTERM to it is recorded, not sent), one slot, the runs folder in tmp_path."""
     from idlora_core.jobs import runs
 
-    class FakePopen:
-        pid = os.getpid()
-
-        def __init__(self, cmd, **kwargs):
-            pass
-
-        def poll(self):
-            return None
-
     real_kill, killed = os.kill, []
 
     def kill(pid, sig):
@@ -46,7 +38,7 @@ def _served(tmp_path, monkeypatch):
             return None
         return real_kill(pid, sig)
 
-    monkeypatch.setattr(runs.subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(runs.subprocess, "Popen", AlivePopen)
     monkeypatch.setattr(run_queue.os, "kill", kill)
     monkeypatch.setenv("IDLORA_MAX_RUNS", "1")
     monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))

@@ -4,7 +4,6 @@ anything is built or queued, Withdraw per waiting run, and a render that reads t
 from __future__ import annotations
 
 import collections
-import os
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from app import settings_io as sio
 from idlora_core.config import parse_config
 from idlora_core.jobs import run_queue
 from idlora_core.jobs.run_queue import RunQueue
+from tests.app.conftest import AlivePopen
 
 PAGE = str(Path(__file__).resolve().parents[2] / "app" / "views" / "fine_tune.py")
 
@@ -25,16 +25,7 @@ def _served(tmp_path, monkeypatch):
     folder in tmp_path; the page's queue thread stopped afterwards."""
     from idlora_core.jobs import runs
 
-    class FakePopen:
-        pid = os.getpid()
-
-        def __init__(self, cmd, **kwargs):
-            pass
-
-        def poll(self):
-            return None
-
-    monkeypatch.setattr(runs.subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(runs.subprocess, "Popen", AlivePopen)
     monkeypatch.setenv("IDLORA_MAX_RUNS", "1")
     monkeypatch.setenv("IDLORA_RUNS_DIR", str(tmp_path))
     yield
